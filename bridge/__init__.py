@@ -1,0 +1,1 @@
+"""Splitwise bridge package."""

@@ -1,0 +1,1 @@
+"""Splitwise lyapunov package."""
