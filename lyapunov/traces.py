@@ -167,10 +167,12 @@ def load_mahimahi(path: str | Path, bin_ms: float = 100.0, name: str | None = No
 
     Each line is the integer millisecond at which one 1500-byte packet may be delivered;
     repeated values are several packets in that millisecond. Timestamps must be
-    non-decreasing, and the last one (the period with which mahimahi loops the file) must be
-    > 0. Bin ``k`` covers ``[k·bin_ms, (k+1)·bin_ms)`` ms; the last bin ends at the period (it
-    may be shorter) and also counts an opportunity at exactly the period. The throughput of a
-    bin is ``packets · 1500 · 8 / width`` bit/s, so the total bytes are conserved.
+    non-decreasing, and the last one, the period ``T`` with which mahimahi loops the file,
+    must be > 0. Bin ``k`` covers ``(k·bin_ms, (k+1)·bin_ms]`` ms (right-closed, so the
+    canonical constant-rate file ``1, 2, ..., 1000`` gives equal bins); the last bin ends at
+    ``T`` and may be shorter, and an opportunity at ms 0 is the same instant as ``T`` of the
+    previous loop, so it counts in the last bin. The throughput of a bin is
+    ``packets · 1500 · 8 / width`` bit/s, so the total bytes are conserved.
     """
     path = Path(path)
     if not (math.isfinite(bin_ms) and bin_ms > 0):
@@ -202,7 +204,8 @@ def load_mahimahi(path: str | Path, bin_ms: float = 100.0, name: str | None = No
     if period_ms <= 0:
         raise TraceFormatError(path, prev_line, "trace period (last timestamp) is 0 ms")
     n_bins = math.ceil(period_ms / bin_ms)
-    idx = np.minimum((np.asarray(stamps, dtype=np.float64) // bin_ms).astype(np.int64), n_bins - 1)
+    idx = np.ceil(np.asarray(stamps, dtype=np.float64) / bin_ms).astype(np.int64) - 1
+    idx = np.clip(np.where(idx < 0, n_bins - 1, idx), 0, n_bins - 1)
     packets = np.bincount(idx, minlength=n_bins).astype(np.float64)
     starts_ms = np.arange(n_bins, dtype=np.float64) * bin_ms
     widths_ms = np.minimum(starts_ms + bin_ms, period_ms) - starts_ms
@@ -246,8 +249,9 @@ def load_csv(
         raise ValueError(f"sample_period_s must be a positive number; got {sample_period_s}")
     filters = dict(filters or {})
     scale = UNIT_TO_MBPS[unit]
-    with _open_text(path) as fh:
-        reader = csv.reader(fh)
+    lines = _text_lines(path)
+    try:
+        reader = csv.reader(lines)
         header = next(reader, None)
         if header is None or not any(h.strip() for h in header):
             raise TraceFormatError(path, 0, "empty file (no header line)")
@@ -285,6 +289,8 @@ def load_csv(
                 prev_t, prev_line = t, lineno
                 times.append(t)
             values.append(v)
+    finally:
+        lines.close()
     if not values:
         why = f" matching {filters}" if filters else ""
         raise TraceFormatError(path, 0, f"empty trace (no data rows{why})")
@@ -424,27 +430,29 @@ def _cumulative_mbit(trace: Trace) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(trace.mbps * widths)])
 
 
-def _open_text(path: Path):
+def _read_lines(path: Path):
+    """Yield (1-based line number, decoded line); a line that is not UTF-8 raises
+    TraceFormatError at its own number."""
     try:
-        return open(path, encoding="utf-8", newline="")
+        fh = open(path, "rb")
     except OSError as e:
         raise TraceFormatError(path, 0, f"cannot open: {e.strerror or e}") from e
+    with fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TraceFormatError(path, lineno, f"not UTF-8 text ({e.reason})") from e
 
 
-def _read_lines(path: Path):
-    """Yield (1-based line number, line) pairs; undecodable bytes raise TraceFormatError."""
-    with _open_text(path) as fh:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(fh, start=1):
-                yield lineno, line
-        except UnicodeDecodeError as e:
-            raise TraceFormatError(path, lineno + 1, f"not UTF-8 text ({e.reason})") from e
+def _text_lines(path: Path):
+    """The decoded lines of a file, for csv.reader (whose line_num then counts them)."""
+    for _, line in _read_lines(path):
+        yield line
 
 
 def _csv_header(path: Path) -> list[str]:
-    with _open_text(path) as fh:
-        header = next(csv.reader(fh), None)
+    header = next(csv.reader(_text_lines(path)), None)
     if header is None:
         raise TraceFormatError(path, 0, "empty file (no header line)")
     return [h.strip() for h in header]
