@@ -1,0 +1,247 @@
+"""Device profiles: the roofline and power constants of edge devices and of the two kinds of
+"cloud" (a remote datacenter GPU and a nearby MEC edge server).
+
+Every constant cites its public source in the `sources` mapping (field -> citation) or says it
+is derived or assumed. Efficiency factors are fitted to public end-to-end measurements (see
+`/shared/data/device-measurements.md` and `tests/costmodel/test_sanity.py`). Users add profiles
+from a JSON or TOML file with the same keys (`load_profile`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from pathlib import Path
+
+import jax.numpy as jnp
+from flax import struct
+
+
+class ProfileError(ValueError):
+    """A device profile is malformed; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceProfile:
+    """Roofline, power, memory and price constants of one device.
+
+    name: registry key.
+    role: "edge" or "cloud".
+    peak_tflops: peak throughput of the inference path (TFLOP/s or TOP/s of the dtype used).
+    mem_bw_gbs: DRAM/HBM bandwidth, GB/s.
+    eff_compute: achieved fraction of peak_tflops.
+    eff_memory: achieved fraction of mem_bw_gbs.
+    overhead_us: fixed cost of one phase (kernel launches, scheduling), microseconds.
+    weight_bits: bits per weight as stored on this device (scales included).
+    kv_bits: bits per KV-cache element.
+    power_active_w: power while computing, W (edge energy model).
+    power_idle_w: power while waiting on the cloud, W.
+    power_tx_w: extra radio power while transmitting, W.
+    mem_budget_gb: memory available to the model (weights + KV cache), GB.
+    rtt_ms: typical round-trip time to this device from an edge client (cloud roles).
+    price_per_gpu_s: operating cost of one GPU-second, USD (cloud roles).
+    price_per_gb: operating cost of one GB sent or received, USD (cloud roles).
+    sources: citation per field.
+    """
+
+    name: str
+    role: str
+    peak_tflops: float
+    mem_bw_gbs: float
+    eff_compute: float
+    eff_memory: float
+    overhead_us: float
+    weight_bits: float
+    kv_bits: float
+    power_active_w: float
+    power_idle_w: float
+    power_tx_w: float
+    mem_budget_gb: float
+    rtt_ms: float = 0.0
+    price_per_gpu_s: float = 0.0
+    price_per_gb: float = 0.0
+    sources: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        if self.role not in ("edge", "cloud"):
+            raise ProfileError(f"profile {self.name!r}: field 'role' must be 'edge' or 'cloud', "
+                               f"got {self.role!r}")
+        positive = ("peak_tflops", "mem_bw_gbs", "weight_bits", "kv_bits", "mem_budget_gb")
+        fractions = ("eff_compute", "eff_memory")
+        nonneg = ("overhead_us", "power_active_w", "power_idle_w", "power_tx_w", "rtt_ms",
+                  "price_per_gpu_s", "price_per_gb")
+        for field in positive + fractions + nonneg:
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+                raise ProfileError(f"profile {self.name!r}: field {field!r} must be a number, "
+                                   f"got {value!r}")
+            if field in positive and not value > 0:
+                raise ProfileError(f"profile {self.name!r}: field {field!r} must be > 0, "
+                                   f"got {value!r}")
+            if field in fractions and not 0 < value <= 1:
+                raise ProfileError(f"profile {self.name!r}: field {field!r} must be in (0, 1], "
+                                   f"got {value!r}")
+            if field in nonneg and (value < 0 or math.isinf(value)):
+                raise ProfileError(f"profile {self.name!r}: field {field!r} must be finite and "
+                                   f">= 0, got {value!r}")
+
+    def params(self) -> ProfileParams:
+        """The numbers the JAX cost functions use, in SI units, as a pytree."""
+        f = jnp.float32
+        return ProfileParams(
+            flops=f(self.peak_tflops * 1e12 * self.eff_compute),
+            bw=f(self.mem_bw_gbs * 1e9 * self.eff_memory),
+            overhead_s=f(self.overhead_us * 1e-6),
+            weight_bytes=f(self.weight_bits / 8), kv_bytes=f(self.kv_bits / 8),
+            p_active=f(self.power_active_w), p_idle=f(self.power_idle_w),
+            p_tx=f(self.power_tx_w), mem_budget=f(self.mem_budget_gb * 1e9),
+            price_gpu_s=f(self.price_per_gpu_s), price_byte=f(self.price_per_gb / 1e9))
+
+
+@struct.dataclass
+class ProfileParams:
+    """Achieved throughputs and constants of one device (SI units), a JAX pytree."""
+
+    flops: jnp.ndarray  # achieved FLOP/s
+    bw: jnp.ndarray  # achieved bytes/s
+    overhead_s: jnp.ndarray
+    weight_bytes: jnp.ndarray  # bytes per weight
+    kv_bytes: jnp.ndarray  # bytes per KV element
+    p_active: jnp.ndarray
+    p_idle: jnp.ndarray
+    p_tx: jnp.ndarray
+    mem_budget: jnp.ndarray  # bytes
+    price_gpu_s: jnp.ndarray
+    price_byte: jnp.ndarray
+
+
+_PI5_SRC = {
+    "peak_tflops": "derived: 4x Cortex-A76 @2.4 GHz, 2x128-bit NEON SDOT = 64 int8 op/cycle/core",
+    "eff_compute": "fit: Llama-2-7B Q4_0 prefill ~8.1 tok/s (llama.cpp PR 6928)",
+    "mem_bw_gbs": "LPDDR4X-4267 32-bit: ~17 GB/s theoretical; ~11.4 GB/s sustained measured",
+    "eff_memory": "fit: ollama decode llama3.1 8B 2.17 tok/s, llama2 13B 1.36 tok/s "
+                  "(geerlingguy/ai-benchmarks issue 7)",
+    "weight_bits": "Q4_0 GGUF: 4 bits + fp16 scale per 32 weights = 4.5 bits",
+    "power_active_w": "peak 10.9-11.9 W during LLM decode (geerlingguy/sbc-reviews issue 21)",
+    "power_idle_w": "assumed: ~2.7 W idle (Raspberry Pi 5 board, geerlingguy sbc-reviews)",
+    "power_tx_w": "assumed: Wi-Fi uplink radio ~1 W (Huang et al., MobiSys 2012 power model)",
+    "mem_budget_gb": "8 GB board minus OS and runtime (assumed 1 GB)",
+    "overhead_us": "assumed: llama.cpp CPU graph node dispatch, tens of us per phase",
+}
+_ORIN_SRC = {
+    "peak_tflops": "derived: NVIDIA datasheet 100 TOPS int8 sparse (GPU+DLA) -> ~25 TFLOP/s "
+                   "dense fp16-equivalent for the GPU path (halved for sparsity and int8->fp16)",
+    "eff_compute": "assumed (prefill not published for NX); same order as AGX llama.cpp",
+    "mem_bw_gbs": "NVIDIA datasheet: 102.4 GB/s LPDDR5",
+    "eff_memory": "fit: proxy AGX Orin llama.cpp Llama-2-7B 4-bit 22.5 tok/s on 204.8 GB/s "
+                  "(nvidia-holoscan/holohub issue 170)",
+    "weight_bits": "4-bit group quantization (q4, MLC / llama.cpp): 4.5 bits with scales",
+    "power_active_w": "NVIDIA datasheet: 10-25 W modes; 25 W mode",
+    "power_idle_w": "assumed: ~5 W module idle",
+    "power_tx_w": "assumed: Wi-Fi uplink radio ~1 W (Huang et al., MobiSys 2012)",
+    "mem_budget_gb": "16 GB shared LPDDR5 minus OS/CUDA context (assumed 2 GB)",
+    "overhead_us": "fit: TinyLlama-1.1B q4 30-45 tok/s with MLC (dusty-nv/NanoLLM issue 38)",
+}
+_S23_SRC = {
+    "peak_tflops": "no published NPU peak; effective rate fit to Qualcomm AI Hub Llama-v2-7B "
+                   "prefill 1917.8 ms per 1024 tokens (eff_compute therefore 1.0)",
+    "mem_bw_gbs": "derived: LPDDR5X 64-bit bus at 4200 MHz ~67 GB/s (not published)",
+    "eff_memory": "fit: AI Hub Llama-2-7B w4a16 104.95 ms per generated token",
+    "weight_bits": "w4a16 (Qualcomm AI Hub Llama-v2-7B-Chat card)",
+    "power_active_w": "assumed: ~6 W SoC during NPU LLM inference (MELT, arXiv 2403.12844)",
+    "power_idle_w": "assumed: ~0.6 W screen-off idle",
+    "power_tx_w": "assumed: 5G/LTE uplink radio ~2.5 W (Huang et al., MobiSys 2012)",
+    "mem_budget_gb": "8 GB phone; Android app budget assumed 4 GB",
+    "overhead_us": "assumed: QNN graph per-phase dispatch",
+}
+_A100_SRC = {
+    "peak_tflops": "NVIDIA A100 SXM datasheet: 312 TFLOP/s dense bf16",
+    "mem_bw_gbs": "NVIDIA A100 80GB SXM datasheet: 2039 GB/s HBM2e",
+    "eff_compute": "assumed 0.5 (typical achieved MFU for single-request prefill)",
+    "eff_memory": "assumed 0.7 (typical achieved HBM bandwidth in decode)",
+    "weight_bits": "fp16/bf16 serving",
+    "power_active_w": "NVIDIA datasheet: 400 W board power (not charged to the edge)",
+    "rtt_ms": "assumed: 40 ms WAN RTT to a regional datacenter (20-100 ms range)",
+    "price_per_gpu_s": "AWS p4d.24xlarge on-demand 32.77 USD/h for 8 A100 -> 1.14e-3 USD/GPU-s",
+    "price_per_gb": "AWS data transfer out to internet, first tier 0.09 USD/GB",
+    "overhead_us": "assumed: CUDA kernel launches per phase (~10 us)",
+    "mem_budget_gb": "NVIDIA datasheet: 80 GB",
+}
+_L4_SRC = {
+    "peak_tflops": "NVIDIA L4 datasheet: 121 TFLOP/s fp16 dense (242 with sparsity)",
+    "mem_bw_gbs": "NVIDIA L4 datasheet: 300 GB/s GDDR6",
+    "eff_compute": "assumed 0.5",
+    "eff_memory": "assumed 0.7",
+    "weight_bits": "int8 weights so that LLaMA-13B fits in 24 GB",
+    "power_active_w": "NVIDIA L4 datasheet: 72 W",
+    "rtt_ms": "assumed: one Wi-Fi 6 / 5G hop, 0.5-10 ms; 5 ms typical",
+    "price_per_gpu_s": "GCP g2-standard-4 (1x L4) ~0.71 USD/h -> 1.97e-4 USD/GPU-s",
+    "price_per_gb": "assumed: bytes inside the access network are free",
+    "overhead_us": "assumed: CUDA kernel launches per phase (~10 us)",
+    "mem_budget_gb": "NVIDIA L4 datasheet: 24 GB",
+}
+
+_BUILTIN = [
+    DeviceProfile("rpi5", "edge", peak_tflops=0.614, mem_bw_gbs=17.0, eff_compute=0.17,
+                  eff_memory=0.62, overhead_us=40.0, weight_bits=4.5, kv_bits=16,
+                  power_active_w=11.0, power_idle_w=2.7, power_tx_w=1.0, mem_budget_gb=7.0,
+                  sources=_PI5_SRC),
+    DeviceProfile("orin-nx", "edge", peak_tflops=25.0, mem_bw_gbs=102.4, eff_compute=0.3,
+                  eff_memory=0.41, overhead_us=120.0, weight_bits=4.5, kv_bits=16,
+                  power_active_w=25.0, power_idle_w=5.0, power_tx_w=1.0, mem_budget_gb=14.0,
+                  sources=_ORIN_SRC),
+    DeviceProfile("galaxy-s23", "edge", peak_tflops=7.2, mem_bw_gbs=67.0, eff_compute=1.0,
+                  eff_memory=0.47, overhead_us=100.0, weight_bits=4.0, kv_bits=16,
+                  power_active_w=6.0, power_idle_w=0.6, power_tx_w=2.5, mem_budget_gb=4.0,
+                  sources=_S23_SRC),
+    DeviceProfile("datacenter", "cloud", peak_tflops=312.0, mem_bw_gbs=2039.0, eff_compute=0.5,
+                  eff_memory=0.7, overhead_us=10.0, weight_bits=16, kv_bits=16,
+                  power_active_w=400.0, power_idle_w=0.0, power_tx_w=0.0, mem_budget_gb=80.0,
+                  rtt_ms=40.0, price_per_gpu_s=1.14e-3, price_per_gb=0.09, sources=_A100_SRC),
+    DeviceProfile("mec", "cloud", peak_tflops=121.0, mem_bw_gbs=300.0, eff_compute=0.5,
+                  eff_memory=0.7, overhead_us=10.0, weight_bits=8, kv_bits=16,
+                  power_active_w=72.0, power_idle_w=0.0, power_tx_w=0.0, mem_budget_gb=24.0,
+                  rtt_ms=5.0, price_per_gpu_s=1.97e-4, price_per_gb=0.0, sources=_L4_SRC),
+]
+
+PROFILES: dict[str, DeviceProfile] = {p.name: p for p in _BUILTIN}
+
+
+def get_profile(name: str, role: str | None = None) -> DeviceProfile:
+    """Return a registered profile; an unknown name (or wrong role) lists the valid ones."""
+    valid = sorted(n for n, p in PROFILES.items() if role is None or p.role == role)
+    prof = PROFILES.get(name)
+    if prof is None or (role is not None and prof.role != role):
+        kind = f"{role} device" if role else "device"
+        raise ProfileError(f"unknown {kind} {name!r}; valid: {', '.join(valid)}")
+    return prof
+
+
+def profile_from_dict(data: dict, origin: str = "<dict>") -> DeviceProfile:
+    names = {f.name for f in dataclasses.fields(DeviceProfile)}
+    unknown = set(data) - names
+    if unknown:
+        raise ProfileError(f"{origin}: unknown profile field(s) {sorted(unknown)}; "
+                           f"valid fields: {sorted(names)}")
+    missing = {f.name for f in dataclasses.fields(DeviceProfile)
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing -= set(data)
+    if missing:
+        raise ProfileError(f"{origin}: missing profile field(s) {sorted(missing)}")
+    return DeviceProfile(**data)
+
+
+def load_profile(path: str | Path, register: bool = True) -> DeviceProfile:
+    """Read a profile from a .json or .toml file (optionally registering it by name)."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ProfileError(f"{path}: not valid {path.suffix[1:]}: {err}") from None
+    prof = profile_from_dict(data, origin=str(path))
+    if register:
+        PROFILES[prof.name] = prof
+    return prof
