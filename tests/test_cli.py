@@ -1,0 +1,57 @@
+"""The `splitwise` command line: output keys, sensible orderings, and errors that name fields."""
+
+import json
+
+import pytest
+
+from splitwise_cli import main
+
+KEYS = {"strategy", "latency_s", "energy_j", "cloud_cost", "accuracy_drop", "edge_memory_gb",
+        "feasible", "partition"}
+
+
+def run_json(capsys, *argv):
+    assert main(["costs", *argv, "--json"]) == 0
+    return {r["strategy"]: r for r in json.loads(capsys.readouterr().out)}
+
+
+def test_costs_json_rows_and_orderings(capsys):
+    rows = run_json(capsys, "--model", "gpt2-xl", "--device", "orin-nx", "--bandwidth-mbps",
+                    "50", "--rtt-ms", "20")
+    assert set(rows) == {"edge-only", "cloud-only", "best-layer-cut", "best-headwise"}
+    for r in rows.values():
+        assert KEYS <= set(r)
+    # The exact head-level optimum can never be slower than any special case it contains.
+    best = rows["best-headwise"]["latency_s"]
+    for name in ("edge-only", "cloud-only", "best-layer-cut"):
+        assert best <= rows[name]["latency_s"] * (1 + 1e-5)
+    assert rows["cloud-only"]["edge_memory_gb"] == 0.0
+
+
+def test_privacy_floor_makes_cloud_only_infeasible(capsys):
+    rows = run_json(capsys, "--privacy-layers", "2", "--bandwidth-mbps", "20")
+    assert rows["cloud-only"]["feasible"] is False
+    assert rows["best-headwise"]["feasible"] is True
+    assert rows["best-headwise"]["partition"].startswith("emb=edge 0-1:h32/e")
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--bandwidth-mbps", "-1"], "bw_up_mbps"),
+    (["--bandwidth-mbps", "nan"], "bw_up_mbps"),
+    (["--rtt-ms", "-3"], "rtt_ms"),
+    (["--cloud-share", "0"], "cloud_share"),
+    (["--cloud-share", "1.5"], "cloud_share"),
+    (["--prompt-tokens", "0"], "prompt_tokens"),
+    (["--model", "gpt5"], "llama-7b"),
+    (["--device", "toaster"], "rpi5"),
+])
+def test_bad_input_names_the_field(capsys, argv, field):
+    assert main(["costs", *argv]) == 2
+    assert field in capsys.readouterr().err
+
+
+def test_outage_leaves_only_edge_side(capsys):
+    rows = run_json(capsys, "--model", "smollm2-135m", "--bandwidth-mbps", "0")
+    assert rows["cloud-only"]["feasible"] is False
+    assert rows["best-headwise"]["feasible"] is True
+    assert rows["best-headwise"]["latency_s"] == pytest.approx(rows["edge-only"]["latency_s"])
