@@ -70,11 +70,10 @@ def _option_table(q, link, spec: CostSpec, w: Weights):
 
 def solve_precision(q, link: LinkState, spec: CostSpec, w: Weights) -> DPResult:
     """Exact minimizer of the weighted objective for activation precision q."""
-    n_l, n_h = spec.n_layers, spec.n_heads
+    n_l = spec.n_layers
     table = _option_table(q, link, spec, w)
-    flat = table.reshape(n_l, 2, 3 * (n_h + 1) // 3, 3)
-    to_edge = flat[..., EDGE]  # [L, 2, H+1]
-    to_cloud = flat[..., 1:].reshape(n_l, 2, -1)  # f in {cloud, split}
+    to_edge = table[..., EDGE]  # [L, 2, H+1]
+    to_cloud = table[..., 1:].reshape(n_l, 2, -1)  # f in {cloud, split}
     trans = jnp.stack([to_edge.min(-1), to_cloud.min(-1)], axis=-1)  # [L, s_in, s_out]
     arg_edge = to_edge.argmin(-1)
     arg_cloud = to_cloud.argmin(-1)  # index = k * 2 + (f - 1)
@@ -155,29 +154,37 @@ def solve_memory(link: LinkState, spec: CostSpec, w: Weights, precisions=(0, 1, 
         dual = val + nu * (mem - budget)
         return res.partition, val, mem, dual
 
-    p0, v0, m0, d0 = at(0.0)
-    ok0 = m0 <= budget
-
-    def body(_, carry):
-        lo, hi, best_p, best_v, best_dual, found = carry
-        mid = jnp.sqrt(lo * hi)
-        p, v, m, dual = at(mid)
+    # One traced copy of the DP: step 0 tries nu = 0 (exact if it fits), step 1 nu = nu_max,
+    # then geometric bisection between the largest infeasible and smallest feasible nu.
+    def body(i, carry):
+        lo, hi, best_p, best_v, best_dual, found, ok0 = carry
+        nu = jnp.where(i == 0, 0.0, jnp.where(i == 1, nu_max, jnp.sqrt(lo * hi)))
+        p, v, m, dual = at(nu)
         fits = m <= budget
         better = fits & (v < best_v)
         best_p = jax.tree.map(lambda a, b: jnp.where(better, a, b), p, best_p)
         best_v = jnp.where(better, v, best_v)
-        return (jnp.where(fits, lo, mid), jnp.where(fits, mid, hi), best_p, best_v,
-                jnp.maximum(best_dual, dual), found | fits)
+        bisect = i >= 2
+        lo = jnp.where(bisect & ~fits, nu, lo)
+        hi = jnp.where(bisect & fits, nu, hi)
+        return (lo, hi, best_p, best_v, jnp.maximum(best_dual, dual), found | fits,
+                jnp.where(i == 0, fits, ok0))
 
-    p_hi, v_hi, m_hi, d_hi = at(nu_max)
-    fits_hi = m_hi <= budget
-    init = (jnp.float32(1e-9), jnp.float32(nu_max), p_hi,
-            jnp.where(fits_hi, v_hi, BIG), jnp.maximum(d0, d_hi), fits_hi)
-    lo, hi, bp, bv, bd, found = jax.lax.fori_loop(0, iters, body, init)
-    part = jax.tree.map(lambda a, b: jnp.where(ok0, a, b), p0, bp)
-    value = jnp.where(ok0, v0, bv)
-    lower = jnp.where(ok0, v0, jnp.minimum(bd, bv))
-    return ConstrainedResult(value, part, jnp.where(ok0, 0.0, hi), lower, ok0 | found)
+    def cond(carry_i):
+        i, carry = carry_i
+        return (i < iters + 2) & ~((i >= 1) & carry[6]) & ~((i >= 2) & ~carry[5])
+
+    def step(carry_i):
+        i, carry = carry_i
+        return i + 1, body(i, carry)
+
+    empty = Partition(jnp.zeros(spec.n_layers, jnp.int32), jnp.zeros(spec.n_layers, jnp.int32),
+                      jnp.int32(0), jnp.bool_(True))
+    init = (jnp.float32(1e-9), jnp.float32(nu_max), empty, jnp.float32(BIG),
+            jnp.float32(-BIG), jnp.bool_(False), jnp.bool_(False))
+    _, (lo, hi, part, value, dual, found, ok0) = jax.lax.while_loop(cond, step, (0, init))
+    lower = jnp.where(ok0, value, jnp.minimum(dual, value))
+    return ConstrainedResult(value, part, jnp.where(ok0, 0.0, hi), lower, found)
 
 
 def best_costs(link: LinkState, spec: CostSpec, w: Weights, precisions=(0, 1, 2)):
