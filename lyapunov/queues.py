@@ -140,7 +140,7 @@ def update_queues(queues: Queues, arrivals, service, energy, accuracy, cloud_cos
 
 
 def lyapunov_value(queues: Queues):
-    """Quadratic Lyapunov function ``L = (Q^2 + Z_E^2 + Z_A^2 + Z_C^2) / 2`` (Neely 2010, ch. 3-4)."""
+    """Quadratic Lyapunov function ``L = (Q^2 + Z_E^2 + Z_A^2 + Z_C^2) / 2`` (Neely 2010, ch. 4)."""
     return 0.5 * (queues.q**2 + queues.z_e**2 + queues.z_a**2 + queues.z_c**2)
 
 

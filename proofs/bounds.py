@@ -1,4 +1,4 @@
-"""Constants and bounds of the drift-plus-penalty analysis (``proofs/drift.md``, ``performance.md``).
+"""Constants and bounds of the drift-plus-penalty analysis (``drift.md``, ``performance.md``).
 
 Pure Python (``math`` only), so any package or test may import it. Notation as in
 ``shared/design/system-model.md`` section 3 and Neely, *Stochastic Network Optimization with

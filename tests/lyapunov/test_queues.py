@@ -40,7 +40,8 @@ budget_value = st.one_of(st.just(INF), st.floats(0.0, 4.0, width=32))
 def _np_update(q, z, a, mu, x, x_bar):
     """NumPy reference of the updates (float64), ``z, x, x_bar`` of length 3."""
     q1 = max(q - mu, 0.0) + a
-    z1 = [0.0 if math.isinf(b) else max(zi + xi - b, 0.0) for zi, xi, b in zip(z, x, x_bar)]
+    z1 = [0.0 if math.isinf(b) else max(zi + xi - b, 0.0)
+          for zi, xi, b in zip(z, x, x_bar, strict=True)]
     return q1, z1
 
 
@@ -139,7 +140,7 @@ def test_update_properties_and_max_identities(s):
     # Matches the float64 reference.
     rq, rz = _np_update(q, z, a, mu, x, x_bar)
     assert q1 == pytest.approx(rq, rel=1e-6, abs=tol)
-    for got, ref in zip(z1, rz):
+    for got, ref in zip(z1, rz, strict=True):
         assert got == pytest.approx(ref, rel=1e-6, abs=1e-6 * (1 + QMAX))
     # Non-negativity and Q(t+1) >= A(t).
     assert q1 >= 0.0 and all(v >= 0.0 for v in z1)
@@ -148,7 +149,7 @@ def test_update_properties_and_max_identities(s):
     assert q1 == pytest.approx(q - min(q, mu) + a, abs=tol)
     assert q1 >= q - mu + a - tol
     # Z(t+1) >= Z + x - x_bar, with equality when Z + x >= x_bar (active budgets).
-    for zi, xi, bi, z1i in zip(z, x, x_bar, z1):
+    for zi, xi, bi, z1i in zip(z, x, x_bar, z1, strict=True):
         if math.isinf(bi):
             assert z1i == 0.0
             continue
@@ -165,9 +166,9 @@ def test_one_slot_drift_plus_penalty_bound(s, V, p):
     qs, b = _queues(q, z), _budgets(x_bar)
     out = _update(qs, a, mu, x[0], x[1], x[2], b)
     B = drift_constant(service_max=MU_MAX, arrival_max=A_MAX, virtual=[
-        VirtualQueueSpec(x_max=m, budget=bi) for m, bi in zip(X_MAX, x_bar)])
+        VirtualQueueSpec(x_max=m, budget=bi) for m, bi in zip(X_MAX, x_bar, strict=True)])
     # Z of an inactive budget is held at 0 by the update, so the bound is stated for Z = 0.
-    z0 = [0.0 if math.isinf(bi) else zi for zi, bi in zip(z, x_bar)]
+    z0 = [0.0 if math.isinf(bi) else zi for zi, bi in zip(z, x_bar, strict=True)]
     qs0 = _queues(q, z0)
     lhs = float(lyapunov_value(out)) - float(lyapunov_value(qs0)) + V * p
     rhs = B + float(dpp_objective(qs0, V, p, a, mu, x[0], x[1], x[2], b))
@@ -176,7 +177,7 @@ def test_one_slot_drift_plus_penalty_bound(s, V, p):
     assert lhs <= rhs + tol
     # The same bound written term by term (drift.md eq. (D)), in float64.
     terms = q * (a - mu) + sum(
-        0.0 if math.isinf(bi) else zi * (xi - bi) for zi, xi, bi in zip(z0, x, x_bar))
+        0.0 if math.isinf(bi) else zi * (xi - bi) for zi, xi, bi in zip(z0, x, x_bar, strict=True))
     assert lhs - V * p <= B + terms + tol
 
 
@@ -201,7 +202,7 @@ HORIZON = 40
        st.floats(0.0, 3.0, width=32), queue_value)
 def test_virtual_queue_telescoping(xs, e_bar, z0):
     """drift.md Lemma 4: Z(T) - Z(0) >= sum_t (x(t) - x_bar), and for Q with A - mu."""
-    e, arr, mu = (jnp.array(col, jnp.float32) for col in zip(*xs))
+    e, arr, mu = (jnp.array(col, jnp.float32) for col in zip(*xs, strict=True))
     start = Queues.zeros().replace(q=jnp.float32(z0), z_e=jnp.float32(z0))
     end = _run_jit(start, arr, mu, e, Budgets(e_bar=jnp.float32(e_bar)))
     tol = 1e-5 * (1.0 + z0 + HORIZON * 5.0)
@@ -227,7 +228,7 @@ def test_vmap_and_jit_match_per_sample_loop():
     for i in range(0, n, 7):
         one = jax.tree.map(lambda v, i=i: v[i], qs)
         ref = update_queues(one, a[i], mu[i], e[i], 0.1, e[i], b)
-        for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(ref)):
+        for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(ref), strict=True):
             assert float(got[i]) == pytest.approx(float(want), rel=1e-6, abs=1e-6)
         want = dpp_objective(one, 3.0, e[i], a[i], mu[i], e[i], 0.1, e[i], b)
         assert float(obj[i]) == pytest.approx(float(want), rel=1e-5, abs=1e-5)
