@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.stats import poisson
 
 from lyapunov.queues import (
     Budgets,
@@ -179,6 +180,27 @@ def test_one_slot_drift_plus_penalty_bound(s, V, p):
     terms = q * (a - mu) + sum(
         0.0 if math.isinf(bi) else zi * (xi - bi) for zi, xi, bi in zip(z0, x, x_bar, strict=True))
     assert lhs - V * p <= B + terms + tol
+
+
+@settings(max_examples=200, deadline=None)
+@given(queue_value, queue_value, st.floats(0.0, 8.0), st.floats(0.0, MU_MAX, width=32),
+       st.floats(0.0, X_MAX[0], width=32), st.floats(0.0, 4.0, width=32))
+def test_drift_bound_in_expectation_poisson(q, z, lam, mu, e, e_bar):
+    """drift.md Proposition 3(b): E[L(t+1) - L(t) | Theta] <= B_2 + Q (lam - mu) + Z (e - E_bar)
+    with B_2 = (lam + lam^2 + mu_max^2)/2 + max(e_max - E_bar, E_bar)^2 / 2, A ~ Poisson(lam).
+
+    The expectation is a sum over A = 0..80 weighted by the Poisson pmf (tail < 1e-30).
+    """
+    a = np.arange(81)
+    pmf = poisson.pmf(a, lam)
+    qs = Queues.zeros().replace(q=jnp.float32(q), z_e=jnp.float32(z))
+    b = Budgets(e_bar=jnp.float32(e_bar))
+    nxt = _update(qs, jnp.asarray(a, jnp.float32), mu, e, 0.0, 0.0, b)
+    drift = float(np.sum(pmf * np.asarray(lyapunov_value(nxt), np.float64))) - 0.5 * (q * q + z * z)
+    b_2 = drift_constant(service_max=MU_MAX, arrival_second_moment=lam + lam * lam,
+                         virtual=[VirtualQueueSpec(x_max=X_MAX[0], budget=e_bar)])
+    tol = 1e-5 * (1.0 + 0.5 * (q * q + z * z) + (q + 50.0) ** 2)
+    assert drift <= b_2 + q * (lam - mu) + z * (e - e_bar) + tol
 
 
 def _run(start, arrivals, service, energy, budgets):
