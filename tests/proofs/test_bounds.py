@@ -189,7 +189,7 @@ def test_lp_reference_values():
 
 
 def test_bounds_hold_for_exact_dpp_policy(exact_sweep):
-    """performance.md Theorem 1 (C = 0), finite-horizon forms (a') and (b'), and Lemma 4."""
+    """performance.md Theorem 1 (C = 0): (a'), (b), (b'); drift.md Lemma 4 per sample path."""
     s = exact_sweep
     p_star, _ = _lp_optimum(LAM, X_BAR)
     eps, p_eps, _, _ = _lp_slater(LAM, X_BAR)
@@ -324,14 +324,15 @@ points = st.lists(st.tuples(st.floats(0.05, 10.0), st.floats(-5.0, 5.0)), min_si
 @given(points, st.floats(0.0, 5.0), st.floats(0.0, 50.0), st.floats(0.1, 2.0))
 def test_concave_objective_minimized_at_swept_hull_vertex(pts, V, Q, tau):
     """oracle.md Lemma 1 and Proposition 2: min of V l - Q tau / l + c over a finite set is
-    attained at a lower-left hull vertex, and the breakpoint sweep finds all of them with at
-    most 2 n_vertices + 1 oracle calls."""
+    attained at a lower-left hull vertex, and the breakpoint sweep finds all of them with
+    exactly 2 n - 1 oracle calls for n >= 2 points returned."""
     lat = np.array([p[0] for p in pts])
     cost = np.array([p[1] for p in pts])
     f = V * lat - Q * tau / lat + cost
     verts, calls = _lower_hull_sweep(lat, cost)
     assert f[verts].min() == pytest.approx(f.min(), rel=1e-9, abs=1e-9)
-    assert calls <= 2 * len(verts) + 1
+    n = len({(lat[v], cost[v]) for v in verts})  # distinct points returned
+    assert calls == (2 * n - 1 if n > 1 else 2)
     # Every vertex found minimizes lam * l + c for some lam >= 0 (it is supported).
     for v in verts:
         lo = max([(cost[v] - cost[u]) / (lat[u] - lat[v]) for u in range(len(pts))
