@@ -10,6 +10,7 @@ import numpy as np
 from costmodel import partition as P
 from costmodel.costs import RequestCosts, request_costs
 from costmodel.dp import Weights, solve_memory
+from costmodel.dp_memory import solve_memory_exact
 from costmodel.link import LinkState
 from costmodel.spec import CostSpec
 
@@ -37,13 +38,15 @@ def best_of(parts: P.Partition, link: LinkState, spec: CostSpec, key: str = "lat
 
 
 _solve_memory = jax.jit(solve_memory, static_argnames=("precisions", "iters"))
+_solve_memory_exact = jax.jit(solve_memory_exact, static_argnames=("precisions", "units"))
 
 
 def strategy_partition(name: str, link: LinkState, spec: CostSpec, weights: Weights | None = None):
     """(partition, costs) of a named strategy; (None, None) when it has no feasible partition.
 
-    best-headwise minimizes `weights` (latency by default) exactly up to the memory
-    multiplier's duality gap (costmodel.dp.solve_memory)."""
+    best-headwise minimizes `weights` (latency by default): exactly when the memory multiplier
+    closes the duality gap (costmodel.dp.solve_memory), else with the memory-resource DP
+    (costmodel.dp_memory), optimal up to rounding memory to 1/128 of the budget."""
     n_l, n_h = spec.n_layers, spec.n_heads
     if name == "edge-only":
         p = P.edge_only(n_l, n_h)
@@ -53,6 +56,15 @@ def strategy_partition(name: str, link: LinkState, spec: CostSpec, weights: Weig
         return best_of(layer_cut_candidates(spec), link, spec)
     elif name == "best-headwise":
         res = _solve_memory(link, spec, weights or Weights())
+        if not bool(res.feasible) or float(res.gap) > 1e-6 * abs(float(res.value)):
+            # The multiplier leaves a duality gap: add the memory-resource DP, and keep the
+            # best layer cut if it is better still (rounding memory can exclude it).
+            res = _solve_memory_exact(link, spec, weights or Weights(), units=1024)
+            cut, cut_costs = best_of(layer_cut_candidates(spec), link, spec)
+            own = request_costs(res.partition, link, spec)
+            if cut is not None and (not bool(res.feasible)
+                                    or float(cut_costs.latency_s) < float(own.latency_s)):
+                return cut, cut_costs
         if not bool(res.feasible):
             return None, None
         p = res.partition
