@@ -214,7 +214,10 @@ def endpoint_terms(s0, s_last, link: LinkState, spec: CostSpec) -> Terms:
     latency = prompt_t + lm_t + fb_t + last_t
     up_bytes = jnp.where(s0_cloud, prompt_bytes, 0.0) + jnp.where(differ & fb_up,
                                                                    t * TOKEN_BYTES, 0.0)
+    # Every generated token reaches the edge: the feedback tokens when the embedding is on the
+    # edge, otherwise the T earlier tokens stream down (off the critical path), then the last.
     down_bytes = (jnp.where(differ & ~fb_up, t * TOKEN_BYTES, 0.0)
+                  + jnp.where(s0_cloud & sl_cloud, t * TOKEN_BYTES, 0.0)
                   + jnp.where(sl_cloud, TOKEN_BYTES, 0.0))
     busy = jnp.where(sl_cloud, 0.0, lm_t)
     tx = xfer_time(up_bytes, bw_up)
@@ -273,3 +276,27 @@ def request_costs(p: Partition, link: LinkState, spec: CostSpec) -> RequestCosts
     """Costs of one request under partition `p` (one sample; use jax.vmap for batches)."""
     return costs_from_terms(total_terms(p, link, spec), p.act_prec, link, spec,
                             privacy_ok(p, spec))
+
+
+def _edge_only_pass(spec: CostSpec, n, ctx, kv_read):
+    idle_link = LinkState(*(jnp.float32(x) for x in (1.0, 1.0, 0.0, 1.0)))  # unused: no crossing
+    s_in, k, f = (jnp.int32(x) for x in (EDGE, spec.n_heads, EDGE))
+    layer = pass_terms(s_in, k, f, 0, idle_link, spec, n, ctx, kv_read)
+    emb_params = spec.vocab * spec.d_model
+    lm = roofline(2.0 * emb_params, spec.edge.weight_bytes * emb_params, spec.edge)
+    return spec.n_layers * layer.latency + lm
+
+
+def decode_token_time(spec: CostSpec, context=None):
+    """Seconds per generated token on the edge alone (edge-only partition): one decode pass over
+    all layers at KV context `context` (default: the mean decode context S + (T+1)/2) plus one
+    LM-head call. 1 / this is the decode rate in tokens/s."""
+    ctx = spec.prompt_tokens + (spec.new_tokens + 1.0) / 2.0 if context is None else context
+    return _edge_only_pass(spec, 1.0, ctx, 1.0)
+
+
+def prefill_time(spec: CostSpec):
+    """Seconds of the edge-only prefill pass over the S prompt tokens (all layers and one
+    LM-head call); S / this is the prefill rate in tokens/s."""
+    s = spec.prompt_tokens
+    return _edge_only_pass(spec, s, (s + 1.0) / 2.0, 0.0)

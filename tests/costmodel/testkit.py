@@ -1,0 +1,134 @@
+"""Shared pieces of the costmodel tests: small cards, random accuracy terms, hypothesis
+strategies, the jitted cost functions (compiled once per process and spec shape), and the
+JAX-vs-reference comparison."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from costmodel_reference import Link, Scenario, request_costs_ref_batch
+from hypothesis import strategies as st
+
+from costmodel.accuracy import AccuracyProfile
+from costmodel.cards import ModelCard, get_card
+from costmodel.costs import request_costs
+from costmodel.link import LinkState, Workload
+from costmodel.partition import Partition
+from costmodel.profiles import get_profile
+from costmodel.spec import make_spec
+
+# Two tiny cards: grouped-query attention (4 query heads on 2 K/V heads, SwiGLU, untied) and
+# plain multi-head attention (3 heads, GELU, tied embeddings).
+TINY_GQA = ModelCard("tiny-gqa", 2, 4, 2, 256, 640, 1000, "swiglu", False)
+TINY_MHA = ModelCard("tiny-mha", 3, 3, 3, 192, 512, 800, "gelu", True)
+EDGES = ("rpi5", "orin-nx", "galaxy-s23")
+CLOUDS = ("datacenter", "mec")
+
+costs_jit = jax.jit(request_costs)
+costs_batch = jax.jit(jax.vmap(request_costs, in_axes=(0, 0, None)))
+
+
+def random_accuracy(card: ModelCard, seed: int) -> AccuracyProfile:
+    """Random positive importances (sum 1), crossing costs and weight-precision costs."""
+    rng = np.random.default_rng(seed)
+    head = rng.uniform(0.05, 1.0, (card.n_layers, card.n_heads))
+    ffn = rng.uniform(0.05, 3.0, card.n_layers)
+    total = head.sum() + ffn.sum()
+    act = np.concatenate([[rng.uniform(0, 1e-3)], np.sort(rng.uniform(1e-3, 0.05, 2))])
+    weight_rel = {"8": float(rng.uniform(0, 1e-3)), "4": float(rng.uniform(1e-3, 0.1))}
+    return AccuracyProfile(act, weight_rel, head / total, ffn / total, f"random seed {seed}")
+
+
+def case(card: ModelCard | str, edge="rpi5", cloud="datacenter", prompt=128, new=32,
+         privacy=0, acc_seed=0, edge_profile=None, cloud_profile=None):
+    """(CostSpec, reference Scenario) of one model/device/cloud/workload."""
+    card = get_card(card) if isinstance(card, str) else card
+    acc = random_accuracy(card, acc_seed)
+    e = edge_profile or get_profile(edge)
+    c = cloud_profile or get_profile(cloud)
+    spec = make_spec(card, e, c, Workload(prompt, new), privacy, acc)
+    return spec, Scenario(card, e, c, acc, prompt, new, privacy)
+
+
+def log_uniform(lo: float, hi: float):
+    return st.floats(np.log10(lo), np.log10(hi)).map(lambda x: float(10.0 ** x))
+
+
+@st.composite
+def links(draw, outage=True):
+    """(up Mbit/s, down Mbit/s, RTT ms, cloud share); bandwidth 0 is an outage."""
+    bw = st.one_of(st.just(0.0), log_uniform(0.05, 5000.0)) if outage else log_uniform(0.05, 5e3)
+    up = draw(bw)
+    down = up if draw(st.booleans()) else draw(bw)
+    rtt = draw(st.one_of(st.just(0.0), st.floats(0.0, 200.0)))
+    share = draw(st.one_of(st.just(1.0), log_uniform(0.01, 1.0)))
+    return Link(up, down, rtt, share)
+
+
+@st.composite
+def partitions(draw, n_layers: int, n_heads: int):
+    """(edge_heads [L], ffn [L], act_prec, embed_edge) as plain Python values."""
+    heads = draw(st.lists(st.integers(0, n_heads), min_size=n_layers, max_size=n_layers))
+    ffn = draw(st.lists(st.integers(0, 2), min_size=n_layers, max_size=n_layers))
+    return heads, ffn, draw(st.integers(0, 2)), draw(st.booleans())
+
+
+def link_state(links_: list[Link]) -> LinkState:
+    """Stack reference links into a batched LinkState."""
+    f = jnp.float32
+    return LinkState(*(jnp.asarray([getattr(x, a) for x in links_], f)
+                       for a in ("up_mbps", "down_mbps", "rtt_ms", "share")))
+
+
+def one_link(x: Link) -> LinkState:
+    return LinkState(*(jnp.float32(getattr(x, a)) for a in ("up_mbps", "down_mbps", "rtt_ms",
+                                                            "share")))
+
+
+def partition_batch(parts) -> Partition:
+    heads, ffn, q, emb = zip(*parts, strict=True)
+    return Partition(jnp.asarray(heads, jnp.int32), jnp.asarray(ffn, jnp.int32),
+                     jnp.asarray(q, jnp.int32), jnp.asarray(emb, bool))
+
+
+def one_partition(part) -> Partition:
+    heads, ffn, q, emb = part
+    return Partition(jnp.asarray(heads, jnp.int32), jnp.asarray(ffn, jnp.int32),
+                     jnp.asarray(q, jnp.int32), jnp.asarray(emb, bool))
+
+
+# Absolute tolerances under rtol 1e-4 (float32 JAX vs float64 reference).
+ATOL = {"latency_s": 1e-9, "energy_j": 1e-8, "cloud_cost": 1e-15, "accuracy_drop": 1e-7,
+        "edge_memory_gb": 1e-12, "edge_compute_s": 1e-9, "bytes_up": 1e-3, "bytes_down": 1e-3,
+        "cloud_gpu_s": 1e-12, "n_crossings": 0.0}
+FLAGS = ("feasible", "memory_ok", "link_ok", "privacy_ok")
+
+
+def assert_matches_reference(got, ref: dict, rtol=1e-4):
+    """Compare a batched RequestCosts with the reference's dict of [B] arrays. Energy (and the
+    infinite latency) are only compared where the link is up: in an outage the JAX idle time
+    is inf - inf."""
+    got = {f.name: np.asarray(getattr(got, f.name), float) for f in dataclasses.fields(got)}
+    for flag in FLAGS:
+        np.testing.assert_array_equal(got[flag].astype(bool), ref[flag].astype(bool),
+                                      err_msg=flag)
+    up = ref["link_ok"].astype(bool)
+    np.testing.assert_array_equal(np.isinf(got["latency_s"]), ~up, err_msg="latency inf")
+    for name, atol in ATOL.items():
+        a, b = got[name], ref[name]
+        if name in ("latency_s", "energy_j"):
+            a, b = a[up], b[up]
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=name)
+
+
+def reference_batch(sc: Scenario, parts, links_: list[Link]) -> dict:
+    heads, ffn, q, emb = zip(*parts, strict=True)
+    return request_costs_ref_batch(sc, np.asarray(heads), np.asarray(ffn), np.asarray(q),
+                                   np.asarray(emb), links_)
+
+
+def profile_with(name: str, **changes):
+    return dataclasses.replace(get_profile(name), **changes)
