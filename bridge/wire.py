@@ -429,3 +429,13 @@ def check_order(expected: int, got: int, what: str = "seq") -> None:
     """Raise ``OutOfOrderFrame`` unless ``got == expected``."""
     if got != expected:
         raise OutOfOrderFrame(f"{what} {got} out of order: expected {expected}")
+
+
+def read_key_file(path) -> bytes:
+    """The shared HMAC key from a file: its bytes with surrounding whitespace stripped (at
+    least 16 bytes, so that a typo'd empty file does not silently disable authentication)."""
+    with open(path, "rb") as fh:
+        key = fh.read().strip()
+    if len(key) < 16:
+        raise ValueError(f"{path}: an HMAC key needs at least 16 bytes, found {len(key)}")
+    return key

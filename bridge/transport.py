@@ -1,0 +1,487 @@
+"""The edge's link to the cloud: trace-shaped bandwidth and RTT, framed connections, and a
+fault-injecting proxy for the tests.
+
+Link emulation (``LinkEmulator``). Both directions of the edge's link are shaped inside the
+edge process: a frame of ``n`` bytes handed to the link at time ``t`` is delivered at the far
+end when a token bucket has released ``n`` bytes after ``t`` (FIFO behind earlier frames)
+plus ``RTT/2`` of propagation. The bucket fills at the bandwidth of the trace at that moment
+(piecewise constant, replayed periodically; an outage is a rate of 0 and holds frames until
+the rate comes back) up to ``burst_bytes``. So a lone frame costs ``RTT/2 + n/B`` as in the
+cost model. The uplink is applied before a frame is written to the socket (a sender thread
+writes it at its delivery time), the downlink after a frame is read (the reader thread stamps
+its delivery time and ``Connection.recv`` hands it over no earlier). Loopback adds microseconds.
+
+Time scaling: ``time_scale`` is wall seconds per emulated second for the link only (0.1 makes
+every shaped delay ten times shorter and replays the trace ten times faster); compute is not
+scaled. The CLI uses 1.0, so measured latencies are real.
+
+Fault injection (``FaultProxy``): a TCP proxy on 127.0.0.1 between edge clients and the cloud
+server that reads whole frames (by their length prefix) in both directions and, with seeded
+per-frame probabilities, drops the connection, delays the frame beyond the client's timeout,
+flips one byte after the length prefix, or forwards a prefix of the frame and closes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import dataclasses
+import logging
+import math
+import queue
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+
+from bridge import wire
+
+log = logging.getLogger(__name__)
+
+UP, DOWN = 0, 1
+
+
+# --------------------------------------------------------------------------------------------
+# Link emulation
+
+
+class RateSchedule:
+    """A piecewise-constant rate (bytes/s), ``rates[i]`` on ``[times[i], times[i+1])``, over
+    ``[0, period_s)`` and repeated. ``integral`` and its inverse give transfer times."""
+
+    def __init__(self, times_s, rates_bps, period_s: float):
+        t = np.asarray(times_s, np.float64)
+        r = np.asarray(rates_bps, np.float64)
+        if t.ndim != 1 or t.shape != r.shape or t.size == 0 or t[0] != 0:
+            raise ValueError("times_s must be a 1-D array starting at 0, as long as rates")
+        if np.any(np.diff(t) <= 0) or not period_s > t[-1]:
+            raise ValueError("times_s must increase and end before period_s")
+        if np.any(r < 0) or not np.all(np.isfinite(r)):
+            raise ValueError("rates must be finite and >= 0")
+        self.times, self.rates, self.period = t, r, float(period_s)
+        widths = np.diff(np.append(t, period_s))
+        self.cum = np.concatenate([[0.0], np.cumsum(r * widths)])
+        self.total = float(self.cum[-1])
+
+    @classmethod
+    def constant(cls, rate_bps: float) -> RateSchedule:
+        return cls([0.0], [rate_bps], 1.0)
+
+    @classmethod
+    def from_trace(cls, trace, up_ratio: float = 1.0) -> RateSchedule:
+        """From a ``lyapunov.traces.Trace`` (Mbit/s) times ``up_ratio``."""
+        t = trace.time_s - trace.time_s[0]
+        return cls(t, trace.mbps * 1e6 / 8.0 * up_ratio, trace.duration_s)
+
+    def rate_at(self, t: float) -> float:
+        i = bisect.bisect_right(self.times, t % self.period) - 1
+        return float(self.rates[i])
+
+    def integral(self, t: float) -> float:
+        """Bytes the link can carry over ``[0, t]``."""
+        n, rem = divmod(t, self.period)
+        i = bisect.bisect_right(self.times, rem) - 1
+        return n * self.total + self.cum[i] + self.rates[i] * (rem - self.times[i])
+
+    def inverse(self, y: float) -> float:
+        """Earliest ``t`` with ``integral(t) >= y`` (inf if the link never carries ``y``)."""
+        if y <= 0:
+            return 0.0
+        if self.total <= 0:
+            return math.inf
+        n = math.floor(y / self.total)
+        rem = y - n * self.total
+        if rem <= 0:  # exactly n periods' worth: the earliest time inside the n-th period
+            n, rem = n - 1, self.total
+        # cum[i] < rem <= cum[i + 1], so segment i has a positive rate.
+        i = max(int(np.searchsorted(self.cum, rem, side="left")) - 1, 0)
+        return n * self.period + self.times[i] + (rem - self.cum[i]) / self.rates[i]
+
+    def mean_rate(self, t0: float, t1: float) -> float:
+        """Mean rate over ``[t0, t1]`` (bytes/s)."""
+        return (self.integral(t1) - self.integral(t0)) / (t1 - t0) if t1 > t0 else \
+            self.rate_at(t0)
+
+
+class TokenBucket:
+    """FIFO token bucket over a ``RateSchedule`` (emulated seconds, bytes)."""
+
+    def __init__(self, schedule: RateSchedule | None, burst_bytes: float):
+        self.schedule, self.burst = schedule, float(burst_bytes)
+        self.t_last, self.tokens = 0.0, float(burst_bytes)
+        self.lock = threading.Lock()
+
+    def release_time(self, t: float, nbytes: int) -> float:
+        """Emulated time at which ``nbytes`` handed over at ``t`` have left the bucket."""
+        if self.schedule is None:
+            return t
+        with self.lock:
+            start = max(t, self.t_last)
+            gained = self.schedule.integral(start) - self.schedule.integral(self.t_last)
+            tokens = min(self.burst, self.tokens + gained)
+            if tokens >= nbytes:
+                self.t_last, self.tokens = start, tokens - nbytes
+                return start
+            done = self.schedule.inverse(self.schedule.integral(start) + nbytes - tokens)
+            self.t_last, self.tokens = done, 0.0
+            return done
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkConfig:
+    """The emulated link of one edge device.
+
+    rtt_ms: round-trip propagation time (each direction gets half).
+    burst_bytes: token-bucket depth (one MTU by default: a lone frame pays n / B).
+    up_ratio: uplink rate / trace rate (the downlink follows the trace).
+    time_scale: wall seconds per emulated second for link delays (1 = real time).
+    """
+
+    rtt_ms: float = 20.0
+    burst_bytes: float = 1500.0
+    up_ratio: float = 1.0
+    time_scale: float = 1.0
+
+    def __post_init__(self):
+        for name in ("rtt_ms", "burst_bytes", "up_ratio", "time_scale"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"LinkConfig.{name} must be a finite number >= 0, got {v!r}")
+        if self.time_scale == 0 or self.up_ratio == 0:
+            raise ValueError("LinkConfig.time_scale and up_ratio must be > 0")
+
+
+class LinkEmulator:
+    """Both directions of a shaped link: ``deliver_at(direction, nbytes)`` gives the wall
+    time when a frame handed over now arrives at the other end. ``trace`` None: unlimited
+    bandwidth (only the RTT applies)."""
+
+    def __init__(self, trace=None, config: LinkConfig = LinkConfig(),
+                 clock: Callable[[], float] = time.monotonic):
+        self.config, self.clock, self.t0 = config, clock, clock()
+        self.trace = trace
+        down = RateSchedule.from_trace(trace) if trace is not None else None
+        up = RateSchedule.from_trace(trace, config.up_ratio) if trace is not None else None
+        self.buckets = (TokenBucket(up, config.burst_bytes),
+                        TokenBucket(down, config.burst_bytes))
+
+    def emulated_now(self) -> float:
+        return (self.clock() - self.t0) / self.config.time_scale
+
+    def to_wall(self, t_emulated: float) -> float:
+        return self.t0 + t_emulated * self.config.time_scale
+
+    def deliver_at(self, direction: int, nbytes: int) -> float:
+        t = self.emulated_now()
+        done = self.buckets[direction].release_time(t, nbytes)
+        return self.to_wall(done + self.config.rtt_ms * 1e-3 / 2.0)
+
+    def bandwidth_mbps(self, t0: float, t1: float, direction: int = DOWN) -> float:
+        """Mean bandwidth over emulated ``[t0, t1]`` (inf without a trace)."""
+        sched = self.buckets[direction].schedule
+        return math.inf if sched is None else sched.mean_rate(t0, t1) * 8.0 / 1e6
+
+
+# --------------------------------------------------------------------------------------------
+# A framed, shaped client connection
+
+
+class LinkTimeout(TimeoutError):
+    """No frame was delivered before the deadline."""
+
+
+class ConnectionBroken(ConnectionError):
+    """The connection failed; ``reason`` says how (EOF, socket error, rejected frame)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Connection:
+    """One TCP connection from the edge to the cloud through a ``LinkEmulator``.
+
+    ``send(data)`` hands encoded frame bytes to the uplink (written at their delivery time by
+    a sender thread, or at once when already due); ``recv(timeout)`` returns the next decoded
+    frame once the downlink delivers it. Any failure (EOF, socket error, a frame that fails
+    the wire checks) breaks the connection for good: ``recv`` raises ``ConnectionBroken``.
+    """
+
+    def __init__(self, addr: tuple[str, int], link: LinkEmulator, key: bytes | None = None,
+                 max_frame: int = wire.DEFAULT_MAX_FRAME, connect_timeout_s: float = 2.0):
+        self.link, self.key, self.max_frame = link, key, max_frame
+        self.sock = socket.create_connection(addr, timeout=connect_timeout_s)
+        self.sock.settimeout(None)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.bytes_sent = self.bytes_received = 0
+        self._inbox: queue.Queue = queue.Queue()
+        self._held = None
+        self._outbox: list[tuple[float, bytes]] = []
+        self._cv = threading.Condition()
+        self._write_lock = threading.Lock()
+        self.closed = threading.Event()
+        self.broken: str | None = None
+        self._reader = threading.Thread(target=self._read_loop, daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, daemon=True)
+        self._reader.start()
+        self._sender.start()
+
+    def _fail(self, reason: str) -> None:
+        if self.broken is None:
+            self.broken = reason
+        self._inbox.put((0.0, ConnectionBroken(reason)))
+
+    def _read_loop(self) -> None:
+        while not self.closed.is_set():
+            try:
+                frame, n = wire.read_frame(self.sock, self.key, self.max_frame)
+            except wire.WireError as err:
+                log.warning("edge: rejected frame from the cloud: %s", err.reason)
+                self._fail(f"rejected frame: {err.reason}")
+                return
+            except wire.PeerClosed:
+                self._fail("cloud closed the connection")
+                return
+            except OSError as err:
+                self._fail(f"socket error: {err}")
+                return
+            self.bytes_received += n
+            self._inbox.put((self.link.deliver_at(DOWN, n), frame))
+
+    def _write(self, data: bytes) -> None:
+        try:
+            with self._write_lock:
+                self.sock.sendall(data)
+        except OSError as err:
+            self._fail(f"send failed: {err}")
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._outbox and not self.closed.is_set():
+                    self._cv.wait()
+                if self.closed.is_set():
+                    return
+                due, data = self._outbox[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._cv.wait(min(wait, 0.5))
+                    continue
+                self._outbox.pop(0)
+            self._write(data)
+
+    def send(self, data: bytes) -> None:
+        """Hand one encoded frame to the uplink (counted in ``bytes_sent``)."""
+        if self.broken or self.closed.is_set():
+            return
+        self.bytes_sent += len(data)
+        due = self.link.deliver_at(UP, len(data))
+        with self._cv:
+            if not self._outbox and due <= time.monotonic():
+                self._write(data)
+                return
+            self._outbox.append((due, data))
+            self._cv.notify()
+
+    def recv(self, timeout_s: float) -> wire.Frame:
+        """Next delivered frame; ``LinkTimeout`` after ``timeout_s``, ``ConnectionBroken``."""
+        deadline = time.monotonic() + timeout_s
+        if self._held is not None:
+            item, self._held = self._held, None
+        else:
+            try:
+                item = self._inbox.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                raise LinkTimeout(f"no frame within {timeout_s:.3f} s") from None
+        due, frame = item
+        if isinstance(frame, ConnectionBroken):
+            self._inbox.put(item)  # stays broken for every later call
+            raise frame
+        if due > deadline:
+            time.sleep(max(deadline - time.monotonic(), 0.0))
+            self._held = item
+            raise LinkTimeout(f"frame still in flight after {timeout_s:.3f} s")
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        return frame
+
+    def close(self) -> None:
+        self.closed.set()
+        with self._cv:
+            self._cv.notify_all()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Fault injection
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultPlan:
+    """Per-frame fault probabilities of the proxy (a frame gets at most one fault).
+
+    drop: close both sides instead of forwarding the frame (a connection lost mid-request).
+    delay: hold the frame ``delay_s`` before forwarding it (longer than the client's timeout).
+    corrupt: flip one random byte after the length prefix.
+    truncate: forward a strict prefix of the frame, then close both sides.
+    directions: "both", "up" (edge -> cloud) or "down".
+    seed: of the proxy's random generator.
+    """
+
+    drop: float = 0.0
+    delay: float = 0.0
+    delay_s: float = 1.0
+    corrupt: float = 0.0
+    truncate: float = 0.0
+    directions: str = "both"
+    seed: int = 0
+
+    def __post_init__(self):
+        total = self.drop + self.delay + self.corrupt + self.truncate
+        if min(self.drop, self.delay, self.corrupt, self.truncate) < 0 or total > 1:
+            raise ValueError("fault probabilities must be >= 0 and sum to at most 1")
+        if self.directions not in ("both", "up", "down"):
+            raise ValueError("directions must be 'both', 'up' or 'down'")
+
+
+class FaultProxy:
+    """TCP proxy on 127.0.0.1 that injects ``FaultPlan`` faults into whole frames.
+
+    ``start()`` returns the listening port; ``counts`` holds the faults injected by kind;
+    ``set_plan`` changes the plan for frames read afterwards; ``stop()`` closes everything.
+    """
+
+    def __init__(self, upstream: tuple[str, int], plan: FaultPlan = FaultPlan()):
+        if upstream[0] not in ("127.0.0.1", "localhost"):
+            raise ValueError("the fault proxy only forwards to loopback")
+        self.upstream, self.plan = upstream, plan
+        self.rng = random.Random(plan.seed)
+        self.counts: Counter = Counter()
+        self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()
+        self._stop = threading.Event()
+        self._listener: socket.socket | None = None
+
+    def set_plan(self, plan: FaultPlan) -> None:
+        with self._lock:
+            self.plan = plan
+            self.rng = random.Random(plan.seed)
+
+    def start(self) -> int:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+        return self._listener.getsockname()[1]
+
+    def _track(self, s: socket.socket) -> None:
+        with self._lock:
+            self._socks.add(s)
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream, timeout=1.0)
+                server.settimeout(None)
+            except OSError:
+                self.counts["upstream_refused"] += 1
+                client.close()
+                continue
+            for s in (client, server):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._track(s)
+            pair = (client, server)
+            threading.Thread(target=self._pump, args=(client, server, "up", pair),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, "down", pair),
+                             daemon=True).start()
+
+    def _choose(self, direction: str) -> str | None:
+        with self._lock:
+            p = self.plan
+            if p.directions not in ("both", direction):
+                return None
+            u = self.rng.random()
+            for kind in ("drop", "delay", "corrupt", "truncate"):
+                prob = getattr(p, kind)
+                if u < prob:
+                    self.counts[kind] += 1
+                    return kind
+                u -= prob
+            return None
+
+    @staticmethod
+    def _close(pair) -> None:
+        for s in pair:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, direction: str, pair) -> None:
+        try:
+            while not self._stop.is_set():
+                head = _recv_n(src, wire.LENGTH.size)
+                if head is None:
+                    break
+                (length,) = wire.LENGTH.unpack(head)
+                body = _recv_n(src, min(length, 1 << 30))
+                if body is None:
+                    break
+                data = head + body
+                kind = self._choose(direction)
+                if kind == "drop":
+                    break
+                if kind == "truncate":
+                    with self._lock:
+                        cut = self.rng.randrange(1, len(data))
+                    dst.sendall(data[:cut])
+                    break
+                if kind == "corrupt":
+                    with self._lock:
+                        i = self.rng.randrange(wire.LENGTH.size, len(data))
+                        flip = self.rng.randrange(1, 256)
+                    buf = bytearray(data)
+                    buf[i] ^= flip
+                    data = bytes(buf)
+                if kind == "delay":
+                    if self._stop.wait(self.plan.delay_s):
+                        break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(pair)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
+        with self._lock:
+            socks = list(self._socks)
+        self._close(socks)
+
+
+def _recv_n(sock: socket.socket, n: int) -> bytes | None:
+    chunks, got = [], 0
+    while got < n:
+        chunk = sock.recv(min(n - got, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
