@@ -1,11 +1,12 @@
 """Trace loaders and resampling: hand-worked files, shipped traces, malformed inputs."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lyapunov import traces
 from lyapunov.traces import (
     SHIPPED_TRACES,
     Trace,
@@ -201,7 +202,7 @@ def test_csv_gnettrack_style(tmp_path):
 
 
 def test_shared_fivegophers_file_if_present():
-    path = traces.Path(__file__).resolve().parents[3] / (
+    path = Path(__file__).resolve().parents[3] / (
         "shared/data/traces/fivegophers_5g_us/All-Carriers_01-Throughput_data.csv"
     )
     if not path.is_file():
