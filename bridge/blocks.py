@@ -596,11 +596,13 @@ def _cross_ids(me: int, src: int, tag: int, layer: int, ids):
 
 @dataclasses.dataclass(frozen=True)
 class CrossingRecord:
-    """One crossing of a local run: sending side, tag, layer, payload bytes on the wire."""
+    """One crossing of a local run: sending side, tag, layer, number of values, payload bytes
+    on the wire (values at the precision, plus a float32 scale per row for int8 / int4)."""
 
     src: int
     tag: int
     layer: int
+    elements: int
     payload_bytes: int
 
 
@@ -635,7 +637,8 @@ def run_local(ex: Executor, rp: RunPartition, prompt: list[int], n_out: int,
                 if ev.precision is not None:
                     got = got.astype(np.float32, copy=False)
                 inbox[1 - side].append((ev.tag, ev.layer, got))
-                crossings.append(CrossingRecord(side, ev.tag, ev.layer, len(payload)))
+                crossings.append(CrossingRecord(side, ev.tag, ev.layer, int(ev.value.size),
+                                                len(payload)))
                 advance(side, None)
                 moved = True
             elif isinstance(ev, Recv) and inbox[side]:
