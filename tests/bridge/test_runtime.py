@@ -257,7 +257,8 @@ def server():
     srv.stop()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(partitions, prompts, st.sampled_from(["fp32", "fp16", "int8", "int4"]))
 def test_networked_equals_local_split(server, rp, prompt, precision):
     rp = RunPartition(rp.head_on_edge, rp.ffn, precision, rp.embed_edge)
@@ -287,7 +288,7 @@ def test_many_clients_concurrently_each_step_once(server):
     for t in threads:
         t.join(60)
     for k in range(4):
-        for (p, rp), res in zip(jobs[k], results[k], strict=True):
+        for (p, _), res in zip(jobs[k], results[k], strict=True):
             assert res.status == "answered" and res.tokens == greedy(EX, p, 3)
     assert server.executions and max(server.executions.values()) == 1
     assert server.stats["requests_opened"] == server.stats["requests_closed"]
@@ -332,9 +333,8 @@ def test_policies_return_valid_partitions():
 
 @pytest.mark.parametrize("policy", ["cloud-only", "edge-only", "best-cut", "oracle"])
 def test_run_edge_summary(server, policy):
-    from lyapunov.traces import load_shipped
-
     from bridge.edge_client import EdgeConfig
+    from lyapunov.traces import load_shipped
 
     cfg = EdgeConfig(prompt_tokens=6, new_tokens=3, arrival_rate=4.0, slot_s=1.0,
                      link=LinkConfig(rtt_ms=10.0, time_scale=0.05))
