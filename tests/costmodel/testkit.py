@@ -5,6 +5,7 @@ JAX-vs-reference comparison."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ from costmodel.cards import ModelCard, get_card
 from costmodel.costs import request_costs
 from costmodel.link import LinkState, Workload
 from costmodel.partition import Partition
-from costmodel.profiles import get_profile
+from costmodel.profiles import DeviceProfile, get_profile
 from costmodel.spec import make_spec
 
 # Two tiny cards: grouped-query attention (4 query heads on 2 K/V heads, SwiGLU, untied) and
@@ -63,7 +64,7 @@ def links(draw, outage=True):
     bw = st.one_of(st.just(0.0), log_uniform(0.05, 5000.0)) if outage else log_uniform(0.05, 5e3)
     up = draw(bw)
     down = up if draw(st.booleans()) else draw(bw)
-    rtt = draw(st.one_of(st.just(0.0), st.floats(0.0, 200.0)))
+    rtt = draw(st.one_of(st.just(0.0), st.floats(0.0, 2.0), st.floats(0.0, 200.0)))
     share = draw(st.one_of(st.just(1.0), log_uniform(0.01, 1.0)))
     return Link(up, down, rtt, share)
 
@@ -132,3 +133,64 @@ def reference_batch(sc: Scenario, parts, links_: list[Link]) -> dict:
 
 def profile_with(name: str, **changes):
     return dataclasses.replace(get_profile(name), **changes)
+
+
+costs_many = jax.jit(jax.vmap(request_costs, in_axes=(0, None, None)))
+
+
+def all_partitions(card: ModelCard) -> Partition:
+    """Every partition of a (tiny) card: (H+1)^L * 3^L head/FFN choices x 3 precisions x 2
+    embedding sides, stacked."""
+    opts = list(itertools.product(range(card.n_heads + 1), range(3)))
+    rows = [(tuple(h for h, _ in layers), tuple(f for _, f in layers), q, emb)
+            for layers in itertools.product(opts, repeat=card.n_layers)
+            for q in range(3) for emb in (True, False)]
+    return partition_batch(rows)
+
+
+@st.composite
+def weights(draw):
+    """Objective weights of costmodel.dp.Weights, each 0 or spread over its natural scale."""
+
+    def w(lo, hi):
+        return draw(st.one_of(st.just(0.0), log_uniform(lo, hi)))
+
+    return dict(latency=w(0.01, 10.0), energy=w(1e-3, 1.0), cloud_cost=w(1.0, 1e4),
+                accuracy=w(1e-3, 1.0), memory=w(1e-2, 100.0))
+
+
+def objective(c, w: dict, memory: bool = False) -> np.ndarray:
+    """Weighted objective of (batched) RequestCosts; +inf where infeasible (link, privacy, and
+    the memory budget if `memory`)."""
+    with np.errstate(invalid="ignore"):  # 0 * inf where the link is down; masked below
+        val = _weighted(c, w)
+    ok = np.asarray(c.link_ok) & np.asarray(c.privacy_ok)
+    if memory:
+        ok = ok & np.asarray(c.memory_ok)
+    return np.where(ok, val, np.inf)
+
+
+def _weighted(c, w: dict) -> np.ndarray:
+    return (w["latency"] * np.asarray(c.latency_s, float)
+            + w["energy"] * np.asarray(c.energy_j, float)
+            + w["cloud_cost"] * np.asarray(c.cloud_cost, float)
+            + w["accuracy"] * np.asarray(c.accuracy_drop, float)
+            + w["memory"] * np.asarray(c.edge_memory_gb, float))
+
+
+def random_profile(role: str, seed: int) -> DeviceProfile:
+    """A valid profile with random roofline, power, memory and price constants, spread so that
+    edge and cloud speeds are sometimes comparable (where head- and FFN-level splits win)."""
+    rng = np.random.default_rng(seed)
+
+    def lu(lo, hi):
+        return float(10 ** rng.uniform(np.log10(lo), np.log10(hi)))
+
+    return DeviceProfile(
+        f"random-{role}-{seed}", role, peak_tflops=lu(0.01, 300.0), mem_bw_gbs=lu(5.0, 3000.0),
+        eff_compute=float(rng.uniform(0.1, 1.0)), eff_memory=float(rng.uniform(0.1, 1.0)),
+        overhead_us=float(rng.choice([0.0, lu(1.0, 200.0)])),
+        weight_bits=float(rng.choice([4.0, 4.5, 8.0, 16.0])),
+        kv_bits=float(rng.choice([8.0, 16.0])), power_active_w=lu(1.0, 400.0),
+        power_idle_w=lu(0.1, 10.0), power_tx_w=lu(0.1, 5.0), mem_budget_gb=lu(0.5, 80.0),
+        rtt_ms=lu(0.5, 100.0), price_per_gpu_s=lu(1e-5, 1e-2), price_per_gb=lu(1e-3, 0.2))

@@ -1,0 +1,152 @@
+"""costmodel.dp against brute-force enumeration of every partition of tiny cards.
+
+`solve`: its value is the minimum of the weighted objective over all link- and privacy-feasible
+partitions (all head counts, FFN sides, precisions and embedding sides), and equals the
+objective of request_costs at its own partition. `solve_memory` with a binding budget: its
+partition fits; with a zero duality gap its value is the constrained optimum, otherwise the
+optimum lies in [lower_bound, value]. Random weights and link states, outages and privacy
+floors included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from costmodel_reference import Link
+from costmodel_testkit import (
+    TINY_GQA,
+    TINY_MHA,
+    all_partitions,
+    case,
+    costs_jit,
+    costs_many,
+    objective,
+    one_link,
+    random_profile,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from costmodel import dp
+from costmodel.profiles import get_profile
+
+solve = jax.jit(dp.solve)
+solve_memory = jax.jit(dp.solve_memory)
+ALL = {c.name: all_partitions(c) for c in (TINY_GQA, TINY_MHA)}
+# (card, privacy_layers); privacy_layers is static, so each pair is one compile of the DP.
+SOLVE_CONFIGS = [(TINY_GQA, 0), (TINY_GQA, 1), (TINY_MHA, 0), (TINY_MHA, 2)]
+MEMORY_CONFIGS = [(TINY_GQA, 1), (TINY_MHA, 0)]
+RTOL = 1e-4
+
+
+def _weights(w: dict) -> dp.Weights:
+    return dp.Weights(**{k: jnp.float32(v) for k, v in w.items()})
+
+
+def _close(a, b, scale):
+    return abs(a - b) <= RTOL * max(abs(a), abs(b)) + 1e-6 * scale
+
+
+def instance(seed: int, configs) -> dict:
+    """A random instance: tiny card, registry or random profiles, link, workload, weights.
+
+    Drawn from a seed (hypothesis draws the seed) so that examples are independent and diverse.
+    Half are in the regime where head- and FFN-level splits win (a cloud as fast as the edge
+    over a LAN link, latency-dominated weights, long prompts), so that the DP's inner choice
+    over (k, f) matters; the other half spread over all links (outages included) and weights.
+    """
+    rng = np.random.default_rng(seed)
+
+    def lu(lo, hi):
+        return float(10 ** rng.uniform(np.log10(lo), np.log10(hi)))
+
+    card, privacy = configs[rng.integers(len(configs))]
+    edge = (random_profile("edge", seed) if rng.random() < 0.4
+            else get_profile(str(rng.choice(["rpi5", "orin-nx", "galaxy-s23"]))))
+    scales = dict(latency=(0.01, 10.0), energy=(1e-3, 1.0), cloud_cost=(1.0, 1e4),
+                  accuracy=(1e-3, 1.0), memory=(1e-2, 100.0))
+    w = {k: 0.0 if rng.random() < 0.3 else lu(*v) for k, v in scales.items()}
+    x = dict(card=card, privacy=privacy, edge=edge, acc_seed=seed, new=int(rng.integers(1, 129)))
+    if rng.random() < 0.5:
+        bw = lu(100.0, 5000.0)
+        w = {k: 1e-3 * v for k, v in w.items()} | {"latency": 1.0}
+        twin = dataclasses.replace(edge, name="twin", role="cloud", price_per_gpu_s=1e-4)
+        return x | dict(cloud=twin, link=Link(bw, bw, rng.uniform(0.0, 1.0), 1.0), w=w,
+                        prompt=int(rng.integers(256, 2049)))
+    cloud = (random_profile("cloud", seed) if rng.random() < 0.4
+             else get_profile(str(rng.choice(["datacenter", "mec"]))))
+    up = 0.0 if rng.random() < 0.25 else lu(0.05, 5000.0)
+    down = up if rng.random() < 0.5 else (0.0 if rng.random() < 0.25 else lu(0.05, 5000.0))
+    rtt = float(rng.choice([0.0, rng.uniform(0.0, 2.0), rng.uniform(0.0, 200.0)]))
+    share = 1.0 if rng.random() < 0.3 else lu(0.01, 1.0)
+    return x | dict(cloud=cloud, link=Link(up, down, rtt, share), w=w,
+                    prompt=int(rng.integers(1, 2049)))
+
+
+SEEDS = st.integers(0, 2**32 - 1)
+
+
+def _case(x, edge=None):
+    return case(x["card"], prompt=x["prompt"], new=x["new"], privacy=x["privacy"],
+                acc_seed=x["acc_seed"], edge_profile=edge or x["edge"],
+                cloud_profile=x["cloud"])[0]
+
+
+@settings(max_examples=25, deadline=None)
+@given(SEEDS)
+def test_solve_equals_brute_force(seed):
+    x = instance(seed, SOLVE_CONFIGS)
+    spec = _case(x)
+    link = one_link(x["link"])
+    res = solve(link, spec, _weights(x["w"]))
+    brute = objective(costs_many(ALL[x["card"].name], link, spec), x["w"])
+    best = float(brute.min())
+    assert np.isfinite(best)  # edge-only is always link- and privacy-feasible
+    value = float(res.value)
+    assert _close(value, best, abs(best) + 1.0), (value, best)
+    # The returned partition is feasible and its objective is the returned value.
+    own = costs_jit(res.partition, link, spec)
+    assert bool(own.link_ok) and bool(own.privacy_ok)
+    assert _close(float(objective(own, x["w"])), value, abs(value) + 1.0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(SEEDS, st.floats(-0.3, 1.0))
+def test_solve_memory_against_brute_force(seed, frac):
+    x = instance(seed, MEMORY_CONFIGS)
+    card, w = x["card"], x["w"]
+    spec = _case(x)
+    link = one_link(x["link"])
+    # Budget: from just above the least memory of any link/privacy-feasible partition (frac = 0)
+    # to the unconstrained optimum's memory (frac = 1; edge-only's if that uses none); frac < 0:
+    # 70 % of the least, so nothing is feasible (unless that is 0: cloud-only).
+    free = costs_jit(solve(link, spec, _weights(w)).partition, link, spec)
+    everything = costs_many(ALL[card.name], link, spec)
+    mem = np.asarray(everything.edge_memory_gb, float)
+    min_mem = float(mem[np.isfinite(objective(everything, w))].min())
+    ref_mem = float(free.edge_memory_gb) or float(mem.max())
+    if frac < 0:
+        budget = max(0.7 * min_mem, 1e-9)
+    else:
+        budget = max(min_mem * (1 + 1e-4) + frac * (ref_mem - min_mem), 1e-9)
+    edge = dataclasses.replace(x["edge"], mem_budget_gb=budget)
+    spec = _case(x, edge)
+    res = solve_memory(link, spec, _weights(w))
+    brute = objective(costs_many(ALL[card.name], link, spec), w, memory=True)
+    best = float(brute.min())
+    if not np.isfinite(best):
+        assert not bool(res.feasible)
+        return
+    assert bool(res.feasible)
+    own = costs_jit(res.partition, link, spec)
+    assert float(own.edge_memory_gb) <= budget * (1 + 1e-6)
+    value, lower = float(res.value), float(res.lower_bound)
+    scale = abs(best) + 1.0
+    assert _close(float(objective(own, w, memory=True)), value, scale)
+    if value - lower <= 1e-6 * scale:
+        assert _close(value, best, scale), (value, best)
+    else:
+        assert lower - RTOL * scale <= best <= value + RTOL * scale, (lower, best, value)
