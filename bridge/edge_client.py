@@ -143,7 +143,8 @@ class _Session:
         self.client, self.rid, self.rp = client, rid, rp
         open_vec = encode_open(rp, prompt_len, n_out, client.executor.fingerprint())
         self.log: list[bytes] = [self._encode(MsgType.OPEN, 0, array=open_vec)]
-        self.sent_upto = 0  # log[:sent_upto] went out on the current connection
+        self.sent_upto = 0  # log[:sent_upto] went out on ``sent_conn``
+        self.sent_conn: Connection | None = None
         self.acked = -1  # highest seq the cloud acknowledged
         self.next_down = 0  # next RESULT seq expected
         self.ready: deque[wire.Frame] = deque()
@@ -160,11 +161,27 @@ class _Session:
         seq = len(self.log)
         self.log.append(self._encode(MsgType.STEP, seq, layer=ev.layer, tag=ev.tag,
                                      array=ev.value, precision=ev.precision))
+        if self.client.conn is None:
+            try:
+                self.client.connect()
+            except OSError:
+                pass  # the next wait backs off and retries
         self._flush()
 
-    def _flush(self) -> None:
+    def _adopt(self) -> Connection | None:
+        """The client's live connection; a connection new to this session first carries
+        every unacknowledged frame."""
         conn = self.client.conn
         if conn is None or conn.broken:
+            return None
+        if conn is not self.sent_conn:
+            self.sent_upto = min(self.sent_upto, self.acked + 1)
+            self.sent_conn = conn
+        return conn
+
+    def _flush(self) -> None:
+        conn = self._adopt()
+        if conn is None:
             return
         for data in self.log[self.sent_upto :]:
             conn.send(data)
@@ -186,18 +203,23 @@ class _Session:
 
     def _pump(self) -> None:
         """Wait for one frame and handle it; on any failure, back off and resume."""
+        conn = self.client.conn
+        if conn is not None and conn.broken:
+            self._recover(conn.broken)
+            return
         try:
             conn = self.client.connect()
-            self._flush()
+        except OSError as err:
+            self._recover(f"connect failed: {err}")
+            return
+        self._flush()
+        try:
             frame = conn.recv(self.client.config.timeout_s)
         except LinkTimeout as err:
             self._recover(f"timeout: {err}")
             return
         except ConnectionBroken as err:
             self._recover(err.reason)
-            return
-        except OSError as err:
-            self._recover(f"connect failed: {err}")
             return
         self._handle(frame)
 
