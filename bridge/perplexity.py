@@ -13,8 +13,8 @@ Measurements (``measure``), all as relative perplexity increases ``ppl / ppl_fp3
 
 - activation crossings: the residual stream is fake-quantized (``bridge.quant.cross``) at the
   input of ``n`` layers spread evenly (layer ``floor((i + 1/2) L / n)``, ``i < n``), for
-  ``n`` in ``CROSSING_COUNTS`` and each precision; the per-crossing cost is the least-squares
-  slope through the origin of ``rel`` against ``n``;
+  ``n`` in ``CROSSING_COUNTS`` and each precision; the per-crossing cost ``c`` fits
+  ``ppl(n) = ppl_0 (1 + c)^n`` (``fit_per_crossing``), the additive slope is kept beside it;
 - weights: every attention and FFN matrix fake-quantized group-wise (absmax, group 32) to 8 and
   4 bits (``bridge.model.with_fake_quant_weights``; embedding / LM head kept);
 - head importance: one head's output after its ``W_O`` slice fake-quantized to int4 per token
@@ -131,11 +131,22 @@ def crossing_layers(n: int, n_layers: int) -> list[int]:
     return [int((i + 0.5) * n_layers / n) for i in range(n)]
 
 
-def fit_per_crossing(curve: Sequence[tuple[int, float]]) -> float:
-    """Least-squares slope through the origin of ``rel`` on ``n``: ``sum(n r) / sum(n^2)``."""
+def fit_per_crossing_linear(curve: Sequence[tuple[int, float]]) -> float:
+    """Least-squares slope through the origin of ``rel`` on ``n``: ``sum(n r) / sum(n^2)``
+    (the additive model ``rel(n) = n c``)."""
     n = np.array([c[0] for c in curve], dtype=float)
     r = np.array([c[1] for c in curve], dtype=float)
     return float((n * r).sum() / (n * n).sum())
+
+
+def fit_per_crossing(curve: Sequence[tuple[int, float]]) -> float:
+    """Per-crossing relative cost ``c`` of the multiplicative model ``ppl(n) = ppl_0 (1+c)^n``:
+    the least-squares slope through the origin of ``log(1 + rel)`` on ``n``, mapped back by
+    ``exp(.) - 1``. For small costs it equals the additive slope; unlike it, it is not
+    dominated by the largest ``n`` when errors compound (int4)."""
+    n = np.array([c[0] for c in curve], dtype=float)
+    g = np.log1p(np.array([c[1] for c in curve], dtype=float))
+    return float(np.expm1((n * g).sum() / (n * n).sum()))
 
 
 def measure(
@@ -193,6 +204,9 @@ def measure(
     return {
         "baseline_ppl": base,
         "act_crossing_rel": {p: fit_per_crossing(curves[p]) for p in ACT_PRECISIONS},
+        "act_crossing_rel_linear": {
+            p: fit_per_crossing_linear(curves[p]) for p in ACT_PRECISIONS
+        },
         "act_crossing_curve": curves,
         "weight_rel": weight_rel,
         "head_importance": heads.tolist(),
@@ -209,7 +223,10 @@ METHOD = (
     "(a fraction). act_crossing_curve: the residual stream is quantize-dequantized at the input "
     "of n layers spread evenly (layer floor((i+1/2)*30/n), i<n), per-token symmetric absmax "
     "scaling for int8/int4 (levels +-127 / +-7, round half to even), a float16 round trip for "
-    "fp16; act_crossing_rel is the least-squares slope through the origin of rel against n. "
+    "fp16. act_crossing_rel: per-crossing cost c of the multiplicative model ppl(n) = "
+    "baseline*(1+c)^n, c = expm1 of the least-squares slope through the origin of log1p(rel) "
+    "on n (for small c the same as the additive slope; use (1+c)^n - 1 for n crossings); "
+    "act_crossing_rel_linear: the additive slope sum(n*rel)/sum(n^2) for comparison. "
     "weight_rel: every attention (Q, K, V, O) and FFN (gate, up, down) matrix of all 30 layers "
     "fake-quantized group-wise along the input axis (symmetric absmax, group 32, 8 or 4 bits); "
     "norms, embedding and LM head kept; note the reference weights are themselves Q4_1, so the "
