@@ -316,5 +316,7 @@ def random_model(cfg: LlamaConfig, seed: int = 0, scale: float = 0.2) -> LlamaMo
         for _ in range(cfg.n_layers)
     )
     embed = rng.standard_normal((cfg.vocab_size, d)).astype(np.float32)
-    weights = LlamaWeights(embed=embed, layers=layers, final_norm=np.ones(d, np.float32), lm_head=embed)
+    weights = LlamaWeights(
+        embed=embed, layers=layers, final_norm=np.ones(d, np.float32), lm_head=embed
+    )
     return LlamaModel(cfg, weights)

@@ -90,7 +90,9 @@ def sum_nll(logits: torch.Tensor, tokens: torch.Tensor) -> float:
     """Summed next-token negative log-likelihood: ``logits [B, T, V]`` at positions
     ``0..T-2`` predict ``tokens [B, T]`` at ``1..T-1``."""
     v = logits.shape[-1]
-    return float(F.cross_entropy(logits[:, :-1].reshape(-1, v), tokens[:, 1:].reshape(-1), reduction="sum"))
+    return float(
+        F.cross_entropy(logits[:, :-1].reshape(-1, v), tokens[:, 1:].reshape(-1), reduction="sum")
+    )
 
 
 @torch.no_grad()
@@ -204,9 +206,7 @@ def measure(
     return {
         "baseline_ppl": base,
         "act_crossing_rel": {p: fit_per_crossing(curves[p]) for p in ACT_PRECISIONS},
-        "act_crossing_rel_linear": {
-            p: fit_per_crossing_linear(curves[p]) for p in ACT_PRECISIONS
-        },
+        "act_crossing_rel_linear": {p: fit_per_crossing_linear(curves[p]) for p in ACT_PRECISIONS},
         "act_crossing_curve": curves,
         "weight_rel": weight_rel,
         "head_importance": heads.tolist(),

@@ -33,8 +33,14 @@ import dataclasses
 import numpy as np
 import torch
 
-from bridge.model import KVCache, LlamaModel, attn_heads_block, ffn_block, ffn_down_block
-from bridge.model import ffn_up_block
+from bridge.model import (
+    KVCache,
+    LlamaModel,
+    attn_heads_block,
+    ffn_block,
+    ffn_down_block,
+    ffn_up_block,
+)
 from bridge.quant import PRECISIONS, cross, wire_bytes
 
 EDGE, CLOUD = 0, 1
@@ -145,7 +151,9 @@ def _layer(
     o = 1 - s
 
     def partial(side: int, x_in: torch.Tensor) -> torch.Tensor:
-        p, kv[(side, i)] = attn_heads_block(cfg, layer, x_in, heads[side], offset, kv.get((side, i)))
+        p, kv[(side, i)] = attn_heads_block(
+            cfg, layer, x_in, heads[side], offset, kv.get((side, i))
+        )
         return p
 
     if s == a:
@@ -200,7 +208,9 @@ def split_forward(
         n = tokens.shape[0]
         link.log.append(Crossing("token_out", cfg.n_layers, CLOUD, n, 4.0 * n))
     prev = () if state is None else state.crossings
-    return logits, SplitState(kv=kv, offset=offset + tokens.shape[1], crossings=prev + tuple(link.log))
+    return logits, SplitState(
+        kv=kv, offset=offset + tokens.shape[1], crossings=prev + tuple(link.log)
+    )
 
 
 @torch.no_grad()

@@ -71,15 +71,15 @@ def time_blocks(
         a = torch.randn(1, t, cfg.d_ff, generator=gen)
         tokens = torch.randint(0, cfg.vocab_size, (1, t), generator=gen)
         blocks: list[tuple[str, Callable[[], object]]] = [
-            (f"attn_k{k}", lambda k=k: attn_heads_block(cfg, lw, x, list(range(k))))
+            (f"attn_k{k}", lambda k=k, x=x: attn_heads_block(cfg, lw, x, list(range(k))))
             for k in head_counts
         ]
         blocks += [
-            ("ffn_w1", lambda: ffn_up_block(cfg, lw, x)),
-            ("ffn_w2", lambda: ffn_down_block(lw, a)),
-            ("ffn", lambda: ffn_block(cfg, lw, x)),
-            ("lm_head", lambda: model.lm_head_block(x)),
-            ("embedding", lambda: model.embed_block(tokens)),
+            ("ffn_w1", lambda x=x: ffn_up_block(cfg, lw, x)),
+            ("ffn_w2", lambda a=a: ffn_down_block(lw, a)),
+            ("ffn", lambda x=x: ffn_block(cfg, lw, x)),
+            ("lm_head", lambda x=x: model.lm_head_block(x)),
+            ("embedding", lambda tokens=tokens: model.embed_block(tokens)),
         ]
         for name, fn in blocks:
             sec = median_seconds(fn, warmup, repeats)

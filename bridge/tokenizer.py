@@ -32,9 +32,7 @@ def _pre_tokenizer(pre: str | None):
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre in ("smollm", "starcoder", "refact"):
-        return pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), byte_level]
-        )
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
     if pre in (None, "gpt2", "gpt-2", "default"):
         return byte_level
     if pre == "llama-bpe":

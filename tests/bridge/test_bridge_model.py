@@ -46,9 +46,11 @@ def test_config_matches_model_card(model):
     assert (c.d_model, c.d_ff, c.vocab_size) == (576, 1536, 49152)
     assert c.rope_theta == 1e5 and c.tied_embeddings
     assert model.lm_head is model.embed
-    n_params = model.embed.numel() + sum(
-        getattr(lw, f.name).numel() for lw in model.layers for f in dataclasses.fields(lw)
-    ) + model.final_norm.numel()
+    n_params = (
+        model.embed.numel()
+        + sum(getattr(lw, f.name).numel() for lw in model.layers for f in dataclasses.fields(lw))
+        + model.final_norm.numel()
+    )
     assert n_params == 134_515_008  # 134.5 M, tied embeddings counted once
 
 
@@ -121,7 +123,9 @@ def test_greedy_generation_says_paris(model, tok):
 def test_fake_quant_plan_identity_at_fp32(model):
     tokens = torch.tensor([[504, 3575, 282, 4649, 314]])
     plan = ActQuantPlan(residual={3: "fp32"}, head_output={(5, 2): "fp32"}, ffn_output={7: "fp32"})
-    torch.testing.assert_close(model.forward(tokens, plan), model.forward(tokens), rtol=0, atol=1e-4)
+    torch.testing.assert_close(
+        model.forward(tokens, plan), model.forward(tokens), rtol=0, atol=1e-4
+    )
     q = model.forward(tokens, ActQuantPlan(residual={3: "int4"}))
     assert (q - model.forward(tokens)).abs().max() > 1e-2
 

@@ -52,7 +52,9 @@ def partitions(precision="fp32"):
     )
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(part=partitions())
 def test_any_partition_equals_unsplit_fp32(model, reference, part):
     """Prefill and one cached decode step match the unsplit model (max |diff| <= 1e-4)."""

@@ -20,12 +20,18 @@ def test_csv_columns_and_positive_times(tmp_path):
     path = write_csv(rows, tmp_path / "t.csv")
     with path.open() as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == CSV_COLUMNS == (
-            "block", "side", "tokens", "precision", "seconds"
+        assert (
+            tuple(reader.fieldnames)
+            == CSV_COLUMNS
+            == ("block", "side", "tokens", "precision", "seconds")
         )
         got = list(reader)
     blocks = {f"attn_k{k}" for k in range(1, 5)} | {
-        "ffn_w1", "ffn_w2", "ffn", "lm_head", "embedding"
+        "ffn_w1",
+        "ffn_w2",
+        "ffn",
+        "lm_head",
+        "embedding",
     }
     assert len(got) == 2 * len(blocks)
     assert {r["block"] for r in got} == blocks
