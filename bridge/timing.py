@@ -106,3 +106,29 @@ def measure_to_csv(path: str | Path, model: LlamaModel | None = None, **kwargs) 
     from bridge.model import load_model
 
     return write_csv(time_blocks(model or load_model(), **kwargs), path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m bridge.timing --out FILE.csv``: time SmolLM2-135M's blocks on this machine."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description="Time each block type of SmolLM2-135M (CSV).")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 64, 256])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    measure_to_csv(
+        a.out,
+        token_counts=a.tokens,
+        repeats=a.repeats,
+        warmup=a.warmup,
+        threads=a.threads,
+        progress=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+
+
+if __name__ == "__main__":
+    main()
