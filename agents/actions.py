@@ -1,0 +1,480 @@
+"""Action spaces of the learned partitioners and their mapping to `costmodel.partition.Partition`.
+
+Three kinds, one `Action` pytree (fields a kind does not use stay 0):
+
+- ``hier`` (the hierarchical actor): the L layers are cut into G groups of consecutive layers
+  (layer l is in group ``l * G // L``, so group sizes differ by at most one). The *high level*
+  picks the embedding side, per group a mode in {edge, cloud, split}, and one activation
+  precision. The *low level* picks, for every layer of a split group, one joint option
+  ``j = b * 3 + f``: the edge head count ``head_counts[b]`` and the FFN side f in {edge, cloud,
+  split}. Layers of edge (cloud) groups are forced to (H heads, FFN edge) ((0, FFN cloud)).
+- ``flat_head`` (ablation, no hierarchy): embedding side, precision and the per-layer joint
+  option for every layer, from one actor.
+- ``layerwise`` (the layer-wise DRL baseline): one categorical over L + 2 cuts (cut c < L+1:
+  embedding and layers < c on the edge, the rest on the cloud, c = L is edge-only; c = L + 1 is
+  cloud-only with the embedding on the cloud) and the precision.
+
+Head counts. ``head_bins = K > 0`` uses the grid ``round(linspace(0, H, K))`` (0 and H always
+in it); ``head_bins = 0`` uses every count 0..H. The default K = 9 (eighths of the heads):
+latency and energy are piecewise linear in the count (the roofline of the two sides), so the
+best count on the grid is within H/16 heads of the exact optimum, while a 33- or 41-way
+categorical per layer spreads exploration over many near-equivalent options and quadruples
+the low-level output layer. The exact grid is one flag away for comparison.
+
+Masks (infeasible options are never sampled). Edge memory couples the layers (it is additive
+over them plus the embedding and the LM head), so masking is *sequential and autoregressive*:
+choices are made in a fixed order (embedding, groups, precision, then layers in order), and at
+each step an option is allowed only if the memory already committed plus the option's memory
+plus the least memory any completion needs (``rest``: layers forced onto the edge by the
+privacy floor, and forced groups) fits the budget. This is exact: every sampled action fits,
+and every action that fits has positive probability (no conservative per-layer share). The LM
+head runs on the side of the last layer's output, so its memory is charged to the last layer's
+FFN-on-edge options, after the embedding side is known. The privacy floor (embedding and the
+first ``privacy_layers`` layers on the edge) is a hard mask. An outage observed in the previous
+slot is a soft preference (``mask_outage``): only options without a link crossing are allowed
+(edge-only), unless that is memory-infeasible, in which case the memory mask alone applies.
+Each step keeps at least one option (the least-memory allowed one) so a distribution always
+exists. Forced steps have one option: log-probability 0, entropy 0.
+
+The log-probability of an action is the sum over all steps of the masked log-softmax of the
+option taken; entropies are summed likewise (the entropy of the factored, masked
+distribution along the sampled path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from costmodel.costs import structure_terms
+from costmodel.partition import CLOUD, EDGE, Partition
+from costmodel.spec import CostSpec
+
+MODE_EDGE, MODE_CLOUD, MODE_SPLIT = 0, 1, 2
+KINDS = ("hier", "flat_head", "layerwise")
+NEG = -1e9  # logit of a masked option (finite: no NaN in gradients or entropies)
+MEM_RTOL = 1e-5  # safety margin of the budget check against float32 summation order
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionConfig:
+    """Action space of a learned partitioner.
+
+    kind: "hier" (hierarchical), "flat_head" (per-layer heads and FFN, no hierarchy) or
+      "layerwise" (one cut point + precision).
+    n_groups: G, groups of consecutive layers of the hierarchical high level (clipped to L).
+    head_bins: K head-count options per layer on the grid round(linspace(0, H, K)); 0 = all H+1.
+    mask_outage: after a slot in outage, allow only actions without link crossings.
+    """
+
+    kind: Literal["hier", "flat_head", "layerwise"] = "hier"
+    n_groups: int = 4
+    head_bins: int = 9
+    mask_outage: bool = True
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"ActionConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.n_groups < 1:
+            raise ValueError(f"ActionConfig.n_groups must be >= 1, got {self.n_groups}")
+        if self.head_bins == 1 or self.head_bins < 0:
+            raise ValueError(f"ActionConfig.head_bins must be 0 or >= 2, got {self.head_bins}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionSpace:
+    """Static sizes of an action space (hashable; derived once from a CostSpec and a config).
+
+    head_counts: the K edge head counts a layer option can take (ascending, 0 and H included).
+    group_of_layer: the group index of each layer.
+    """
+
+    kind: str
+    n_layers: int
+    n_heads: int
+    n_groups: int
+    head_counts: tuple[int, ...]
+    group_of_layer: tuple[int, ...]
+    privacy_layers: int
+    tied: bool
+    mask_outage: bool
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.head_counts)
+
+    @property
+    def n_low(self) -> int:
+        """Joint per-layer options (head count bin x FFN side)."""
+        return 3 * self.n_bins
+
+    @property
+    def n_cuts(self) -> int:
+        return self.n_layers + 2
+
+    @property
+    def full_edge(self) -> int:
+        """Joint index of (H heads, FFN edge)."""
+        return 3 * (self.n_bins - 1) + EDGE
+
+    @property
+    def full_cloud(self) -> int:
+        """Joint index of (0 heads, FFN cloud)."""
+        return CLOUD
+
+
+def make_space(spec: CostSpec, cfg: ActionConfig) -> ActionSpace:
+    """The action space of `cfg` for the model of `spec`."""
+    n_l, n_h = spec.n_layers, spec.n_heads
+    if cfg.head_bins == 0:
+        counts = np.arange(n_h + 1)
+    else:
+        counts = np.unique(np.round(np.linspace(0, n_h, cfg.head_bins)).astype(int))
+    g = min(cfg.n_groups, n_l)
+    groups = tuple(int(l * g // n_l) for l in range(n_l))
+    return ActionSpace(cfg.kind, n_l, n_h, g, tuple(int(c) for c in counts), groups,
+                       spec.privacy_layers, spec.tied, cfg.mask_outage)
+
+
+@struct.dataclass
+class Action:
+    """A sampled action (any kind; unused fields are 0).
+
+    embed: int32 [] 0 = embedding on the edge, 1 = on the cloud.
+    modes: int32 [G] per-group mode (hier).
+    prec: int32 [] activation precision index.
+    low: int32 [L] per-layer joint option b * 3 + f (hier, flat_head).
+    cut: int32 [] cut index in [0, L + 1] (layerwise).
+    """
+
+    embed: jnp.ndarray
+    modes: jnp.ndarray
+    prec: jnp.ndarray
+    low: jnp.ndarray
+    cut: jnp.ndarray
+
+
+@struct.dataclass
+class MaskContext:
+    """What the masks need from one slot: memory of the options and the constraints.
+
+    layer_mem: float [K, 3] edge bytes of one layer per (head bin, FFN side).
+    emb_mem: float [] edge bytes of the embedding (or of the LM head) matrix.
+    budget: float [] edge memory budget, bytes (with the MEM_RTOL margin).
+    outage: bool [] the previous slot was in outage (and mask_outage is on).
+    """
+
+    layer_mem: jnp.ndarray
+    emb_mem: jnp.ndarray
+    budget: jnp.ndarray
+    outage: jnp.ndarray
+
+
+def mask_context(spec: CostSpec, space: ActionSpace, outage=False) -> MaskContext:
+    """Memory tables of `space` under `spec`; `outage`: bool [] link down in the last slot."""
+    k = jnp.asarray(space.head_counts)[:, None]
+    f = jnp.arange(3)[None, :]
+    _, mem = structure_terms(k, f, spec, 0.0, 0.0)
+    emb = spec.edge.weight_bytes * spec.vocab * spec.d_model
+    return MaskContext(jnp.broadcast_to(mem, (space.n_bins, 3)).astype(jnp.float32),
+                       jnp.asarray(emb, jnp.float32),
+                       jnp.asarray(spec.edge.mem_budget * (1.0 - MEM_RTOL), jnp.float32),
+                       jnp.asarray(outage, bool) & space.mask_outage)
+
+
+@struct.dataclass
+class Steps:
+    """A sequence of N categorical choices of up to M options each.
+
+    mem: float [N, M] memory the option commits; rest: float [N, M] least memory any
+    completion needs after choosing it; allowed: bool [N, M] hard mask (structure, privacy);
+    prefer: bool [N, M] soft mask (outage), applied when it leaves an option.
+    """
+
+    mem: jnp.ndarray
+    rest: jnp.ndarray
+    allowed: jnp.ndarray
+    prefer: jnp.ndarray
+
+
+@struct.dataclass
+class Choices:
+    """Result of a sequence of masked choices: actions int32 [N], logp float [N],
+    entropy float [N], mask bool [N, M]."""
+
+    actions: jnp.ndarray
+    logp: jnp.ndarray
+    entropy: jnp.ndarray
+    mask: jnp.ndarray
+
+
+def step_mask(used, mem, rest, allowed, prefer, budget):
+    """bool [M]: options of one step that fit (used + mem + rest <= budget), with fallbacks."""
+    m = allowed & (used + mem + rest <= budget)
+    least = allowed & (mem + rest <= jnp.min(jnp.where(allowed, mem + rest, jnp.inf)))
+    m = jnp.where(m.any(), m, least)
+    mp = m & prefer
+    return jnp.where(mp.any(), mp, m)
+
+
+def masked_log_softmax(logits, mask):
+    """float [M]: log-probabilities of the categorical restricted to `mask` (NEG elsewhere)."""
+    return jax.nn.log_softmax(jnp.where(mask, logits, NEG))
+
+
+def masked_entropy(logp, mask):
+    return -jnp.sum(jnp.where(mask, jnp.exp(logp) * logp, 0.0))
+
+
+def masked_choices(logits, steps: Steps, used0, budget, key=None, actions=None) -> Choices:
+    """Sample (key given), score (actions given) or take the mode (neither) of N sequential
+    masked categorical choices.
+
+    logits: float [N, M]. The memory committed so far is carried through a `lax.scan`, so the
+    mask of step n depends on the choices before it; replaying the stored actions reproduces
+    the masks exactly, which makes the recomputed log-probability equal the sampled one.
+    """
+    n = logits.shape[0]
+    keys = jax.random.split(key, n) if key is not None else jnp.zeros((n, 2), jnp.uint32)
+    given = actions if actions is not None else jnp.zeros((n,), jnp.int32)
+
+    def body(used, x):
+        lg, mem, rest, allowed, prefer, k, a_given = x
+        mask = step_mask(used, mem, rest, allowed, prefer, budget)
+        logp_all = masked_log_softmax(lg, mask)
+        if key is not None:
+            a = jax.random.categorical(k, logp_all)
+        elif actions is not None:
+            a = a_given
+        else:
+            a = jnp.argmax(logp_all)
+        a = a.astype(jnp.int32)
+        return used + mem[a], (a, logp_all[a], masked_entropy(logp_all, mask), mask)
+
+    xs = (logits, steps.mem, steps.rest, steps.allowed, steps.prefer, keys, given)
+    used0 = jnp.asarray(used0, jnp.float32)
+    if n == 1:  # one step: no scan (less to compile)
+        _, out = body(used0, jax.tree.map(lambda v: v[0], xs))
+        a, logp, ent, mask = jax.tree.map(lambda v: v[None], out)
+    else:
+        _, (a, logp, ent, mask) = jax.lax.scan(body, used0, xs)
+    return Choices(a, logp, ent, mask)
+
+
+def _rest_after(min_mem):
+    """float [N]: sum of min_mem over the steps after each step."""
+    return jnp.cumsum(min_mem[::-1])[::-1] - min_mem
+
+
+def _privacy_layer(space: ActionSpace):
+    return np.arange(space.n_layers) < space.privacy_layers
+
+
+def _lm_mem(ctx: MaskContext, space: ActionSpace, embed):
+    """Extra edge bytes of the LM head when the last layer ends on the edge."""
+    if space.tied:
+        return jnp.where(embed == EDGE, 0.0, ctx.emb_mem)
+    return ctx.emb_mem
+
+
+def layer_options(ctx: MaskContext, space: ActionSpace, embed):
+    """float [L, K*3] memory of each joint layer option (LM head charged to the last layer's
+    FFN-on-edge options), and bool [L, K*3] the privacy mask."""
+    mem = jnp.broadcast_to(ctx.layer_mem.reshape(-1), (space.n_layers, space.n_low))
+    last_edge = (np.arange(space.n_layers)[:, None] == space.n_layers - 1) & (
+        np.arange(space.n_low)[None, :] % 3 == EDGE)
+    mem = mem + jnp.where(last_edge, _lm_mem(ctx, space, embed), 0.0)
+    only_full = np.arange(space.n_low)[None, :] == space.full_edge
+    allowed = ~_privacy_layer(space)[:, None] | only_full
+    return mem, jnp.asarray(allowed)
+
+
+def layer_steps(ctx: MaskContext, space: ActionSpace, embed, modes=None) -> Steps:
+    """Per-layer steps of the low level (hier: layers of non-split groups are forced) or of the
+    flat per-head action (modes None: every layer free; outage prefers edge-only)."""
+    mem, allowed = layer_options(ctx, space, embed)
+    opts = jnp.arange(space.n_low)[None, :]
+    prefer = jnp.ones_like(allowed)
+    if modes is not None:
+        mode_l = modes[jnp.asarray(space.group_of_layer)][:, None]
+        allowed = jnp.select([mode_l == MODE_EDGE, mode_l == MODE_CLOUD],
+                             [opts == space.full_edge, opts == space.full_cloud], allowed)
+    else:
+        prefer = jnp.broadcast_to((opts == space.full_edge) | ~ctx.outage, allowed.shape)
+    min_mem = jnp.min(jnp.where(allowed, mem, jnp.inf), axis=1)
+    rest = jnp.broadcast_to(_rest_after(min_mem)[:, None], mem.shape)
+    return Steps(mem, rest, allowed, prefer)
+
+
+def group_steps(ctx: MaskContext, space: ActionSpace, embed) -> Steps:
+    """Per-group steps of the high level: options (edge, cloud, split)."""
+    mem, priv_allowed = layer_options(ctx, space, embed)
+    full = mem[:, space.full_edge]  # [L]
+    least = jnp.min(jnp.where(priv_allowed, mem, jnp.inf), axis=1)  # privacy-forced or 0
+    onehot = np.eye(space.n_groups, dtype=np.float32)[list(space.group_of_layer)]  # [L, G]
+    g_full, g_least = full @ onehot, least @ onehot
+    priv = _privacy_layer(space).astype(np.float32) @ onehot  # privacy layers per group
+    size = onehot.sum(0)
+    g_mem = jnp.stack([g_full, jnp.zeros_like(g_full), g_least], axis=1)
+    allowed = jnp.asarray(np.stack([np.ones(space.n_groups, bool), priv == 0, priv < size], 1))
+    prefer = jnp.broadcast_to((jnp.arange(3) == MODE_EDGE)[None, :] | ~ctx.outage, g_mem.shape)
+    min_mem = jnp.min(jnp.where(allowed, g_mem, jnp.inf), axis=1)
+    rest = jnp.broadcast_to(_rest_after(min_mem)[:, None], g_mem.shape)
+    return Steps(g_mem, rest, allowed, prefer)
+
+
+def _least_layers(ctx: MaskContext, space: ActionSpace, embed):
+    mem, allowed = layer_options(ctx, space, embed)
+    return jnp.min(jnp.where(allowed, mem, jnp.inf), axis=1).sum()
+
+
+def embed_steps(ctx: MaskContext, space: ActionSpace) -> Steps:
+    """One step, options (edge, cloud); rest = least layer memory given that embedding side."""
+    mem = jnp.stack([ctx.emb_mem, 0.0])[None, :]
+    rest = jnp.stack([_least_layers(ctx, space, EDGE), _least_layers(ctx, space, CLOUD)])[None]
+    allowed = jnp.asarray([[True, space.privacy_layers == 0]])
+    prefer = jnp.stack([True, ~ctx.outage])[None, :]
+    return Steps(mem, rest, allowed, prefer)
+
+
+def prec_steps(n_prec: int = 3) -> Steps:
+    z = jnp.zeros((1, n_prec))
+    return Steps(z, z, jnp.ones((1, n_prec), bool), jnp.ones((1, n_prec), bool))
+
+
+def cut_steps(ctx: MaskContext, space: ActionSpace) -> Steps:
+    """One step over cuts 0..L (embedding on the edge) and L + 1 (cloud-only)."""
+    n_l = space.n_layers
+    full = ctx.layer_mem[-1, EDGE]
+    c = jnp.arange(n_l + 2)
+    mem = ctx.emb_mem + jnp.minimum(c, n_l) * full + jnp.where(c == n_l, _lm_mem(ctx, space, EDGE),
+                                                                 0.0)
+    mem = jnp.where(c == n_l + 1, 0.0, mem)
+    allowed = (c >= space.privacy_layers) & ((c <= n_l) | (space.privacy_layers == 0))
+    prefer = (c == n_l) | ~ctx.outage
+    z = jnp.zeros_like(mem)
+    return Steps(mem[None], z[None], allowed[None], prefer[None])
+
+
+@struct.dataclass
+class HighLogits:
+    """Logits of the high level (or of the flat actors' global choices).
+
+    embed: float [2]; modes: float [G, 3]; prec: float [3]; cut: float [L + 2].
+    """
+
+    embed: jnp.ndarray
+    modes: jnp.ndarray
+    prec: jnp.ndarray
+    cut: jnp.ndarray
+
+
+@struct.dataclass
+class Factors:
+    """Log-probabilities and entropies of an action, split by level (floats [])."""
+
+    logp_high: jnp.ndarray
+    logp_low: jnp.ndarray
+    ent_high: jnp.ndarray
+    ent_low: jnp.ndarray
+
+    @property
+    def logp(self):
+        return self.logp_high + self.logp_low
+
+    @property
+    def entropy(self):
+        return self.ent_high + self.ent_low
+
+
+def _choose(logits, steps, used0, budget, key, given):
+    return masked_choices(logits, steps, used0, budget, key=key, actions=given)
+
+
+def high_level(space: ActionSpace, ctx: MaskContext, logits: HighLogits, key=None,
+               action: Action | None = None):
+    """Sample (key), score (action) or take the mode (neither) of the high level / global
+    choices of any kind.
+
+    Returns (embed, modes, prec, cut) int32 arrays, logp float [], entropy float [].
+    """
+    keys = jax.random.split(key, 4) if key is not None else (None,) * 4
+    a = action
+    z = jnp.zeros((), jnp.int32)
+    if space.kind == "layerwise":
+        cut = _choose(logits.cut[None], cut_steps(ctx, space), 0.0, ctx.budget, keys[0],
+                      None if a is None else a.cut[None])
+        prec = _choose(logits.prec[None], prec_steps(), 0.0, ctx.budget, keys[1],
+                       None if a is None else a.prec[None])
+        return (z, jnp.zeros((space.n_groups,), jnp.int32), prec.actions[0], cut.actions[0],
+                cut.logp.sum() + prec.logp.sum(), cut.entropy.sum() + prec.entropy.sum())
+    emb = _choose(logits.embed[None], embed_steps(ctx, space), 0.0, ctx.budget, keys[0],
+                  None if a is None else a.embed[None])
+    embed = emb.actions[0]
+    prec = _choose(logits.prec[None], prec_steps(), 0.0, ctx.budget, keys[1],
+                   None if a is None else a.prec[None])
+    logp, ent = emb.logp.sum() + prec.logp.sum(), emb.entropy.sum() + prec.entropy.sum()
+    modes = jnp.zeros((space.n_groups,), jnp.int32)
+    if space.kind == "hier":
+        grp = _choose(logits.modes, group_steps(ctx, space, embed),
+                      jnp.where(embed == EDGE, ctx.emb_mem, 0.0), ctx.budget, keys[2],
+                      None if a is None else a.modes)
+        modes, logp, ent = grp.actions, logp + grp.logp.sum(), ent + grp.entropy.sum()
+    return embed, modes, prec.actions[0], z, logp, ent
+
+
+def low_level(space: ActionSpace, ctx: MaskContext, logits, embed, modes, key=None,
+              low=None) -> Choices:
+    """Sample (key), score (low) or take the mode (neither) of the per-layer joint options.
+
+    logits: float [L, K*3].
+    """
+    steps = layer_steps(ctx, space, embed, modes if space.kind == "hier" else None)
+    used0 = jnp.where(embed == EDGE, ctx.emb_mem, 0.0)
+    return masked_choices(logits, steps, used0, ctx.budget, key=key, actions=low)
+
+
+def to_partition(action: Action, space: ActionSpace) -> Partition:
+    """The Partition an action stands for (one sample; vmap for batches)."""
+    n_l, n_h = space.n_layers, space.n_heads
+    if space.kind == "layerwise":
+        layer = jnp.arange(n_l)
+        cloud_only = action.cut == n_l + 1
+        on_edge = (layer < action.cut) & ~cloud_only
+        return Partition(jnp.where(on_edge, n_h, 0).astype(jnp.int32),
+                         jnp.where(on_edge, EDGE, CLOUD).astype(jnp.int32),
+                         action.prec.astype(jnp.int32), ~cloud_only)
+    counts = jnp.asarray(space.head_counts, jnp.int32)
+    return Partition(counts[action.low // 3], (action.low % 3).astype(jnp.int32),
+                     action.prec.astype(jnp.int32), action.embed == EDGE)
+
+
+def from_partition(p: Partition, space: ActionSpace) -> Action:
+    """An action of `space` close to a partition (head counts rounded to the nearest bin; for
+    hier, groups whose layers are all (H, edge) or all (0, cloud) get that mode, else split;
+    for layerwise, the cut = number of leading full-edge layers). Used to score reference
+    partitions (e.g. the oracle's) under a policy; exact when the partition is representable.
+    """
+    counts = jnp.asarray(space.head_counts)
+    b = jnp.argmin(jnp.abs(p.edge_heads[:, None] - counts[None, :]), axis=1)
+    low = (b * 3 + p.ffn).astype(jnp.int32)
+    full_e, full_c = low == space.full_edge, low == space.full_cloud
+    onehot = np.eye(space.n_groups, dtype=bool)[list(space.group_of_layer)]  # [L, G]
+    all_e = jnp.all(full_e[:, None] | ~onehot, axis=0)
+    all_c = jnp.all(full_c[:, None] | ~onehot, axis=0)
+    modes = jnp.select([all_e, all_c], [MODE_EDGE, MODE_CLOUD], MODE_SPLIT).astype(jnp.int32)
+    lead = jnp.cumprod(full_e).sum()
+    cut = jnp.where(~p.embed_edge & jnp.all(full_c), space.n_layers + 1, lead)
+    return Action(jnp.where(p.embed_edge, EDGE, CLOUD).astype(jnp.int32), modes,
+                  p.act_prec.astype(jnp.int32), low, cut.astype(jnp.int32))
+
+
+def high_onehot(space: ActionSpace, embed, modes, prec):
+    """float [2 + 3G + 3]: the high-level choice as the low-level actor's conditioning input."""
+    return jnp.concatenate([jax.nn.one_hot(embed, 2), jax.nn.one_hot(modes, 3).reshape(-1),
+                            jax.nn.one_hot(prec, 3)])

@@ -1,0 +1,180 @@
+"""Flax NNX actor-critic: a shared observation encoder, the high-level actor, the low-level
+actor conditioned on the high-level choice, and the critic.
+
+Encoder. The observation is a vector of scalars (normalized queues, arrival-rate estimate,
+memory headroom, V, ...) and a short window of link history (bandwidth up/down, RTT, cloud
+share, link up; oldest first). The window goes through a small causal 1-D convolution (two
+VALID conv layers of kernel 3, then flattened) rather than a GRU: the window is short and fixed,
+the conv sees trends and level changes in it at the cost of a few hundred parameters, it is
+parallel (no sequential scan inside the network: fast to compile and to run on two cores), and
+it keeps the policy a function of the current observation, so PPO minibatches can be shuffled
+freely without storing recurrent states or truncated back-propagation through time.
+
+Heads. All networks work on a leading batch axis; the masked sampling of `agents.actions` is
+written for one sample and vmapped. The high-level head emits the logits of every global
+choice (embedding side, G group modes, precision, and the L + 2 cuts of the layer-wise
+baseline; a kind ignores what it does not use). The low-level head maps the encoding and the
+one-hot high-level choice (embedding, modes, precision) to per-layer logits over the K x 3
+joint (head count, FFN side) options; for the flat per-head ablation it sees the encoding only.
+Output layers start at 0.01 scale (near-uniform initial policy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from agents.actions import (
+    Action,
+    ActionSpace,
+    Factors,
+    HighLogits,
+    MaskContext,
+    high_level,
+    high_onehot,
+    low_level,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetConfig:
+    """Network sizes.
+
+    hidden: width of the encoder MLP and of the critic.
+    low_hidden: width of the low-level actor's hidden layer.
+    conv_channels: channels of the two 1-D conv layers over the link history.
+    kernel: kernel size of the conv layers (the window must be >= 2 * (kernel - 1) + 1).
+    """
+
+    hidden: int = 64
+    low_hidden: int = 64
+    conv_channels: int = 8
+    kernel: int = 3
+
+
+@struct.dataclass
+class Features:
+    """What the networks see. scalars: float [..., F]; history: float [..., W, C]."""
+
+    scalars: jnp.ndarray
+    history: jnp.ndarray
+
+
+def _dense(n_in, n_out, rngs, scale=1.0):
+    return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.orthogonal(scale),
+                      bias_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+
+class ActorCritic(nnx.Module):
+    """Shared encoder + high-level actor + low-level actor + critic for one action space."""
+
+    def __init__(self, space: ActionSpace, n_scalars: int, hist_len: int, hist_ch: int,
+                 cfg: NetConfig, rngs: nnx.Rngs):
+        self.space = space
+        k, ch = cfg.kernel, cfg.conv_channels
+        out_len = hist_len - 2 * (k - 1)
+        if out_len < 1:
+            raise ValueError(f"history window {hist_len} too short for two convs of kernel {k}")
+        self.conv1 = nnx.Conv(hist_ch, ch, kernel_size=(k,), padding="VALID", rngs=rngs)
+        self.conv2 = nnx.Conv(ch, ch, kernel_size=(k,), padding="VALID", rngs=rngs)
+        self.torso1 = _dense(n_scalars + out_len * ch, cfg.hidden, rngs, 2**0.5)
+        self.torso2 = _dense(cfg.hidden, cfg.hidden, rngs, 2**0.5)
+        g, n_l = space.n_groups, space.n_layers
+        self.n_high = 2 + 3 * g + 3 + (n_l + 2)
+        self.high = _dense(cfg.hidden, self.n_high, rngs, 0.01)
+        n_cond = (2 + 3 * g + 3) if space.kind == "hier" else 0
+        if space.kind != "layerwise":
+            self.low1 = _dense(cfg.hidden + n_cond, cfg.low_hidden, rngs, 2**0.5)
+            self.low2 = _dense(cfg.low_hidden, n_l * space.n_low, rngs, 0.01)
+        self.critic1 = _dense(cfg.hidden, cfg.hidden, rngs, 2**0.5)
+        self.critic2 = _dense(cfg.hidden, 1, rngs, 1.0)
+
+    def encode(self, x: Features):
+        """float [B, hidden]."""
+        hist = jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(x.history))))
+        z = jnp.concatenate([x.scalars, hist.reshape(hist.shape[0], -1)], axis=-1)
+        return jnp.tanh(self.torso2(jnp.tanh(self.torso1(z))))
+
+    def high_logits(self, h) -> HighLogits:
+        out = self.high(h)
+        g = self.space.n_groups
+        i = [2, 2 + 3 * g, 5 + 3 * g]
+        return HighLogits(out[..., :i[0]], out[..., i[0]:i[1]].reshape(*out.shape[:-1], g, 3),
+                          out[..., i[1]:i[2]], out[..., i[2]:])
+
+    def low_logits(self, h, cond):
+        """float [B, L, K*3]; cond float [B, n_cond] (empty for the flat per-head kind)."""
+        z = jnp.concatenate([h, cond], axis=-1) if cond is not None else h
+        out = self.low2(jnp.tanh(self.low1(z)))
+        return out.reshape(*out.shape[:-1], self.space.n_layers, self.space.n_low)
+
+    def value(self, h):
+        """float [B]."""
+        return self.critic2(jnp.tanh(self.critic1(h)))[..., 0]
+
+
+def _cond(space: ActionSpace, embed, modes, prec):
+    if space.kind != "hier":
+        return None
+    return jax.vmap(lambda e, m, p: high_onehot(space, e, m, p))(embed, modes, prec)
+
+
+def act(model: ActorCritic, x: Features, ctx: MaskContext, key):
+    """Sample a batch of actions. Returns (Action [B], Factors [B], value float [B]).
+
+    ctx: MaskContext with a leading batch axis [B].
+    """
+    space = model.space
+    b = x.scalars.shape[0]
+    k_high, k_low = jax.random.split(key)
+    h = model.encode(x)
+    hl = model.high_logits(h)
+    hi = jax.vmap(lambda c, lg, k: high_level(space, c, lg, key=k))(
+        ctx, hl, jax.random.split(k_high, b))
+    embed, modes, prec, cut, logp_h, ent_h = hi
+    if space.kind == "layerwise":
+        low = jnp.zeros((b, space.n_layers), jnp.int32)
+        logp_l = ent_l = jnp.zeros((b,))
+    else:
+        ll = model.low_logits(h, _cond(space, embed, modes, prec))
+        ch = jax.vmap(lambda c, lg, e, m, k: low_level(space, c, lg, e, m, key=k))(
+            ctx, ll, embed, modes, jax.random.split(k_low, b))
+        low, logp_l, ent_l = ch.actions, ch.logp.sum(-1), ch.entropy.sum(-1)
+    action = Action(embed, modes, prec, low, cut)
+    return action, Factors(logp_h, logp_l, ent_h, ent_l), model.value(h)
+
+
+def evaluate_actions(model: ActorCritic, x: Features, ctx: MaskContext, action: Action):
+    """Log-probabilities, entropies and values of given actions (batched). Returns
+    (Factors [B], value float [B]); replays the masks of `agents.actions` exactly."""
+    space = model.space
+    h = model.encode(x)
+    hl = model.high_logits(h)
+    _, _, _, _, logp_h, ent_h = jax.vmap(lambda c, lg, a: high_level(space, c, lg, action=a))(
+        ctx, hl, action)
+    if space.kind == "layerwise":
+        logp_l = ent_l = jnp.zeros_like(logp_h)
+    else:
+        ll = model.low_logits(h, _cond(space, action.embed, action.modes, action.prec))
+        ch = jax.vmap(lambda c, lg, a: low_level(space, c, lg, a.embed, a.modes, low=a.low))(
+            ctx, ll, action)
+        logp_l, ent_l = ch.logp.sum(-1), ch.entropy.sum(-1)
+    return Factors(logp_h, logp_l, ent_h, ent_l), model.value(h)
+
+
+def greedy(model: ActorCritic, x: Features, ctx: MaskContext) -> Action:
+    """The most likely option at every step, in the sequential order (deterministic), batched."""
+    space = model.space
+    h = model.encode(x)
+    hl = model.high_logits(h)
+    embed, modes, prec, cut = jax.vmap(lambda c, lg: high_level(space, c, lg))(ctx, hl)[:4]
+    if space.kind == "layerwise":
+        low = jnp.zeros((embed.shape[0], space.n_layers), jnp.int32)
+    else:
+        ll = model.low_logits(h, _cond(space, embed, modes, prec))
+        low = jax.vmap(lambda c, lg, e, m: low_level(space, c, lg, e, m).actions)(
+            ctx, ll, embed, modes)
+    return Action(embed, modes, prec, low, cut)
