@@ -180,6 +180,11 @@ class LinkEmulator:
         done = self.buckets[direction].release_time(t, nbytes)
         return self.to_wall(done + self.config.rtt_ms * 1e-3 / 2.0)
 
+    @property
+    def transparent(self) -> bool:
+        """No trace and no RTT: the emulator adds nothing."""
+        return self.trace is None and self.config.rtt_ms == 0
+
     def bandwidth_mbps(self, t0: float, t1: float, direction: int = DOWN) -> float:
         """Mean bandwidth over emulated ``[t0, t1]`` (inf without a trace)."""
         sched = self.buckets[direction].schedule
@@ -207,8 +212,11 @@ class Connection:
 
     ``send(data)`` hands encoded frame bytes to the uplink (written at their delivery time by
     a sender thread, or at once when already due); ``recv(timeout)`` returns the next decoded
-    frame once the downlink delivers it. Any failure (EOF, socket error, a frame that fails
-    the wire checks) breaks the connection for good: ``recv`` raises ``ConnectionBroken``.
+    frame once the downlink delivers it (a reader thread stamps each frame's arrival). Over a
+    transparent link (no trace, no RTT) there are no threads: frames are written and read in
+    the caller's thread, through a buffer that keeps a partly received frame across timeouts.
+    Any failure (EOF, socket error, a frame that fails the wire checks) breaks the connection
+    for good: ``recv`` raises ``ConnectionBroken``.
     """
 
     def __init__(self, addr: tuple[str, int], link: LinkEmulator, key: bytes | None = None,
@@ -225,10 +233,13 @@ class Connection:
         self._write_lock = threading.Lock()
         self.closed = threading.Event()
         self.broken: str | None = None
-        self._reader = threading.Thread(target=self._read_loop, daemon=True)
-        self._sender = threading.Thread(target=self._send_loop, daemon=True)
-        self._reader.start()
-        self._sender.start()
+        self.direct = link.transparent
+        self._buf = bytearray()
+        if not self.direct:
+            self._reader = threading.Thread(target=self._read_loop, daemon=True)
+            self._sender = threading.Thread(target=self._send_loop, daemon=True)
+            self._reader.start()
+            self._sender.start()
 
     def _fail(self, reason: str) -> None:
         if self.broken is None:
@@ -279,6 +290,9 @@ class Connection:
         if self.broken or self.closed.is_set():
             return
         self.bytes_sent += len(data)
+        if self.direct:
+            self._write(data)
+            return
         due = self.link.deliver_at(UP, len(data))
         with self._cv:
             if not self._outbox and due <= time.monotonic():
@@ -290,6 +304,8 @@ class Connection:
     def recv(self, timeout_s: float) -> wire.Frame:
         """Next delivered frame; ``LinkTimeout`` after ``timeout_s``, ``ConnectionBroken``."""
         deadline = time.monotonic() + timeout_s
+        if self.direct:
+            return self._recv_direct(deadline, timeout_s)
         if self._held is not None:
             item, self._held = self._held, None
         else:
@@ -309,6 +325,50 @@ class Connection:
         if delay > 0:
             time.sleep(delay)
         return frame
+
+    def _take_frame(self) -> wire.Frame | None:
+        """The first complete frame of the buffer (removed from it), or None."""
+        if len(self._buf) < wire.LENGTH.size:
+            return None
+        (length,) = wire.LENGTH.unpack_from(self._buf)
+        wire.check_length(length, self.max_frame)
+        end = wire.LENGTH.size + length
+        if len(self._buf) < end:
+            return None
+        frame = wire.decode_body(bytes(self._buf[: wire.LENGTH.size]),
+                                 bytes(self._buf[wire.LENGTH.size : end]), self.key)
+        del self._buf[:end]
+        self.bytes_received += end
+        return frame
+
+    def _recv_direct(self, deadline: float, timeout_s: float) -> wire.Frame:
+        while True:
+            if self.broken:
+                raise ConnectionBroken(self.broken)
+            try:
+                frame = self._take_frame()
+            except wire.WireError as err:
+                log.warning("edge: rejected frame from the cloud: %s", err.reason)
+                self._fail(f"rejected frame: {err.reason}")
+                continue
+            if frame is not None:
+                return frame
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LinkTimeout(f"no frame within {timeout_s:.3f} s")
+            try:
+                self.sock.settimeout(remaining)
+                chunk = self.sock.recv(1 << 20)
+            except TimeoutError:
+                raise LinkTimeout(f"no frame within {timeout_s:.3f} s") from None
+            except OSError as err:
+                self._fail(f"socket error: {err}")
+                continue
+            if not chunk:
+                self._fail("cloud closed the connection" if not self._buf else
+                           f"stream ended inside a frame ({len(self._buf)} bytes buffered)")
+                continue
+            self._buf += chunk
 
     def close(self) -> None:
         self.closed.set()

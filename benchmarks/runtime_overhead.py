@@ -1,0 +1,111 @@
+"""Overhead of the split runtime against monolithic execution at unlimited bandwidth.
+
+Starts a cloud server process on 127.0.0.1, then times one request (prefill S tokens, T
+decode steps) per partition, median of ``--repeats``:
+
+- monolithic: the whole model on the edge (the same cached block functions, no crossing);
+- in-process split: both sides in one thread, crossings encoded and decoded (no network);
+- networked split: the edge here, the cloud in the server process, RTT 0, no bandwidth cap.
+
+Prints one line per partition with the ratios to monolithic. Usage:
+
+    python benchmarks/runtime_overhead.py --executor toy|smollm2 [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bridge.blocks import RunPartition, make_executor, run_local  # noqa: E402
+from bridge.edge_client import ClientConfig, EdgeClient  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--executor", default="toy")
+    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+
+    ex = make_executor(args.executor)
+    n_l, n_h = ex.cfg.n_layers, ex.cfg.n_heads
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, ex.cfg.vocab_size, args.prompt_tokens).tolist()
+    n_out = args.new_tokens + 1
+    half = np.zeros((n_l, n_h), bool)
+    half[:, : n_h // 2] = True
+    parts = {
+        "cloud-only (emb edge)": RunPartition(np.zeros((n_l, n_h), bool), np.ones(n_l, int),
+                                              "fp16", True),
+        f"layer cut {n_l // 2}": RunPartition(np.repeat(np.arange(n_l)[:, None] < n_l // 2,
+                                                        n_h, 1),
+                                              (np.arange(n_l) >= n_l // 2).astype(int), "fp16"),
+        "half heads + split FFN": RunPartition(half, np.full(n_l, 2), "fp16"),
+    }
+    mono_rp = RunPartition.edge_only(n_l, n_h, "fp16")
+    mono = _median_time(lambda: run_local(ex, mono_rp, prompt, n_out), args.repeats)
+
+    port = _free_port()
+    code = ("import sys; from bridge.blocks import make_executor; "
+            "from bridge.cloud_server import serve_cloud; "
+            "serve_cloud('127.0.0.1', int(sys.argv[1]), None, make_executor(sys.argv[2]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(port), args.executor], cwd=ROOT,
+                            stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("cloud server did not start") from None
+                time.sleep(0.2)
+        print(f"{args.executor}: S={args.prompt_tokens} T={args.new_tokens}; monolithic "
+              f"(edge-only, cached) {mono * 1e3:.1f} ms per request")
+        with EdgeClient(("127.0.0.1", port), ex, ClientConfig(timeout_s=120.0)) as client:
+            for name, rp in parts.items():
+                local = _median_time(lambda rp=rp: run_local(ex, rp, prompt, n_out),
+                                     args.repeats)
+                net = _median_time(lambda rp=rp: client.run_request(prompt, rp, n_out),
+                                   args.repeats)
+                _, crossings = run_local(ex, rp, prompt, n_out)
+                print(f"  {name:24s} crossings {len(crossings):4d}  in-process split "
+                      f"{local * 1e3:8.1f} ms ({local / mono:5.2f}x)  networked "
+                      f"{net * 1e3:8.1f} ms ({net / mono:5.2f}x, "
+                      f"{(net - local) / len(crossings) * 1e6:6.0f} us per crossing)")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()
