@@ -242,9 +242,11 @@ def sides(p: Partition):
 
 def privacy_ok(p: Partition, spec: CostSpec):
     """Embedding and the first `privacy_layers` layers entirely on the edge."""
-    first = jnp.arange(spec.n_layers) < spec.privacy_layers
-    layers_ok = jnp.all(~first | ((p.edge_heads == spec.n_heads) & (p.ffn == EDGE)))
-    return layers_ok & (p.embed_edge | (spec.privacy_layers == 0))
+    # Static slice (not a mask): with a batch under vmap, an all-true constant mask made XLA
+    # constant-fold a [batch, L] reduction at compile time.
+    first = slice(0, spec.privacy_layers)
+    layers_ok = jnp.all(p.edge_heads[first] == spec.n_heads) & jnp.all(p.ffn[first] == EDGE)
+    return layers_ok & (p.embed_edge if spec.privacy_layers else True)
 
 
 def total_terms(p: Partition, link: LinkState, spec: CostSpec) -> Terms:

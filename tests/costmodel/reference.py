@@ -150,6 +150,16 @@ def edge_heads_set(acc: AccuracyProfile, card: ModelCard, layer: int, k: int) ->
     return order[:k]
 
 
+def importance_prefix(sc: Scenario) -> list[list[float]]:
+    """prefix[l][k]: importance of the k heads of layer l that run on the edge for a count k
+    (computed once per scenario)."""
+    out = []
+    for layer in range(sc.card.n_layers):
+        heads = edge_heads_set(sc.acc, sc.card, layer, sc.card.n_heads)
+        out.append([0.0] + list(np.cumsum([sc.acc.head_w[layer][h] for h in heads])))
+    return out
+
+
 def one_pass(sc: Scenario, edge_heads, ffn, act_prec: int, s0: int, link: Link, n: float,
              ctx: float, read_cache: bool) -> tuple[_Acc, int]:
     """Walk the layers once over n tokens; returns the totals and the final residual side."""
@@ -216,8 +226,10 @@ def one_pass(sc: Scenario, edge_heads, ffn, act_prec: int, s0: int, link: Link, 
 
 
 def request_costs_ref(sc: Scenario, edge_heads, ffn, act_prec: int, embed_edge: bool,
-                      link: Link) -> RefCosts:
+                      link: Link, prefix: list[list[float]] | None = None) -> RefCosts:
+    """Costs of one request; `prefix` is importance_prefix(sc) if already computed."""
     card, T, S = sc.card, sc.new_tokens, sc.prompt_tokens
+    prefix = prefix or importance_prefix(sc)
     s0 = EDGE if embed_edge else CLOUD
     pre, s_last = one_pass(sc, edge_heads, ffn, act_prec, s0, link, S, (S + 1) / 2, False)
     dec, _ = one_pass(sc, edge_heads, ffn, act_prec, s0, link, 1, S + (T + 1) / 2, True)
@@ -273,7 +285,7 @@ def request_costs_ref(sc: Scenario, edge_heads, ffn, act_prec: int, embed_edge: 
         kv_heads = math.ceil(k / card.group_size)
         mem += wb * (k * 2 * d * dh + kv_heads * 2 * d * dh)
         mem += kvb * kv_heads * 2 * dh * (S + T)
-        weight_frac += sum(sc.acc.head_w[layer][h] for h in edge_heads_set(sc.acc, card, layer, k))
+        weight_frac += prefix[layer][k]
         mats = {EDGE: m, CLOUD: 0, SPLIT: m - 1}[f]
         mem += wb * mats * d * card.d_ff
         weight_frac += sc.acc.ffn_w[layer] * mats / m
@@ -300,7 +312,8 @@ def request_costs_ref(sc: Scenario, edge_heads, ffn, act_prec: int, embed_edge: 
 def request_costs_ref_batch(sc: Scenario, edge_heads, ffn, act_prec, embed_edge, links):
     """Loop over a batch: edge_heads, ffn int [B, L]; act_prec int [B]; embed_edge bool [B];
     links a sequence of B `Link`s. Returns a dict of float64 [B] arrays."""
+    prefix = importance_prefix(sc)
     rows = [request_costs_ref(sc, edge_heads[i], ffn[i], int(act_prec[i]), bool(embed_edge[i]),
-                              links[i]) for i in range(len(links))]
+                              links[i], prefix) for i in range(len(links))]
     return {f.name: np.array([getattr(r, f.name) for r in rows], dtype=float)
             for f in dataclasses.fields(RefCosts)}

@@ -15,6 +15,7 @@ from costmodel_testkit import (
     case,
     costs_batch,
     costs_jit,
+    link_state,
     links,
     one_link,
     one_partition,
@@ -56,17 +57,11 @@ def batches(draw):
 def test_jax_matches_reference(b):
     spec, sc = case(b["card"], b["edge"], b["cloud"], b["prompt"], b["new"], b["privacy"],
                     b["acc_seed"])
-    got = costs_batch(partition_batch(b["parts"]), _stack(b["links"]), spec)
+    got = costs_batch(partition_batch(b["parts"]), link_state(b["links"]), spec)
     assert_matches_reference(got, reference_batch(sc, b["parts"], b["links"]))
 
 
-def _stack(lks):
-    from costmodel_testkit import link_state
-
-    return link_state(lks)
-
-
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(partitions(TINY_GQA.n_layers, TINY_GQA.n_heads), links())
 def test_jit_equals_nojit(part, lk):
     spec, _ = case(TINY_GQA, "orin-nx", "mec")
@@ -81,8 +76,6 @@ def test_jit_equals_nojit(part, lk):
                 max_size=BATCH),
        st.lists(links(), min_size=BATCH, max_size=BATCH))
 def test_vmap_equals_loop(parts, lks):
-    from costmodel_testkit import link_state
-
     spec, _ = case(TINY_GQA, "galaxy-s23", "datacenter", 64, 16)
     batched = costs_batch(partition_batch(parts), link_state(lks), spec)
     for i in range(BATCH):
