@@ -1,0 +1,414 @@
+"""Exact per-slot oracle: the partition that minimizes the slot's drift-plus-penalty expression.
+
+The slot problem (system-model sections 3-4) for queues ``(Q, Z_E, Z_A, Z_C)``, weight ``V``,
+slot length ``tau`` and one link state is
+
+    min_p  V pen(p) + Q (A - tau / l(p)) + sum_i Z_i (x_i(p) - x_bar_i)
+
+over partitions ``p`` with edge memory within budget (privacy masks as in the DP), where
+``pen = w_l l + w_e e + w_a a + w_c c`` (latency alone by default) and ``e, a, c`` are the
+per-request edge energy, accuracy drop and cloud cost of ``p`` (so a budget ``x_bar`` is an
+average per-request budget; a virtual queue with an infinite budget has no term). Dropping the
+action-independent terms, the objective is
+
+    J(p) = g(l(p)) + c(p),   g(l) = V w_l l - Q tau / l,
+    c(p) = (V w_e + Z_E) e + (V w_a + Z_A) a + (V w_c + Z_C) c      (Z_i: 0 without budget)
+
+with ``g`` concave and increasing on ``l > 0`` and ``c`` additive over layers. A concave
+function increasing in both coordinates attains its minimum over a finite set at a vertex of
+the lower-left convex hull of the achievable ``(l, c)`` pairs, and those vertices are the
+minimizers of ``lambda l + c`` over ``lambda >= 0`` (``proofs/oracle.md``), each one exact
+call of ``costmodel.dp.solve``. The hull is traced by Eisner-Severance breakpoint search: solve
+at the two ends of the lambda range, intersect the two supporting lines, solve at the
+intersection's slope; a point strictly below the chord is a new vertex and splits the interval.
+An interval is also dropped when the concave ``J`` at the apex of its triangle (chord and the
+two supporting lines, which contain every hull vertex in between) cannot beat the best vertex
+so far: branch and bound, still exact. Intervals live on a fixed-size stack inside a
+``lax.while_loop``, so the solver jits and vmaps.
+
+The edge memory budget couples layers. Its Lagrangian ``J + nu (mem - budget)`` is again
+``g(l) + (c + nu mem) - nu budget`` (additive), so the same sweep minimizes it exactly and
+gives the dual bound ``D(nu) <= min_{feasible} J``. When the unconstrained minimizer fits
+(``nu = 0``) the answer is exact; otherwise ``nu`` is bisected (geometrically) towards the
+smallest multiplier whose minimizer fits, the best memory-feasible vertex seen is returned and
+``exact`` says whether it meets the best dual bound within tolerance.
+
+Exactness holds over the lambda range ``[eps, 1/eps] * c_s / l_s`` (normalized by the latency
+``l_s`` of the fastest partition and the ``c`` scale ``c_s``), with ``eps = 1e-4``, and up to
+float32 resolution (relative ``1e-5``): hull vertices whose latencies differ from a neighbour's
+by less than ``eps`` relative, or that lie less than ``1e-5`` relative below a chord, are not
+separated. Tests compare with brute-force enumeration (``tests/lyapunov/test_oracle.py``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from costmodel import dp
+from costmodel.costs import RequestCosts, costs_from_terms, privacy_ok, total_terms
+from costmodel.link import LinkState
+from costmodel.partition import Partition
+from costmodel.spec import CostSpec
+from lyapunov.queues import Budgets, Queues, dpp_objective, service_rate
+
+BIG = dp.BIG
+EPS_RANGE = 1e-4  # lambda range [EPS, 1/EPS] in normalized units
+RTOL = 1e-5  # relative tolerance: vertex detection, pruning and the exactness certificate
+
+
+@struct.dataclass
+class PenaltyWeights:
+    """Penalty ``p = latency l + energy e + accuracy a + cloud_cost c`` of one request
+    (weights >= 0; units 1/s, 1/J, 1/%, 1/USD times the penalty unit). Default: latency."""
+
+    latency: jnp.ndarray = 1.0
+    energy: jnp.ndarray = 0.0
+    accuracy: jnp.ndarray = 0.0
+    cloud_cost: jnp.ndarray = 0.0
+
+
+@struct.dataclass
+class SlotParams:
+    """What the slot problem needs besides the queues and the link.
+
+    V: penalty weight (>= 0). tau: slot length, s. budgets: time-average per-request budgets of
+    the virtual queues (``inf``: none). penalty: the penalty mix.
+    """
+
+    V: jnp.ndarray
+    tau: jnp.ndarray
+    budgets: Budgets
+    penalty: PenaltyWeights
+
+
+def penalty_value(pw: PenaltyWeights, latency, energy, accuracy, cloud_cost):
+    """``p = w_l l + w_e e + w_a a + w_c c`` with ``0 * inf = 0``."""
+    out = 0.0
+    for w, x in ((pw.latency, latency), (pw.energy, energy), (pw.accuracy, accuracy),
+                 (pw.cloud_cost, cloud_cost)):
+        on = w != 0
+        out = out + jnp.where(on, w * jnp.where(on, x, 0.0), 0.0)
+    return out
+
+
+def slot_dpp(costs: RequestCosts, queues: Queues, arrivals, sp: SlotParams):
+    """The slot's DPP expression ``V p + Q (A - mu) + sum_i Z_i (x_i - x_bar_i)`` of a *feasible*
+    partition with request costs ``costs`` (``lyapunov.queues.dpp_objective``)."""
+    mu = service_rate(costs.latency_s, sp.tau)
+    pen = penalty_value(sp.penalty, costs.latency_s, costs.energy_j, costs.accuracy_drop,
+                        costs.cloud_cost)
+    return dpp_objective(queues, sp.V, pen, arrivals, mu, costs.energy_j, costs.accuracy_drop,
+                         costs.cloud_cost, sp.budgets)
+
+
+def c_weights(queues: Queues, sp: SlotParams) -> dp.Weights:
+    """Weights of the linear part ``c(p)``: ``V w_i + Z_i`` (``Z_i`` counted only with a
+    finite budget and ``Z_i > 0``, as in ``dpp_objective``); latency weight 0."""
+    def z(zi, bar):
+        return jnp.where(jnp.isfinite(bar) & (zi > 0), zi, 0.0)
+
+    b, pw = sp.budgets, sp.penalty
+    return dp.Weights(latency=0.0,
+                      energy=sp.V * pw.energy + z(queues.z_e, b.e_bar),
+                      accuracy=sp.V * pw.accuracy + z(queues.z_a, b.a_bar),
+                      cloud_cost=sp.V * pw.cloud_cost + z(queues.z_c, b.c_bar))
+
+
+@struct.dataclass
+class SlotSolution:
+    """Result of :func:`solve_slot`.
+
+    partition: the chosen partition (memory-feasible when ``feasible``).
+    objective: its DPP expression with ``A = 0`` (``slot_dpp``; ``BIG`` when not feasible).
+    lower_bound: a lower bound on the objective of every feasible partition (dual bound).
+    lambda_: the latency weight (c units per second) of the line on which it was found.
+    nu: the memory multiplier (c units per GB) of that line, 0 when memory did not bind.
+    latency_s, c: its latency and linear part c(p).
+    exact: the objective is the minimum over feasible partitions (within RTOL).
+    feasible: some partition is feasible (memory, link, privacy).
+    n_solves: exact DP calls used.
+    """
+
+    partition: Partition
+    objective: jnp.ndarray
+    lower_bound: jnp.ndarray
+    lambda_: jnp.ndarray
+    nu: jnp.ndarray
+    latency_s: jnp.ndarray
+    c: jnp.ndarray
+    exact: jnp.ndarray
+    feasible: jnp.ndarray
+    n_solves: jnp.ndarray
+
+
+@struct.dataclass
+class _Pt:
+    """One DP solution: partition, its request costs and (latency, c, memory GB, feasible)."""
+
+    part: Partition
+    costs: RequestCosts
+    lat: jnp.ndarray
+    c: jnp.ndarray
+    mem: jnp.ndarray
+    ok: jnp.ndarray
+
+
+def _where(cond, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+
+def _evaluate(part: Partition, link, spec: CostSpec, cw: dp.Weights) -> _Pt:
+    tt = total_terms(part, link, spec)
+    c = dp.scalarize(tt, part.act_prec, spec, cw)
+    lat = jnp.where(jnp.isfinite(tt.latency), tt.latency, BIG)
+    costs = costs_from_terms(tt, part.act_prec, link, spec, privacy_ok(part, spec))
+    ok = (lat < BIG) & (c < BIG) & costs.feasible
+    return _Pt(part, costs, lat, c, tt.mem / 1e9, ok)
+
+
+# Phases of the solver's state machine (one DP call per loop iteration, so the DP is compiled
+# once): the two scale solves, then sweeps (low end, high end, stack), first at nu = 0, then
+# along the bisection on nu while memory binds.
+_FAST, _CHEAP, _LO, _HI, _STACK, _DONE = range(6)
+
+
+@struct.dataclass
+class _State:
+    phase: jnp.ndarray
+    nu_i: jnp.ndarray  # -1: the nu = 0 sweep; 0: nu = nu_max; >= 1: bisection steps
+    nu: jnp.ndarray
+    lo: jnp.ndarray
+    hi: jnp.ndarray
+    l_s: jnp.ndarray
+    c_s: jnp.ndarray
+    m_s: jnp.ndarray
+    nu_max: jnp.ndarray
+    p_fast: _Pt
+    p_lo: _Pt
+    stack: jnp.ndarray  # [cap, 6] rows (l1, c1, lam1, l2, c2, lam2); point 1 at smaller lambda
+    size: jnp.ndarray
+    n_sweep: jnp.ndarray
+    sb_j: jnp.ndarray  # this sweep: best Lagrangian value g + c + nu mem, its point and lambda
+    sb: _Pt
+    sb_lam: jnp.ndarray
+    f_j: jnp.ndarray  # overall: best true objective g + c of a feasible vertex
+    f: _Pt
+    f_lam: jnp.ndarray
+    f_nu: jnp.ndarray
+    lower: jnp.ndarray  # best dual bound on min over feasible of g + c
+    complete: jnp.ndarray
+    fits0: jnp.ndarray
+    n_solves: jnp.ndarray
+
+
+class _Problem(struct.PyTreeNode):
+    link: LinkState
+    spec: CostSpec
+    cw: dp.Weights
+    a: jnp.ndarray  # g(l) = a l - b / l
+    b: jnp.ndarray
+    budget: jnp.ndarray  # GB
+    precisions: tuple = struct.field(pytree_node=False)
+    cap: int = struct.field(pytree_node=False)
+    nu_iters: int = struct.field(pytree_node=False)
+
+    def g(self, lat):
+        safe = jnp.where(lat > 0, lat, 1.0)
+        return jnp.where(lat > 0, self.a * lat - self.b / safe, -BIG)
+
+    def j_lagr(self, pt: _Pt, nu):
+        val = self.g(pt.lat) + pt.c + nu * pt.mem
+        return jnp.where((pt.lat < BIG) & (pt.c < BIG), val, BIG)
+
+    def j_true(self, pt: _Pt):
+        return jnp.where(pt.ok, self.g(pt.lat) + pt.c, BIG)
+
+
+def _lam_range(s: _State):
+    unit = (s.c_s + s.nu * s.m_s) / s.l_s
+    unit = jnp.where(unit > 0, unit, 1.0 / s.l_s)  # c == 0 everywhere: lambda breaks ties only
+    return EPS_RANGE * unit, unit / EPS_RANGE
+
+
+def _top(pb: _Problem, s: _State):
+    """The interval on top of the stack, whether it can hold a better vertex, its slope."""
+    l1, c1, lam1, l2, c2, lam2 = s.stack[jnp.maximum(s.size - 1, 0)]
+    v1, v2 = lam1 * l1 + c1, lam2 * l2 + c2
+    lx = (v2 - v1) / jnp.where(lam2 > lam1, lam2 - lam1, 1.0)  # apex of the triangle
+    bound = pb.g(lx) + v1 - lam1 * lx
+    tol = RTOL * (jnp.abs(s.sb_j) + jnp.abs(bound) + 1e-30)
+    worth = ((s.size > 0) & (l1 - l2 > RTOL * l1) & (bound < s.sb_j - tol) & (l1 < BIG)
+             & (c2 < BIG))
+    lam = jnp.where(worth, (c2 - c1) / jnp.where(l1 > l2, l1 - l2, 1.0), lam1)
+    return worth, lam, (l1, c1, lam1, l2, c2, lam2)
+
+
+def _query(pb: _Problem, s: _State):
+    """(solve now?, DP weights, lambda) for the current phase."""
+    lam_lo, lam_hi = _lam_range(s)
+    worth, lam_star, _ = _top(pb, s)
+    lam = jnp.select([s.phase == _LO, s.phase == _HI], [lam_lo, lam_hi], lam_star)
+    norm = lam * s.l_s + s.c_s + s.nu * s.m_s
+    norm = jnp.where(norm > 0, norm, 1.0)
+    cw = pb.cw
+    has_c = (cw.energy + cw.accuracy + cw.cloud_cost) > 0
+    fast, cheap = s.phase == _FAST, s.phase == _CHEAP
+    w = dp.Weights(
+        latency=jnp.select([fast, cheap], [1.0, 1e-6 * has_c], lam / norm),
+        energy=jnp.select([fast, cheap], [0.0, cw.energy], cw.energy / norm),
+        accuracy=jnp.select([fast, cheap], [0.0, cw.accuracy], cw.accuracy / norm),
+        cloud_cost=jnp.select([fast, cheap], [0.0, cw.cloud_cost], cw.cloud_cost / norm),
+        memory=jnp.where(fast | cheap, 0.0, s.nu / norm))
+    need = (s.phase < _STACK) | ((s.phase == _STACK) & worth)
+    return need, w, lam, worth
+
+
+def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
+    """Fold a finished sweep into the overall result and pick the next nu (or stop)."""
+    fits = s.sb.ok
+    lower = jnp.maximum(s.lower, s.sb_j - s.nu * pb.budget)
+    complete = s.complete & complete_sweep
+    first = s.nu_i == -1
+    fits0 = jnp.where(first, fits, s.fits0)
+    lo = jnp.where((s.nu_i >= 1) & ~fits, s.nu, s.lo)
+    hi = jnp.where((s.nu_i >= 1) & fits, s.nu, s.hi)
+    nu_i = s.nu_i + 1
+    stop = (first & fits) | ((s.nu_i == 0) & ~fits) | (nu_i > pb.nu_iters)
+    nu = jnp.where(nu_i == 0, s.nu_max, jnp.sqrt(lo * hi))
+    return s.replace(phase=jnp.where(stop, _DONE, _LO), nu_i=nu_i, nu=nu, lo=lo, hi=hi,
+                     lower=lower, complete=complete, fits0=fits0)
+
+
+def _transition(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
+    n_solves = s.n_solves + (s.phase < _STACK) + worth
+    s = s.replace(n_solves=n_solves)
+    # _FAST
+    after_fast = s.replace(p_fast=pt, phase=jnp.int32(_CHEAP))
+    # _CHEAP: scales, then the nu = 0 sweep
+    pf = s.p_fast
+    l_s = jnp.where(pf.lat < BIG, pf.lat, 1.0)
+    c_s = jnp.maximum(jnp.where(pf.c < BIG, pf.c, 0.0), jnp.where(pt.c < BIG, pt.c, 0.0))
+    m_s = jnp.maximum(pf.mem, 1e-3)
+    j_s = jnp.abs(pb.a) * l_s + pb.b / l_s + c_s + 1e-12
+    after_cheap = s.replace(phase=jnp.int32(_LO), l_s=l_s, c_s=c_s, m_s=m_s,
+                            nu_max=1e6 * j_s / jnp.maximum(pb.budget, 1e-6),
+                            nu=jnp.float32(0.0), nu_i=jnp.int32(-1))
+    # _LO
+    after_lo = s.replace(p_lo=pt, phase=jnp.int32(_HI))
+    # _HI: start the sweep's stack with [p_lo, p_hi]
+    lam_lo, lam_hi = _lam_range(s)
+    p_lo, nu = s.p_lo, s.nu
+    j_lo, j_hi = pb.j_lagr(p_lo, nu), pb.j_lagr(pt, nu)
+    t_lo, t_hi = pb.j_true(p_lo), pb.j_true(pt)
+    row = jnp.stack([p_lo.lat, p_lo.c + nu * p_lo.mem, lam_lo, pt.lat, pt.c + nu * pt.mem,
+                     lam_hi])
+    after_hi = s.replace(
+        phase=jnp.int32(_STACK), stack=s.stack.at[0].set(row), size=jnp.int32(1),
+        n_sweep=jnp.int32(2), sb_j=jnp.minimum(j_lo, j_hi), sb=_where(j_hi < j_lo, pt, p_lo),
+        sb_lam=jnp.where(j_hi < j_lo, lam_hi, lam_lo))
+    better_f = (t_hi < s.f_j) | (t_lo < s.f_j)
+    take_hi = t_hi < t_lo
+    after_hi = after_hi.replace(
+        f_j=jnp.where(better_f, jnp.minimum(t_lo, t_hi), s.f_j),
+        f=_where(better_f, _where(take_hi, pt, p_lo), s.f),
+        f_lam=jnp.where(better_f, jnp.where(take_hi, lam_hi, lam_lo), s.f_lam),
+        f_nu=jnp.where(better_f, nu, s.f_nu))
+    # _STACK: pop; a point strictly below the chord is a new vertex that splits the interval
+    _, _, (l1, c1, lam1, l2, c2, lam2) = _top(pb, s)
+    size = s.size - 1
+    cp = pt.c + nu * pt.mem
+    vline = lam * l1 + c1
+    new = worth & (lam * pt.lat + cp < vline - RTOL * (jnp.abs(vline) + 1e-30)) & (pt.lat < BIG)
+    jp, tp = pb.j_lagr(pt, nu), pb.j_true(pt)
+    better = new & (jp < s.sb_j)
+    fbetter = new & (tp < s.f_j)
+    cap = pb.cap
+    push = new & (size + 2 <= cap)
+    i_a, i_b = jnp.minimum(size, cap - 1), jnp.minimum(size + 1, cap - 1)
+    stack = s.stack.at[i_a].set(jnp.where(push, jnp.stack([l1, c1, lam1, pt.lat, cp, lam]),
+                                          s.stack[i_a]))
+    stack = stack.at[i_b].set(jnp.where(push, jnp.stack([pt.lat, cp, lam, l2, c2, lam2]),
+                                        stack[i_b]))
+    size = size + 2 * push
+    n_sweep = s.n_sweep + worth
+    after_stack = s.replace(
+        stack=stack, size=size, n_sweep=n_sweep,
+        sb_j=jnp.where(better, jp, s.sb_j), sb=_where(better, pt, s.sb),
+        sb_lam=jnp.where(better, lam, s.sb_lam),
+        f_j=jnp.where(fbetter, tp, s.f_j), f=_where(fbetter, pt, s.f),
+        f_lam=jnp.where(fbetter, lam, s.f_lam), f_nu=jnp.where(fbetter, nu, s.f_nu))
+    end = (size == 0) | (n_sweep >= cap)
+    complete_sweep = (size == 0) & ~(new & ~push)
+    after_stack = _where(end, _end_sweep(pb, after_stack, complete_sweep), after_stack)
+    return jax.tree.map(
+        lambda *xs: jnp.select([s.phase == k for k in range(5)], xs[:5], xs[0]),
+        after_fast, after_cheap, after_lo, after_hi, after_stack)
+
+
+def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
+               precisions=(0, 1, 2), max_solves: int = 48, nu_iters: int = 20) -> SlotSolution:
+    """Exact minimizer of the slot's DPP expression (see the module docstring).
+
+    Args:
+      queues: Q, Z_E, Z_A, Z_C at the start of the slot (scalars; vmap for batches).
+      link: the link state the slot's costs are computed with.
+      spec: cost spec (the memory budget is ``spec.edge.mem_budget``).
+      sp: V, tau, budgets and penalty weights.
+      precisions: activation precisions allowed (static).
+      max_solves: DP calls per hull sweep, also the stack size (static; reaching it clears
+        ``exact``).
+      nu_iters: bisection steps on the memory multiplier when memory binds (static).
+
+    Returns:
+      SlotSolution; jit- and vmap-able. One DP call site, so it compiles once.
+    """
+    f32 = jnp.float32
+    cw = c_weights(queues, sp)
+    pb = _Problem(link, spec, cw, f32(sp.V * sp.penalty.latency),
+                  f32(jnp.maximum(queues.q, 0.0) * sp.tau), spec.edge.mem_budget / 1e9,
+                  tuple(int(q) for q in precisions), int(max_solves), int(nu_iters))
+
+    def solve(w):
+        res = dp.solve(link, spec, w, pb.precisions)
+        return _evaluate(res.partition, link, spec, cw)
+
+    shapes = jax.eval_shape(solve, dp.Weights())  # a placeholder point, never a candidate
+    dummy = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+    dummy = dummy.replace(lat=f32(BIG), c=f32(BIG))
+    zero, big = f32(0.0), f32(BIG)
+    s0 = _State(
+        phase=jnp.int32(_FAST), nu_i=jnp.int32(-1), nu=zero, lo=zero, hi=zero, l_s=f32(1.0),
+        c_s=zero, m_s=f32(1.0), nu_max=zero, p_fast=dummy, p_lo=dummy,
+        stack=jnp.zeros((pb.cap, 6), f32), size=jnp.int32(0), n_sweep=jnp.int32(0),
+        sb_j=big, sb=dummy, sb_lam=zero, f_j=big, f=dummy, f_lam=zero, f_nu=zero,
+        lower=f32(-BIG), complete=jnp.bool_(True), fits0=jnp.bool_(False),
+        n_solves=jnp.int32(0))
+    max_iter = (pb.nu_iters + 2) * (3 * pb.cap + 3) + 2
+
+    def cond(c):
+        i, s = c
+        return (s.phase != _DONE) & (i < max_iter)
+
+    def body(c):
+        i, s = c
+        need, w, lam, worth = _query(pb, s)
+        pt = jax.lax.cond(need, solve, lambda _: dummy, w)
+        return i + 1, _transition(pb, s, pt, lam, worth)
+
+    _, s = jax.lax.while_loop(cond, body, (jnp.int32(0), s0))
+    s = s.replace(complete=s.complete & (s.phase == _DONE))
+
+    feasible = s.f_j < BIG
+    exact_unc = s.fits0 & s.complete
+    gap_ok = (s.f_j - s.lower) <= RTOL * (jnp.abs(s.f_j) + jnp.abs(s.lower) + 1e-30)
+    exact = jnp.where(s.fits0, exact_unc, feasible & gap_ok & s.complete)
+    pt = s.f
+    dpp = slot_dpp(pt.costs, queues, 0.0, sp)
+    shift = jnp.where(feasible, dpp - s.f_j, 0.0)  # DPP (A = 0) minus the action-dependent J
+    return SlotSolution(
+        partition=pt.part, objective=jnp.where(feasible, dpp, BIG),
+        lower_bound=jnp.minimum(s.lower + shift, jnp.where(feasible, dpp, BIG)),
+        lambda_=s.f_lam, nu=s.f_nu, latency_s=pt.lat, c=pt.c, exact=exact,
+        feasible=feasible, n_solves=s.n_solves)
