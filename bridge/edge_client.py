@@ -64,6 +64,7 @@ from bridge.blocks import (
 from bridge.cloud_server import RETRYABLE, ErrorCode
 from bridge.transport import Connection, ConnectionBroken, LinkConfig, LinkEmulator, LinkTimeout
 from bridge.wire import MsgType
+from lyapunov.processes import ArrivalConfig
 
 log = logging.getLogger(__name__)
 
@@ -535,7 +536,8 @@ class EdgeConfig:
 
     prompt_tokens, new_tokens: each request prefills S tokens then runs T decode steps
       (T + 1 generated tokens), as ``costmodel.link.Workload``.
-    arrival_rate: Poisson mean requests per slot (``lyapunov.processes.ArrivalConfig``).
+    arrival: the arrival process, requests per slot (``lyapunov.processes.ArrivalConfig``:
+      Poisson or bursty MMPP).
     slot_s: slot length, emulated seconds.
     link: RTT, burst, uplink ratio, time scale of the emulated link.
     client: timeouts, backoff, key, memory budget.
@@ -547,7 +549,7 @@ class EdgeConfig:
 
     prompt_tokens: int = 16
     new_tokens: int = 8
-    arrival_rate: float = 1.0
+    arrival: ArrivalConfig = ArrivalConfig(kind="poisson", rate=1.0)
     slot_s: float = 1.0
     link: LinkConfig = LinkConfig()
     client: ClientConfig = ClientConfig()
@@ -561,18 +563,20 @@ def _percentile(xs, q) -> float | None:
     return float(np.percentile(xs, q)) if xs else None
 
 
-def arrival_times(n: int, rate_per_slot: float, slot_s: float, seed: int) -> list[float]:
-    """Emulated arrival times of ``n`` requests: Poisson counts per slot from
-    ``lyapunov.processes`` (``ArrivalConfig(kind="poisson")``), spread uniformly inside each
-    slot."""
+def arrival_times(n: int, arrival: ArrivalConfig, slot_s: float, seed: int) -> list[float]:
+    """Emulated arrival times of ``n`` requests: counts per slot from the
+    ``lyapunov.processes`` process of ``arrival``, spread uniformly inside each slot."""
     import jax
 
-    from lyapunov.processes import ArrivalConfig, make_arrivals, sample_path
+    from lyapunov.processes import arrival_mean_rate, make_arrivals, sample_path
 
-    params = make_arrivals(ArrivalConfig(kind="poisson", rate=rate_per_slot))
+    params = make_arrivals(arrival)
+    rate = float(arrival_mean_rate(params))
+    if not rate > 0:
+        raise ValueError("the arrival process has mean rate 0: no request would ever arrive")
     rng = np.random.default_rng(seed)
     times: list[float] = []
-    n_slots = max(8, int(2 * n / max(rate_per_slot, 1e-3)) + 8)
+    n_slots = max(8, int(2 * n / rate) + 8)
     key = jax.random.PRNGKey(seed)
     while len(times) < n:
         key, sub = jax.random.split(key)
@@ -631,7 +635,7 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
     link_em = LinkEmulator(trace, config.link)
     rtt_ms = config.link.rtt_ms
 
-    arrivals = arrival_times(n_req, config.arrival_rate, config.slot_s, config.seed)
+    arrivals = arrival_times(n_req, config.arrival, config.slot_s, config.seed)
     results: dict[int, RequestResult] = {}
     records: list[dict] = []
     duplicated = 0

@@ -26,7 +26,7 @@ import pytest
 from bridge import wire
 from bridge.backoff import BackoffConfig, expected_schedule
 from bridge.blocks import RunPartition, run_local, toy_executor
-from bridge.cloud_server import CloudServer
+from bridge.cloud_server import CloudServer, ServerConfig
 from bridge.edge_client import ClientConfig, EdgeClient
 from bridge.transport import FaultPlan, FaultProxy
 
@@ -120,7 +120,7 @@ def test_mixed_faults_through_proxy(caplog):
     caplog.set_level(logging.WARNING, logger="bridge")
     plan = FaultPlan(drop=0.008, delay=0.004, delay_s=0.5, corrupt=0.008, truncate=0.008,
                      seed=11)
-    with CloudServer(EX) as srv:
+    with CloudServer(EX, config=ServerConfig(track_executions=True)) as srv:
         proxy = FaultProxy((srv.host, srv.port), plan)
         port = proxy.start()
         try:

@@ -26,7 +26,7 @@ from bridge.blocks import (
     run_local,
     toy_executor,
 )
-from bridge.cloud_server import CloudServer
+from bridge.cloud_server import CloudServer, ServerConfig
 from bridge.edge_client import ClientConfig, EdgeClient, Observation, make_policy, run_edge
 from bridge.transport import (
     Connection,
@@ -251,7 +251,7 @@ def test_shaped_connection_delivers_after_rtt_and_serialization():
 
 @pytest.fixture()
 def server():
-    srv = CloudServer(EX)
+    srv = CloudServer(EX, config=ServerConfig(track_executions=True))
     srv.start()
     yield srv
     srv.stop()
@@ -334,9 +334,10 @@ def test_policies_return_valid_partitions():
 @pytest.mark.parametrize("policy", ["cloud-only", "edge-only", "best-cut", "oracle"])
 def test_run_edge_summary(server, policy):
     from bridge.edge_client import EdgeConfig
+    from lyapunov.processes import ArrivalConfig
     from lyapunov.traces import load_shipped
 
-    cfg = EdgeConfig(prompt_tokens=6, new_tokens=3, arrival_rate=4.0, slot_s=1.0,
+    cfg = EdgeConfig(prompt_tokens=6, new_tokens=3, arrival=ArrivalConfig(rate=4.0), slot_s=1.0,
                      link=LinkConfig(rtt_ms=10.0, time_scale=0.05))
     out = run_edge(f"127.0.0.1:{server.port}", 8, load_shipped("norway_bus_1"), policy, cfg)
     for key in ("answered", "failed", "lost", "duplicated", "latency_p50_s", "latency_p95_s",
