@@ -1,7 +1,8 @@
 """Overhead of the split runtime against monolithic execution at unlimited bandwidth.
 
 Starts a cloud server process on 127.0.0.1, then times one request (prefill S tokens, T
-decode steps) per partition, median of ``--repeats``:
+decode steps) per partition, best of ``--repeats`` (the minimum is the estimate least
+disturbed by other load on the machine):
 
 - monolithic: the whole model on the edge (the same cached block functions, no crossing);
 - in-process split: both sides in one thread, crossings encoded and decoded (no network);
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -37,14 +37,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _median_time(fn, repeats: int) -> float:
+def _best_time(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 def main() -> None:
@@ -71,7 +71,7 @@ def main() -> None:
         "half heads + split FFN": RunPartition(half, np.full(n_l, 2), "fp16"),
     }
     mono_rp = RunPartition.edge_only(n_l, n_h, "fp16")
-    mono = _median_time(lambda: run_local(ex, mono_rp, prompt, n_out), args.repeats)
+    mono = _best_time(lambda: run_local(ex, mono_rp, prompt, n_out), args.repeats)
 
     port = _free_port()
     code = ("import sys; from bridge.blocks import make_executor; "
@@ -93,9 +93,9 @@ def main() -> None:
               f"(edge-only, cached) {mono * 1e3:.1f} ms per request")
         with EdgeClient(("127.0.0.1", port), ex, ClientConfig(timeout_s=120.0)) as client:
             for name, rp in parts.items():
-                local = _median_time(lambda rp=rp: run_local(ex, rp, prompt, n_out),
+                local = _best_time(lambda rp=rp: run_local(ex, rp, prompt, n_out),
                                      args.repeats)
-                net = _median_time(lambda rp=rp: client.run_request(prompt, rp, n_out),
+                net = _best_time(lambda rp=rp: client.run_request(prompt, rp, n_out),
                                    args.repeats)
                 _, crossings = run_local(ex, rp, prompt, n_out)
                 print(f"  {name:24s} crossings {len(crossings):4d}  in-process split "
