@@ -36,6 +36,7 @@ A request of ``n_out`` generated tokens is one prefill pass and ``n_out - 1`` de
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import math
@@ -65,7 +66,7 @@ TAG_NAMES = {TOKENS: "tokens", ATTN_IN: "attn_in", ATTN_OUT: "attn_out", FFN_H: 
 # Executors
 
 
-class Executor:
+class Executor(abc.ABC):
     """Interface of a model's blocks on one side. Tensors are the executor's own type
     (``from_numpy`` / ``to_numpy`` convert at the crossings); shapes ``[1, T, d]``.
 
@@ -75,45 +76,47 @@ class Executor:
     cfg: LlamaConfig
     name: str
 
+    @abc.abstractmethod
     def fingerprint(self) -> int:
         """63-bit id of the architecture and weights: both sides must hold the same model."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def embed(self, tokens: np.ndarray):
         """Token embedding of int64 ``[1, T]`` ids."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def attn(self, layer: int, x, heads: list[int], offset: int, cache):
         """Partial attention output of query ``heads`` of ``layer`` on input ``x`` (positions
         ``offset ..``) with this side's K/V ``cache`` of the layer (or None); returns
         (partial, new cache)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def ffn(self, layer: int, h):
         """Whole FFN block output (before the residual add)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def ffn_up(self, layer: int, h):
         """First FFN half: ``silu(W_gate hn) * (W_up hn)``, ``[1, T, d_ff]``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def ffn_down(self, layer: int, u):
         """Second FFN half: ``W_down u``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def lm_head_last(self, x) -> np.ndarray:
         """float32 [V] logits of the last position of ``x``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def from_numpy(self, a: np.ndarray):
-        raise NotImplementedError
+        """A received float32 array as this executor's tensor."""
 
+    @abc.abstractmethod
     def to_numpy(self, t) -> np.ndarray:
-        raise NotImplementedError
+        """This executor's tensor as a float32 array (to send)."""
 
+    @abc.abstractmethod
     def reference_logits(self, tokens: list[int]) -> np.ndarray:
         """float32 [T, V]: the unsplit model's logits of every position (no cache)."""
-        raise NotImplementedError
 
     def memory_bytes(self, context: int) -> int:
         """Memory to run the whole model on one side: fp32 weights + K/V of ``context``
