@@ -1,0 +1,174 @@
+"""The experiment registry and the `run_figures` driver.
+
+An experiment is a frozen config dataclass (a `quick` and a `full` instance), a
+`run(cfg, out_dir, progress)` that writes arrays (CSV) with `config.json` beside them into
+`out_dir = <out>/<name>/`, and a separate `plot(run_dir) -> list[Path]` that reads only the
+arrays and writes PNGs next to them. `progress(iterable, desc, total)` wraps inner loops (a tqdm
+bar in `run_figures`, the identity otherwise).
+
+An experiment whose inputs are not available yet (a module that has not landed, a checkpoint
+that does not exist) raises `Unavailable` from `run`; `run_figures` records it as skipped with
+the reason, and the claims table says which claims are waiting on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+
+MODES = ("quick", "full")
+
+
+class Unavailable(RuntimeError):
+    """An experiment cannot run yet; the message says what it waits on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """One figure.
+
+    name: key for --only and the results folder.
+    number: figure number in issue 5.
+    title: one line.
+    quick, full: the frozen configs of the two modes.
+    run: run(cfg, out_dir, progress) writes the arrays and config.json.
+    plot: plot(run_dir) -> list of PNG paths, reading only the arrays.
+    """
+
+    name: str
+    number: int
+    title: str
+    quick: Any
+    full: Any
+    run: Callable[..., Any]
+    plot: Callable[[Path], list[Path]]
+
+    def config(self, mode: str):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        return self.quick if mode == "quick" else self.full
+
+
+# Modules in figure order; each defines EXPERIMENT.
+_MODULES = (
+    "experiments.fig01_latency_bandwidth",
+    "experiments.fig02_energy",
+    "experiments.fig03_trace_latency",
+    "experiments.fig04_backlog",
+    "experiments.fig05_v_tradeoff",
+    "experiments.fig06_memory",
+    "experiments.fig07_speedup",
+    "experiments.fig08_operational_cost",
+    "experiments.fig09_robustness",
+    "experiments.fig10_training_curves",
+    "experiments.fig11_accuracy",
+    "experiments.fig12_regime_map",
+)
+
+
+def registry() -> dict[str, Experiment]:
+    """All experiments by name, in figure order (modules that fail to import are skipped
+    by `run_figures` with the import error as the reason)."""
+    out = {}
+    for mod in _MODULES:
+        try:
+            exp = importlib.import_module(mod).EXPERIMENT
+        except ModuleNotFoundError as err:
+            if not err.name or not err.name.startswith(mod):
+                raise
+            continue
+        out[exp.name] = exp
+    return dict(sorted(out.items(), key=lambda kv: kv[1].number))
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def enable_compilation_cache(out: Path) -> None:
+    """Persist compiled XLA programs under <out>/.jax_cache (reruns skip most compilation)."""
+    cache = Path(out) / ".jax_cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def run_one(exp: Experiment, mode: str, out: Path, progress=None) -> dict:
+    """Run and plot one experiment; returns its status record."""
+    from experiments.common import identity_progress
+
+    out_dir = Path(out) / exp.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    record = {"name": exp.name, "number": exp.number, "title": exp.title, "mode": mode}
+    try:
+        exp.run(exp.config(mode), out_dir, progress or identity_progress)
+    except Unavailable as err:
+        record.update(status="skipped", reason=str(err),
+                      seconds=round(time.perf_counter() - t0, 1))
+        (out_dir / "SKIPPED.txt").write_text(f"{err}\n")
+        return record
+    (out_dir / "SKIPPED.txt").unlink(missing_ok=True)
+    t1 = time.perf_counter()
+    pngs = exp.plot(out_dir)
+    record.update(status="done", run_seconds=round(t1 - t0, 1),
+                  plot_seconds=round(time.perf_counter() - t1, 1),
+                  seconds=round(time.perf_counter() - t0, 1),
+                  figures=[str(Path(p).relative_to(out)) for p in pngs])
+    return record
+
+
+def run_figures(mode: str = "quick", only: Sequence[str] | None = None, out: str | Path = "results",
+                show_progress: bool = True, claims: bool = True, cache: bool = True) -> dict:
+    """Run the experiments (all, or those named in `only`) in `mode`, plot them, and write the
+    claims table; returns the summary also written to <out>/summary.json."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cache:
+        enable_compilation_cache(out)
+    reg = registry()
+    names = list(reg) if not only else list(only)
+    unknown = [n for n in names if n not in reg]
+    if unknown:
+        raise ValueError(f"unknown experiment(s) {unknown}; valid: {', '.join(reg)}")
+    records = []
+    t0 = time.perf_counter()
+    bar = tqdm(names, desc="figures", unit="exp", disable=not show_progress, position=0)
+    for name in bar:
+        bar.set_postfix_str(name)
+
+        def inner(iterable, desc="", total=None, _name=name):
+            return tqdm(iterable, desc=f"  {_name}: {desc}", total=total, leave=False,
+                        position=1, disable=not show_progress)
+
+        records.append(run_one(reg[name], mode, out, inner))
+    summary_path = out / "summary.json"
+    previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    merged = {r["name"]: r for r in previous.get("experiments", [])}
+    merged.update({r["name"]: r for r in records})
+    summary = {
+        "mode": mode, "commit": _git_commit(), "python": platform.python_version(),
+        "jax": jax.__version__, "wall_seconds_last_call": round(time.perf_counter() - t0, 1),
+        "experiments": sorted(merged.values(), key=lambda r: r["number"]),
+    }
+    summary_path.write_text(json.dumps(summary, indent=2))
+    if claims:
+        from experiments.claims import write_claims
+
+        summary["claims"] = [str(p) for p in write_claims(out)]
+    return summary
