@@ -1,0 +1,250 @@
+"""Figure 9: robustness of a split request under link outages: completion within a deadline and
+latency, for checkpoint-resume with exponential backoff (and edge fallback) versus restart from
+scratch.
+
+The model (a small request-level simulation on top of the cost model and the outage process):
+
+- The link is up/down following `lyapunov.processes` (two-state Markov chain at `dt_s`
+  resolution; stationary outage fraction q, mean outage length `mean_outage_s`).
+- One request under a fixed split partition (the best single layer cut that keeps the first
+  `privacy_layers` layers on the edge: every pass crosses the link) is K = 1 + T segments:
+  the prefill pass, then T decode steps. Segment times come from the cost model: the decode
+  step t_step = (L(T) - L(T/2)) / (T/2) (the mean step at this context), prefill = L(T) - T
+  t_step. A segment needs the link up for its whole duration.
+- An outage that hits a segment is detected `timeout_s` after it starts. The edge then retries
+  with full-jitter exponential backoff (`base_s`, `factor`, `cap_s`, as bridge.backoff; each
+  failed attempt also costs `connect_s`).
+  - checkpoint-resume: on reconnection it resumes at the failed segment (the checkpoint is the
+    last acknowledged layer boundary; the partial segment is lost). After `max_retries` failed
+    attempts it falls back to the edge: it recomputes the KV cache of the cloud's layers (an
+    edge prefill, conservative) and runs the remaining decode steps edge-only.
+  - restart: retries (no budget) until the link is back, then restarts the request from
+    its first segment (no checkpoint, no fallback).
+- A request that has not finished `deadline_factor` x its outage-free latency after it started
+  is a failure.
+Seeds are independent outage paths (and request start times).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from costmodel import partition as P
+from costmodel.costs import decode_token_time, prefill_time, request_costs
+from costmodel.link import make_link
+from experiments.common import (
+    fig_legend,
+    get_spec,
+    pyplot,
+    read_rows,
+    save,
+    write_config,
+    write_rows,
+)
+from experiments.registry import Experiment
+from lyapunov.processes import make_outage, sample_path
+
+NAME = "robustness"
+POLICIES = ("checkpoint-resume", "restart")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """model, device, cloud, rtt_ms, bw_mbps, cloud_share: the request's setting;
+    privacy_layers: layers pinned to the edge (the partition is the best cut >= this);
+    outage_fracs: stationary outage fractions swept; mean_outage_s: mean outage length (s);
+    dt_s: resolution of the outage path (s); timeout_s: failure detection delay (s);
+    connect_s: cost of one failed reconnection attempt (s);
+    base_s, factor, cap_s, max_retries: backoff (bridge.backoff defaults);
+    deadline_factor: a request not done within this multiple of its outage-free latency fails;
+    n_requests: requests per seed; seeds: independent outage paths."""
+
+    model: str = "llama-7b"
+    device: str = "galaxy-s23"
+    cloud: str = "datacenter"
+    rtt_ms: float = 40.0
+    bw_mbps: float = 20.0
+    cloud_share: float = 0.3
+    privacy_layers: int = 2
+    outage_fracs: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+    mean_outage_s: float = 3.0
+    dt_s: float = 0.05
+    timeout_s: float = 0.5
+    connect_s: float = 0.1
+    base_s: float = 0.05
+    factor: float = 2.0
+    cap_s: float = 1.0
+    max_retries: int = 5
+    deadline_factor: float = 3.0
+    n_requests: int = 1000
+    seeds: int = 10
+
+
+QUICK = Config(n_requests=150, seeds=5, outage_fracs=(0.0, 0.02, 0.05, 0.1, 0.2, 0.3))
+FULL = Config()
+
+
+def segment_times(cfg: Config):
+    """(prefill_s, step_s, T, edge_prefill_s, edge_step_s, partition name)."""
+    spec = get_spec(cfg.model, cfg.device, cfg.cloud, cfg.privacy_layers)
+    link = make_link(cfg.bw_mbps, cfg.rtt_ms, cloud_share=cfg.cloud_share)
+    n_l, n_h = spec.n_layers, spec.n_heads
+    cands = [P.layer_cut(n_l, n_h, c, q) for q in range(3)
+             for c in range(cfg.privacy_layers, n_l)]
+    batch = jax.tree.map(lambda *x: np.stack(x), *cands)
+    costs_fn = jax.jit(jax.vmap(request_costs, in_axes=(0, None, None)))
+    full = costs_fn(batch, link, spec)
+    lat = np.where(np.asarray(full.feasible), np.asarray(full.latency_s), np.inf)
+    best = int(np.argmin(lat))
+    t = int(spec.new_tokens)
+    half = spec.replace(new_tokens=spec.new_tokens * 0 + t // 2)
+    lat_half = float(np.asarray(costs_fn(batch, link, half).latency_s)[best])
+    step = (float(lat[best]) - lat_half) / (t - t // 2)
+    prefill = float(lat[best]) - t * step
+    cut = cands[best]
+    name = (f"layer cut after layer {int(np.sum(np.asarray(cut.ffn) == P.EDGE))}, "
+            f"{P.ACT_PRECISIONS[int(cut.act_prec)]} activations")
+    return (prefill, step, t, float(prefill_time(spec)), float(decode_token_time(spec)), name)
+
+
+def _next_true(x: np.ndarray) -> np.ndarray:
+    """int [N+1]: index of the first True at or after i (N if none)."""
+    n = x.size
+    idx = np.where(x, np.arange(n), n)
+    out = np.minimum.accumulate(idx[::-1])[::-1]
+    return np.append(out, n)
+
+
+def simulate_requests(cfg: Config, up: np.ndarray, starts: np.ndarray, seg, policy: str,
+                      rng: np.random.Generator, deadline_s: float):
+    """(latency_s [R] (nan if failed), fallback [R] bool) of R requests on one up/down path."""
+    prefill, step, t_tokens, e_prefill, e_step, _ = seg
+    durations = np.array([prefill] + [step] * t_tokens)
+    next_down, next_up = _next_true(~up), _next_true(up)
+    dt, horizon = cfg.dt_s, up.size
+
+    def idx(t):
+        return min(int(t / dt), horizon - 1)
+
+    lat = np.full(starts.size, np.nan)
+    fell_back = np.zeros(starts.size, bool)
+    for r, t0 in enumerate(starts):
+        t, k = t0, 0
+        while k < durations.size and t - t0 <= deadline_s:
+            d = durations[k]
+            down_at = next_down[idx(t)] * dt
+            if down_at >= t + d:  # segment completes
+                t += d
+                k += 1
+                continue
+            t = max(down_at, t) + cfg.timeout_s  # detected
+            attempt = 0
+            while t - t0 <= deadline_s:
+                if policy == "checkpoint-resume" and attempt >= cfg.max_retries:
+                    # Fall back to the edge: rebuild the cloud layers' KV, finish locally.
+                    t += e_prefill + (durations.size - max(k, 1)) * e_step
+                    k = durations.size
+                    fell_back[r] = True
+                    break
+                ceiling = min(cfg.cap_s, cfg.base_s * cfg.factor ** attempt)
+                t += rng.uniform(0.0, ceiling)
+                if up[idx(t)]:
+                    k = k if policy == "checkpoint-resume" else 0
+                    break
+                t += cfg.connect_s
+                attempt += 1
+        if k >= durations.size and t - t0 <= deadline_s:
+            lat[r] = t - t0
+    del next_up
+    return lat, fell_back
+
+
+def run(cfg: Config, out_dir: Path, progress) -> None:
+    seg = segment_times(cfg)
+    nominal = seg[0] + seg[2] * seg[1]
+    deadline_s = cfg.deadline_factor * nominal
+    horizon_s = cfg.n_requests * deadline_s / 4 + 2 * deadline_s
+    n_slots = int(horizon_s / cfg.dt_s)
+    sample = jax.jit(sample_path, static_argnums=2)
+    rows = []
+    combos = [(q, s) for q in cfg.outage_fracs for s in range(cfg.seeds)]
+    for q, seed in progress(combos, desc="outage paths", total=len(combos)):
+        if q > 0:
+            params = make_outage(q, cfg.mean_outage_s / cfg.dt_s)
+            up = np.asarray(sample(jax.random.PRNGKey(seed), params, n_slots))
+        else:
+            up = np.ones(n_slots, bool)
+        rng = np.random.default_rng(seed)
+        starts = np.sort(rng.uniform(0, horizon_s - 2 * deadline_s, cfg.n_requests))
+        for policy in POLICIES:
+            lat, fb = simulate_requests(cfg, up, starts, seg, policy,
+                                        np.random.default_rng([seed, POLICIES.index(policy)]),
+                                        deadline_s)
+            done = np.isfinite(lat)
+            rows.append({"policy": policy, "outage_frac": q, "seed": seed,
+                         "measured_outage_frac": float(1.0 - up.mean()),
+                         "completion": float(done.mean()),
+                         "latency_mean_s": float(np.mean(lat[done])) if done.any() else None,
+                         "latency_p95_s": float(np.percentile(lat[done], 95))
+                         if done.any() else None,
+                         "fallback_frac": float(fb.mean()), "nominal_latency_s": nominal})
+    write_rows(out_dir / "robustness.csv", rows)
+    write_config(out_dir, cfg, experiment=NAME, partition=seg[5], prefill_s=seg[0],
+                 decode_step_s=seg[1], edge_prefill_s=seg[3], edge_step_s=seg[4],
+                 nominal_latency_s=nominal, deadline_s=deadline_s)
+
+
+def plot(run_dir: Path) -> list[Path]:
+    import json
+
+    plt = pyplot()
+    rows = read_rows(Path(run_dir) / "robustness.csv")
+    meta = json.loads((Path(run_dir) / "config.json").read_text())
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    colors = {"checkpoint-resume": "#e7298a", "restart": "#666666"}
+    for policy in POLICIES:
+        qs = sorted({r["outage_frac"] for r in rows})
+        for ax, key, scale in ((axes[0], "completion", 100.0), (axes[1], "latency_mean_s", 1.0),
+                               (axes[2], "latency_p95_s", 1.0)):
+            m, lo, hi = [], [], []
+            for q in qs:
+                v = np.array([r[key] for r in rows if r["policy"] == policy
+                              and r["outage_frac"] == q and r[key] is not None], float) * scale
+                mean = v.mean() if v.size else np.nan
+                half = 1.96 * v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else 0.0
+                m.append(mean)
+                lo.append(mean - half)
+                hi.append(mean + half)
+            x = 100 * np.asarray(qs)
+            ax.plot(x, m, "o-", color=colors[policy], label=policy, ms=3)
+            ax.fill_between(x, lo, hi, color=colors[policy], alpha=0.2)
+    nominal = meta["nominal_latency_s"]
+    for ax in axes[1:]:
+        ax.axhline(nominal, color="k", ls=":", lw=0.8, label="no outage")
+    axes[0].set_ylabel("requests completed within deadline (%)")
+    axes[1].set_ylabel("mean latency of completed (s)")
+    axes[2].set_ylabel("p95 latency of completed (s)")
+    for ax in axes:
+        ax.set_xlabel("link outage fraction (% of time)")
+    cfg = meta["config"]
+    fig.suptitle(f"Link outages (mean {cfg['mean_outage_s']:g} s): {cfg['model']} on "
+                 f"{cfg['device']}, {meta['partition']};\ndeadline {meta['deadline_s']:.3g} s "
+                 f"({cfg['deadline_factor']:g}x outage-free latency); "
+                 "mean and 95% CI over seeds")
+    fig.tight_layout()
+    fig_legend(fig, axes, ncol=3, y=0.98)
+    fb = [r["fallback_frac"] for r in rows if r["policy"] == "checkpoint-resume"
+          and r["outage_frac"] == max(r["outage_frac"] for r in rows)]
+    fig.text(0.5, -0.02, "Latencies are over completed requests only (restart's failures are "
+             f"excluded). Checkpoint-resume finished {100 * np.mean(fb):.0f}% of requests on the "
+             "edge (retry budget spent) at the highest outage fraction.", ha="center", va="top",
+             fontsize=7)
+    return [save(fig, Path(run_dir) / "robustness.png")]
+
+
+EXPERIMENT = Experiment(NAME, 9, "Robustness under link outages: checkpoint resume vs restart",
+                        QUICK, FULL, run, plot)
