@@ -1,0 +1,84 @@
+"""End-to-end checks of the experiments at tiny size: arrays, config and PNG written, numbers
+consistent with the cost model they come from."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from costmodel import partition as P
+from costmodel.costs import request_costs
+from costmodel.link import make_link
+from experiments import fig01_latency_bandwidth as fig01
+from experiments import fig09_robustness as fig09
+from experiments.common import get_spec, identity_progress, read_rows, scenario
+from experiments.registry import MODES, registry
+
+
+def test_registry_configs_are_frozen_and_named():
+    reg = registry()
+    assert len(reg) == len(set(reg))
+    numbers = [e.number for e in reg.values()]
+    assert numbers == sorted(numbers)
+    for exp in reg.values():
+        for mode in MODES:
+            cfg = exp.config(mode)
+            assert dataclasses.is_dataclass(cfg)
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(cfg, dataclasses.fields(cfg)[0].name, None)
+
+
+def test_latency_vs_bandwidth_end_to_end(tmp_path):
+    cfg = fig01.Config(models=("gpt2-xl",), devices=("orin-nx",),
+                       scenarios=("dc-contended",), n_bw=3)
+    fig01.run(cfg, tmp_path, identity_progress)
+    pngs = fig01.plot(tmp_path)
+    assert pngs and all(p.exists() and p.stat().st_size > 0 for p in pngs)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["config"]["n_bw"] == 3
+    rows = read_rows(tmp_path / "latency.csv")
+    assert len(rows) == 3 * 4  # bandwidths x strategies
+    sc = scenario("dc-contended")
+    spec = get_spec("gpt2-xl", "orin-nx", sc.cloud)
+    for r in rows:
+        link = make_link(r["bw_mbps"], sc.rtt_ms, cloud_share=sc.cloud_share)
+        if r["strategy"] == "cloud-only":
+            ref = request_costs(P.cloud_only(spec.n_layers), link, spec)
+            np.testing.assert_allclose(r["latency_s"], float(ref.latency_s), rtol=1e-5)
+            np.testing.assert_allclose(r["energy_j"], float(ref.energy_j), rtol=1e-5)
+        if r["strategy"] == "edge-only":
+            ref = request_costs(P.edge_only(spec.n_layers, spec.n_heads), link, spec)
+            np.testing.assert_allclose(r["latency_s"], float(ref.latency_s), rtol=1e-5)
+    # The head/FFN DP contains every other strategy: never slower than any feasible one.
+    for bw in {r["bw_mbps"] for r in rows}:
+        at = {r["strategy"]: r for r in rows if r["bw_mbps"] == bw}
+        best_other = min(r["latency_s"] for s, r in at.items()
+                         if s != "best-headwise" and r["feasible"])
+        assert at["best-headwise"]["latency_s"] <= best_other * (1 + 1e-5)
+
+
+def test_robustness_without_outages_is_nominal(tmp_path):
+    cfg = dataclasses.replace(fig09.QUICK, outage_fracs=(0.0, 0.3), n_requests=20, seeds=2)
+    fig09.run(cfg, tmp_path, identity_progress)
+    assert fig09.plot(tmp_path)[0].exists()
+    rows = read_rows(tmp_path / "robustness.csv")
+    meta = json.loads((tmp_path / "config.json").read_text())
+    for r in rows:
+        if r["outage_frac"] == 0.0:
+            assert r["completion"] == 1.0
+            np.testing.assert_allclose(r["latency_mean_s"], meta["nominal_latency_s"], rtol=1e-9)
+        else:  # resuming from the checkpoint (with edge fallback) never completes fewer
+            other = [x for x in rows if x["seed"] == r["seed"] and x["outage_frac"] == 0.3
+                     and x["policy"] != r["policy"]][0]
+            if r["policy"] == "checkpoint-resume":
+                assert r["completion"] >= other["completion"]
+
+
+def test_segment_times_add_up():
+    cfg = fig09.QUICK
+    prefill, step, t, _, _, _ = fig09.segment_times(cfg)
+    spec = get_spec(cfg.model, cfg.device, cfg.cloud, cfg.privacy_layers)
+    assert t == int(spec.new_tokens) and prefill > 0 and step > 0
