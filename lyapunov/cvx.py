@@ -1,0 +1,513 @@
+"""The slot problem as a convex program (cvxpy), for comparison with the exact oracle.
+
+For a fixed latency weight ``lam`` (the slot objective is concave in latency; a fixed ``lam``
+is its tangent, see ``lyapunov.oracle``) the program minimizes ``lam * latency + c`` where
+``c = w_E e + w_A a + w_C cost`` (weights ``V w_i + Z_i``) over
+
+- **the block assignment**, relaxed: the cost model's critical-path terms (max of the two
+  sides' head times, crossings that appear only when the heads of a layer are split) are not
+  convex in the per-layer fractions of heads and FFN parts on each side, so the assignment is
+  written in its *extended* (path) form: a flow ``x[q, s0, l, s_in, (k, f)] in [0, 1]`` over
+  the layered graph of the exact DP (activation precision ``q``, embedding side ``s0``, layer
+  ``l``, residual side ``s_in``, option ``k`` heads on the edge and FFN side ``f``) with flow
+  conservation and one unit of flow; the per-layer head fractions ``sum x k / H``, FFN side
+  fractions and residual-side fractions are its marginals (``CvxResult.head_frac`` ...).
+  Without the memory row this polytope is integral (a shortest-path LP), so the relaxation gap
+  comes from the edge-memory budget row ``sum x mem <= budget`` and from DVFS;
+- **the edge DVFS frequency** ``f in [f_min, f_max]``, continuous: the edge compute of the
+  partition, ``B`` seconds at ``f_max`` (``c_cycles = B f_max``), takes ``T = B f_max / f``
+  and its dynamic energy is ``kappa f^2 c_cycles = p_dyn B^3 / T^2`` (``kappa = p_dyn /
+  f_max^3``, ``p_dyn = p_active - p_idle``), while the device draws ``p_idle`` throughout.
+  The slow-down is charged fully to the latency (exact when the edge compute is on the critical
+  path, an upper bound otherwise), so relative to ``f_max`` the objective changes by
+  ``(lam + w_E p_idle)(T - B) + w_E p_dyn (B^3/T^2 - B)``; ``B^3/T^2 <= E`` is the power cone
+  ``B <= geo_mean(E, T, T)``, and ``B <= T <= B f_max / f_min`` are linear.
+
+DPP: the per-option cost vector ``lam * latency + c - (lam + w_E p_idle + w_E p_dyn) * busy``
+is combined in NumPy before it enters as one Parameter, and every other Parameter multiplies
+a variable at most once, so re-solves reuse the compiled problem (``problem.is_dpp()``).
+Solvers: CLARABEL for the relaxation; HiGHS (MILP, time limit) for the boolean version, which
+fixes ``f = f_max`` and must equal the exact memory-constrained minimum of ``lam * l + c``.
+
+Two forms of the DVFS part: ``cone`` (the power cone above) and ``eliminated``: the DVFS terms
+are 1-homogeneous in ``(B, T)``, so the optimal slow-down ``T / B`` is the same for every
+assignment (``SlotProgram._slowdown``) and the program reduces to an LP with the per-option
+cost ``lam l + c + phi busy``; the two agree (tested), and ``auto`` uses the cone only for
+small programs (cvxpy's conic reformulation reshapes the parametrized data to variables x
+parameters, which does not fit in memory at LLaMA sizes).
+
+Rounding: the best path (of the DVFS-adjusted ``lam l + c + phi busy``) of the exact DP
+restricted to the relaxation's support (options with flow > 1e-6), with a multiplier on
+memory when that path does not fit, then over all options the same way. The environment has
+no DVFS, so the cvx *policy* uses the program without it (``DVFS(1.0)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+import cvxpy as cp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sps
+
+from costmodel import dp
+from costmodel.costs import endpoint_terms, layer_terms
+from costmodel.link import LinkState
+from costmodel.partition import CLOUD, EDGE, Partition, edge_only, make_partition
+from costmodel.spec import CostSpec
+from lyapunov.queues import Queues
+
+
+@dataclasses.dataclass(frozen=True)
+class DVFS:
+    """Edge DVFS range. f_min_ratio: f_min / f_max in (0, 1] (1 disables DVFS); assumed 0.5
+    (Cortex-A76 class cores scale about 1.2-2.4 GHz)."""
+
+    f_min_ratio: float = 0.5
+
+    def __post_init__(self):
+        if not 0 < self.f_min_ratio <= 1:
+            raise ValueError(f"DVFS.f_min_ratio must be in (0, 1], got {self.f_min_ratio!r}")
+
+
+@functools.partial(jax.jit, static_argnames=("precisions",))
+def _option_arrays(link: LinkState, spec: CostSpec, cw: dp.Weights, precisions: tuple):
+    """Per-option latency, edge busy time, c and memory: [nq, L, 2, H+1, 3] and endpoint
+    arrays [nq, 2, 2] (s0, s_last); plus the privacy mask of the options."""
+    n_l, n_h = spec.n_layers, spec.n_heads
+    s = jnp.arange(2)[None, :, None, None]
+    k = jnp.arange(n_h + 1)[None, None, :, None]
+    f = jnp.arange(3)[None, None, None, :]
+    head_cum = spec.head_cum[:, None, :, None]
+    ffn_w = spec.ffn_w[:, None, None, None]
+
+    def per_q(q):
+        tt = layer_terms(s, k, f, q, link, spec, head_cum, ffn_w)
+        ends = endpoint_terms(jnp.arange(2)[:, None], jnp.arange(2)[None, :], link, spec)
+        c_opt = dp.scalarize(tt, q, spec, cw)
+        c_end = dp.scalarize(ends, q, spec, cw)
+        return (tt.latency, tt.busy, c_opt, tt.mem, ends.latency, ends.busy, c_end, ends.mem)
+
+    out = jax.vmap(per_q)(jnp.asarray(precisions))
+    layer = jnp.arange(n_l)[:, None, None, None]
+    allowed = (s == EDGE) & (k == n_h) & (f == EDGE)
+    privacy = jnp.broadcast_to(~((layer < spec.privacy_layers) & ~allowed), (n_l, 2, n_h + 1, 3))
+    return out, privacy
+
+
+@dataclasses.dataclass
+class CvxResult:
+    """One cvxpy solve of ``min lam * latency + c`` (values in the objective's units).
+
+    partition: the rounded partition (memory-feasible if any is); None if none is feasible.
+    relaxed_value: optimum of the relaxation (with DVFS), a lower bound on the exact
+      memory-constrained minimum; for the boolean version the MILP optimum.
+    rounded_value: lam * latency + c of the rounded partition at f_max.
+    rounded_dvfs_value: the same with its optimal edge frequency.
+    freq_ratio: f / f_max of the relaxation (1 without DVFS); rounded_freq_ratio: of the
+      rounded partition.
+    head_frac, ffn_frac, side_cloud: marginals of the relaxed flow: float [L] fraction of the
+      heads on the edge, float [L, 3] FFN side fractions, float [L] residual on the cloud.
+    solve_time_s: solver wall time (cvxpy's solve call, compiled problem reused).
+    status: cvxpy status string.
+    """
+
+    partition: Partition | None
+    relaxed_value: float
+    rounded_value: float
+    rounded_dvfs_value: float
+    freq_ratio: float
+    rounded_freq_ratio: float
+    head_frac: np.ndarray
+    ffn_frac: np.ndarray
+    side_cloud: np.ndarray
+    solve_time_s: float
+    status: str
+
+
+class SlotProgram:
+    """The compiled cvxpy problem of one cost spec (its sizes, privacy floor, precisions and
+    per-option memory and edge compute time, which do not depend on the link).
+
+    ``solve(link, spec, cw, lam)`` sets the Parameters (cost vector, option mask, memory
+    budget, DVFS coefficients) and re-solves; build once per scenario.
+    ``boolean=True`` builds the MILP (integral flows, f = f_max) solved with HiGHS.
+    """
+
+    def __init__(self, spec: CostSpec, precisions=(0, 1, 2), dvfs: DVFS = DVFS(),
+                 boolean: bool = False, time_limit_s: float = 30.0, dvfs_form: str = "auto",
+                 solver: str = "CLARABEL"):
+        if dvfs_form not in ("auto", "cone", "eliminated"):
+            raise ValueError(f"dvfs_form must be 'auto', 'cone' or 'eliminated', got "
+                             f"{dvfs_form!r}")
+        self.precisions = tuple(int(q) for q in precisions)
+        self.n_l, self.n_h = spec.n_layers, spec.n_heads
+        self.privacy_layers = spec.privacy_layers
+        self.dvfs, self.boolean, self.time_limit_s = dvfs, boolean, time_limit_s
+        nq, n_l, n_o = len(self.precisions), self.n_l, 3 * (self.n_h + 1)
+        self.shape_x = (nq, 2, n_l, 2, n_o)
+        self.shape_y = (nq, 2, 2)
+        n_x, n_y = int(np.prod(self.shape_x)), int(np.prod(self.shape_y))
+        ix = np.arange(n_x).reshape(self.shape_x)
+        iy = np.arange(n_y).reshape(self.shape_y)
+        out = np.where(np.arange(n_o) % 3 == EDGE, EDGE, CLOUD)
+        rows, cols, vals, rhs = [], [], [], []
+
+        def add(entries, b):
+            r = len(rhs)
+            for c, v in entries:
+                rows.append(r)
+                cols.append(c)
+                vals.append(v)
+            rhs.append(b)
+
+        add([(int(ix[qi, s0, 0, s0, j]), 1.0) for qi in range(nq) for s0 in range(2)
+             for j in range(n_o)], 1.0)
+        for qi in range(nq):
+            for s0 in range(2):
+                for layer in range(1, n_l + 1):
+                    for s_ in range(2):
+                        inflow = [(int(ix[qi, s0, layer - 1, si, j]), -1.0) for si in range(2)
+                                  for j in range(n_o) if out[j] == s_]
+                        here = ([(int(ix[qi, s0, layer, s_, j]), 1.0) for j in range(n_o)]
+                                if layer < n_l else [(n_x + int(iy[qi, s0, s_]), 1.0)])
+                        add(here + inflow, 0.0)
+        a_eq = sps.csr_matrix((vals, (rows, cols)), shape=(len(rhs), n_x + n_y))
+        start = np.zeros(self.shape_x, bool)  # layer 0 must start on the embedding's side
+        for s0 in range(2):
+            start[:, s0, 0, 1 - s0, :] = True
+        self._structural_zero = start.reshape(-1)
+        self._out = out
+
+        # Memory and edge busy time of an option depend on the spec only (not on the link):
+        # they are constants of the program, so no Parameter multiplies the constraint matrix
+        # (cvxpy's parametrized matrices scale with rows x columns).
+        nominal = LinkState(*(jnp.float32(v) for v in (10.0, 10.0, 10.0, 1.0)))
+        arr, _ = self._arrays(nominal, spec, dp.Weights())
+        self._mem, self._busy = arr["mem"], arr["busy"]
+        self.z = cp.Variable(n_x + n_y, boolean=boolean, name="flow")
+        self.cost = cp.Parameter(n_x + n_y, name="cost")
+        self.ub = cp.Parameter(n_x + n_y, nonneg=True, name="ub")
+        self.budget = cp.Parameter(nonneg=True, name="budget_gb")
+        cons = [a_eq @ self.z == np.asarray(rhs), self.z >= 0, self.z <= self.ub,
+                self._mem @ self.z <= self.budget]
+        obj = self.cost @ self.z
+        self.use_dvfs = not boolean and dvfs.f_min_ratio < 1
+        n_var = n_x + n_y
+        if dvfs_form == "auto":  # cvxpy reshapes the cone program's data to n_var x n_params
+            dvfs_form = "cone" if n_var * (2 * n_var) <= 2e7 else "eliminated"
+        self.use_cone = self.use_dvfs and dvfs_form == "cone"
+        self.solver = cp.HIGHS if boolean else solver
+        if self.use_cone:
+            self.t_coef = cp.Parameter(nonneg=True, name="t_coef")
+            self.dyn_coef = cp.Parameter(nonneg=True, name="dyn_coef")
+            self.T = cp.Variable(nonneg=True, name="edge_time")
+            self.E = cp.Variable(nonneg=True, name="dyn_energy_s")
+            b = self._busy @ self.z
+            cons += [self.T >= b, self.T <= b / dvfs.f_min_ratio,
+                     b <= cp.geo_mean(cp.hstack([self.E, self.T, self.T]))]
+            obj = obj + self.t_coef * self.T + self.dyn_coef * self.E
+        self.problem = cp.Problem(cp.Minimize(obj), cons)
+
+    # ----------------------------------------------------------------------------------------
+    def _arrays(self, link: LinkState, spec: CostSpec, cw: dp.Weights):
+        (lat, busy, c, mem, e_lat, e_busy, e_c, e_mem), privacy = _option_arrays(
+            link, spec, cw, self.precisions)
+        nq, n_l, n_o = len(self.precisions), self.n_l, 3 * (self.n_h + 1)
+
+        def opt(a):  # [nq, L, 2, H+1, 3] -> [nq, s0, L, 2, n_o]
+            a = np.asarray(a, np.float64).reshape(nq, 1, n_l, 2, n_o)
+            return np.broadcast_to(a, self.shape_x).reshape(-1)
+
+        def end(a):
+            return np.asarray(a, np.float64).reshape(-1)
+
+        ok_x = np.broadcast_to(np.asarray(privacy).reshape(1, 1, n_l, 2, n_o),
+                               self.shape_x).reshape(-1) & ~self._structural_zero
+        ok_y = np.ones(self.shape_y, bool)
+        if self.privacy_layers:
+            ok_y[:, CLOUD, :] = False
+        arr = {
+            "lat": np.concatenate([opt(lat), end(e_lat)]),
+            "busy": np.concatenate([opt(busy), end(e_busy)]),
+            "c": np.concatenate([opt(c), end(e_c)]),
+            "mem": np.concatenate([opt(mem), end(e_mem)]) / 1e9,
+        }
+        ok = np.concatenate([ok_x, ok_y.reshape(-1)])
+        ok &= np.isfinite(arr["lat"]) & (arr["c"] < dp.BIG)
+        for key in arr:
+            arr[key] = np.where(ok, arr[key], 0.0)
+        return arr, ok
+
+    def solve(self, link: LinkState, spec: CostSpec, cw: dp.Weights, lam: float) -> CvxResult:
+        """Minimize ``lam * latency + c`` (``cw``: the weights of c, latency weight ignored)."""
+        arr, ok = self._arrays(link, spec, cw)
+        lam = float(lam)
+        w_e = float(cw.energy)
+        p_idle, p_act = float(spec.edge.p_idle), float(spec.edge.p_active)
+        p_dyn = max(p_act - p_idle, 0.0)
+        combined = lam * arr["lat"] + arr["c"]
+        t_coef, dyn_coef = lam + w_e * p_idle, w_e * p_dyn
+        rho, phi = self._slowdown(t_coef, dyn_coef)
+        if self.use_cone:
+            combined = combined - (t_coef + dyn_coef) * arr["busy"]
+        elif self.use_dvfs:
+            combined = combined + phi * arr["busy"]
+        # Normalize by the unconstrained shortest path's value, so the optimum is O(1).
+        n_x = int(np.prod(self.shape_x))
+        obj = np.where(ok, lam * arr["lat"] + arr["c"], np.inf)
+        ref, _ = self._viterbi(obj[:n_x].reshape(self.shape_x), obj[n_x:].reshape(self.shape_y))
+        scale = abs(ref) if np.isfinite(ref) and abs(ref) > 1e-12 else 1.0
+        self.cost.value = combined / scale
+        self.ub.value = ok.astype(np.float64)
+        self.budget.value = float(spec.edge.mem_budget) / 1e9
+        if self.use_cone:
+            self.t_coef.value = t_coef / scale
+            self.dyn_coef.value = dyn_coef / scale
+        t0 = time.perf_counter()
+        if self.boolean:
+            self.problem.solve(solver=cp.HIGHS, time_limit=float(self.time_limit_s),
+                               mip_rel_gap=0.0, output_flag=False)
+        else:
+            self.problem.solve(solver=self.solver)
+        elapsed = time.perf_counter() - t0
+        status = self.problem.status
+        if self.z.value is None:
+            n_l = self.n_l
+            return CvxResult(None, np.inf, np.inf, np.inf, 1.0, 1.0, np.zeros(n_l),
+                             np.zeros((n_l, 3)), np.zeros(n_l), elapsed, status)
+        zval = np.clip(np.asarray(self.z.value), 0.0, None)
+        relaxed = float(self.problem.value) * scale
+        freq = 1.0
+        if self.use_cone and self.T.value is not None and float(self.T.value) > 1e-12:
+            freq = float(np.clip((arr["busy"] @ zval) / float(self.T.value),
+                                 self.dvfs.f_min_ratio, 1.0))
+        elif self.use_dvfs and arr["busy"] @ zval > 1e-12:
+            freq = 1.0 / rho
+        base = lam * arr["lat"] + arr["c"]
+        path = self._round(zval, arr, ok, base + phi * arr["busy"])
+        head_frac, ffn_frac, side = self._marginals(zval)
+        if path is None:
+            return CvxResult(None, relaxed, np.inf, np.inf, freq, 1.0, head_frac, ffn_frac,
+                             side, elapsed, status)
+        qi, s0, heads, ffn = path
+        part = make_partition(heads, ffn, self.precisions[qi], s0 == EDGE)
+        value = self._path_value(base, path)
+        busy = self._path_value(arr["busy"], path)
+        return CvxResult(part, relaxed, value, value + phi * busy, freq,
+                         1.0 / rho if busy > 0 else 1.0, head_frac, ffn_frac, side, elapsed,
+                         status)
+
+    # ----------------------------------------------------------------------------------------
+    def _marginals(self, zval):
+        n_x = int(np.prod(self.shape_x))
+        x = zval[:n_x].reshape(self.shape_x).sum(axis=(0, 1))  # [L, 2, n_o]
+        x = x.sum(axis=1).reshape(self.n_l, self.n_h + 1, 3)  # [L, H+1, 3]
+        head_frac = (x.sum(-1) * np.arange(self.n_h + 1)).sum(-1) / self.n_h
+        ffn_frac = x.sum(1)
+        return head_frac, ffn_frac, ffn_frac[:, 1:].sum(-1)
+
+    def _viterbi(self, cost_x, cost_y):
+        """Min-cost path of the layered graph; cost_x [nq, 2, L, 2, n_o], cost_y [nq, 2, 2]
+        (inf = forbidden). Returns (value, (qi, s0, k [L], f [L])) or (inf, None)."""
+        nq, _, n_l, _, n_o = self.shape_x
+        out = self._out
+        v = np.full((nq, 2, 2), np.inf)
+        for s0 in range(2):
+            v[:, s0, s0] = 0.0
+        back = np.zeros((n_l, nq, 2, 2), np.int64)  # argmin (s_in * n_o + j) per s0, s_out
+        for layer in range(n_l):
+            cand = v[:, :, :, None] + cost_x[:, :, layer]  # [nq, s0, s_in, n_o]
+            new = np.full((nq, 2, 2), np.inf)
+            for s_out in range(2):
+                c = np.where(out[None, None, None, :] == s_out, cand, np.inf).reshape(nq, 2, -1)
+                back[layer, :, :, s_out] = c.argmin(-1)
+                new[:, :, s_out] = c.min(-1)
+            v = new
+        total = v + cost_y
+        if not np.isfinite(total).any():
+            return np.inf, None
+        qi, s0, s_last = np.unravel_index(int(np.argmin(total)), total.shape)
+        heads, ffn = np.zeros(n_l, np.int64), np.zeros(n_l, np.int64)
+        s_out = s_last
+        for layer in range(n_l - 1, -1, -1):
+            idx = back[layer, qi, s0, s_out]
+            s_in, j = divmod(int(idx), n_o)
+            heads[layer], ffn[layer] = divmod(j, 3)
+            s_out = s_in
+        return float(total[qi, s0, s_last]), (qi, s0, heads, ffn)
+
+    def _path_value(self, a, path):
+        """Sum of a per-option array ``a`` [n_x + n_y] along a path."""
+        qi, s0, heads, ffn = path
+        n_x = int(np.prod(self.shape_x))
+        ax = a[:n_x].reshape(self.shape_x)
+        total, s_in = 0.0, s0
+        for layer in range(self.n_l):
+            j = heads[layer] * 3 + ffn[layer]
+            total += ax[qi, s0, layer, s_in, j]
+            s_in = EDGE if ffn[layer] == EDGE else CLOUD
+        return total + a[n_x:].reshape(self.shape_y)[qi, s0, s_in]
+
+    def _round(self, zval, arr, ok, obj):
+        """Path of least ``obj`` within the memory budget: on the relaxation's support first,
+        then on all options; a multiplier on memory when the plain best path does not fit."""
+        n_x = int(np.prod(self.shape_x))
+        mem, budget = arr["mem"], float(self.budget.value)
+        scale = max(float(np.abs(obj[ok]).max()) if ok.any() else 1.0, 1e-12)
+        for support in (zval > 1e-6, np.ones_like(ok)):
+            base = np.where(ok & support, obj, np.inf)
+            for nu in [0.0, *(np.geomspace(1e-6, 1e6, 49) * scale)]:
+                c = base + nu * mem
+                _, path = self._viterbi(c[:n_x].reshape(self.shape_x),
+                                        c[n_x:].reshape(self.shape_y))
+                if path is None:
+                    break
+                if self._path_value(mem, path) <= budget * (1 + 1e-9):
+                    return path
+        return None
+
+    def _slowdown(self, t_coef, dyn_coef):
+        """Optimal edge slow-down rho = T / B = f_max / f and the DVFS term's coefficient phi.
+
+        ``t (T - B) + d (B^3 / T^2 - B)`` is 1-homogeneous in (B, T) (a perspective), so for
+        every partition the best ``T`` is ``rho B`` with ``rho = clip((2 d / t)^(1/3), 1,
+        f_max / f_min)``, and the minimum is ``phi B`` with ``phi = t (rho - 1) + d (rho^-2 -
+        1) <= 0``: the frequency does not depend on the assignment, and eliminating it leaves
+        a linear cost on the edge compute time (the ``eliminated`` form).
+        """
+        if not self.use_dvfs or dyn_coef <= 0:
+            return 1.0, 0.0
+        rho = (2.0 * dyn_coef / max(t_coef, 1e-300)) ** (1.0 / 3.0)
+        rho = float(np.clip(rho, 1.0, 1.0 / self.dvfs.f_min_ratio))
+        return rho, t_coef * (rho - 1.0) + dyn_coef * (rho ** -2 - 1.0)
+
+
+
+# --------------------------------------------------------------------------------------------
+# Slot-level use: the concave slot objective by tangent (majorize-minimize) iterations
+
+
+@dataclasses.dataclass
+class CvxSlotResult:
+    """cvx solution of the slot problem: the best rounded partition over the MM iterations,
+    its lambda and the last relaxation; objective: its true slot DPP (A = 0, f_max)."""
+
+    partition: Partition | None
+    objective: float
+    lam: float
+    relaxed: CvxResult
+    solve_time_s: float
+    n_solves: int
+
+
+def slot_weights(queues: Queues, sp) -> tuple[dp.Weights, float, float]:
+    """(c weights, a, b) of the slot objective g(l) + c with g(l) = a l - b / l."""
+    from lyapunov.oracle import c_weights
+
+    cw = c_weights(queues, sp)
+    a = float(sp.V) * float(sp.penalty.latency)
+    b = max(float(queues.q), 0.0) * float(sp.tau)
+    return cw, a, b
+
+
+def solve_slot_cvx(program: SlotProgram, queues: Queues, link: LinkState, spec: CostSpec, sp,
+                   iters: int = 3, lat0: float | None = None) -> CvxSlotResult:
+    """Minimize the slot DPP by MM on the concave ``g``: solve at ``lam_k = g'(l_k)``, the
+    tangent's slope at the last rounded latency (``l_0 = lat0`` or ``tau``), ``iters`` times;
+    return the rounded partition with the best true objective."""
+    from costmodel.costs import request_costs
+    from lyapunov.oracle import slot_dpp
+
+    cw, a, b = slot_weights(queues, sp)
+    lat = float(lat0) if lat0 is not None else float(sp.tau)
+    best = None
+    total_t = 0.0
+    res = None
+    for _ in range(iters):
+        lam = a + b / max(lat, 1e-9) ** 2
+        res = program.solve(link, spec, cw, lam)
+        total_t += res.solve_time_s
+        if res.partition is None:
+            break
+        costs = request_costs(res.partition, link, spec)
+        j = float(slot_dpp(costs, queues, 0.0, sp))
+        if best is None or j < best[0]:
+            best = (j, res.partition, lam)
+        new_lat = float(costs.latency_s)
+        if abs(new_lat - lat) <= 1e-6 * lat:
+            break
+        lat = new_lat
+    if best is None:
+        return CvxSlotResult(None, np.inf, np.nan, res, total_t, iters)
+    return CvxSlotResult(best[1], best[0], best[2], res, total_t, iters)
+
+
+def fallback_partition(spec: CostSpec) -> Partition:
+    """What a cvx policy plays when nothing is feasible (the env then charges the penalty)."""
+    return edge_only(spec.n_layers, spec.n_heads)
+
+
+def compare_with_oracle(queues: Queues, link: LinkState, spec: CostSpec, sp,
+                        precisions=(0, 1, 2), dvfs: DVFS = DVFS(), repeats: int = 3,
+                        program: SlotProgram | None = None,
+                        dvfs_program: SlotProgram | None = None) -> dict:
+    """Relaxation gap and solve time of the cvxpy formulation against the exact oracle.
+
+    At the oracle's lambda, with f = f_max (the environment has no DVFS):
+    ``relaxation_gap = (oracle lam-objective - relaxed optimum) / |oracle lam-objective|``
+    (>= 0 up to solver tolerance: it is a relaxation) and ``rounding_gap`` (rounded - oracle,
+    same scale; >= 0 where the oracle is exact). With DVFS: the relaxed optimum and its
+    frequency (``dvfs_*``). On the slot objective: ``slot_gap = (cvx MM slot DPP - oracle slot
+    DPP) / |oracle|``. Times are seconds per solve: the oracle jitted and warmed up, cvxpy's
+    solve call with the compiled problem reused (the first solve compiles it).
+    """
+    from lyapunov.oracle import solve_slot
+
+    precisions = tuple(int(q) for q in precisions)
+    program = program or SlotProgram(spec, precisions, DVFS(1.0))
+    solve = jax.jit(solve_slot, static_argnames=("precisions",))
+    sol = solve(queues, link, spec, sp, precisions=precisions)
+    jax.block_until_ready(sol)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        jax.block_until_ready(solve(queues, link, spec, sp, precisions=precisions))
+    oracle_t = (time.perf_counter() - t0) / repeats
+    cw, _, _ = slot_weights(queues, sp)
+    lam = float(sol.lambda_)
+    oracle_lam_obj = lam * float(sol.latency_s) + float(sol.c)
+    program.solve(link, spec, cw, lam)  # the first solve compiles the parametrized problem
+    times, res = [], None
+    for _ in range(repeats):
+        res = program.solve(link, spec, cw, lam)
+        times.append(res.solve_time_s)
+    out = {}
+    if dvfs.f_min_ratio < 1:
+        dvfs_program = dvfs_program or SlotProgram(spec, precisions, dvfs)
+        rd = dvfs_program.solve(link, spec, cw, lam)
+        out = {"dvfs_relaxed_lambda_objective": rd.relaxed_value,
+               "dvfs_freq_ratio": rd.freq_ratio,
+               "dvfs_rounded_lambda_objective": rd.rounded_dvfs_value}
+    mm = solve_slot_cvx(program, queues, link, spec, sp)
+    denom = max(abs(oracle_lam_obj), 1e-12)
+    o_obj = float(sol.objective)
+    return {
+        "oracle_objective": o_obj,
+        "oracle_exact": bool(sol.exact),
+        "oracle_time_s": oracle_t,
+        "lambda": lam,
+        "oracle_lambda_objective": oracle_lam_obj,
+        "relaxed_lambda_objective": res.relaxed_value,
+        "rounded_lambda_objective": res.rounded_value,
+        "relaxation_gap": (oracle_lam_obj - res.relaxed_value) / denom,
+        "rounding_gap": (res.rounded_value - oracle_lam_obj) / denom,
+        "cvx_time_s": float(np.median(times)),
+        "cvx_slot_objective": mm.objective,
+        "slot_gap": (mm.objective - o_obj) / max(abs(o_obj), 1e-12),
+        "cvx_slot_time_s": mm.solve_time_s,
+        **out,
+    }
