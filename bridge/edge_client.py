@@ -664,6 +664,10 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
                 obs = Observation(slot, bw(*prev), bw(s0, s0 + config.slot_s), rtt_ms,
                                   len(queue_), sum(prev[0] <= a < prev[1] for a in arrivals))
                 cm_part = pol(obs)
+                if cm_part is None:  # no feasible partition for the policy: stay on the edge
+                    from costmodel.partition import edge_only
+
+                    cm_part = edge_only(ex.cfg.n_layers, ex.cfg.n_heads)
                 cur_part = RunPartition.from_costmodel(cm_part, order, config.precision)
                 cur_slot = slot
             i = queue_.popleft()
@@ -690,7 +694,8 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
                 "error": res.error, "arrival_s": arrivals[i], "start_s": start,
                 "latency_s": res.latency_s,
                 "sojourn_s": start - arrivals[i] + res.latency_s / config.link.time_scale,
-                "predicted_s": pred if math.isfinite(pred) else None, "bw_mbps": bw_slot,
+                "predicted_s": pred if math.isfinite(pred) else None,
+                "bw_mbps": bw_slot if math.isfinite(bw_slot) else None,
                 "partition": cur_part.describe(), "retries": res.retries,
                 "fallback_at": res.fallback_at, "tokens": res.tokens,
                 "bytes_sent": sent1 - sent0, "bytes_received": recv1 - recv0})

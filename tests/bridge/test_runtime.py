@@ -405,3 +405,26 @@ def test_smollm2_networked_equals_split_forward():
             np.testing.assert_allclose(res.logits[0], logits[0, -1].numpy(), atol=1e-4, rtol=0)
         if rp.precision == "fp32":
             assert res.tokens == expect
+
+
+def test_run_edge_unlimited_link_custom_policy_strict_json(server):
+    import json
+
+    from bridge.edge_client import EdgeConfig
+    from costmodel.partition import layer_cut
+
+    seen = []
+
+    def cut_two(obs):
+        seen.append(obs)
+        return layer_cut(L, H, 2)
+
+    out = run_edge(("127.0.0.1", server.port), [[1, 2, 3], [4, 5]], None, cut_two,
+                   EdgeConfig(new_tokens=2, precision="fp32"))
+    json.dumps(out, allow_nan=False)
+    assert (out["answered"], out["lost"], out["fallbacks"]) == (2, 0, 0)
+    assert [r["tokens"] for r in sorted(out["requests"], key=lambda r: r["index"])] == \
+        [greedy(EX, [1, 2, 3], 3), greedy(EX, [4, 5], 3)]
+    assert seen and all(math.isinf(o.bw_mbps) for o in seen)
+    with pytest.raises(ValueError, match="checkpoint"):
+        run_edge(("127.0.0.1", server.port), 1, None, "checkpoint:/nonexistent")
