@@ -16,6 +16,7 @@ Prints one line per partition with the ratios to monolithic. Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import subprocess
 import sys
@@ -53,7 +54,13 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in each process")
     args = ap.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    if args.executor != "toy":
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     ex = make_executor(args.executor)
     n_l, n_h = ex.cfg.n_layers, ex.cfg.n_heads
@@ -71,14 +78,14 @@ def main() -> None:
         "half heads + split FFN": RunPartition(half, np.full(n_l, 2), "fp16"),
     }
     mono_rp = RunPartition.edge_only(n_l, n_h, "fp16")
-    mono = _best_time(lambda: run_local(ex, mono_rp, prompt, n_out), args.repeats)
 
     port = _free_port()
     code = ("import sys; from bridge.blocks import make_executor; "
             "from bridge.cloud_server import serve_cloud; "
             "serve_cloud('127.0.0.1', int(sys.argv[1]), None, make_executor(sys.argv[2]))")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     proc = subprocess.Popen([sys.executable, "-c", code, str(port), args.executor], cwd=ROOT,
-                            stdout=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -89,6 +96,8 @@ def main() -> None:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("cloud server did not start") from None
                 time.sleep(0.2)
+        # Timed once the server process has loaded its model (loading competes for the CPU).
+        mono = _best_time(lambda: run_local(ex, mono_rp, prompt, n_out), args.repeats)
         print(f"{args.executor}: S={args.prompt_tokens} T={args.new_tokens}; monolithic "
               f"(edge-only, cached) {mono * 1e3:.1f} ms per request")
         with EdgeClient(("127.0.0.1", port), ex, ClientConfig(timeout_s=120.0)) as client:
