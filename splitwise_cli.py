@@ -57,6 +57,42 @@ def cmd_costs(args) -> int:
     return 0
 
 
+def cmd_serve_cloud(args) -> int:
+    from bridge.blocks import make_executor
+    from bridge.cloud_server import serve_cloud
+    from bridge.wire import read_key_file
+
+    key = read_key_file(args.key_file) if args.key_file else None
+    serve_cloud(args.host, args.port, key, make_executor(args.model))
+    return 0
+
+
+def cmd_run_edge(args) -> int:
+    import dataclasses
+
+    from bridge.blocks import make_executor
+    from bridge.edge_client import ClientConfig, EdgeConfig, run_edge
+    from bridge.transport import LinkConfig
+    from bridge.wire import read_key_file
+    from lyapunov.processes import ArrivalConfig
+
+    key = read_key_file(args.key_file) if args.key_file else None
+    cfg = EdgeConfig(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                     arrival=ArrivalConfig(kind="poisson", rate=args.arrival_rate),
+                     slot_s=args.slot_s, link=LinkConfig(rtt_ms=args.rtt_ms),
+                     client=dataclasses.replace(ClientConfig(), key=key), seed=args.seed,
+                     precision=args.precision)
+    result = run_edge(args.cloud, args.requests, args.trace, args.policy, cfg,
+                      executor=make_executor(args.model))
+    summary = {k: v for k, v in result.items() if k != "requests"}
+    if args.json:
+        print(json.dumps(summary, allow_nan=False))
+    else:
+        for k, v in summary.items():
+            print(f"{k:18s} {v}")
+    return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="splitwise", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -67,6 +103,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cloud-share", type=float, default=1.0)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_costs)
+
+    c = sub.add_parser("serve-cloud", help="serve the cloud blocks of split requests (threads)")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=7070)
+    c.add_argument("--key-file", help="shared HMAC key file")
+    c.add_argument("--model", default="toy", help="toy, smollm2, or a GGUF path")
+    c.set_defaults(func=cmd_serve_cloud)
+
+    c = sub.add_parser("run-edge", help="run requests split between this edge and a cloud")
+    c.add_argument("--cloud", required=True, help="host:port of serve-cloud")
+    c.add_argument("--requests", type=int, default=20)
+    c.add_argument("--trace", help="bandwidth trace file (none: unlimited bandwidth)")
+    c.add_argument("--policy", default="best-cut",
+                   help="checkpoint:DIR, oracle, best-cut, cloud-only or edge-only")
+    c.add_argument("--model", default="toy", help="toy, smollm2, or a GGUF path (as the cloud)")
+    c.add_argument("--key-file", help="shared HMAC key file")
+    c.add_argument("--rtt-ms", type=float, default=20.0)
+    c.add_argument("--prompt-tokens", type=int, default=16)
+    c.add_argument("--new-tokens", type=int, default=8)
+    c.add_argument("--arrival-rate", type=float, default=1.0, help="requests per slot")
+    c.add_argument("--slot-s", type=float, default=1.0)
+    c.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default=None)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_run_edge)
     return ap
 
 
