@@ -70,12 +70,17 @@ class ActionConfig:
     n_groups: G, groups of consecutive layers of the hierarchical high level (clipped to L).
     head_bins: K head-count options per layer on the grid round(linspace(0, H, K)); 0 = all H+1.
     mask_outage: after a slot in outage, allow only actions without link crossings.
+    stay_bonus: prior logit added to staying on the side of the previous group (layer):
+      mode edge after edge, cloud after cloud; for layers, (H, edge) after the residual ended
+      on the edge and (0, cloud) after it ended on the cloud. Crossings cost at least an RTT,
+      so runs of one side are likelier to be good; the learned transition logits start at 0.
     """
 
     kind: Literal["hier", "flat_head", "layerwise"] = "hier"
     n_groups: int = 4
     head_bins: int = 9
     mask_outage: bool = True
+    stay_bonus: float = 1.0
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -92,6 +97,7 @@ class ActionSpace:
 
     head_counts: the K edge head counts a layer option can take (ascending, 0 and H included).
     group_of_layer: the group index of each layer.
+    precisions: the activation precisions the scenario allows (others are masked).
     """
 
     kind: str
@@ -103,6 +109,8 @@ class ActionSpace:
     privacy_layers: int
     tied: bool
     mask_outage: bool
+    precisions: tuple[int, ...] = (0, 1, 2)
+    stay_bonus: float = 0.0
 
     @property
     def n_bins(self) -> int:
@@ -128,8 +136,8 @@ class ActionSpace:
         return CLOUD
 
 
-def make_space(spec: CostSpec, cfg: ActionConfig) -> ActionSpace:
-    """The action space of `cfg` for the model of `spec`."""
+def make_space(spec: CostSpec, cfg: ActionConfig, precisions=(0, 1, 2)) -> ActionSpace:
+    """The action space of `cfg` for the model of `spec` and the allowed precisions."""
     n_l, n_h = spec.n_layers, spec.n_heads
     if cfg.head_bins == 0:
         counts = np.arange(n_h + 1)
@@ -138,7 +146,8 @@ def make_space(spec: CostSpec, cfg: ActionConfig) -> ActionSpace:
     g = min(cfg.n_groups, n_l)
     groups = tuple(int(l * g // n_l) for l in range(n_l))
     return ActionSpace(cfg.kind, n_l, n_h, g, tuple(int(c) for c in counts), groups,
-                       spec.privacy_layers, spec.tied, cfg.mask_outage)
+                       spec.privacy_layers, spec.tied, cfg.mask_outage,
+                       tuple(sorted(int(q) for q in precisions)), float(cfg.stay_bonus))
 
 
 @struct.dataclass
@@ -231,38 +240,62 @@ def masked_entropy(logp, mask):
     return -jnp.sum(jnp.where(mask, jnp.exp(logp) * logp, 0.0))
 
 
-def masked_choices(logits, steps: Steps, used0, budget, key=None, actions=None) -> Choices:
-    """Sample (key given), score (actions given) or take the mode (neither) of N sequential
-    masked categorical choices.
+@struct.dataclass
+class Chain:
+    """Markov coupling of a sequence of choices: step n's logits get ``trans[prev]`` added,
+    where prev = ``state_of[a_{n-1}]`` (prev0 before the first step).
 
-    logits: float [N, M]. The memory committed so far is carried through a `lax.scan`, so the
-    mask of step n depends on the choices before it; replaying the stored actions reproduces
-    the masks exactly, which makes the recomputed log-probability equal the sampled one.
+    trans: float [S, M]; state_of: int [M] (the chain state an option leads to); prev0: int [].
     """
-    n = logits.shape[0]
-    keys = jax.random.split(key, n) if key is not None else jnp.zeros((n, 2), jnp.uint32)
-    given = actions if actions is not None else jnp.zeros((n,), jnp.int32)
 
-    def body(used, x):
-        lg, mem, rest, allowed, prefer, k, a_given = x
+    trans: jnp.ndarray
+    state_of: jnp.ndarray
+    prev0: jnp.ndarray
+
+
+def masked_choices(logits, steps: Steps, used0, budget, key=None, actions=None,
+                   noise=None, chain: Chain | None = None) -> Choices:
+    """Sample (key or Gumbel noise float [N, M] given), score (actions given) or take the mode
+    (none given) of N sequential masked categorical choices.
+
+    logits: float [N, M]. The memory committed so far (and, with a `chain`, the chain state)
+    is carried through a `lax.scan`, so the mask and logits of step n depend on the choices
+    before it; replaying the stored actions reproduces them exactly, which makes the
+    recomputed log-probability equal the sampled one.
+    """
+    n, m = logits.shape
+    # Gumbel-max: argmax(log p + Gumbel noise) is a sample of p; one noise draw for all steps
+    # (fewer PRNG calls to compile than a categorical per step).
+    if key is not None:
+        noise = jax.random.gumbel(key, logits.shape)
+    sample = noise is not None
+    noise = noise if sample else jnp.zeros(logits.shape)
+    given = actions if actions is not None else jnp.zeros((n,), jnp.int32)
+    if chain is None:
+        chain = Chain(jnp.zeros((1, m)), jnp.zeros((m,), jnp.int32), jnp.int32(0))
+
+    def body(carry, x):
+        used, prev = carry
+        lg, mem, rest, allowed, prefer, gum, a_given = x
         mask = step_mask(used, mem, rest, allowed, prefer, budget)
-        logp_all = masked_log_softmax(lg, mask)
-        if key is not None:
-            a = jax.random.categorical(k, logp_all)
+        logp_all = masked_log_softmax(lg + chain.trans[prev], mask)
+        if sample:
+            a = jnp.argmax(jnp.where(mask, logp_all + gum, -jnp.inf))
         elif actions is not None:
             a = a_given
         else:
             a = jnp.argmax(logp_all)
         a = a.astype(jnp.int32)
-        return used + mem[a], (a, logp_all[a], masked_entropy(logp_all, mask), mask)
+        out = (a, logp_all[a], masked_entropy(logp_all, mask), mask)
+        return (used + mem[a], chain.state_of[a]), out
 
-    xs = (logits, steps.mem, steps.rest, steps.allowed, steps.prefer, keys, given)
-    used0 = jnp.asarray(used0, jnp.float32)
+    xs = (logits, steps.mem, steps.rest, steps.allowed, steps.prefer, noise, given)
+    carry = (jnp.asarray(used0, jnp.float32), jnp.asarray(chain.prev0, jnp.int32))
     if n == 1:  # one step: no scan (less to compile)
-        _, out = body(used0, jax.tree.map(lambda v: v[0], xs))
+        _, out = body(carry, jax.tree.map(lambda v: v[0], xs))
         a, logp, ent, mask = jax.tree.map(lambda v: v[None], out)
     else:
-        _, (a, logp, ent, mask) = jax.lax.scan(body, used0, xs)
+        _, (a, logp, ent, mask) = jax.lax.scan(body, carry, xs)
     return Choices(a, logp, ent, mask)
 
 
@@ -342,9 +375,10 @@ def embed_steps(ctx: MaskContext, space: ActionSpace) -> Steps:
     return Steps(mem, rest, allowed, prefer)
 
 
-def prec_steps(n_prec: int = 3) -> Steps:
-    z = jnp.zeros((1, n_prec))
-    return Steps(z, z, jnp.ones((1, n_prec), bool), jnp.ones((1, n_prec), bool))
+def prec_steps(space: ActionSpace) -> Steps:
+    z = jnp.zeros((1, 3))
+    allowed = jnp.asarray(np.isin(np.arange(3), space.precisions))[None]
+    return Steps(z, z, allowed, jnp.ones((1, 3), bool))
 
 
 def cut_steps(ctx: MaskContext, space: ActionSpace) -> Steps:
@@ -365,13 +399,17 @@ def cut_steps(ctx: MaskContext, space: ActionSpace) -> Steps:
 class HighLogits:
     """Logits of the high level (or of the flat actors' global choices).
 
-    embed: float [2]; modes: float [G, 3]; prec: float [3]; cut: float [L + 2].
+    embed: float [2]; modes: float [G, 3]; prec: float [3]; cut: float [L + 2];
+    trans: float [3, 3] added to group g's mode logits given group g-1's mode (the embedding
+    side before group 0): the group modes form a Markov chain, like the residual side in the
+    DP, so "stay on the cloud" can be learned as one thing rather than G independent ones.
     """
 
     embed: jnp.ndarray
     modes: jnp.ndarray
     prec: jnp.ndarray
     cut: jnp.ndarray
+    trans: jnp.ndarray
 
 
 @struct.dataclass
@@ -392,51 +430,92 @@ class Factors:
         return self.ent_high + self.ent_low
 
 
-def _choose(logits, steps, used0, budget, key, given):
-    return masked_choices(logits, steps, used0, budget, key=key, actions=given)
+def _choose(logits, steps, used0, budget, noise, given):
+    return masked_choices(logits, steps, used0, budget, actions=given, noise=noise)
 
 
 def high_level(space: ActionSpace, ctx: MaskContext, logits: HighLogits, key=None,
-               action: Action | None = None):
-    """Sample (key), score (action) or take the mode (neither) of the high level / global
-    choices of any kind.
+               action: Action | None = None, noise: HighLogits | None = None):
+    """Sample (key, or Gumbel `noise` shaped like the logits), score (action) or take the mode
+    (none given) of the high level / global choices of any kind.
 
     Returns (embed, modes, prec, cut) int32 arrays, logp float [], entropy float [].
     """
-    keys = jax.random.split(key, 4) if key is not None else (None,) * 4
+    if key is not None:
+        noise = gumbel_like(key, logits)
+    nz = noise if noise is not None else HighLogits(None, None, None, None, None)
     a = action
     z = jnp.zeros((), jnp.int32)
+
+    def row(x):
+        return None if x is None else x[None]
+
     if space.kind == "layerwise":
-        cut = _choose(logits.cut[None], cut_steps(ctx, space), 0.0, ctx.budget, keys[0],
+        cut = _choose(logits.cut[None], cut_steps(ctx, space), 0.0, ctx.budget, row(nz.cut),
                       None if a is None else a.cut[None])
-        prec = _choose(logits.prec[None], prec_steps(), 0.0, ctx.budget, keys[1],
+        prec = _choose(logits.prec[None], prec_steps(space), 0.0, ctx.budget, row(nz.prec),
                        None if a is None else a.prec[None])
         return (z, jnp.zeros((space.n_groups,), jnp.int32), prec.actions[0], cut.actions[0],
                 cut.logp.sum() + prec.logp.sum(), cut.entropy.sum() + prec.entropy.sum())
-    emb = _choose(logits.embed[None], embed_steps(ctx, space), 0.0, ctx.budget, keys[0],
+    emb = _choose(logits.embed[None], embed_steps(ctx, space), 0.0, ctx.budget, row(nz.embed),
                   None if a is None else a.embed[None])
     embed = emb.actions[0]
-    prec = _choose(logits.prec[None], prec_steps(), 0.0, ctx.budget, keys[1],
+    prec = _choose(logits.prec[None], prec_steps(space), 0.0, ctx.budget, row(nz.prec),
                    None if a is None else a.prec[None])
     logp, ent = emb.logp.sum() + prec.logp.sum(), emb.entropy.sum() + prec.entropy.sum()
     modes = jnp.zeros((space.n_groups,), jnp.int32)
     if space.kind == "hier":
-        grp = _choose(logits.modes, group_steps(ctx, space, embed),
-                      jnp.where(embed == EDGE, ctx.emb_mem, 0.0), ctx.budget, keys[2],
-                      None if a is None else a.modes)
+        prior = space.stay_bonus * jnp.eye(3)
+        chain = Chain(logits.trans + prior, jnp.arange(3, dtype=jnp.int32), embed)
+        grp = masked_choices(logits.modes, group_steps(ctx, space, embed),
+                             jnp.where(embed == EDGE, ctx.emb_mem, 0.0), ctx.budget,
+                             actions=None if a is None else a.modes, noise=nz.modes,
+                             chain=chain)
         modes, logp, ent = grp.actions, logp + grp.logp.sum(), ent + grp.entropy.sum()
     return embed, modes, prec.actions[0], z, logp, ent
 
 
 def low_level(space: ActionSpace, ctx: MaskContext, logits, embed, modes, key=None,
-              low=None) -> Choices:
-    """Sample (key), score (low) or take the mode (neither) of the per-layer joint options.
+              low=None, noise=None, trans=None) -> Choices:
+    """Sample (key or Gumbel noise), score (low) or take the mode (none given) of the
+    per-layer joint options.
 
-    logits: float [L, K*3].
+    logits: float [L, K*3]; trans: float [2, K*3] added given the side the residual stream
+    left the previous layer on (the embedding's side before layer 0), plus the stay prior.
     """
     steps = layer_steps(ctx, space, embed, modes if space.kind == "hier" else None)
     used0 = jnp.where(embed == EDGE, ctx.emb_mem, 0.0)
-    return masked_choices(logits, steps, used0, ctx.budget, key=key, actions=low)
+    opts = jnp.arange(space.n_low)
+    prior = space.stay_bonus * jnp.stack([opts == space.full_edge, opts == space.full_cloud])
+    trans = prior if trans is None else trans + prior
+    chain = Chain(trans, (opts % 3 != EDGE).astype(jnp.int32), embed)
+    return masked_choices(logits, steps, used0, ctx.budget, key=key, actions=low, noise=noise,
+                          chain=chain)
+
+
+def n_high(space: ActionSpace) -> int:
+    """Size of the flat high-level output: 2 + 3G + 3 + (L + 2) + 9."""
+    return 2 + 3 * space.n_groups + 3 + space.n_cuts + 9
+
+
+def high_from_flat(flat, n_groups: int) -> HighLogits:
+    """Split float [..., 2 + 3G + 3 + (L + 2) + 9] into HighLogits (the network's layout)."""
+    g = n_groups
+    i = [2, 2 + 3 * g, 5 + 3 * g, flat.shape[-1] - 9]
+    lead = flat.shape[:-1]
+    return HighLogits(flat[..., :i[0]], flat[..., i[0]:i[1]].reshape(*lead, g, 3),
+                      flat[..., i[1]:i[2]], flat[..., i[2]:i[3]],
+                      flat[..., i[3]:].reshape(*lead, 3, 3))
+
+
+def gumbel_like(key, logits: HighLogits) -> HighLogits:
+    """Gumbel noise shaped like `logits` from one PRNG draw."""
+    leaves, treedef = jax.tree.flatten(logits)
+    sizes = [x.size for x in leaves]
+    flat = jax.random.gumbel(key, (sum(sizes),))
+    parts = jnp.split(flat, np.cumsum(sizes)[:-1])
+    return jax.tree.unflatten(treedef, [p.reshape(x.shape)
+                                        for p, x in zip(parts, leaves, strict=True)])
 
 
 def to_partition(action: Action, space: ActionSpace) -> Partition:

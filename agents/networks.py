@@ -33,9 +33,11 @@ from agents.actions import (
     Factors,
     HighLogits,
     MaskContext,
+    high_from_flat,
     high_level,
     high_onehot,
     low_level,
+    n_high,
 )
 
 
@@ -83,12 +85,12 @@ class ActorCritic(nnx.Module):
         self.torso1 = _dense(n_scalars + out_len * ch, cfg.hidden, rngs, 2**0.5)
         self.torso2 = _dense(cfg.hidden, cfg.hidden, rngs, 2**0.5)
         g, n_l = space.n_groups, space.n_layers
-        self.n_high = 2 + 3 * g + 3 + (n_l + 2)
+        self.n_high = n_high(space)
         self.high = _dense(cfg.hidden, self.n_high, rngs, 0.01)
         n_cond = (2 + 3 * g + 3) if space.kind == "hier" else 0
         if space.kind != "layerwise":
             self.low1 = _dense(cfg.hidden + n_cond, cfg.low_hidden, rngs, 2**0.5)
-            self.low2 = _dense(cfg.low_hidden, n_l * space.n_low, rngs, 0.01)
+            self.low2 = _dense(cfg.low_hidden, (n_l + 2) * space.n_low, rngs, 0.01)
         self.critic1 = _dense(cfg.hidden, cfg.hidden, rngs, 2**0.5)
         self.critic2 = _dense(cfg.hidden, 1, rngs, 1.0)
 
@@ -99,17 +101,15 @@ class ActorCritic(nnx.Module):
         return jnp.tanh(self.torso2(jnp.tanh(self.torso1(z))))
 
     def high_logits(self, h) -> HighLogits:
-        out = self.high(h)
-        g = self.space.n_groups
-        i = [2, 2 + 3 * g, 5 + 3 * g]
-        return HighLogits(out[..., :i[0]], out[..., i[0]:i[1]].reshape(*out.shape[:-1], g, 3),
-                          out[..., i[1]:i[2]], out[..., i[2]:])
+        return high_from_flat(self.high(h), self.space.n_groups)
 
     def low_logits(self, h, cond):
-        """float [B, L, K*3]; cond float [B, n_cond] (empty for the flat per-head kind)."""
+        """(per-layer float [B, L, K*3], side transition float [B, 2, K*3]); cond float
+        [B, n_cond] (None for the flat per-head kind)."""
         z = jnp.concatenate([h, cond], axis=-1) if cond is not None else h
         out = self.low2(jnp.tanh(self.low1(z)))
-        return out.reshape(*out.shape[:-1], self.space.n_layers, self.space.n_low)
+        out = out.reshape(*out.shape[:-1], self.space.n_layers + 2, self.space.n_low)
+        return out[..., :-2, :], out[..., -2:, :]
 
     def value(self, h):
         """float [B]."""
@@ -132,16 +132,19 @@ def act(model: ActorCritic, x: Features, ctx: MaskContext, key):
     k_high, k_low = jax.random.split(key)
     h = model.encode(x)
     hl = model.high_logits(h)
-    hi = jax.vmap(lambda c, lg, k: high_level(space, c, lg, key=k))(
-        ctx, hl, jax.random.split(k_high, b))
+    # Gumbel noise for every choice of the batch in two PRNG calls (cheap to compile)
+    nz_high = high_from_flat(jax.random.gumbel(k_high, (b, model.n_high)), space.n_groups)
+    hi = jax.vmap(lambda c, lg, nz: high_level(space, c, lg, noise=nz))(ctx, hl, nz_high)
     embed, modes, prec, cut, logp_h, ent_h = hi
     if space.kind == "layerwise":
         low = jnp.zeros((b, space.n_layers), jnp.int32)
         logp_l = ent_l = jnp.zeros((b,))
     else:
-        ll = model.low_logits(h, _cond(space, embed, modes, prec))
-        ch = jax.vmap(lambda c, lg, e, m, k: low_level(space, c, lg, e, m, key=k))(
-            ctx, ll, embed, modes, jax.random.split(k_low, b))
+        ll, tr = model.low_logits(h, _cond(space, embed, modes, prec))
+        nz_low = jax.random.gumbel(k_low, ll.shape)
+        ch = jax.vmap(lambda c, lg, t, e, m, nz: low_level(space, c, lg, e, m, noise=nz,
+                                                           trans=t))(
+            ctx, ll, tr, embed, modes, nz_low)
         low, logp_l, ent_l = ch.actions, ch.logp.sum(-1), ch.entropy.sum(-1)
     action = Action(embed, modes, prec, low, cut)
     return action, Factors(logp_h, logp_l, ent_h, ent_l), model.value(h)
@@ -158,9 +161,9 @@ def evaluate_actions(model: ActorCritic, x: Features, ctx: MaskContext, action: 
     if space.kind == "layerwise":
         logp_l = ent_l = jnp.zeros_like(logp_h)
     else:
-        ll = model.low_logits(h, _cond(space, action.embed, action.modes, action.prec))
-        ch = jax.vmap(lambda c, lg, a: low_level(space, c, lg, a.embed, a.modes, low=a.low))(
-            ctx, ll, action)
+        ll, tr = model.low_logits(h, _cond(space, action.embed, action.modes, action.prec))
+        ch = jax.vmap(lambda c, lg, t, a: low_level(space, c, lg, a.embed, a.modes, low=a.low,
+                                                    trans=t))(ctx, ll, tr, action)
         logp_l, ent_l = ch.logp.sum(-1), ch.entropy.sum(-1)
     return Factors(logp_h, logp_l, ent_h, ent_l), model.value(h)
 
@@ -174,7 +177,46 @@ def greedy(model: ActorCritic, x: Features, ctx: MaskContext) -> Action:
     if space.kind == "layerwise":
         low = jnp.zeros((embed.shape[0], space.n_layers), jnp.int32)
     else:
-        ll = model.low_logits(h, _cond(space, embed, modes, prec))
-        low = jax.vmap(lambda c, lg, e, m: low_level(space, c, lg, e, m).actions)(
-            ctx, ll, embed, modes)
+        ll, tr = model.low_logits(h, _cond(space, embed, modes, prec))
+        low = jax.vmap(lambda c, lg, t, e, m: low_level(space, c, lg, e, m, trans=t).actions)(
+            ctx, ll, tr, embed, modes)
     return Action(embed, modes, prec, low, cut)
+
+
+def observe_features(obs, params) -> Features:
+    """Features of a `lyapunov.env.Obs` (one sample): normalized and log-scaled.
+
+    scalars (16): log1p of the four queues; log1p(V); arrival estimate / mean rate; last and
+    EWMA downlink bandwidth as log1p(bw / mean) and log1p(bw) / 5 (absolute scale); last and
+    EWMA RTT / mean RTT; last and EWMA cloud share; link up in the last slot; memory headroom
+    (budget / edge-only memory, capped at 2).
+    history [W, 3]: log1p(bw / mean) of the past W slots, their cloud share, outage flag.
+    """
+    from costmodel.costs import structure_terms
+
+    spec = params.spec
+    bw_s = jnp.maximum(params.bw_mean_mbps, 1e-3)
+    rtt_s = jnp.maximum(params.rtt_mean_ms, 1e-3)
+    q = obs.queues
+    last, ewma = obs.link_last, obs.link_ewma
+    _, layer_mem = structure_terms(spec.n_heads, 0, spec, 0.0, 0.0)
+    full = spec.n_layers * layer_mem + 2.0 * spec.edge.weight_bytes * spec.vocab * spec.d_model
+    headroom = jnp.minimum(spec.edge.mem_budget / full, 2.0)
+    scalars = jnp.stack([
+        jnp.log1p(q.q), jnp.log1p(q.z_e), jnp.log1p(q.z_a), jnp.log1p(q.z_c),
+        jnp.log1p(params.slot.V),
+        obs.lam_hat / jnp.maximum(params.lam_mean, 1e-6),
+        jnp.log1p(last.bw_down_mbps / bw_s), jnp.log1p(ewma.bw_down_mbps / bw_s),
+        jnp.log1p(last.bw_down_mbps) / 5.0, jnp.log1p(ewma.bw_down_mbps) / 5.0,
+        last.rtt_ms / rtt_s, ewma.rtt_ms / rtt_s,
+        last.cloud_share, ewma.cloud_share,
+        last.up.astype(jnp.float32), headroom,
+    ]).astype(jnp.float32)
+    hist = jnp.stack([jnp.log1p(obs.bw_hist / bw_s), obs.share_hist,
+                      (obs.bw_hist <= 0).astype(jnp.float32)], axis=-1).astype(jnp.float32)
+    return Features(scalars, hist)
+
+
+def observed_outage(obs):
+    """bool []: the link was down in the last slot."""
+    return ~obs.link_last.up

@@ -41,12 +41,13 @@ def _sample(space, ctx, key, scale=5.0):
     g, n_l = space.n_groups, space.n_layers
 
     def one(k):
-        ks = jax.random.split(k, 6)
+        ks = jax.random.split(k, 8)
         hl = HighLogits(*(scale * jax.random.normal(kk, s) for kk, s in
-                          zip(ks[:4], [(2,), (g, 3), (3,), (n_l + 2,)], strict=True)))
-        embed, modes, prec, cut, lp_h, _ = high_level(space, ctx, hl, key=ks[4])
-        ll = scale * jax.random.normal(ks[5], (n_l, space.n_low))
-        low = low_level(space, ctx, ll, embed, modes, key=ks[5])
+                          zip(ks[:5], [(2,), (g, 3), (3,), (n_l + 2,), (3, 3)], strict=True)))
+        embed, modes, prec, cut, lp_h, _ = high_level(space, ctx, hl, key=ks[5])
+        ll = scale * jax.random.normal(ks[6], (n_l, space.n_low))
+        tr = scale * jax.random.normal(ks[7], (2, space.n_low))
+        low = low_level(space, ctx, ll, embed, modes, key=ks[6], trans=tr)
         return Action(embed, modes, prec, low.actions, cut)
 
     return jax.jit(jax.vmap(one))(jax.random.split(key, N))
@@ -96,7 +97,7 @@ def test_flat_mask_is_exact(tied):
     ctx = mask_context(spec, space, False)
     parts = all_partitions(TINY.n_layers, TINY.n_heads)
     hl = HighLogits(jnp.zeros(2), jnp.zeros((space.n_groups, 3)), jnp.zeros(3),
-                    jnp.zeros(space.n_cuts))
+                    jnp.zeros(space.n_cuts), jnp.zeros((3, 3)))
     ll = jnp.zeros((space.n_layers, space.n_low))
 
     def logp(p):
@@ -120,7 +121,8 @@ def test_hier_mask_is_exact():
     space = make_space(spec, ActionConfig(kind="hier", n_groups=3, head_bins=0))
     ctx = mask_context(spec, space, False)
     parts = all_partitions(TINY.n_layers, TINY.n_heads)
-    hl = HighLogits(jnp.zeros(2), jnp.zeros((3, 3)), jnp.zeros(3), jnp.zeros(space.n_cuts))
+    hl = HighLogits(jnp.zeros(2), jnp.zeros((3, 3)), jnp.zeros(3), jnp.zeros(space.n_cuts),
+                    jnp.zeros((3, 3)))
     ll = jnp.zeros((space.n_layers, space.n_low))
 
     def logp_and_back(p):

@@ -1,0 +1,253 @@
+"""Evaluation harness: any policy on the same scenarios with common random numbers.
+
+Policies are `lyapunov.policies.Policy` objects; a trained checkpoint becomes one with
+`learned_policy` (or the spec string ``checkpoint:DIR``, greedy, or ``checkpoint:DIR:sample``).
+A scenario grid is model x device x (trace or bandwidth process) x arrival rate x V, each a
+`lyapunov.env.Scenario`; seeds give the sample paths. For a seed k every policy runs on the
+paths of `jax.random.PRNGKey(k)` exactly as `lyapunov.simulate.simulate(..., seed=k)` does
+(the environment's draws do not depend on the action), so the comparison is paired.
+
+`evaluate` writes one CSV row per (policy, scenario, seed) with the scenario's labels and the
+keys of `simulate --json` (latency_mean_s, latency_p95_s, energy_mean_j, accuracy_drop_mean,
+backlog_mean, dpp_mean, decision_time_s, stable, ...). decision_time_s is the wall time of one
+jitted decision at batch 1 after warm-up (mean of `repeats` calls; the cvx policy: its mean
+solve time). Jittable policies run all seeds of a scenario in one vmapped `lax.scan`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import itertools
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agents import checkpoint
+from agents.actions import ActionSpace, mask_context, to_partition
+from agents.networks import ActorCritic, act, greedy, observe_features, observed_outage
+
+METRIC_KEYS = ("latency_mean_s", "latency_p95_s", "energy_mean_j", "accuracy_drop_mean",
+               "cloud_cost_mean", "backlog_mean", "dpp_mean", "penalty_mean", "service_mean",
+               "arrivals_mean", "infeasible_frac", "decision_time_s", "backlog_growth",
+               "stable")
+
+
+def learned_policy(model: ActorCritic, name: str = "ppo", sample: bool = False):
+    """The trained actor as a `lyapunov.policies.Policy` (causal: it sees the Obs).
+
+    Greedy by default (the most likely option at every step of the masked sequential
+    choice); `sample=True` draws from the policy with the given key.
+    """
+    from lyapunov.policies import Policy
+
+    space: ActionSpace = model.space
+
+    def policy_act(key, obs, params):
+        x = jax.tree.map(lambda v: v[None], observe_features(obs, params))
+        ctx = jax.tree.map(lambda v: v[None],
+                           mask_context(params.spec, space, observed_outage(obs)))
+        if sample:
+            a = act(model, x, ctx, key)[0]
+        else:
+            a = greedy(model, x, ctx)
+        return to_partition(jax.tree.map(lambda v: v[0], a), space)
+
+    return Policy(name, policy_act)
+
+
+def load_policy(path: str | Path, sample: bool = False, name: str | None = None):
+    """A checkpoint directory as a Policy (named after the action kind unless `name`)."""
+    model, config = checkpoint.load_model(path)
+    return learned_policy(model, name or f"ppo-{model.space.kind}", sample=sample)
+
+
+def resolve_policy(spec: str):
+    """A policy from its spec: a name of `lyapunov.policies.POLICIES`, or
+    ``checkpoint:DIR[:sample]``."""
+    from lyapunov.policies import get_policy
+
+    if spec.startswith("checkpoint:"):
+        rest = spec[len("checkpoint:"):]
+        sample = rest.endswith(":sample")
+        path = rest[: -len(":sample")] if sample else rest
+        return load_policy(path, sample=sample)
+    return get_policy(spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenarioCase:
+    """A scenario and the labels its CSV rows carry."""
+
+    labels: tuple[tuple[str, str], ...]
+    scenario: object
+
+    @property
+    def label_dict(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+def scenario_grid(base, models: Sequence[str] = (), devices: Sequence[str] = (),
+                  clouds: Sequence[str] = (), traces: Sequence[str] = (),
+                  rates: Sequence[float] = (), Vs: Sequence[float] = ()) -> list[ScenarioCase]:
+    """The product grid around `base` (a Scenario); an empty axis keeps the base's value.
+
+    traces: paths or shipped names; each replaces the base's bandwidth process by that trace.
+    """
+    from lyapunov import processes as pr
+    from lyapunov.traces import SHIPPED_TRACES, shipped_trace_path
+
+    def name_of(x):
+        return x if isinstance(x, str) else getattr(x, "name", str(x))
+
+    bw0 = base.link.bandwidth
+    bw_label = Path(bw0.trace_path).name if bw0.kind == "trace" else bw0.kind
+    axes = [models or [base.model], devices or [base.device], clouds or [base.cloud],
+            traces or [None], rates or [base.arrival.rate], Vs or [base.V]]
+    cases = []
+    for model, device, cloud, trace, rate, v in itertools.product(*axes):
+        link = base.link
+        label = bw_label
+        if trace is not None:
+            path = str(shipped_trace_path(trace)) if trace in SHIPPED_TRACES else trace
+            link = dataclasses.replace(link, bandwidth=pr.BandwidthConfig(kind="trace",
+                                                                         trace_path=path))
+            label = Path(path).name
+        sc = dataclasses.replace(base, model=model, device=device, cloud=cloud, link=link,
+                                 arrival=dataclasses.replace(base.arrival, rate=float(rate)),
+                                 V=float(v))
+        labels = (("model", name_of(model)), ("device", name_of(device)),
+                  ("cloud", name_of(cloud)), ("bandwidth", label),
+                  ("arrival_rate", f"{float(rate):g}"), ("V", f"{float(v):g}"))
+        cases.append(ScenarioCase(labels, sc))
+    return cases
+
+
+def decision_time(policy, params, x, repeats: int = 20) -> float:
+    """Mean wall time of one jitted decision at batch 1, after warm-up."""
+    fn = jax.jit(policy.act)
+    key = jax.random.PRNGKey(0)
+    jax.block_until_ready(fn(key, x, params))
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        jax.block_until_ready(fn(key, x, params))
+    return (time.perf_counter() - t0) / repeats
+
+
+def run_policy(policy, params, n_slots: int, seeds: Sequence[int]) -> list[dict]:
+    """Metrics of `policy` on `params` for each seed (one dict per seed, simulate's keys)."""
+    from lyapunov import env as E
+    from lyapunov.simulate import rollout, simulate, summarize
+
+    if not policy.jittable:
+        return [simulate(policy, params, n_slots, seed=int(s)) for s in seeds]
+    keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
+    run = jax.jit(jax.vmap(rollout, in_axes=(None, None, None, 0)), static_argnums=(0, 2))
+    info, _, state = jax.block_until_ready(run(policy, params, n_slots, keys))
+    last = jax.tree.map(lambda v: v[0], state)
+    dt = decision_time(policy, params, last if policy.clairvoyant else E.observe(last))
+    rows = []
+    for i, s in enumerate(seeds):
+        out = summarize(jax.tree.map(lambda v, i=i: v[i], info), float(params.lam_mean), dt)
+        out.update(policy=policy.name, n_slots=int(n_slots), seed=int(s))
+        rows.append(out)
+    return rows
+
+
+def evaluate(policies: Sequence, cases: Sequence[ScenarioCase], seeds: Sequence[int],
+             n_slots: int, out_csv: str | Path | None = None, log=None) -> list[dict]:
+    """Run every policy on every scenario and seed; rows (and the CSV when `out_csv`).
+
+    policies: Policy objects or spec strings (`resolve_policy`).
+    """
+    pols = [resolve_policy(p) if isinstance(p, str) else p for p in policies]
+    rows = []
+    for case in cases:
+        params = case.scenario.build()
+        for pol in pols:
+            t0 = time.perf_counter()
+            for r in run_policy(pol, params, n_slots, seeds):
+                rows.append({"policy": pol.name, **case.label_dict, "seed": r["seed"],
+                             "n_slots": n_slots, **{k: r[k] for k in METRIC_KEYS}})
+            if log is not None:
+                mean = np.mean([r["dpp_mean"] for r in rows[-len(seeds):]])
+                log(f"{pol.name} {case.label_dict}: dpp_mean {mean:.4g} "
+                    f"({time.perf_counter() - t0:.1f} s)")
+    if out_csv is not None:
+        write_csv(rows, out_csv)
+    return rows
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(rows[0]) if rows else []
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def aggregate(rows: list[dict], key: str = "dpp_mean") -> dict[tuple, float]:
+    """Mean of `key` over seeds per (policy, scenario labels)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        k = tuple((n, v) for n, v in r.items() if n not in METRIC_KEYS and n not in
+                  ("seed", "n_slots"))
+        groups.setdefault(k, []).append(float(r[key]))
+    return {k: float(np.mean(v)) for k, v in groups.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    from agents.train import add_scenario_args
+
+    add_scenario_args(ap)
+    ap.add_argument("--policy", nargs="+", required=True,
+                    help="oracle, dp-estimate, cvx, cloud-only, edge-only, best-cut, "
+                         "static-cut, greedy, or checkpoint:DIR[:sample]")
+    ap.add_argument("--slots", type=int, default=1000)
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="first seed")
+    ap.add_argument("--rates", type=float, nargs="*", default=[], help="arrival-rate grid")
+    ap.add_argument("--Vs", type=float, nargs="*", default=[], help="V grid")
+    ap.add_argument("--models", nargs="*", default=[])
+    ap.add_argument("--devices", nargs="*", default=[])
+    ap.add_argument("--out", default=None, help="CSV path")
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON lines")
+
+
+def cli(args) -> int:
+    from agents.train import scenario_from_args
+
+    base = scenario_from_args(args, None)
+    traces = list(args.trace)
+    cases = scenario_grid(base, models=args.models, devices=args.devices, traces=traces,
+                          rates=args.rates, Vs=args.Vs)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    rows = evaluate(args.policy, cases, seeds, args.slots, args.out,
+                    log=lambda s: print(s, file=sys.stderr, flush=True))
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="splitwise evaluate", description=__doc__.split("\n")[0])
+    add_args(ap)
+    return cli(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

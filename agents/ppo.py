@@ -1,0 +1,475 @@
+"""PPO for the partitioning policies, purejaxrl style: `make_train(cfg, env) -> train(key)`.
+
+One update = a rollout of `num_steps` slots in `num_envs` vmapped environments (a `lax.scan`),
+GAE (`agents.losses.gae`), then `update_epochs` epochs of `num_minibatches` shuffled
+minibatches (nested `lax.scan`s), each an Adam step on the clipped surrogate of the joint
+(high x low) log-probability, the value loss and the entropy bonus, with global-norm gradient
+clipping. The whole update is one traced function of pytrees; `train(key)` runs `num_updates`
+of them in a `lax.scan` under one `jax.jit`, and seeds are `jax.vmap`ped over keys. The
+networks cross the jit boundary as `nnx.split` state and are `nnx.merge`d inside.
+
+For progress reporting without printing inside compiled code, `make_segments` returns
+`init(keys)` and `segment(runner)`: the same update scanned `cfg.log_every` times under jit
+and vmapped over seeds; the caller loops over segments and prints between them
+(`agents.train`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+
+from agents.actions import (
+    Action,
+    ActionConfig,
+    ActionSpace,
+    Factors,
+    MaskContext,
+    make_space,
+    mask_context,
+    to_partition,
+)
+from agents.losses import LossTerms, gae, ppo_loss
+from agents.networks import (
+    ActorCritic,
+    Features,
+    NetConfig,
+    act,
+    evaluate_actions,
+    observe_features,
+    observed_outage,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyper-parameters.
+
+    num_envs: environments stepped in parallel (vmapped).
+    num_steps: slots per environment per rollout.
+    num_updates: rollout + optimization rounds.
+    update_epochs: passes over each rollout.
+    num_minibatches: minibatches per epoch (num_envs * num_steps must divide evenly).
+    gamma: discount. 0 (default) makes PPO a contextual bandit on the per-slot drift-plus-penalty,
+      which is exactly the objective the Lyapunov controller minimizes each slot (Neely 2010
+      ch. 4); gamma > 0 optimizes a discounted sum of slot DPPs instead.
+    gae_lambda: GAE parameter.
+    clip_eps: PPO ratio clip.
+    vf_coef: weight of the value loss.
+    vf_clip: clip of the value update (None: unclipped).
+    ent_coef: entropy bonus weight of the high level (and of the flat kinds).
+    ent_coef_low: entropy bonus weight of the low level (None: ent_coef).
+    max_grad_norm: global gradient-norm clip.
+    lr: peak Adam learning rate.
+    lr_schedule: "constant", "linear" (to 0) or "cosine" (to 0), over all optimizer steps.
+    warmup_frac: fraction of optimizer steps of linear warm-up (0: none).
+    reward_mode: "dpp": the environment's reward (-DPP / its reward_scale); "relative" (needs
+      gamma = 0): -(DPP - DPP_ref) / scale_ref per slot, where DPP_ref is the slot's DPP of
+      the edge-only partition (link-independent, so computable from the queues) with the
+      arrivals' Q A term cancelled, and scale_ref = V l_edge + Q tau / l_edge + sum_i Z_i x_i,edge.
+      Per state, this is -DPP up to a shift and a positive factor that do not depend on the
+      action, so every state's best action is unchanged (the bandit's optimal policy is the
+      DPP minimizer), while the reward no longer grows with the backlog Q and the noise
+      Q (A - E[A]) of the arrivals is removed.
+    reward_scale: rewards are divided by this (after the environment's own scale).
+    reward_clip: rewards below -reward_clip are clipped there, keeping the environment's large
+      cost of an infeasible slot (an unobserved outage) from swamping the advantage
+      normalization. None: 10 for "relative" (a slot 10 times worse than edge-only), no clip
+      for "dpp".
+    norm_adv: normalize advantages per minibatch.
+    """
+
+    num_envs: int = 16
+    num_steps: int = 32
+    num_updates: int = 100
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    gamma: float = 0.0
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    vf_coef: float = 0.5
+    vf_clip: float | None = None
+    ent_coef: float = 0.01
+    ent_coef_low: float | None = None
+    max_grad_norm: float = 0.5
+    lr: float = 1e-3
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_frac: float = 0.0
+    reward_mode: Literal["dpp", "relative"] = "relative"
+    reward_scale: float = 1.0
+    reward_clip: float | None = None
+    norm_adv: bool = True
+
+    def __post_init__(self):
+        if (self.num_envs * self.num_steps) % self.num_minibatches:
+            raise ValueError("PPOConfig: num_envs * num_steps must be divisible by "
+                             f"num_minibatches, got {self.num_envs} * {self.num_steps} and "
+                             f"{self.num_minibatches}")
+        if self.reward_mode not in ("dpp", "relative"):
+            raise ValueError(f"PPOConfig.reward_mode: unknown {self.reward_mode!r}")
+        if self.reward_mode == "relative" and self.gamma != 0:
+            raise ValueError("PPOConfig: reward_mode 'relative' is a per-slot (bandit) "
+                             "transform and needs gamma = 0; use reward_mode 'dpp'")
+        if self.lr_schedule not in ("constant", "linear", "cosine"):
+            raise ValueError(f"PPOConfig.lr_schedule: unknown {self.lr_schedule!r}")
+
+    @property
+    def clip(self) -> float | None:
+        if self.reward_clip is None and self.reward_mode == "relative":
+            return 10.0
+        return self.reward_clip
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.num_envs * self.num_steps // self.num_minibatches
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.num_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvAdapter:
+    """How PPO talks to a slot environment (all functions pure, for one environment).
+
+    reset(key, params) -> (obs, state); step(key, state, partition, params) -> (obs, state,
+    reward, done, info), resetting itself when done; features(obs, params) -> Features;
+    outage(obs) -> bool [] (the last slot's link was down); spec(params) -> CostSpec;
+    metrics(info) -> dict of float [] (at least "dpp", "backlog", "latency_s") logged per
+    update; precisions(params) -> the allowed activation precisions (static);
+    relative_reward(obs, info, params) -> float [] (PPOConfig.reward_mode "relative"; obs is
+    the observation the action was taken on).
+    """
+
+    reset: Callable
+    step: Callable
+    features: Callable
+    outage: Callable
+    spec: Callable
+    metrics: Callable
+    precisions: Callable = lambda params: (0, 1, 2)
+    relative_reward: Callable | None = None
+
+
+def lyapunov_adapter() -> EnvAdapter:
+    """The adapter of `lyapunov.env` (auto-reset after `episode_slots`)."""
+    from lyapunov import env as E
+
+    def step(key, state, action, params):
+        k_step, k_reset = jax.random.split(key)
+        obs, state, reward, done, info = E.step(k_step, state, action, params)
+        obs0, state0 = E.reset(k_reset, params)
+        obs, state = jax.tree.map(lambda a, b: jnp.where(done, a, b), (obs0, state0),
+                                  (obs, state))
+        return obs, state, reward, done, info
+
+    def metrics(info):
+        ok = info.feasible
+        return {"dpp": info.dpp, "backlog": info.backlog,
+                "latency_s": jnp.where(ok, info.latency_s, 0.0) / jnp.maximum(ok.mean(), 1e-9),
+                "infeasible": 1.0 - ok.astype(jnp.float32)}
+
+    return EnvAdapter(reset=E.reset, step=step, features=observe_features,
+                      outage=observed_outage, spec=lambda p: p.spec, metrics=metrics,
+                      precisions=lambda p: p.precisions, relative_reward=relative_reward)
+
+
+def relative_reward(obs, info, params):
+    """-(DPP - Q A - DPP_ref) / scale_ref of one slot of `lyapunov.env` (PPOConfig docs)."""
+    from costmodel.costs import request_costs
+    from costmodel.link import LinkState
+    from costmodel.partition import edge_only
+    from lyapunov.oracle import slot_dpp
+
+    spec, sp, q = params.spec, params.slot, obs.queues
+    one = jnp.float32(1.0)
+    ref = request_costs(edge_only(spec.n_layers, spec.n_heads), LinkState(one, one, one, one),
+                        spec)
+    ref_dpp = slot_dpp(ref, q, 0.0, sp)  # A = 0: no Q A term
+    l_e = ref.latency_s
+    z = sp.budgets
+    scale = (sp.V * sp.penalty.latency * l_e + q.q * sp.tau / l_e
+             + jnp.where(jnp.isfinite(z.e_bar), q.z_e * ref.energy_j, 0.0)
+             + jnp.where(jnp.isfinite(z.a_bar), q.z_a * ref.accuracy_drop, 0.0)
+             + jnp.where(jnp.isfinite(z.c_bar), q.z_c * ref.cloud_cost, 0.0)
+             + sp.V * (sp.penalty.energy * ref.energy_j + sp.penalty.accuracy
+                       * ref.accuracy_drop + sp.penalty.cloud_cost * ref.cloud_cost))
+    dpp_no_arrivals = info.dpp - q.q * info.arrivals
+    return -(dpp_no_arrivals - ref_dpp) / jnp.maximum(scale, 1e-6)
+
+
+@struct.dataclass
+class Transition:
+    x: Features
+    ctx: MaskContext
+    action: Action
+    logp: jnp.ndarray
+    value: jnp.ndarray
+    reward: jnp.ndarray
+    done: jnp.ndarray
+
+
+@struct.dataclass
+class Runner:
+    """Everything carried from update to update (one seed; vmap adds a leading axis)."""
+
+    nets: Any  # nnx.State of (model, optimizer)
+    env_state: Any
+    obs: Any
+    key: jnp.ndarray
+    update: jnp.ndarray
+
+
+def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
+    n_opt = cfg.num_updates * cfg.update_epochs * cfg.num_minibatches
+    warm = int(cfg.warmup_frac * n_opt)
+    if cfg.lr_schedule == "constant":
+        sched = optax.constant_schedule(cfg.lr)
+    elif cfg.lr_schedule == "linear":
+        sched = optax.linear_schedule(cfg.lr, 0.0, max(n_opt - warm, 1))
+    else:
+        sched = optax.cosine_decay_schedule(cfg.lr, max(n_opt - warm, 1))
+    if warm:
+        sched = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warm), sched], [warm])
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),
+                       optax.adam(sched, eps=1e-5))
+
+
+def feature_shapes(env: EnvAdapter, env_params) -> tuple[int, int, int]:
+    """(n_scalars, hist_len, hist_ch) of the adapter's features."""
+    def f(key):
+        obs, _ = env.reset(key, env_params)
+        return env.features(obs, env_params)
+
+    x = jax.eval_shape(f, jax.random.key(0))
+    return x.scalars.shape[-1], x.history.shape[-2], x.history.shape[-1]
+
+
+def build_model(space: ActionSpace, shapes, net: NetConfig, key) -> ActorCritic:
+    return ActorCritic(space, *shapes, net, nnx.Rngs(key))
+
+
+def policy_loss_fn(model: ActorCritic, batch: Transition, adv, target, cfg: PPOConfig):
+    """PPO loss of one minibatch (batched Transition [N], advantages and targets [N])."""
+    fac, v = evaluate_actions(model, batch.x, batch.ctx, batch.action)
+    terms = ppo_loss(fac.logp, fac.ent_high, fac.ent_low, v, batch.logp, batch.value, adv,
+                     target, clip_eps=cfg.clip_eps, vf_coef=cfg.vf_coef,
+                     ent_coef=cfg.ent_coef, ent_coef_low=cfg.ent_coef_low, vf_clip=cfg.vf_clip,
+                     norm_adv=cfg.norm_adv)
+    return terms.total, terms
+
+
+def make_update(cfg: PPOConfig, env: EnvAdapter, env_params, space: ActionSpace, graphdef):
+    """update(runner) -> (runner, metrics dict of float []): one rollout and its epochs."""
+    spec = env.spec(env_params)
+
+    def contexts(obs):
+        return jax.vmap(lambda o: mask_context(spec, space, env.outage(o)))(obs)
+
+    def features(obs):
+        return jax.vmap(lambda o: env.features(o, env_params))(obs)
+
+    def update(runner: Runner):
+        model, opt = nnx.merge(graphdef, runner.nets)
+
+        def env_step(carry, _):
+            env_state, obs, key = carry
+            key, k_act, k_env = jax.random.split(key, 3)
+            x, ctx = features(obs), contexts(obs)
+            action, fac, value = act(model, x, ctx, k_act)
+            part = jax.vmap(lambda a: to_partition(a, space))(action)
+            keys = jax.random.split(k_env, cfg.num_envs)
+            obs2, env_state2, reward, done, info = jax.vmap(
+                env.step, in_axes=(0, 0, 0, None))(keys, env_state, part, env_params)
+            r = reward.astype(jnp.float32)
+            if cfg.reward_mode == "relative":
+                r = jax.vmap(env.relative_reward, in_axes=(0, 0, None))(obs, info, env_params)
+            if cfg.clip is not None:
+                r = jnp.maximum(r, -cfg.clip)
+            tr = Transition(x, ctx, action, fac.logp, value, r / cfg.reward_scale,
+                            done.astype(jnp.float32))
+            logged = {k: jnp.mean(v) for k, v in env.metrics(info).items()}
+            logged["reward"] = jnp.mean(reward)
+            logged["train_reward"] = jnp.mean(r)
+            logged["entropy"] = jnp.mean(fac.entropy)
+            return (env_state2, obs2, key), (tr, logged)
+
+        (env_state, obs, key), (traj, logged) = jax.lax.scan(
+            env_step, (runner.env_state, runner.obs, runner.key), None, cfg.num_steps)
+        v_last = model.value(model.encode(features(obs)))
+        adv, target = gae(traj.reward, traj.value, traj.done, v_last, cfg.gamma,
+                          cfg.gae_lambda)
+
+        def epoch(carry, _):
+            nets, key = carry
+            key, k_perm = jax.random.split(key)
+            n = cfg.steps_per_update
+            perm = jax.random.permutation(k_perm, n)
+
+            def shuffle(x):
+                x = x.reshape((n,) + x.shape[2:])[perm]
+                return x.reshape((cfg.num_minibatches, cfg.minibatch_size) + x.shape[1:])
+
+            mbs = jax.tree.map(shuffle, (traj, adv, target))
+
+            def minibatch(nets, mb):
+                m, o = nnx.merge(graphdef, nets)
+                batch, a, t = mb
+                grad_fn = nnx.value_and_grad(policy_loss_fn, has_aux=True)
+                (_, terms), grads = grad_fn(m, batch, a, t, cfg)
+                o.update(m, grads)
+                return nnx.state((m, o)), terms
+
+            nets, terms = jax.lax.scan(minibatch, nets, mbs)
+            return (nets, key), terms
+
+        (nets, key), terms = jax.lax.scan(epoch, (runner.nets, key), None, cfg.update_epochs)
+        stats = {k: v.mean() for k, v in logged.items()}
+        stats.update({f"loss_{f.name}": getattr(terms, f.name).mean()
+                      for f in dataclasses.fields(LossTerms)})
+        del opt
+        return Runner(nets, env_state, obs, key, runner.update + 1), stats
+
+    return update
+
+
+def make_init(cfg: PPOConfig, env: EnvAdapter, env_params, space: ActionSpace, net: NetConfig):
+    """(init(key) -> Runner, graphdef) for one seed."""
+    shapes = feature_shapes(env, env_params)
+    tx = make_optimizer(cfg)
+
+    def build(key):
+        model = build_model(space, shapes, net, key)
+        return nnx.split((model, nnx.Optimizer(model, tx, wrt=nnx.Param)))
+
+    def _pair(split):
+        return nnx.merge(*split)
+
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: _pair(build(jax.random.key(0)))))
+
+    def init(key):
+        k_net, k_env, k_run = jax.random.split(key, 3)
+        _, nets = build(k_net)
+        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(
+            jax.random.split(k_env, cfg.num_envs), env_params)
+        return Runner(nets, env_state, obs, k_run, jnp.int32(0))
+
+    return init, graphdef
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A training run.
+
+    scenario: the slot environment (`lyapunov.env.Scenario`).
+    train_traces: bandwidth traces to train on (paths or shipped names); their per-slot
+      values are concatenated and replayed from a random offset, so each environment sees a
+      stretch of one of them. Empty: the scenario's own bandwidth process.
+    ppo, action, net: PPO hyper-parameters, action space, network sizes.
+    num_seeds: independent seeds trained at once (vmapped).
+    seed: base seed; seed k of the run uses jax.random.key(seed + k).
+    log_every: updates per jitted segment (one progress line and one CSV row per segment).
+    """
+
+    scenario: Any = None
+    train_traces: tuple[str, ...] = ()
+    ppo: PPOConfig = PPOConfig()
+    action: ActionConfig = ActionConfig()
+    net: NetConfig = NetConfig()
+    num_seeds: int = 1
+    seed: int = 0
+    log_every: int = 10
+
+
+def build_env_params(cfg: TrainConfig):
+    """EnvParams of the config's scenario (with the training traces concatenated)."""
+    from lyapunov import env as E
+    from lyapunov import processes as pr
+    from lyapunov.traces import SHIPPED_TRACES, load_shipped, load_trace, resample
+
+    sc = cfg.scenario if cfg.scenario is not None else E.Scenario()
+    params = sc.build()
+    if not cfg.train_traces:
+        return params
+    values = []
+    for t in cfg.train_traces:
+        trace = load_shipped(t) if t in SHIPPED_TRACES else load_trace(t)
+        values.append(resample(trace, sc.tau_s))
+    v = np.concatenate(values)
+    bw = pr.make_replay_bandwidth(v, offset=None)
+    return params.replace(link=params.link.replace(bandwidth=bw),
+                          bw_mean_mbps=jnp.float32(v.mean()))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+    """The static pieces of a training run: the action space and the network graph."""
+
+    space: ActionSpace
+    graphdef: Any
+    shapes: tuple[int, int, int]
+
+
+def setup(cfg: PPOConfig, env: EnvAdapter, env_params, action: ActionConfig, net: NetConfig):
+    space = make_space(env.spec(env_params), action, env.precisions(env_params))
+    init, graphdef = make_init(cfg, env, env_params, space, net)
+    update = make_update(cfg, env, env_params, space, graphdef)
+    return TrainSetup(space, graphdef, feature_shapes(env, env_params)), init, update
+
+
+def _resolve(cfg: TrainConfig, env, env_params):
+    env = env if env is not None else lyapunov_adapter()
+    env_params = env_params if env_params is not None else build_env_params(cfg)
+    return env, env_params
+
+
+def make_train(cfg: TrainConfig, env: EnvAdapter | None = None, env_params=None):
+    """train(key) -> (Runner, metrics dict of float [num_updates]); jit it, vmap it over keys.
+
+    `env`/`env_params` default to `lyapunov.env` and the config's scenario. The returned
+    function carries `train.setup` (TrainSetup: action space, graphdef, feature shapes), what
+    is needed to rebuild the networks from a runner's state.
+    """
+    env, env_params = _resolve(cfg, env, env_params)
+    ts, init, update = setup(cfg.ppo, env, env_params, cfg.action, cfg.net)
+
+    def train(key):
+        runner = init(key)
+        return jax.lax.scan(lambda r, _: update(r), runner, None, cfg.ppo.num_updates)
+
+    train.setup = ts
+    return train
+
+
+def make_segments(cfg: TrainConfig, env: EnvAdapter | None = None, env_params=None):
+    """(init(keys [S]) -> Runner [S], segment(Runner [S]) -> (Runner [S], metrics [S, n]),
+    TrainSetup): the same updates, jitted in segments of n = cfg.log_every and vmapped over
+    S seeds."""
+    env, env_params = _resolve(cfg, env, env_params)
+    ts, init, update = setup(cfg.ppo, env, env_params, cfg.action, cfg.net)
+    seg_len = cfg.log_every
+    init_v = jax.jit(jax.vmap(init))
+
+    @jax.jit
+    @jax.vmap
+    def segment(runner):
+        return jax.lax.scan(lambda r, _: update(r), runner, None, seg_len)
+
+    return init_v, segment, ts
+
+
+def model_from_runner(ts: TrainSetup, nets) -> ActorCritic:
+    """The trained ActorCritic of one seed's runner state."""
+    model, _ = nnx.merge(ts.graphdef, nets)
+    return model
+
+
+def factors_of(model: ActorCritic, x: Features, ctx: MaskContext, action: Action) -> Factors:
+    return evaluate_actions(model, x, ctx, action)[0]

@@ -1,0 +1,285 @@
+"""Train a partitioning policy with PPO: progress lines, metrics CSV, checkpoints, resume.
+
+`run(cfg, out)` trains `cfg.num_seeds` seeds at once (vmapped) in jitted segments of
+`cfg.log_every` updates (`agents.ppo.make_segments`); between segments it prints one line (mean
+reward, DPP, backlog, latency, entropy, KL, environment steps per second) and at the end
+writes
+
+    out/metrics.csv           one row per (seed, update): every logged metric
+    out/seed<k>/config.json   the checkpoint of seed k (agents.checkpoint), params.npz,
+    out/seed<k>/params.npz    train_state.npz (model and optimizer, to resume)
+    out/train_config.json     the TrainConfig
+    out/summary.json          wall time, compile time, steps per second
+
+`run(cfg, out, resume=out)` continues an interrupted run from its checkpoints (the update
+counter and the optimizer state with its schedule position are restored; environments restart
+from fresh resets).
+
+The command line (`main`, wired to `splitwise train`) builds a `lyapunov.env.Scenario` from
+flags; `--layerwise` trains the layer-wise baseline, `--flat-head` the flat per-head ablation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agents import checkpoint
+from agents.actions import ActionConfig
+from agents.networks import NetConfig
+from agents.ppo import PPOConfig, TrainConfig, make_segments, model_from_runner
+
+PROGRESS_KEYS = ("reward", "dpp", "backlog", "latency_s", "entropy", "loss_approx_kl")
+
+
+def _take(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def _fmt(d: dict) -> str:
+    return " ".join(f"{k} {v:.4g}" for k, v in d.items())
+
+
+def run(cfg: TrainConfig, out: str | Path | None = None, resume: str | Path | None = None,
+        env=None, env_params=None, log=print) -> dict:
+    """Train; returns {"runner", "setup", "metrics" (dict of float [S, U]), "summary"}."""
+    if cfg.ppo.num_updates % cfg.log_every:
+        raise ValueError(f"num_updates ({cfg.ppo.num_updates}) must be a multiple of "
+                         f"log_every ({cfg.log_every})")
+    t0 = time.perf_counter()
+    init, segment, ts = make_segments(cfg, env, env_params)
+    keys = jnp.stack([jax.random.key(cfg.seed + k) for k in range(cfg.num_seeds)])
+    runner = init(keys)
+    start = 0
+    if resume is not None:
+        runner, start = _resume(runner, resume, cfg.num_seeds)
+    jax.block_until_ready(runner)
+    n_seg = (cfg.ppo.num_updates - start) // cfg.log_every
+    steps_seg = cfg.log_every * cfg.ppo.steps_per_update * cfg.num_seeds
+    history: list[dict] = []
+    compile_s, run_s = 0.0, 0.0
+    for s in range(n_seg):
+        t = time.perf_counter()
+        runner, m = segment(runner)
+        m = jax.tree.map(np.asarray, jax.block_until_ready(m))
+        dt = time.perf_counter() - t
+        if s == 0:
+            compile_s = dt  # includes the first segment's run; see summary
+        else:
+            run_s += dt
+        history.append(m)
+        u = start + (s + 1) * cfg.log_every
+        last = {k: float(m[k][:, -1].mean()) for k in PROGRESS_KEYS if k in m}
+        log(f"update {u}/{cfg.ppo.num_updates} {_fmt(last)} steps/s {steps_seg / dt:.0f}")
+    metrics = {k: np.concatenate([h[k] for h in history], axis=1) for k in history[0]} \
+        if history else {}
+    steady = run_s / max(n_seg - 1, 1)
+    summary = {
+        "wall_s": time.perf_counter() - t0,
+        "first_segment_s": compile_s,
+        "steps_per_s": steps_seg / steady if n_seg > 1 and steady > 0 else float("nan"),
+        "env_steps_per_seed": cfg.ppo.num_updates * cfg.ppo.steps_per_update,
+        "num_seeds": cfg.num_seeds,
+    }
+    if out is not None:
+        _write(Path(out), cfg, ts, runner, metrics, start, summary)
+    return {"runner": runner, "setup": ts, "metrics": metrics, "summary": summary}
+
+
+def _write(out: Path, cfg, ts, runner, metrics, start, summary):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(config_to_json(cfg), indent=1) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if metrics:
+        keys = sorted(metrics)
+        mode = "a" if start and (out / "metrics.csv").exists() else "w"
+        with open(out / "metrics.csv", mode, newline="") as f:
+            w = csv.writer(f)
+            if mode == "w":
+                w.writerow(["seed", "update", *keys])
+            n_s, n_u = metrics[keys[0]].shape
+            for s in range(n_s):
+                for u in range(n_u):
+                    w.writerow([cfg.seed + s, start + u + 1,
+                                *(f"{metrics[k][s, u]:.6g}" for k in keys)])
+    for s in range(cfg.num_seeds):
+        nets = _take(runner.nets, s)
+        checkpoint.save(out / f"seed{s}", model_from_runner(ts, nets), cfg.net, ts.shapes,
+                        config_to_json(cfg), meta={"seed": cfg.seed + s,
+                                                   "update": int(runner.update[s])},
+                        train_state=nets)
+
+
+def _resume(runner, path, num_seeds):
+    path = Path(path)
+    nets, updates = [], []
+    for s in range(num_seeds):
+        d = path / f"seed{s}"
+        nets.append(checkpoint.load_train_state(d, _take(runner.nets, s)))
+        updates.append(int(checkpoint.read_config(d)["meta"]["update"]))
+    if len(set(updates)) != 1:
+        raise checkpoint.CheckpointError(f"{path}: seeds stopped at different updates {updates}")
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *nets)
+    return runner.replace(nets=stacked, update=jnp.full((num_seeds,), updates[0], jnp.int32)), \
+        updates[0]
+
+
+def config_to_json(cfg: TrainConfig) -> dict:
+    """A JSON-able dict of a TrainConfig (the scenario by its fields; model/profile objects by
+    name)."""
+    def conv(x):
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            if hasattr(x, "name") and type(x).__name__ in ("ModelCard", "DeviceProfile"):
+                return x.name
+            if type(x).__name__ == "AccuracyProfile":
+                return "custom"
+            return {f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        if isinstance(x, tuple | list):
+            return [conv(v) for v in x]
+        if isinstance(x, float) and math.isinf(x):
+            return "inf"
+        return x
+
+    return conv(cfg)
+
+
+def config_from_json(d: dict) -> TrainConfig:
+    """Inverse of config_to_json (for configs whose scenario uses registered names)."""
+    from lyapunov import processes as pr
+    from lyapunov.env import Scenario
+
+    def fl(v):
+        return math.inf if v == "inf" else v
+
+    def tup(v):
+        return tuple(tuple(r) if isinstance(r, list) else r for r in v)
+
+    sc = d.get("scenario")
+    scenario = None
+    if sc is not None:
+        sc = {k: fl(v) for k, v in sc.items()}
+        link = dict(sc["link"])
+        bw = {k: (tup(v) if isinstance(v, list) else v) for k, v in link["bandwidth"].items()}
+        share = {k: (tup(v) if isinstance(v, list) else v) for k, v in link["share"].items()}
+        link.update(bandwidth=pr.BandwidthConfig(**bw), share=pr.ShareConfig(**share))
+        sc.update(arrival=pr.ArrivalConfig(**sc["arrival"]), link=pr.LinkConfig(**link),
+                  precisions=tuple(sc["precisions"]))
+        if sc.get("accuracy") == "custom":
+            raise ValueError("a scenario with a custom accuracy profile cannot be rebuilt "
+                             "from JSON")
+        scenario = Scenario(**sc)
+    return TrainConfig(
+        scenario=scenario, train_traces=tuple(d.get("train_traces", ())),
+        ppo=PPOConfig(**d["ppo"]), action=ActionConfig(**d["action"]),
+        net=NetConfig(**d["net"]), num_seeds=d["num_seeds"], seed=d["seed"],
+        log_every=d["log_every"])
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_scenario_args(ap: argparse.ArgumentParser) -> None:
+    """Flags of a `lyapunov.env.Scenario` (shared by train and evaluate)."""
+    ap.add_argument("--model", default="llama-7b")
+    ap.add_argument("--device", default="rpi5")
+    ap.add_argument("--cloud", default="datacenter")
+    ap.add_argument("--trace", nargs="+", default=[],
+                    help="bandwidth trace file(s) or shipped names (norway_bus_1, ...)")
+    ap.add_argument("--bandwidth-process", default="ar1",
+                    choices=("ar1", "markov", "constant"))
+    ap.add_argument("--bandwidth-mbps", type=float, default=10.0)
+    ap.add_argument("--arrival-rate", type=float, default=1.0)
+    ap.add_argument("--V", type=float, default=10.0)
+    ap.add_argument("--tau", type=float, default=2.0, help="slot length, s")
+    ap.add_argument("--rtt-ms", type=float, default=None, help="default: the cloud's RTT")
+    ap.add_argument("--share", type=float, default=None,
+                    help="median cloud share of an AR(1)-logit share process (default: 1)")
+    ap.add_argument("--share-logit-std", type=float, default=1.5)
+    ap.add_argument("--outage-prob", type=float, default=0.0)
+    ap.add_argument("--privacy-layers", type=int, default=0)
+
+
+def scenario_from_args(args, trace: str | None = None):
+    """A Scenario from the flags (`trace`: the one trace the scenario replays)."""
+    from costmodel.profiles import get_profile
+    from lyapunov import processes as pr
+    from lyapunov.env import Scenario
+    from lyapunov.traces import SHIPPED_TRACES, shipped_trace_path
+
+    if trace is not None:
+        path = str(shipped_trace_path(trace)) if trace in SHIPPED_TRACES else trace
+        bw = pr.BandwidthConfig(kind="trace", trace_path=path)
+    else:
+        bw = pr.BandwidthConfig(kind=args.bandwidth_process, mean_mbps=args.bandwidth_mbps)
+    share = (pr.ShareConfig() if args.share is None else
+             pr.ShareConfig(kind="ar1", median_share=args.share,
+                            logit_std=args.share_logit_std))
+    rtt = args.rtt_ms if args.rtt_ms is not None else get_profile(args.cloud).rtt_ms
+    link = pr.LinkConfig(bandwidth=bw, rtt_ms=rtt, share=share, outage_prob=args.outage_prob)
+    return Scenario(model=args.model, device=args.device, cloud=args.cloud, tau_s=args.tau,
+                    V=args.V, arrival=pr.ArrivalConfig(rate=args.arrival_rate), link=link,
+                    privacy_layers=args.privacy_layers)
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    add_scenario_args(ap)
+    ap.add_argument("--steps", type=int, default=200_000,
+                    help="environment steps per seed (rounded to whole segments)")
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    kind = ap.add_mutually_exclusive_group()
+    kind.add_argument("--layerwise", action="store_true", help="layer-wise DRL baseline")
+    kind.add_argument("--flat-head", action="store_true", help="flat per-head ablation")
+    ap.add_argument("--groups", type=int, default=4)
+    ap.add_argument("--head-bins", type=int, default=9)
+    ap.add_argument("--num-envs", type=int, default=16)
+    ap.add_argument("--num-steps", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--gamma", type=float, default=0.0)
+    ap.add_argument("--ent-coef", type=float, default=0.01)
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out")
+
+
+def config_from_args(args) -> TrainConfig:
+    kind = "layerwise" if args.layerwise else "flat_head" if args.flat_head else "hier"
+    per_update = args.num_envs * args.num_steps
+    n = max(1, round(args.steps / per_update / args.log_every)) * args.log_every
+    scenario = scenario_from_args(args, args.trace[0] if args.trace else None)
+    return TrainConfig(
+        scenario=scenario, train_traces=tuple(args.trace),
+        ppo=PPOConfig(num_envs=args.num_envs, num_steps=args.num_steps, num_updates=n,
+                      lr=args.lr, gamma=args.gamma, ent_coef=args.ent_coef),
+        action=ActionConfig(kind=kind, n_groups=args.groups, head_bins=args.head_bins),
+        num_seeds=args.seeds, seed=args.seed, log_every=args.log_every)
+
+
+def cli(args) -> int:
+    cfg = config_from_args(args)
+    out = Path(args.out)
+    res = run(cfg, out, resume=out if args.resume else None,
+              log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(json.dumps(res["summary"]))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="splitwise train", description=__doc__.split("\n")[0])
+    add_args(ap)
+    return cli(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
