@@ -29,9 +29,14 @@ so far: branch and bound, still exact. Intervals live on a fixed-size stack insi
 The edge memory budget couples layers. Its Lagrangian ``J + nu (mem - budget)`` is again
 ``g(l) + (c + nu mem) - nu budget`` (additive), so the same sweep minimizes it exactly and
 gives the dual bound ``D(nu) <= min_{feasible} J``. When the unconstrained minimizer fits
-(``nu = 0``) the answer is exact; otherwise ``nu`` is bisected (geometrically) towards the
-smallest multiplier whose minimizer fits, the best memory-feasible vertex seen is returned and
-``exact`` says whether it meets the best dual bound within tolerance.
+(``nu = 0``) the answer is exact. Otherwise ``nu`` is bisected (geometrically) towards the
+smallest multiplier whose minimizer fits, keeping the best memory-feasible vertex seen; and if
+the dual bound leaves a gap (it usually does: memory is lumpy), one more sweep runs with an
+exact resource DP over (side, memory units) in which every option's and endpoint's memory is
+rounded *down* to ``budget / units``: that set contains every feasible partition, so its
+minimum of ``J`` is a lower bound, attained (and certified) whenever its minimizer actually
+fits. ``exact`` says whether the best feasible vertex meets the best lower bound within
+tolerance; ``lower_bound`` reports the bound.
 
 Exactness holds over the lambda range ``[eps, 1/eps] * c_s / l_s`` (normalized by the latency
 ``l_s`` of the fastest partition and the ``c`` scale ``c_s``), with ``eps = 1e-4``, and up to
@@ -42,14 +47,24 @@ separated. Tests compare with brute-force enumeration (``tests/lyapunov/test_ora
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from costmodel import dp
-from costmodel.costs import RequestCosts, costs_from_terms, privacy_ok, total_terms
+from costmodel.costs import (
+    RequestCosts,
+    costs_from_terms,
+    endpoint_terms,
+    layer_terms,
+    privacy_ok,
+    structure_terms,
+    total_terms,
+)
 from costmodel.link import LinkState
-from costmodel.partition import Partition
+from costmodel.partition import CLOUD, EDGE, Partition
 from costmodel.spec import CostSpec
 from lyapunov.queues import Budgets, Queues, dpp_objective, service_rate
 
@@ -168,6 +183,94 @@ def _evaluate(part: Partition, link, spec: CostSpec, cw: dp.Weights) -> _Pt:
     return _Pt(part, costs, lat, c, tt.mem / 1e9, ok)
 
 
+def _option_table(q, link: LinkState, spec: CostSpec, w: dp.Weights):
+    """float [L, 2, H+1, 3]: weighted objective of each (layer, input side, edge heads, FFN
+    side), BIG where the privacy floor forbids it (as in ``costmodel.dp``)."""
+    n_l, n_h = spec.n_layers, spec.n_heads
+    s = jnp.arange(2)[None, :, None, None]
+    k = jnp.arange(n_h + 1)[None, None, :, None]
+    f = jnp.arange(3)[None, None, None, :]
+    tt = layer_terms(s, k, f, q, link, spec, spec.head_cum[:, None, :, None],
+                     spec.ffn_w[:, None, None, None])
+    table = dp.scalarize(tt, q, spec, w)
+    if spec.privacy_layers:
+        layer = jnp.arange(n_l)[:, None, None, None]
+        allowed = (s == EDGE) & (k == n_h) & (f == EDGE)
+        table = jnp.where((layer < spec.privacy_layers) & ~allowed, BIG, table)
+    return table
+
+
+def _units_down(mem_bytes, unit):
+    """Memory in whole units, rounded *down* (a relaxation of the budget)."""
+    return jnp.floor(mem_bytes / unit * (1.0 - 1e-5)).astype(jnp.int32)
+
+
+def _resource_precision(q, link: LinkState, spec: CostSpec, w: dp.Weights, units: int):
+    """(value, Partition): exact minimizer of the weighted objective over the partitions whose
+    memory, rounded down to ``budget / units`` per option and endpoint, fits in ``units``.
+    That set contains every memory-feasible partition, so its minimum is a lower bound."""
+    n_l, n_h = spec.n_layers, spec.n_heads
+    n_opt = 3 * (n_h + 1)
+    unit = jnp.maximum(spec.edge.mem_budget / units, 1e-30)
+    table = _option_table(q, link, spec, w).reshape(n_l, 2, n_opt)
+    k = jnp.arange(n_h + 1)[:, None]
+    f = jnp.arange(3)[None, :]
+    _, mem = structure_terms(k, f, spec, 0.0, 0.0)
+    opt_units = _units_down(mem, unit).reshape(-1)
+    opt_out = jnp.where(jnp.arange(n_opt) % 3 == EDGE, EDGE, CLOUD)
+    m = jnp.arange(units + 1)
+    src = m[None, :] - opt_units[:, None]  # [opt, M+1] units used before this layer
+    valid = src >= 0
+    src = jnp.clip(src, 0, units)
+
+    def forward(v, tab):  # v: [s, M+1]
+        cand = jnp.where(valid[None], v[:, src], BIG) + tab[:, :, None]  # [s_in, opt, M+1]
+        best, arg = [], []
+        for s_out in (EDGE, CLOUD):
+            c = jnp.where((opt_out == s_out)[None, :, None], cand, BIG).reshape(-1, units + 1)
+            best.append(jnp.minimum(c.min(0), BIG))
+            arg.append(c.argmin(0))
+        return jnp.stack(best), jnp.stack(arg)
+
+    v0 = jnp.where(m[None, :] == 0, 0.0, BIG) * jnp.ones((2, 1))
+
+    def run(s0):
+        v_init = jnp.where(jnp.arange(2)[:, None] == s0, v0, BIG)
+        v_last, back = jax.lax.scan(forward, v_init, table)
+        ends = endpoint_terms(s0, jnp.arange(2), link, spec)
+        end_val = dp.scalarize(ends, q, spec, w)
+        end_units = _units_down(ends.mem, unit)
+        fits = m[None, :] + end_units[:, None] <= units
+        total = jnp.where(fits, v_last + end_val[:, None], BIG)
+        if spec.privacy_layers:
+            total = jnp.where(s0 == CLOUD, BIG, total)
+        return jnp.minimum(total, BIG), back
+
+    totals, backs = jax.vmap(run)(jnp.arange(2))  # [s0, s_last, M+1], [s0, L, 2, M+1]
+    flat = totals.reshape(-1)
+    best = flat.argmin()
+    s0 = best // (2 * (units + 1))
+    s_last = (best // (units + 1)) % 2
+    used = best % (units + 1)
+
+    def backward(carry, bk):
+        s_out, mm = carry
+        a = bk[s_out, mm]
+        s_in, opt = a // n_opt, a % n_opt
+        return (s_in, jnp.clip(mm - opt_units[opt], 0, units)), opt
+
+    _, opts = jax.lax.scan(backward, (s_last, used), backs[s0], reverse=True)
+    part = Partition((opts // 3).astype(jnp.int32), (opts % 3).astype(jnp.int32),
+                     jnp.asarray(q, jnp.int32), s0 == EDGE)
+    return flat[best], part
+
+
+def _resource_solve(link, spec, w, precisions, units) -> Partition:
+    vals, parts = jax.vmap(lambda q: _resource_precision(q, link, spec, w, units))(
+        jnp.asarray(precisions))
+    return jax.tree.map(lambda x: x[vals.argmin()], parts)
+
+
 # Phases of the solver's state machine (one DP call per loop iteration, so the DP is compiled
 # once): the two scale solves, then sweeps (low end, high end, stack), first at nu = 0, then
 # along the bisection on nu while memory binds.
@@ -177,6 +280,7 @@ _FAST, _CHEAP, _LO, _HI, _STACK, _DONE = range(6)
 @struct.dataclass
 class _State:
     phase: jnp.ndarray
+    mode: jnp.ndarray  # 0: Lagrangian sweeps (nu); 1: the sweep over the rounded-down budget
     nu_i: jnp.ndarray  # -1: the nu = 0 sweep; 0: nu = nu_max; >= 1: bisection steps
     nu: jnp.ndarray
     lo: jnp.ndarray
@@ -213,6 +317,7 @@ class _Problem(struct.PyTreeNode):
     precisions: tuple = struct.field(pytree_node=False)
     cap: int = struct.field(pytree_node=False)
     nu_iters: int = struct.field(pytree_node=False)
+    units: int = struct.field(pytree_node=False)
 
     def g(self, lat):
         safe = jnp.where(lat > 0, lat, 1.0)
@@ -260,13 +365,15 @@ def _query(pb: _Problem, s: _State):
         energy=jnp.select([fast, cheap], [0.0, cw.energy], cw.energy / norm),
         accuracy=jnp.select([fast, cheap], [0.0, cw.accuracy], cw.accuracy / norm),
         cloud_cost=jnp.select([fast, cheap], [0.0, cw.cloud_cost], cw.cloud_cost / norm),
-        memory=jnp.where(fast | cheap, 0.0, s.nu / norm))
+        memory=jnp.where(fast | cheap | (s.mode == 1), 0.0, s.nu / norm))
     need = (s.phase < _STACK) | ((s.phase == _STACK) & worth)
     return need, w, lam, worth
 
 
 def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
-    """Fold a finished sweep into the overall result and pick the next nu (or stop)."""
+    """Fold a finished sweep into the overall result and pick what comes next: the next nu of
+    the bisection, the sweep over the rounded-down budget (when memory binds and the dual
+    bound has not closed the gap), or the end."""
     fits = s.sb.ok
     lower = jnp.maximum(s.lower, s.sb_j - s.nu * pb.budget)
     complete = s.complete & complete_sweep
@@ -275,10 +382,18 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     lo = jnp.where((s.nu_i >= 1) & ~fits, s.nu, s.lo)
     hi = jnp.where((s.nu_i >= 1) & fits, s.nu, s.hi)
     nu_i = s.nu_i + 1
-    stop = (first & fits) | ((s.nu_i == 0) & ~fits) | (nu_i > pb.nu_iters)
+    nothing = (s.nu_i == 0) & ~fits  # even the memory-first minimizer does not fit
+    stop = (first & fits) | nothing | (nu_i > pb.nu_iters)
+    gap = s.f_j - lower > RTOL * (jnp.abs(s.f_j) + jnp.abs(lower) + 1e-30)
+    in_res = s.mode == 1
+    to_res = ~in_res & stop & ~(first & fits) & ~nothing & gap & (pb.units > 0)
     nu = jnp.where(nu_i == 0, s.nu_max, jnp.sqrt(lo * hi))
-    return s.replace(phase=jnp.where(stop, _DONE, _LO), nu_i=nu_i, nu=nu, lo=lo, hi=hi,
-                     lower=lower, complete=complete, fits0=fits0)
+    lagr = s.replace(phase=jnp.where(to_res, _LO, jnp.where(stop, _DONE, _LO)),
+                     mode=jnp.where(to_res, 1, 0), nu_i=nu_i,
+                     nu=jnp.where(to_res, 0.0, nu), lo=lo, hi=hi, lower=lower,
+                     complete=complete, fits0=fits0)
+    res = s.replace(phase=jnp.int32(_DONE), lower=lower, complete=complete)
+    return _where(in_res, res, lagr)
 
 
 def _transition(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
@@ -347,8 +462,10 @@ def _transition(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
         after_fast, after_cheap, after_lo, after_hi, after_stack)
 
 
+@functools.partial(jax.jit, static_argnames=("precisions", "max_solves", "nu_iters", "units"))
 def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
-               precisions=(0, 1, 2), max_solves: int = 48, nu_iters: int = 20) -> SlotSolution:
+               precisions=(0, 1, 2), max_solves: int = 48, nu_iters: int = 20,
+               units: int = 256) -> SlotSolution:
     """Exact minimizer of the slot's DPP expression (see the module docstring).
 
     Args:
@@ -360,32 +477,39 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
       max_solves: DP calls per hull sweep, also the stack size (static; reaching it clears
         ``exact``).
       nu_iters: bisection steps on the memory multiplier when memory binds (static).
+      units: resolution of the rounded-down budget of the final sweep when memory binds
+        (static; 0 skips that sweep).
 
     Returns:
-      SlotSolution; jit- and vmap-able. One DP call site, so it compiles once.
+      SlotSolution. Jitted (called eagerly, every caller shares one compiled program per spec
+      shape); vmap-able and inlined into an outer jit. One DP call site, so it compiles once.
     """
     f32 = jnp.float32
     cw = c_weights(queues, sp)
     pb = _Problem(link, spec, cw, f32(sp.V * sp.penalty.latency),
                   f32(jnp.maximum(queues.q, 0.0) * sp.tau), spec.edge.mem_budget / 1e9,
-                  tuple(int(q) for q in precisions), int(max_solves), int(nu_iters))
+                  tuple(int(q) for q in precisions), int(max_solves), int(nu_iters), int(units))
 
     def solve(w):
         res = dp.solve(link, spec, w, pb.precisions)
         return _evaluate(res.partition, link, spec, cw)
+
+    def solve_resource(w):
+        part = _resource_solve(link, spec, w, pb.precisions, max(pb.units, 1))
+        return _evaluate(part, link, spec, cw)
 
     shapes = jax.eval_shape(solve, dp.Weights())  # a placeholder point, never a candidate
     dummy = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
     dummy = dummy.replace(lat=f32(BIG), c=f32(BIG))
     zero, big = f32(0.0), f32(BIG)
     s0 = _State(
-        phase=jnp.int32(_FAST), nu_i=jnp.int32(-1), nu=zero, lo=zero, hi=zero, l_s=f32(1.0),
-        c_s=zero, m_s=f32(1.0), nu_max=zero, p_fast=dummy, p_lo=dummy,
+        phase=jnp.int32(_FAST), mode=jnp.int32(0), nu_i=jnp.int32(-1), nu=zero, lo=zero,
+        hi=zero, l_s=f32(1.0), c_s=zero, m_s=f32(1.0), nu_max=zero, p_fast=dummy, p_lo=dummy,
         stack=jnp.zeros((pb.cap, 6), f32), size=jnp.int32(0), n_sweep=jnp.int32(0),
         sb_j=big, sb=dummy, sb_lam=zero, f_j=big, f=dummy, f_lam=zero, f_nu=zero,
         lower=f32(-BIG), complete=jnp.bool_(True), fits0=jnp.bool_(False),
         n_solves=jnp.int32(0))
-    max_iter = (pb.nu_iters + 2) * (3 * pb.cap + 3) + 2
+    max_iter = (pb.nu_iters + 3) * (3 * pb.cap + 3) + 2
 
     def cond(c):
         i, s = c
@@ -394,7 +518,9 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
     def body(c):
         i, s = c
         need, w, lam, worth = _query(pb, s)
-        pt = jax.lax.cond(need, solve, lambda _: dummy, w)
+        branch = jnp.where(need, 1 + s.mode, 0)
+        branches = [lambda _: dummy, solve] + ([solve_resource] if pb.units > 0 else [])
+        pt = jax.lax.switch(jnp.minimum(branch, len(branches) - 1), branches, w)
         return i + 1, _transition(pb, s, pt, lam, worth)
 
     _, s = jax.lax.while_loop(cond, body, (jnp.int32(0), s0))

@@ -1,0 +1,248 @@
+"""The exact per-slot oracle against brute-force enumeration (proofs/oracle.md: the parametric
+hull sweep is exact; the head exchange argument; the memory multiplier's certificate).
+
+Small cards (2 layers x 3 heads: 864 partitions with every precision and embedding side) so
+that every partition can be enumerated; the oracle compiles once per spec shape.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from costmodel.accuracy import accuracy_profile
+from costmodel.cards import ModelCard
+from costmodel.costs import request_costs
+from costmodel.link import LinkState, Workload
+from costmodel.partition import EDGE, Partition
+from costmodel.spec import edge_head_order, make_spec
+from lyapunov.oracle import PenaltyWeights, SlotParams, slot_dpp, solve_slot
+from lyapunov.queues import Budgets, Queues
+
+INF = math.inf
+CARD = ModelCard("tiny-2x3", 2, 3, 3, 192, 768, 500, "swiglu", False)
+
+
+def _accuracy(card, seed=0):
+    """Distinct head importances (so that which heads go to the edge matters)."""
+    acc = accuracy_profile(card)
+    rng = np.random.default_rng(seed)
+    head = rng.permutation(np.arange(1, card.n_layers * card.n_heads + 1, dtype=float))
+    head = head.reshape(card.n_layers, card.n_heads)
+    ffn = np.full(card.n_layers, head.sum() / card.n_layers)
+    total = head.sum() + ffn.sum()
+    return type(acc)(acc.act_rel, acc.weight_rel, head / total, ffn / total, "test")
+
+
+ACC = _accuracy(CARD)
+SPEC = make_spec(CARD, "rpi5", "datacenter", Workload(64, 16), accuracy=ACC)
+SPEC_PRIV = make_spec(CARD, "rpi5", "mec", Workload(64, 16), privacy_layers=1, accuracy=ACC)
+
+
+def enumerate_partitions(n_layers, n_heads) -> Partition:
+    """Every partition: per layer (k, f), precision, embedding side."""
+    opts = [(k, f) for k in range(n_heads + 1) for f in range(3)]
+    rows = [(c, q, emb) for c in itertools.product(opts, repeat=n_layers) for q in range(3)
+            for emb in (True, False)]
+    return Partition(jnp.asarray([[o[0] for o in c] for c, _, _ in rows], jnp.int32),
+                     jnp.asarray([[o[1] for o in c] for c, _, _ in rows], jnp.int32),
+                     jnp.asarray([q for _, q, _ in rows], jnp.int32),
+                     jnp.asarray([e for _, _, e in rows]))
+
+
+ALL = enumerate_partitions(CARD.n_layers, CARD.n_heads)
+
+
+@jax.jit
+def brute_force(queues, link, spec, sp, parts):
+    """(min DPP over feasible partitions, argmin, all costs)."""
+    costs = jax.vmap(request_costs, in_axes=(0, None, None))(parts, link, spec)
+    j = jnp.where(costs.feasible, slot_dpp(costs, queues, 0.0, sp), jnp.inf)
+    return j.min(), j.argmin(), costs
+
+
+_costs = jax.jit(request_costs)
+_dpp = jax.jit(slot_dpp)
+_mem = jax.jit(lambda parts, link, spec: jax.vmap(request_costs, in_axes=(0, None, None))(
+    parts, link, spec).edge_memory_gb)
+
+
+def slot_params(V=1.0, tau=1.0, e_bar=INF, a_bar=INF, c_bar=INF, pen=(1.0, 0.0, 0.0, 0.0)):
+    """SlotParams with float32 leaves everywhere (one compiled program for every test)."""
+    f = jnp.float32
+    return SlotParams(f(V), f(tau), Budgets(f(e_bar), f(a_bar), f(c_bar)),
+                      PenaltyWeights(*(f(w) for w in pen)))
+
+
+def with_budget(spec, budget_gb):
+    return spec.replace(edge=spec.edge.replace(mem_budget=jnp.float32(budget_gb * 1e9)))
+
+
+
+
+@st.composite
+def slot_instances(draw):
+    def opt(strategy):
+        return draw(st.one_of(st.just(0.0), strategy))
+
+    queues = Queues(*(jnp.float32(x) for x in (
+        opt(st.floats(0.0, 1e3)), opt(st.floats(0.0, 100.0)),
+        opt(st.floats(0.0, 100.0)), opt(st.floats(0.0, 1e4)))))
+    budgets = [draw(st.one_of(st.just(INF), st.floats(0.0, hi))) for hi in (5.0, 5.0, 1e-3)]
+    pen = tuple(draw(st.sampled_from(v)) for v in
+                ((0.0, 1.0, 1.0), (0.0, 0.0, 0.1), (0.0, 0.0, 0.1), (0.0, 0.0, 100.0)))
+    sp = slot_params(draw(st.sampled_from([0.0, 0.1, 1.0, 10.0, 100.0])),
+                     draw(st.floats(0.05, 5.0)), *budgets, pen)
+    outage = draw(st.floats(0, 1)) < 0.1
+    bw = 0.0 if outage else 10 ** draw(st.floats(-1.0, 3.0))
+    link = LinkState(jnp.float32(bw), jnp.float32(bw), jnp.float32(draw(st.floats(0.5, 150.0))),
+                     jnp.float32(draw(st.floats(0.005, 1.0))))
+    frac = draw(st.one_of(st.just(2.0), st.floats(0.0, 1.2)))  # > 1: the budget never binds
+    return queues, link, sp, frac
+
+
+def _check(queues, link, sp, spec, frac, parts=ALL):
+    mem = np.asarray(_mem(parts, link, spec))
+    lo, hi = float(mem.min()), float(mem.max())
+    budget = lo + frac * (hi - lo) + 1e-9
+    spec = with_budget(spec, budget)
+    jb, ib, costs = brute_force(queues, link, spec, sp, parts)
+    sol = solve_slot(queues, link, spec, sp)
+    any_ok = bool(np.asarray(costs.feasible).any())
+    assert bool(sol.feasible) == any_ok
+    if not any_ok:
+        return sol, None
+    jb = float(jb)
+    best = jax.tree.map(lambda x: x[ib], costs)
+    lat = float(best.latency_s)
+    scale = (abs(jb) + float(sp.V) * lat + float(queues.q) * float(sp.tau) / lat
+             + float(queues.z_e) * float(best.energy_j) + float(queues.z_c) * float(best.cloud_cost)
+             + float(sp.V) * 100.0 * float(best.cloud_cost) + float(best.accuracy_drop) + 1e-6)
+    tol = 2e-4 * scale
+    own = _costs(sol.partition, link, spec)
+    assert bool(own.feasible)
+    assert abs(float(_dpp(own, queues, 0.0, sp)) - float(sol.objective)) <= tol
+    assert float(sol.objective) >= jb - tol  # never better than the optimum
+    assert float(sol.lower_bound) <= jb + tol  # the certificate is a valid lower bound
+    if bool(sol.exact):
+        assert abs(float(sol.objective) - jb) <= tol, (float(sol.objective), jb)
+    if frac > 1.0:  # memory never binds: the sweep alone is exact
+        assert bool(sol.exact)
+    return sol, jb
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(slot_instances())
+def test_oracle_matches_brute_force(inst):
+    """Where the oracle claims exactness it equals the brute-force minimum of the slot DPP over
+    all feasible partitions (every precision, embedding side, memory budgets that bind or not,
+    outages); always: feasible, never below the optimum, a valid lower bound."""
+    queues, link, sp, frac = inst
+    _check(queues, link, sp, SPEC, frac)
+
+
+def test_oracle_matches_brute_force_privacy_floor():
+    """Same with a privacy floor (embedding and layer 0 on the edge; cloud-only forbidden)."""
+    rng = np.random.default_rng(1)
+    parts = ALL
+    for _ in range(8):
+        queues = Queues(*(jnp.float32(x) for x in rng.exponential([50.0, 5.0, 5.0, 1e3])))
+        sp = slot_params(float(rng.choice([0.0, 1.0, 10.0])), 1.0, 2.0, 1.0, 1e-4)
+        bw = float(10 ** rng.uniform(-1, 3))
+        link = LinkState(*(jnp.float32(x) for x in (bw, bw, rng.uniform(0.5, 20),
+                                                    rng.uniform(0.01, 1.0))))
+        sol, jb = _check(queues, link, sp, SPEC_PRIV, float(rng.choice([2.0, rng.uniform()])),
+                         parts)
+        if jb is None:
+            continue
+        p = sol.partition
+        assert bool(p.embed_edge) and int(p.edge_heads[0]) == CARD.n_heads
+        assert int(p.ffn[0]) == EDGE
+
+
+def test_memory_binding_certificate():
+    """When memory binds the oracle stays feasible and brackets the optimum, and the sweep over
+    the rounded-down budget certifies exactness in most instances (where the Lagrangian dual
+    bound alone almost never closes the gap)."""
+    rng = np.random.default_rng(2)
+    n_exact = n = 0
+    for _ in range(12):
+        queues = Queues(*(jnp.float32(x) for x in rng.exponential([20.0, 5.0, 5.0, 1e3])))
+        sp = slot_params(10.0, 1.0, 1.0, 0.5)
+        bw = float(10 ** rng.uniform(-1, 2))
+        link = LinkState(*(jnp.float32(x) for x in (bw, bw, rng.uniform(5, 80), 0.05)))
+        sol, jb = _check(queues, link, sp, SPEC, float(rng.uniform(0.05, 0.9)))
+        if jb is not None:
+            n += 1
+            n_exact += bool(sol.exact)
+            assert float(sol.nu) > 0 or bool(sol.exact)
+    assert n >= 8 and n_exact >= 0.8 * n
+
+
+def test_head_exchange():
+    """Exchange argument: with distinct head importances, the k heads the oracle's partition
+    puts on the edge (costmodel.spec.edge_head_order semantics: the first k of the order) are
+    the k least important ones, and no other choice of *which* heads (brute force over all
+    subsets, same counts, same latency and energy) gives a smaller slot DPP."""
+    order = edge_head_order(ACC.head_w, CARD.group_size)
+    rng = np.random.default_rng(3)
+    checked = 0
+    for _ in range(10):
+        # A LAN-class link to a heavily shared cloud: the regime where splitting the heads of a
+        # layer between the two sides (tensor parallelism) pays off.
+        queues = Queues(jnp.float32(rng.exponential(20.0)), jnp.float32(0.0),
+                        jnp.float32(rng.exponential(5.0)), jnp.float32(0.0))
+        sp = slot_params(1.0, 1.0, INF, 0.1, INF, (1.0, 0.0, 0.1, 0.0))
+        link = LinkState(*(jnp.float32(x) for x in (3000.0, 3000.0, 0.02,
+                                                    rng.uniform(0.003, 0.006))))
+        sol = solve_slot(queues, link, SPEC, sp)
+        assert bool(sol.exact)
+        heads = np.asarray(sol.partition.edge_heads)
+        # accuracy weight of the linear part: V * w_a + Z_A
+        w_acc = float(sp.V) * 0.1 + float(queues.z_a)
+        rel = 100.0 * float(SPEC.weight_rel)
+        for layer, k in enumerate(heads):
+            chosen = set(order[layer, :k].tolist())
+            least = set(np.argsort(ACC.head_w[layer])[:k].tolist())
+            assert chosen == least
+            cum = float(SPEC.head_cum[layer, k])
+            assert math.isclose(cum, ACC.head_w[layer, sorted(chosen)].sum(), rel_tol=1e-5)
+            for subset in itertools.combinations(range(CARD.n_heads), int(k)):
+                # same count -> same latency/energy; accuracy differs by the importance sum
+                extra = rel * (ACC.head_w[layer, list(subset)].sum() - cum)
+                assert extra >= -1e-6 * rel  # any other k heads cost at least as much
+            checked += int(0 < k < CARD.n_heads)
+    # Brute force over every subset assignment of every layer, counts included.
+    _, _, costs = brute_force(queues, link, SPEC, sp, ALL)
+    j_count = np.asarray(_dpp(costs, queues, 0.0, sp))
+    j_count = np.where(np.asarray(costs.feasible), j_count, np.inf)
+    best_subset = np.inf
+    counts = np.asarray(ALL.edge_heads)
+    for i in np.flatnonzero(np.isfinite(j_count)):
+        extra = 0.0
+        for layer, k in enumerate(counts[i]):
+            sums = [ACC.head_w[layer, list(s)].sum()
+                    for s in itertools.combinations(range(CARD.n_heads), int(k))]
+            extra += rel * (min(sums) - float(SPEC.head_cum[layer, k]))
+        best_subset = min(best_subset, j_count[i] + w_acc * extra)
+    assert float(sol.objective) <= best_subset + 1e-4 * (abs(best_subset) + 1.0)
+    assert checked >= 5
+
+
+def test_latency_only_picks_fastest():
+    """Known value: with the default latency penalty and no budgets, c == 0 and g is increasing,
+    so for every Q and V the oracle returns a minimum-latency partition."""
+    link = LinkState(*(jnp.float32(x) for x in (20.0, 20.0, 30.0, 0.3)))
+    _, _, costs = brute_force(Queues.zeros(), link, SPEC, slot_params(), ALL)
+    lat_min = float(jnp.where(costs.feasible, costs.latency_s, jnp.inf).min())
+    for q, v in ((0.0, 1.0), (100.0, 0.0), (5.0, 10.0)):
+        sp = slot_params(v)
+        sol = solve_slot(Queues(jnp.float32(q), *(jnp.float32(0.0),) * 3), link, SPEC, sp)
+        assert bool(sol.exact)
+        assert math.isclose(float(sol.latency_s), lat_min, rel_tol=1e-5)
