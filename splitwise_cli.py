@@ -93,6 +93,46 @@ def cmd_run_edge(args) -> int:
     return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1
 
 
+SIMULATE_KEYS = ("latency_mean_s", "latency_p95_s", "energy_mean_j", "accuracy_drop_mean",
+                 "backlog_mean", "dpp_mean", "decision_time_s", "stable")
+
+
+def cmd_simulate(args) -> int:
+    from agents.train import scenario_from_args
+    from lyapunov.simulate import simulate
+
+    scenario = scenario_from_args(args, args.trace[0] if args.trace else None)
+    res = simulate(args.policy, scenario, args.slots, args.seed)
+    if args.json:
+        print(json.dumps({k: res[k] for k in (*SIMULATE_KEYS, "cloud_cost_mean", "policy")
+                          if k in res}))
+        return 0
+    for k in SIMULATE_KEYS:
+        print(f"{k:20s} {res[k]}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from agents.train import cli
+
+    return cli(args)
+
+
+def cmd_evaluate(args) -> int:
+    from agents.evaluate import cli
+
+    return cli(args)
+
+
+def cmd_figures(args) -> int:
+    from experiments.registry import run_figures
+
+    summary = run_figures("full" if args.full else "quick", args.only or None, args.out)
+    print(f"figures written to {args.out}/ in {summary['wall_seconds_last_call']} s; "
+          f"claims: {', '.join(summary.get('claims', []))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="splitwise", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -103,6 +143,35 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cloud-share", type=float, default=1.0)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_costs)
+
+    from agents import evaluate as agents_evaluate
+    from agents import train as agents_train
+
+    c = sub.add_parser("simulate", help="run one policy on one scenario of the slot model")
+    agents_train.add_scenario_args(c)
+    c.add_argument("--policy", default="oracle",
+                   help="oracle, dp-estimate, cvx, cloud-only, edge-only, best-cut, static-cut, "
+                        "greedy")
+    c.add_argument("--slots", type=int, default=1000)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_simulate)
+
+    c = sub.add_parser("train", help="train the hierarchical (or layer-wise) PPO policy")
+    agents_train.add_args(c)
+    c.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("evaluate", help="run policies on a scenario grid (one CSV row each)")
+    agents_evaluate.add_args(c)
+    c.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("figures", help="regenerate the figures and the claims table")
+    mode = c.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="reduced sizes (default)")
+    mode.add_argument("--full", action="store_true", help="full sizes (see README for time)")
+    c.add_argument("--only", nargs="+", default=[], metavar="NAME")
+    c.add_argument("--out", default="results")
+    c.set_defaults(func=cmd_figures)
 
     c = sub.add_parser("serve-cloud", help="serve the cloud blocks of split requests (threads)")
     c.add_argument("--host", default="127.0.0.1")
