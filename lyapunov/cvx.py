@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 
 import cvxpy as cp
 import jax
@@ -244,8 +245,13 @@ class SlotProgram:
         return arr, ok
 
     def solve(self, link: LinkState, spec: CostSpec, cw: dp.Weights, lam: float) -> CvxResult:
-        """Minimize ``lam * latency + c`` (``cw``: the weights of c, latency weight ignored)."""
+        """Minimize ``lam * latency + c`` (``cw``: the weights of c, latency weight ignored).
+
+        Presolve: an option whose memory alone exceeds the budget is fixed at 0 (exact, since
+        memory is non-negative). If the solver fails or reports an inaccurate solution, the
+        LP forms are re-solved with HiGHS (``status`` then ends in ``+highs``)."""
         arr, ok = self._arrays(link, spec, cw)
+        ok = ok & (arr["mem"] <= float(spec.edge.mem_budget) / 1e9 * (1 + 1e-9))
         lam = float(lam)
         w_e = float(cw.energy)
         p_idle, p_act = float(spec.edge.p_idle), float(spec.edge.p_active)
@@ -273,9 +279,11 @@ class SlotProgram:
             self.problem.solve(solver=cp.HIGHS, time_limit=float(self.time_limit_s),
                                mip_rel_gap=0.0, output_flag=False)
         else:
-            self.problem.solve(solver=self.solver)
+            status = self._solve_relaxed()
+            if self.use_cone and status != cp.OPTIMAL:
+                return self._fallback_eliminated(link, spec, cw, lam)
         elapsed = time.perf_counter() - t0
-        status = self.problem.status
+        status = self.problem.status if self.boolean else status
         if self.z.value is None:
             n_l = self.n_l
             return CvxResult(None, np.inf, np.inf, np.inf, 1.0, 1.0, np.zeros(n_l),
@@ -301,6 +309,28 @@ class SlotProgram:
         return CvxResult(part, relaxed, value, value + phi * busy, freq,
                          1.0 / rho if busy > 0 else 1.0, head_frac, ffn_frac, side, elapsed,
                          status)
+
+    def _solve_relaxed(self) -> str:
+        try:
+            with warnings.catch_warnings():  # an inaccurate solution is handled below
+                warnings.simplefilter("ignore", UserWarning)
+                self.problem.solve(solver=self.solver)
+            status = self.problem.status
+        except cp.error.SolverError:
+            status = "solver_error"
+        if status != cp.OPTIMAL and not self.use_cone:
+            self.problem.solve(solver=cp.HIGHS, output_flag=False)
+            status = f"{self.problem.status}+highs"
+        return status
+
+    def _fallback_eliminated(self, link, spec, cw, lam) -> CvxResult:
+        """The cone form failed numerically: solve the equivalent eliminated form (an LP)."""
+        if getattr(self, "_eliminated", None) is None:
+            self._eliminated = SlotProgram(spec, self.precisions, self.dvfs,
+                                           dvfs_form="eliminated", solver=self.solver)
+        res = self._eliminated.solve(link, spec, cw, lam)
+        res.status = f"{res.status}+eliminated"
+        return res
 
     # ----------------------------------------------------------------------------------------
     def _marginals(self, zval):
