@@ -1,0 +1,196 @@
+"""The slot environment: information structure, hand-worked slot, infeasible actions, queue
+invariants, common random numbers, jit == no-jit, vmap over keys, scenario validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from costmodel.cards import ModelCard
+from costmodel.costs import request_costs
+from costmodel.link import InputError
+from costmodel.partition import cloud_only, edge_only, layer_cut
+from lyapunov import env as E
+from lyapunov import processes as pr
+from lyapunov.queues import Queues
+
+CARD = ModelCard("tiny-2x3", 2, 3, 3, 192, 768, 500, "swiglu", False)
+LINK = pr.LinkConfig(bandwidth=pr.BandwidthConfig(kind="ar1", mean_mbps=20.0, std_mbps=10.0,
+                                                  rho=0.8),
+                     rtt_ms=20.0, rtt_jitter_ms=5.0,
+                     share=pr.ShareConfig(kind="ar1", median_share=0.3, logit_std=1.0, rho=0.9))
+SC = E.Scenario(model=CARD, prompt_tokens=64, new_tokens=16, tau_s=0.5, V=2.0, e_bar_j=0.2,
+                a_bar=0.5, c_bar_usd=1e-5, arrival=pr.ArrivalConfig(rate=3.0), link=LINK,
+                history=4, reward_scale=10.0, episode_slots=6)
+PARAMS = SC.build()
+ACTIONS = [cloud_only(2), edge_only(2, 3), layer_cut(2, 3, 1, 1)]
+reset = jax.jit(E.reset)
+step = jax.jit(E.step)
+
+
+def _tree_close(a, b, rtol=1e-5):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
+                                   rtol=rtol, atol=1e-6)
+
+
+def test_scenario_validation_names_the_field():
+    for field, value in (("tau_s", 0.0), ("V", -1.0), ("ewma", 0.0), ("ewma", 1.5),
+                         ("history", 0), ("precisions", (0, 3)), ("precisions", ()),
+                         ("e_bar_j", float("nan")), ("reward_scale", 0.0),
+                         ("infeasible_cost", -1.0)):
+        with pytest.raises(E.ScenarioError, match=field):
+            dataclasses.replace(SC, **{field: value})
+    with pytest.raises(InputError, match="privacy_layers"):
+        dataclasses.replace(SC, privacy_layers=5).build()
+
+
+def test_observation_holds_only_the_past():
+    """Information structure: the observation at t carries the link of t-1 (and older), never
+    the link of slot t that drives the slot's costs; after the step it becomes observed."""
+    obs, state = reset(jax.random.PRNGKey(0), PARAMS)
+    _tree_close(obs.link_last, state.link_prev)
+    assert float(obs.bw_hist[-1]) == float(state.link_prev.bw_down_mbps)
+    assert obs.bw_hist.shape == (SC.history,)
+    assert not any(f.name == "link_t" for f in dataclasses.fields(E.Obs))
+    action = ACTIONS[2]
+    obs2, state2, _, _, info = step(jax.random.PRNGKey(1), state, action, PARAMS)
+    expect = request_costs(action, E.cost_link(state.link_t), PARAMS.spec)
+    assert math.isclose(float(info.latency_s), float(expect.latency_s), rel_tol=1e-6)
+    _tree_close(obs2.link_last, state.link_t)
+    assert float(obs2.bw_hist[-1]) == float(state.link_t.bw_down_mbps)
+    np.testing.assert_array_equal(np.asarray(obs2.bw_hist[:-1]), np.asarray(obs.bw_hist[1:]))
+    assert int(state2.t) == 1
+
+
+def test_hand_worked_slot():
+    """mu = tau / l; Q' = max(Q - mu, 0) + A; Z_i' = max(Z_i + x_i - x_bar_i, 0);
+    DPP = V l + Q (A - mu) + sum_i Z_i (x_i - x_bar_i); reward = -DPP / scale."""
+    _, state = reset(jax.random.PRNGKey(2), PARAMS)
+    state = state.replace(queues=Queues(*(jnp.float32(x) for x in (7.0, 3.0, 2.0, 4.0))))
+    _, state2, reward, _, info = step(jax.random.PRNGKey(3), state, ACTIONS[0], PARAMS)
+    c = request_costs(ACTIONS[0], E.cost_link(state.link_t), PARAMS.spec)
+    lat, e, a, cc = (float(c.latency_s), float(c.energy_j), float(c.accuracy_drop),
+                     float(c.cloud_cost))
+    mu = 0.5 / lat
+    arr = float(info.arrivals)
+    dpp = 2.0 * lat + 7.0 * (arr - mu) + 3.0 * (e - 0.2) + 2.0 * (a - 0.5) + 4.0 * (cc - 1e-5)
+    assert math.isclose(float(info.service), mu, rel_tol=1e-5)
+    assert math.isclose(float(info.dpp), dpp, rel_tol=1e-5, abs_tol=1e-5)
+    assert math.isclose(float(reward), -dpp / 10.0, rel_tol=1e-5, abs_tol=1e-6)
+    parts = (info.dpp_penalty, info.dpp_backlog, info.dpp_energy, info.dpp_accuracy,
+             info.dpp_cloud, info.dpp_infeasible)
+    assert math.isclose(sum(float(x) for x in parts), float(info.dpp), rel_tol=1e-5,
+                        abs_tol=1e-5)
+    q = state2.queues
+    assert math.isclose(float(q.q), max(7.0 - mu, 0.0) + arr, rel_tol=1e-5)
+    assert math.isclose(float(q.z_e), max(3.0 + e - 0.2, 0.0), rel_tol=1e-5)
+    assert math.isclose(float(q.z_a), max(2.0 + a - 0.5, 0.0), rel_tol=1e-5)
+    assert math.isclose(float(q.z_c), max(4.0 + cc - 1e-5, 0.0), rel_tol=1e-5)
+
+
+def test_infeasible_actions_serve_nothing_and_pay():
+    """Over the memory budget, or crossing a link that is down: mu = 0, nothing charged to the
+    virtual queues, penalty = infeasible_penalty, DPP += infeasible_cost, Q' = Q + A."""
+    small = dataclasses.replace(SC, mem_budget_gb=1e-4).build()  # edge-only does not fit
+    _, state = reset(jax.random.PRNGKey(4), small)
+    state = state.replace(queues=Queues(*(jnp.float32(x) for x in (5.0, 1.0, 0.0, 0.0))))
+    _, s_mem, _, _, info = step(jax.random.PRNGKey(5), state, ACTIONS[1], small)
+    assert not bool(info.feasible) and not bool(info.memory_ok)
+    down = state.link_t.replace(bw_up_mbps=jnp.float32(0.0), bw_down_mbps=jnp.float32(0.0),
+                                up=jnp.bool_(False))
+    _, s_out, _, _, info2 = step(jax.random.PRNGKey(5), state.replace(link_t=down), ACTIONS[0],
+                                 small)
+    assert not bool(info2.feasible) and not bool(info2.link_ok) and not bool(info2.link_up)
+    for inf_info, s2 in ((info, s_mem), (info2, s_out)):
+        arr = float(inf_info.arrivals)
+        assert float(inf_info.service) == 0.0 and float(inf_info.energy_j) == 0.0
+        assert float(inf_info.penalty) == SC.infeasible_penalty
+        dpp = (2.0 * SC.infeasible_penalty + 5.0 * arr + 1.0 * (0.0 - 0.2) + SC.infeasible_cost)
+        assert math.isclose(float(inf_info.dpp), dpp, rel_tol=1e-6)
+        assert math.isclose(float(s2.queues.q), 5.0 + arr, rel_tol=1e-6)
+        assert math.isclose(float(s2.queues.z_e), 0.8, rel_tol=1e-6)
+    # during the outage the edge can still serve
+    _, _, _, _, info3 = step(jax.random.PRNGKey(5), state.replace(link_t=down), ACTIONS[1],
+                             PARAMS)
+    assert bool(info3.feasible) and float(info3.service) > 0
+
+
+def _random_rollout(key, n):
+    _, state = E.reset(key, PARAMS)
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *ACTIONS)
+
+    def body(state, k):
+        k_a, k_s = jax.random.split(k)
+        i = jax.random.randint(k_a, (), 0, len(ACTIONS))
+        action = jax.tree.map(lambda x: x[i], stacked)
+        _, state2, _, _, info = E.step(k_s, state, action, PARAMS)
+        return state2, (state.queues, state2.queues, info)
+
+    _, out = jax.lax.scan(body, state, jax.random.split(key, n))
+    return out
+
+
+def test_queues_stay_nonnegative_and_follow_the_updates():
+    q0, q1, info = jax.jit(_random_rollout, static_argnums=1)(jax.random.PRNGKey(6), 200)
+    for field in ("q", "z_e", "z_a", "z_c"):
+        assert np.all(np.asarray(getattr(q1, field)) >= 0)
+    expect = np.maximum(np.asarray(q0.q) - np.asarray(info.service), 0) + np.asarray(
+        info.arrivals)
+    np.testing.assert_allclose(np.asarray(q1.q), expect, rtol=1e-5, atol=1e-5)
+    assert np.all(np.isfinite(np.asarray(info.dpp)))
+
+
+def test_common_random_numbers():
+    """The same key gives the same arrivals and next link whatever the action."""
+    _, state = reset(jax.random.PRNGKey(7), PARAMS)
+    key = jax.random.PRNGKey(8)
+    outs = [step(key, state, a, PARAMS) for a in ACTIONS]
+    for o in outs[1:]:
+        assert float(o[4].arrivals) == float(outs[0][4].arrivals)
+        _tree_close(o[1].link_t, outs[0][1].link_t, rtol=0)
+        _tree_close(o[1].link_state, outs[0][1].link_state, rtol=0)
+
+
+def test_jit_equals_nojit():
+    obs, state = reset(jax.random.PRNGKey(9), PARAMS)
+    with jax.disable_jit():
+        obs_e, state_e = E.reset(jax.random.PRNGKey(9), PARAMS)
+        out_e = E.step(jax.random.PRNGKey(10), state_e, ACTIONS[2], PARAMS)
+    _tree_close(obs, obs_e)
+    _tree_close(step(jax.random.PRNGKey(10), state, ACTIONS[2], PARAMS), out_e)
+
+
+def test_vmap_over_keys_and_done():
+    keys = jax.random.split(jax.random.PRNGKey(11), 3)
+    obs, state = jax.jit(jax.vmap(E.reset, in_axes=(0, None)))(keys, PARAMS)
+    out = jax.jit(jax.vmap(E.step, in_axes=(0, 0, None, None)))(keys, state, ACTIONS[0], PARAMS)
+    for i in range(3):
+        _, s_i = reset(keys[i], PARAMS)
+        o_i = step(keys[i], s_i, ACTIONS[0], PARAMS)
+        _tree_close(jax.tree.map(lambda x, i=i: x[i], out), o_i)
+    _, state = reset(keys[0], PARAMS)
+    dones = []
+    for t in range(SC.episode_slots):
+        _, state, _, done, _ = step(jax.random.PRNGKey(t), state, ACTIONS[0], PARAMS)
+        dones.append(bool(done))
+    assert dones == [False] * (SC.episode_slots - 1) + [True]
+    vec = E.obs_vector(obs.__class__(*(jax.tree.map(lambda x: x[0], getattr(obs, f.name))
+                                       for f in dataclasses.fields(obs))), PARAMS)
+    assert vec.shape == (7 + 2 * SC.history,) and bool(jnp.all(jnp.isfinite(vec)))
+
+
+def test_stationary_means():
+    """Known values: AR(1) on log bandwidth matched to mean 20 Mbit/s; constant and Markov
+    shares; the mean RTT is base + jitter."""
+    assert math.isclose(float(PARAMS.bw_mean_mbps), 20.0, rel_tol=1e-3)
+    assert math.isclose(float(PARAMS.rtt_mean_ms), 25.0, rel_tol=1e-6)
+    assert 0.3 < float(PARAMS.share_mean) < 0.5  # E[sigmoid] of a logit-normal, median 0.3
+    markov = dataclasses.replace(SC, link=dataclasses.replace(LINK, share=pr.ShareConfig(
+        kind="markov", levels=(1.0, 0.5), transition=((0.5, 0.5), (0.5, 0.5))))).build()
+    assert math.isclose(float(markov.share_mean), 0.75, rel_tol=1e-5)
