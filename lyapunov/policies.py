@@ -58,11 +58,14 @@ def estimate_link(obs: Obs, estimator: str = "last") -> LinkState:
     raise ValueError(f"estimator must be 'last' or 'ewma', got {estimator!r}")
 
 
-def oracle(max_solves: int = 48, nu_iters: int = 20) -> Policy:
+def oracle(**solver_kw) -> Policy:
+    """``solver_kw``: max_solves, nu_iters, units of ``solve_slot`` (defaults otherwise; all
+    solver-based policies then share one compiled ``solve_slot``)."""
+
     def act(key, state: EnvState, params: EnvParams):
         del key
         return solve_slot(state.queues, cost_link(state.link_t), params.spec, params.slot,
-                          params.precisions, max_solves, nu_iters).partition
+                          params.precisions, **solver_kw).partition
 
     return Policy("oracle", act, clairvoyant=True)
 

@@ -1,0 +1,151 @@
+"""Policies behind one interface and `simulate`: the oracle's per-slot DPP is the minimum over
+every policy's on the same state, dp-estimate equals the oracle on a constant link, vmap over
+seeds equals per-seed runs, common random numbers, stability verdicts, the cvx policy runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from costmodel.cards import ModelCard
+from costmodel.costs import request_costs
+from costmodel.partition import layer_cut
+from lyapunov import env as E
+from lyapunov import policies as P
+from lyapunov import processes as pr
+from lyapunov.queues import Queues
+from lyapunov.simulate import rollout, simulate
+
+CARD = ModelCard("tiny-2x3", 2, 3, 3, 192, 768, 500, "swiglu", False)
+LINK = pr.LinkConfig(bandwidth=pr.BandwidthConfig(kind="ar1", mean_mbps=20.0, std_mbps=15.0,
+                                                  rho=0.7),
+                     rtt_ms=10.0, rtt_jitter_ms=5.0,
+                     share=pr.ShareConfig(kind="ar1", median_share=0.05, logit_std=1.5, rho=0.8))
+SC = E.Scenario(model=CARD, prompt_tokens=64, new_tokens=16, tau_s=0.2, V=2.0, e_bar_j=0.05,
+                a_bar=0.5, pen_energy=0.5, arrival=pr.ArrivalConfig(rate=2.0), link=LINK,
+                history=4)
+PARAMS = SC.build()
+step = jax.jit(E.step)
+reset = jax.jit(E.reset)
+
+
+def _states(n, seed=0):
+    """States along a run of a cheap policy, with random queues (so the DPP trades off)."""
+    rng = np.random.default_rng(seed)
+    obs, state = reset(jax.random.PRNGKey(seed), PARAMS)
+    out = []
+    for t in range(n):
+        q = Queues(*(jnp.float32(x) for x in rng.exponential([20.0, 5.0, 2.0, 0.0])))
+        out.append(state.replace(queues=q))
+        obs, state, _, _, _ = step(jax.random.PRNGKey(100 + t), state,
+                                   layer_cut(2, 3, int(rng.integers(0, 3))), PARAMS)
+    return out
+
+
+def test_oracle_dpp_is_the_per_slot_minimum():
+    """On the same state and the same key, no policy's slot DPP is below the oracle's."""
+    names = ["dp-estimate", "greedy", "cloud-only", "edge-only", "best-cut", "static-cut", "cvx"]
+    pols = {n: P.get_policy(n) for n in names}
+    acts = {n: (p.act if not p.jittable or n in ("dp-estimate", "greedy") else jax.jit(p.act))
+            for n, p in pols.items()}
+    oracle = P.oracle()
+    n_strict = 0
+    for i, state in enumerate(_states(6)):
+        key = jax.random.PRNGKey(i)
+        obs = E.observe(state)
+        a_o = oracle.act(key, state, PARAMS)
+        dpp_o = float(step(key, state, a_o, PARAMS)[4].dpp)
+        for name, act in acts.items():
+            x = state if pols[name].clairvoyant else obs
+            info = step(key, state, act(key, x, PARAMS), PARAMS)[4]
+            assert dpp_o <= float(info.dpp) + 1e-4 * (abs(dpp_o) + 1.0), name
+            n_strict += float(info.dpp) > dpp_o + 1e-3
+    assert n_strict > 0  # the comparison is not vacuous
+
+
+def test_dp_estimate_equals_oracle_on_a_constant_link():
+    const = dataclasses.replace(SC, link=pr.LinkConfig(
+        bandwidth=pr.BandwidthConfig(kind="constant", mean_mbps=15.0), rtt_ms=10.0,
+        share=pr.ShareConfig(kind="constant", share=0.2))).build()
+    oracle, est = P.oracle(), P.dp_estimate("last")
+    obs, state = reset(jax.random.PRNGKey(1), const)
+    for t in range(6):
+        a_o = oracle.act(None, state, const)
+        a_e = est.act(None, obs, const)
+        for x, y in zip(jax.tree.leaves(a_o), jax.tree.leaves(a_e), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        obs, state, _, _, _ = step(jax.random.PRNGKey(t), state, a_o, const)
+
+
+def test_vmap_over_seeds_equals_a_loop():
+    """vmap(rollout) of the oracle over seeds equals step-by-step runs of the same seeds
+    (jit vs the eager policy around the jitted step)."""
+    n = 5
+    keys = jax.random.split(jax.random.PRNGKey(2), 2)
+    oracle = P.oracle()
+    info, actions, _ = jax.jit(jax.vmap(rollout, in_axes=(None, None, None, 0)),
+                               static_argnums=(0, 2))(oracle, PARAMS, n, keys)
+    for b, key in enumerate(keys):
+        k_reset, k_env, k_pol = jax.random.split(key, 3)
+        _, state = reset(k_reset, PARAMS)
+        for t, k in enumerate(jax.random.split(k_env, n)):
+            a = oracle.act(None, state, PARAMS)
+            np.testing.assert_array_equal(np.asarray(a.edge_heads),
+                                          np.asarray(actions.edge_heads[b, t]))
+            _, state, _, _, inf = step(k, state, a, PARAMS)
+            assert math.isclose(float(inf.dpp), float(info.dpp[b, t]), rel_tol=1e-5,
+                                abs_tol=1e-5)
+    assert np.all(np.asarray(info.backlog) >= 0)
+
+
+def test_simulate_metrics_crn_and_stability():
+    low = dataclasses.replace(SC, arrival=pr.ArrivalConfig(rate=0.5), e_bar_j=math.inf)
+    a = simulate("cloud-only", low, 64, seed=3)
+    b = simulate("edge-only", low, 64, seed=3)
+    keys = {"latency_mean_s", "latency_p95_s", "energy_mean_j", "accuracy_drop_mean",
+            "backlog_mean", "dpp_mean", "decision_time_s", "stable", "cloud_cost_mean"}
+    assert keys <= set(a)
+    assert a["arrivals_mean"] == b["arrivals_mean"]  # common random numbers
+    assert a["stable"] and a["infeasible_frac"] == 0.0
+    assert a["latency_p95_s"] >= a["latency_mean_s"] > 0
+    # Overload: arrivals at three times what edge-only can serve (tau / l per slot).
+    lat = float(request_costs(P.edge_only().act(None, None, PARAMS), P.mean_link(PARAMS),
+                              PARAMS.spec).latency_s)
+    rate = 3.0 * SC.tau_s / lat
+    high = dataclasses.replace(low, arrival=pr.ArrivalConfig(rate=rate))
+    c = simulate("edge-only", high, 64, seed=3, return_trajectory=True)
+    assert not c["stable"] and c["backlog_growth"] > 0.5 * rate
+    assert np.all(c["trajectory"].backlog >= 0)
+
+
+def test_cvx_policy_runs_in_simulate():
+    pytest.importorskip("cvxpy")
+    out = simulate("cvx", SC, 5, seed=4)
+    assert out["policy"] == "cvx" and out["decision_time_s"] > 0
+    assert out["infeasible_frac"] == 0.0 and math.isfinite(out["dpp_mean"])
+
+
+def test_baselines():
+    """Known values: cloud-only under a privacy floor keeps the floor on the edge; static-cut is
+    the best cut for the stationary mean link; best-cut is the fastest feasible candidate."""
+    priv = dataclasses.replace(SC, privacy_layers=1).build()
+    a = P.cloud_only().act(None, None, priv)
+    assert bool(a.embed_edge) and int(a.edge_heads[0]) == 3 and int(a.ffn[1]) == 1
+    s = P.static_cut().act(None, None, PARAMS)
+    ref = P.best_cut_for(P.mean_link(PARAMS), PARAMS)
+    for x, y in zip(jax.tree.leaves(s), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    link = P.mean_link(PARAMS)
+    cands = P.cut_candidates(PARAMS)
+    lat = jax.vmap(request_costs, in_axes=(0, None, None))(cands, link, PARAMS.spec).latency_s
+    best = request_costs(ref, link, PARAMS.spec).latency_s
+    assert math.isclose(float(best), float(jnp.min(lat)), rel_tol=1e-6)
+    with pytest.raises(ValueError, match="valid"):
+        P.get_policy("nope")
+    with pytest.raises(ValueError, match="estimator"):
+        P.dp_estimate("median")
