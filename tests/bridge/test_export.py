@@ -1,0 +1,121 @@
+"""Policy export: the torch module and the ONNX graph reproduce the Flax policy (logits within
+1e-5, the same greedy actions) on 1,000 random observations; the CLI round trip."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from flax import nnx  # noqa: E402
+
+from agents import checkpoint  # noqa: E402
+from agents.actions import ActionConfig, make_space  # noqa: E402
+from agents.networks import ActorCritic, NetConfig  # noqa: E402
+from bridge import export, torch_policy  # noqa: E402
+from costmodel.cards import ModelCard  # noqa: E402
+from costmodel.spec import make_spec  # noqa: E402
+
+SHAPES = (16, 8, 3)  # observe_features' 16 scalars, a window of 8 slots, 3 channels
+
+
+SMALL = ModelCard("small-8x4", 8, 4, 2, 256, 768, 1000, "swiglu", True)
+
+
+def _save(path, kind, privacy_layers=0, sharpen=True, seed=0, card="smollm2-135m"):
+    """A freshly initialized policy (default: SmolLM2-135M on the Pi 5), saved with
+    agents.checkpoint.
+
+    sharpen: scale the output layers (initialized at 0.01) to logits of order 1-10, so the
+    greedy choices depend on the network and not only on the stay prior, as after training.
+    """
+    spec = make_spec(card, "rpi5", privacy_layers=privacy_layers)
+    space = make_space(spec, ActionConfig(kind=kind))
+    net = NetConfig()
+    model = ActorCritic(space, *SHAPES, net, nnx.Rngs(seed))
+    if sharpen:
+        rng = np.random.default_rng(seed)
+        layers = [model.high] + ([model.low2] if kind != "layerwise" else [])
+        for layer in layers:
+            layer.kernel[...] = layer.kernel[...] * 300.0
+            layer.bias[...] = rng.standard_normal(layer.bias.shape).astype(np.float32)
+    return checkpoint.save(path, model, net, SHAPES)
+
+
+@pytest.fixture(scope="module")
+def hier_ck(tmp_path_factory):
+    return _save(tmp_path_factory.mktemp("ck") / "hier", "hier")
+
+
+def _check(results, n):
+    for p in results:
+        assert p.n == n
+        assert p.action_agreement == 1.0, p
+        assert p.max_logit_diff <= 1e-5, p
+
+
+def test_parity_hier_1000(hier_ck):
+    _check(export.parity(hier_ck, n=1000, seed=0), 1000)
+
+
+@pytest.mark.parametrize("kind,privacy,sharpen", [("flat_head", 0, True),
+                                                   ("layerwise", 3, True),
+                                                   ("hier", 5, False)])
+def test_parity_other_kinds(tmp_path, kind, privacy, sharpen):
+    """The other action kinds, a privacy floor, and an untouched fresh policy (near-uniform
+    logits: the stay prior decides) on a smaller card (less to compile)."""
+    ck = _save(tmp_path / kind, kind, privacy, sharpen, seed=1, card=SMALL)
+    _check(export.parity(ck, n=300, seed=2), 300)
+
+
+def test_greedy_actions_vary_and_masks_bind(hier_ck):
+    """The random observations exercise the masks: the greedy choices differ across the batch
+    and the memory budget forces some layers off the edge."""
+    module = torch_policy.from_checkpoint(hier_ck)
+    inputs = export.random_inputs(module.cfg, 1000, seed=0)
+    out = export.torch_reference(module)(**inputs)
+    assert len(np.unique(out["modes"], axis=0)) > 5
+    assert len(np.unique(out["embed"])) == 2
+    assert len(np.unique(out["low"], axis=0)) > 20
+    tight = inputs["budget"] < 0.3 * (module.cfg.n_layers * inputs["layer_mem"][:, -1, 0])
+    assert (out["modes"][tight] != 0).any(axis=1).all()  # nothing fits fully on the edge
+
+
+def test_state_dict_layout(hier_ck):
+    arrays = dict(np.load(hier_ck / "params.npz"))
+    sd = torch_policy.state_dict_from_flax(arrays)
+    k = arrays["['conv1']['kernel'].value"]  # Flax [k, in, out]
+    np.testing.assert_array_equal(sd["conv1.weight"].numpy(), k.transpose(2, 1, 0))
+    np.testing.assert_array_equal(sd["torso1.weight"].numpy(),
+                                  arrays["['torso1']['kernel'].value"].T)
+    arrays["['bogus']['kernel'].value"] = np.zeros((2, 2), np.float32)
+    with pytest.raises(RuntimeError):
+        torch_policy.build(json.loads((hier_ck / "config.json").read_text()),
+                           torch_policy.state_dict_from_flax(arrays))
+
+
+def _args(**kw):
+    ap = argparse.ArgumentParser()
+    export.add_args(ap)
+    argv = [x for k, v in kw.items() for x in (f"--{k}", str(v))]
+    return ap.parse_args(argv)
+
+
+def test_cli_torch_and_onnx(hier_ck, tmp_path, capsys):
+    pt, onnx_file = tmp_path / "policy.pt", tmp_path / "policy.onnx"
+    assert export.cli(_args(checkpoint=hier_ck, format="torch", out=pt, parity=0)) == 0
+    assert export.cli(_args(checkpoint=hier_ck, format="onnx", out=onnx_file, parity=0)) == 0
+    assert "wrote" in capsys.readouterr().out
+    module = torch_policy.load(pt)
+    inputs = export.random_inputs(module.cfg, 64, seed=3)
+    want = export.torch_reference(torch_policy.from_checkpoint(hier_ck))(**inputs)
+    got_pt = export.torch_reference(module)(**inputs)
+    got_onnx = export.onnx_reference(export.onnx_session(onnx_file))(**inputs)
+    for name in torch_policy.OUTPUT_NAMES:
+        np.testing.assert_array_equal(got_pt[name], want[name])
+        np.testing.assert_allclose(got_onnx[name], want[name], atol=1e-5, rtol=0)
+    one = {k: v[:1] for k, v in inputs.items()}  # batch 1 through the dynamic batch axis
+    assert export.onnx_reference(export.onnx_session(onnx_file))(**one)["low"].shape == (1, 30)
