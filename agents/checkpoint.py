@@ -100,8 +100,8 @@ def read_config(path: str | Path) -> dict:
 
 def space_and_net(config: dict) -> tuple[ActionSpace, NetConfig, tuple[int, int, int]]:
     sp = dict(config["space"])
-    sp["head_counts"] = tuple(sp["head_counts"])
-    sp["group_of_layer"] = tuple(sp["group_of_layer"])
+    for k in ("head_counts", "group_of_layer", "precisions"):
+        sp[k] = tuple(sp[k])
     return ActionSpace(**sp), NetConfig(**config["net"]), tuple(config["shapes"])
 
 

@@ -435,7 +435,8 @@ def make_train(cfg: TrainConfig, env: EnvAdapter | None = None, env_params=None)
 
     `env`/`env_params` default to `lyapunov.env` and the config's scenario. The returned
     function carries `train.setup` (TrainSetup: action space, graphdef, feature shapes), what
-    is needed to rebuild the networks from a runner's state.
+    is needed to rebuild the networks from a runner's state, and `train.init` (key -> the
+    initial Runner of that seed: fresh networks, reset environments).
     """
     env, env_params = _resolve(cfg, env, env_params)
     ts, init, update = setup(cfg.ppo, env, env_params, cfg.action, cfg.net)
@@ -445,6 +446,7 @@ def make_train(cfg: TrainConfig, env: EnvAdapter | None = None, env_params=None)
         return jax.lax.scan(lambda r, _: update(r), runner, None, cfg.ppo.num_updates)
 
     train.setup = ts
+    train.init = init
     return train
 
 
