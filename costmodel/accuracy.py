@@ -58,6 +58,11 @@ def _load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _nonneg(values) -> np.ndarray:
+    """Measured costs below zero are measurement noise (a quantizer cannot help on average)."""
+    return np.maximum(np.asarray(values, float), 0.0)
+
+
 def _normalize(head: np.ndarray, ffn: np.ndarray):
     head = np.clip(np.asarray(head, float), 1e-12, None)
     ffn = np.clip(np.asarray(ffn, float), 1e-12, None)
@@ -77,8 +82,9 @@ def accuracy_profile(card: ModelCard) -> AccuracyProfile:
     own = _load(card.name)
     if own is not None:
         head, ffn = _normalize(own["head_importance"], own["ffn_importance"])
-        act = np.array([own["act_crossing_rel"][p] for p in ACT_PRECISIONS])
-        return AccuracyProfile(act, dict(own["weight_rel"]), head, ffn,
+        act = _nonneg([own["act_crossing_rel"][p] for p in ACT_PRECISIONS])
+        weight_rel = {b: max(float(v), 0.0) for b, v in own["weight_rel"].items()}
+        return AccuracyProfile(act, weight_rel, head, ffn,
                                f"measured on {card.name} by the torch bridge")
     smol = _load("smollm2-135m")
     weight_rel = lit["weight_rel"].get(card.name, lit["weight_rel"]["llama-7b"])
@@ -95,7 +101,7 @@ def accuracy_profile(card: ModelCard) -> AccuracyProfile:
         smol_card = get_card("smollm2-135m")
         scale = _ffn_head_ratio(card) / _ffn_head_ratio(smol_card)
         head, ffn = _normalize(per_layer[:, :1] * spread[None, :], per_layer[:, 1] * scale)
-        act = np.array([smol["act_crossing_rel"][p] for p in ACT_PRECISIONS])
+        act = _nonneg([smol["act_crossing_rel"][p] for p in ACT_PRECISIONS])
         return AccuracyProfile(act, weight_rel, head, ffn,
                                "transferred from the SmolLM2-135M bridge measurement; weight "
                                "costs from llama.cpp perplexity tables")
