@@ -161,11 +161,61 @@ def run_policy(policy, params, n_slots: int, seeds: Sequence[int]) -> list[dict]
     return rows
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckpointGroup:
+    """Checkpoints of one architecture (e.g. the seeds of a run), evaluated together: their
+    parameters are stacked and vmapped, so the rollout compiles once for all of them.
+
+    names: policy name of each checkpoint in the CSV; paths: their directories.
+    """
+
+    names: tuple[str, ...]
+    paths: tuple[str, ...]
+    sample: bool = False
+
+
+def run_checkpoints(group: CheckpointGroup, params, n_slots: int,
+                    seeds: Sequence[int]) -> list[list[dict]]:
+    """Per checkpoint, per seed, the metrics of `run_policy` (one compiled rollout)."""
+    from flax import nnx
+
+    from lyapunov import env as E
+    from lyapunov.simulate import rollout, summarize
+
+    models = [checkpoint.load_model(p)[0] for p in group.paths]
+    graphdef, _ = nnx.split(models[0])
+    for p, m in zip(group.paths, models, strict=True):
+        if m.space != models[0].space or nnx.graphdef(m) != graphdef:
+            raise checkpoint.CheckpointError(f"{p}: not the architecture of {group.paths[0]}")
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *[nnx.state(m) for m in models])
+    keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
+
+    def one(state, key):
+        pol = learned_policy(nnx.merge(graphdef, state), sample=group.sample)
+        info, _, last = rollout(pol, params, n_slots, key)
+        return info, last
+
+    info, last = jax.block_until_ready(
+        jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))(stacked, keys))
+    pol0 = learned_policy(models[0], sample=group.sample)
+    dt = decision_time(pol0, params, E.observe(jax.tree.map(lambda v: v[0, 0], last)))
+    out = []
+    for i, name in enumerate(group.names):
+        rows = []
+        for j, s in enumerate(seeds):
+            r = summarize(jax.tree.map(lambda v, i=i, j=j: v[i, j], info),
+                          float(params.lam_mean), dt)
+            r.update(policy=name, n_slots=int(n_slots), seed=int(s))
+            rows.append(r)
+        out.append(rows)
+    return out
+
+
 def evaluate(policies: Sequence, cases: Sequence[ScenarioCase], seeds: Sequence[int],
              n_slots: int, out_csv: str | Path | None = None, log=None) -> list[dict]:
     """Run every policy on every scenario and seed; rows (and the CSV when `out_csv`).
 
-    policies: Policy objects or spec strings (`resolve_policy`).
+    policies: Policy objects, spec strings (`resolve_policy`) or CheckpointGroups.
     """
     pols = [resolve_policy(p) if isinstance(p, str) else p for p in policies]
     rows = []
@@ -173,13 +223,18 @@ def evaluate(policies: Sequence, cases: Sequence[ScenarioCase], seeds: Sequence[
         params = case.scenario.build()
         for pol in pols:
             t0 = time.perf_counter()
-            for r in run_policy(pol, params, n_slots, seeds):
-                rows.append({"policy": pol.name, **case.label_dict, "seed": r["seed"],
-                             "n_slots": n_slots, **{k: r[k] for k in METRIC_KEYS}})
-            if log is not None:
-                mean = np.mean([r["dpp_mean"] for r in rows[-len(seeds):]])
-                log(f"{pol.name} {case.label_dict}: dpp_mean {mean:.4g} "
-                    f"({time.perf_counter() - t0:.1f} s)")
+            if isinstance(pol, CheckpointGroup):
+                per = run_checkpoints(pol, params, n_slots, seeds)
+            else:
+                per = [run_policy(pol, params, n_slots, seeds)]
+            for res in per:
+                for r in res:
+                    rows.append({"policy": r["policy"], **case.label_dict, "seed": r["seed"],
+                                 "n_slots": n_slots, **{k: r[k] for k in METRIC_KEYS}})
+                if log is not None:
+                    mean = np.mean([r["dpp_mean"] for r in res])
+                    log(f"{res[0]['policy']} {case.label_dict}: dpp_mean {mean:.4g} "
+                        f"({time.perf_counter() - t0:.1f} s)")
     if out_csv is not None:
         write_csv(rows, out_csv)
     return rows

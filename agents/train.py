@@ -134,13 +134,24 @@ def _resume(runner, path, num_seeds):
         updates[0]
 
 
+def _registered(x) -> bool:
+    from costmodel.cards import CARDS
+    from costmodel.profiles import PROFILES
+
+    reg = CARDS if type(x).__name__ == "ModelCard" else PROFILES
+    return reg.get(x.name) == x
+
+
 def config_to_json(cfg: TrainConfig) -> dict:
-    """A JSON-able dict of a TrainConfig (the scenario by its fields; model/profile objects by
-    name)."""
+    """A JSON-able dict of a TrainConfig (the scenario by its fields; a model card or device
+    profile by name when it is the registered one, else by its fields)."""
     def conv(x):
         if dataclasses.is_dataclass(x) and not isinstance(x, type):
-            if hasattr(x, "name") and type(x).__name__ in ("ModelCard", "DeviceProfile"):
-                return x.name
+            if type(x).__name__ in ("ModelCard", "DeviceProfile"):
+                if _registered(x):
+                    return x.name
+                return {"__type__": type(x).__name__,
+                        **{f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x)}}
             if type(x).__name__ == "AccuracyProfile":
                 return "custom"
             return {f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x)}
@@ -155,10 +166,15 @@ def config_to_json(cfg: TrainConfig) -> dict:
 
 def config_from_json(d: dict) -> TrainConfig:
     """Inverse of config_to_json (for configs whose scenario uses registered names)."""
+    from costmodel.cards import ModelCard
+    from costmodel.profiles import DeviceProfile
     from lyapunov import processes as pr
     from lyapunov.env import Scenario
 
     def fl(v):
+        if isinstance(v, dict) and "__type__" in v:
+            kind = {"ModelCard": ModelCard, "DeviceProfile": DeviceProfile}[v["__type__"]]
+            return kind(**{k: fl(x) for k, x in v.items() if k != "__type__"})
         return math.inf if v == "inf" else v
 
     def tup(v):
