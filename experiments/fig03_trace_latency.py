@@ -1,0 +1,204 @@
+"""Figure 3: request latency distribution (CDF) and p95 on the Norway HSDPA traces, for our
+controller against cloud-only, edge-only, the adaptive best layer cut (Neurosurgeon-style),
+the static best cut, and (when trained checkpoints exist) the layer-wise DRL baseline.
+
+The slot environment (lyapunov.env) replays the four shipped Norway traces concatenated, from a
+random offset per seed; arrivals are Poisson; the cloud share follows an AR(1) on its logit per
+condition (experiments.sim.CONDITIONS). Every policy sees the same arrival, bandwidth and share
+paths for a given seed (common random numbers). Per slot, the latency is that of one request
+under the slot's partition in the slot's link (the cost model); the queueing delay is reported
+separately by Little's law (time-average backlog / arrival rate).
+
+"Ours" is the hierarchical PPO policy when a trained checkpoint is configured; until then the
+model-based DPP controller (`dp-estimate`, Splitwise's per-slot objective solved exactly on the
+last slot's measurements) stands in, labelled as such, and the clairvoyant oracle is drawn as the
+bound no causal controller can beat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from costmodel.costs import request_costs
+from costmodel.link import LinkState
+from experiments.common import (
+    DEVICE_LABEL,
+    MODEL_LABEL,
+    fig_legend,
+    log_axis,
+    pyplot,
+    read_rows,
+    save,
+    write_config,
+    write_rows,
+)
+from experiments.registry import Experiment
+from experiments.sim import (
+    CONDITIONS,
+    POLICY_COLOR,
+    POLICY_LABEL,
+    POLICY_STYLE,
+    REFERENCE_POLICIES,
+    mean_ci,
+    norway_trace,
+    policy,
+    require_lyapunov,
+    rollouts,
+    scenario,
+    seed_keys,
+    stack,
+)
+
+NAME = "trace_latency"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """models, devices: cards and edge profiles; conditions: keys of experiments.sim.CONDITIONS;
+    policies: lyapunov policy names; checkpoints: (label, directory) of trained agents
+    (agents.checkpoint) evaluated beside them; rate: Poisson arrivals per slot; V: DPP weight;
+    tau_s: slot length (s); n_slots: slots per run; seeds: runs (trace offset, arrival and
+    share paths)."""
+
+    models: tuple[str, ...] = ("llama-7b",)
+    devices: tuple[str, ...] = ("orin-nx", "galaxy-s23", "rpi5")
+    conditions: tuple[str, ...] = ("dc-idle", "dc-contended", "mec-contended")
+    policies: tuple[str, ...] = REFERENCE_POLICIES
+    checkpoints: tuple[tuple[str, str], ...] = ()
+    rate: float = 0.3
+    V: float = 10.0
+    tau_s: float = 2.0
+    n_slots: int = 2000
+    seeds: int = 10
+
+
+# Batch = devices x conditions x seeds: 30 (quick) and 90 (full), as in figure 4.
+QUICK = Config(devices=("orin-nx", "rpi5"), n_slots=300, seeds=5)
+FULL = Config(models=("gpt2-xl", "llama-7b", "llama-13b"))
+
+
+@jax.jit
+def _edge_memory(actions, spec):
+    """float [B, T] edge memory (GB) of the chosen partitions (link-independent)."""
+    one = LinkState(*(np.float32(1.0),) * 4)
+
+    def per_elem(acts, sp):
+        return jax.vmap(lambda a: request_costs(a, one, sp).edge_memory_gb)(acts)
+
+    return jax.vmap(per_elem)(actions, spec)
+
+
+def run(cfg: Config, out_dir: Path, progress) -> None:
+    _, _, simulate = require_lyapunov()
+    trace = norway_trace(out_dir)
+    rows, lat_arrays = [], {}
+    combos = [(d, c) for d in cfg.devices for c in cfg.conditions]
+    keys = seed_keys(cfg.seeds)
+    jobs = [(m, p) for m in cfg.models for p in cfg.policies]
+    params_by_model = {}
+    for model, pname in progress(jobs, desc="policies", total=len(jobs)):
+        if model not in params_by_model:
+            built = [scenario(model, d, CONDITIONS[c], trace, rate=cfg.rate, V=cfg.V,
+                              tau_s=cfg.tau_s).build() for d, c in combos]
+            params_by_model[model] = (built, stack([b for b in built for _ in range(cfg.seeds)]))
+        built, batch = params_by_model[model]
+        info, actions = rollouts(policy(pname), batch,
+                                 cfg.n_slots, jax.numpy.tile(keys, (len(combos), 1)))
+        mem = np.asarray(_edge_memory(actions, batch.spec))
+        for i, (device, cond) in enumerate(combos):
+            lat = np.full((cfg.seeds, cfg.n_slots), np.nan, np.float32)
+            for s in range(cfg.seeds):
+                j = i * cfg.seeds + s
+                one = jax.tree.map(lambda x, j=j: x[j], info)
+                summ = simulate.summarize(one, float(built[i].lam_mean), 0.0)
+                ok = one.feasible.astype(bool)
+                lat[s, ok] = one.latency_s[ok]
+                rows.append({"model": model, "device": device, "condition": cond,
+                             "policy": pname, "seed": s,
+                             **{k: v for k, v in summ.items() if k != "decision_time_s"},
+                             "delay_little_s": summ["backlog_mean"] / max(summ["arrivals_mean"],
+                                                                          1e-9) * cfg.tau_s,
+                             "edge_memory_mean_gb": float(np.mean(mem[j])),
+                             "edge_memory_max_gb": float(np.max(mem[j])),
+                             "mem_budget_gb": float(built[i].spec.edge.mem_budget) / 1e9})
+            lat_arrays[f"{model}|{device}|{cond}|{pname}"] = lat
+    write_rows(out_dir / "summary.csv", rows)
+    np.savez_compressed(out_dir / "latencies.npz", **lat_arrays)
+    write_config(out_dir, cfg, experiment=NAME, trace=str(trace.name),
+                 conditions={c: dataclasses.asdict(CONDITIONS[c]) for c in cfg.conditions},
+                 ours="hier" if cfg.checkpoints else "dp-estimate")
+
+
+def plot(run_dir: Path) -> list[Path]:
+    plt = pyplot()
+    run_dir = Path(run_dir)
+    rows = read_rows(run_dir / "summary.csv")
+    lats = np.load(run_dir / "latencies.npz")
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        devices = list(dict.fromkeys(r["device"] for r in rows if r["model"] == model))
+        conds = list(dict.fromkeys(r["condition"] for r in rows if r["model"] == model))
+        pols = list(dict.fromkeys(r["policy"] for r in rows if r["model"] == model))
+        # CDFs: rows devices, columns conditions.
+        fig, axes = plt.subplots(len(devices), len(conds), squeeze=False,
+                                 figsize=(3.6 * len(conds), 2.6 * len(devices)))
+        for i, d in enumerate(devices):
+            for j, c in enumerate(conds):
+                ax = axes[i, j]
+                for p in pols:
+                    x = lats[f"{model}|{d}|{c}|{p}"].ravel()
+                    x = np.sort(x[np.isfinite(x)])
+                    if x.size == 0:
+                        continue
+                    y = np.arange(1, x.size + 1) / x.size
+                    ax.plot(x, y, color=POLICY_COLOR.get(p, None), label=POLICY_LABEL.get(p, p),
+                            **POLICY_STYLE.get(p, {}))
+                ax.axhline(0.95, color="grey", lw=0.6, ls=":")
+                log_axis(ax, "x")
+                ax.set_title(f"{DEVICE_LABEL.get(d, d)}; {c}")
+                if i == len(devices) - 1:
+                    ax.set_xlabel("request latency (s)")
+                if j == 0:
+                    ax.set_ylabel("CDF over slots")
+        fig.suptitle(f"{MODEL_LABEL.get(model, model)} on the Norway traces: latency CDF "
+                     "(dotted line: p95)")
+        fig.tight_layout()
+        fig_legend(fig, axes, ncol=3, y=0.99)
+        out.append(save(fig, run_dir / f"latency_cdf_{model}.png"))
+        # p95 with 95% CI over seeds.
+        fig, axes = plt.subplots(1, len(devices), squeeze=False, figsize=(4.2 * len(devices), 3))
+        width = 0.8 / len(pols)
+        for j, d in enumerate(devices):
+            ax = axes[0, j]
+            for k, p in enumerate(pols):
+                m, h = [], []
+                for c in conds:
+                    v = [r["latency_p95_s"] for r in rows if r["model"] == model
+                         and r["device"] == d and r["condition"] == c and r["policy"] == p
+                         and r["latency_p95_s"] is not None]
+                    mm, hh = mean_ci(v) if v else (np.nan, np.nan)
+                    m.append(mm)
+                    h.append(hh)
+                x = np.arange(len(conds)) - 0.4 + width * (k + 0.5)
+                ax.bar(x, m, width, yerr=h, color=POLICY_COLOR.get(p), capsize=2,
+                       label=POLICY_LABEL.get(p, p))
+            ax.set_xticks(np.arange(len(conds)), conds)
+            log_axis(ax, "y")
+            ax.grid(axis="x", visible=False)
+            ax.set_title(DEVICE_LABEL.get(d, d))
+            if j == 0:
+                ax.set_ylabel("p95 request latency (s)")
+        fig.suptitle(f"{MODEL_LABEL.get(model, model)}: p95 latency on the Norway traces "
+                     "(mean and 95% CI over seeds)")
+        fig.tight_layout()
+        fig_legend(fig, axes, ncol=3, y=0.99)
+        out.append(save(fig, run_dir / f"latency_p95_{model}.png"))
+    return out
+
+
+EXPERIMENT = Experiment(NAME, 3, "Latency CDF and p95 on the Norway traces", QUICK, FULL, run,
+                        plot)
