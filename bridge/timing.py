@@ -57,11 +57,20 @@ def time_blocks(
 ) -> list[tuple[str, str, int, str, float]]:
     """Median times of every block type of ``model`` (layer ``layer``) at each token count.
 
-    head_counts defaults to ``1..H``. ``threads`` sets ``torch.set_num_threads`` (None: keep).
+    head_counts defaults to ``1..H``. ``threads``: torch threads while timing (None: keep the
+    current setting); the previous setting is restored on return.
     Returns rows ``(block, "edge", tokens, "fp32", seconds)``.
     """
+    before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        return _time_blocks(model, token_counts, head_counts, layer, warmup, repeats, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _time_blocks(model, token_counts, head_counts, layer, warmup, repeats, progress):
     cfg, lw = model.cfg, model.layers[layer]
     head_counts = range(1, cfg.n_heads + 1) if head_counts is None else head_counts
     gen = torch.Generator().manual_seed(0)

@@ -16,7 +16,8 @@ TINY = LlamaConfig(
 
 
 def test_csv_columns_and_positive_times(tmp_path):
-    rows = time_blocks(random_model(TINY), token_counts=(1, 8), warmup=1, repeats=3)
+    threads_before = torch.get_num_threads()
+    rows = time_blocks(random_model(TINY), token_counts=(1, 8), warmup=1, repeats=3, threads=1)
     path = write_csv(rows, tmp_path / "t.csv")
     with path.open() as f:
         reader = csv.DictReader(f)
@@ -38,6 +39,7 @@ def test_csv_columns_and_positive_times(tmp_path):
     assert {int(r["tokens"]) for r in got} == {1, 8}
     assert {r["side"] for r in got} == {"edge"} and {r["precision"] for r in got} == {"fp32"}
     assert all(float(r["seconds"]) > 0 for r in got)
+    assert torch.get_num_threads() == threads_before  # the thread setting is restored
 
 
 def test_median_of_repeats():
