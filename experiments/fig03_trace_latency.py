@@ -18,6 +18,7 @@ bound no causal controller can beat.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import jax
@@ -59,16 +60,21 @@ NAME = "trace_latency"
 @dataclasses.dataclass(frozen=True)
 class Config:
     """models, devices: cards and edge profiles; conditions: keys of experiments.sim.CONDITIONS;
-    policies: lyapunov policy names; checkpoints: (label, directory) of trained agents
-    (agents.checkpoint) evaluated beside them; rate: Poisson arrivals per slot; V: DPP weight;
+    policies: lyapunov policy names, and "dp-joint": dp-estimate with the penalty latency +
+    energy_weight (s/J) x edge energy (the paper's joint objective); checkpoints: (label,
+    directory) of trained agents (agents.checkpoint; relative to the results folder, then the
+    working directory) evaluated beside them on the scenarios of their training model, skipped
+    when absent; rate: Poisson arrivals per slot; V: DPP weight;
     tau_s: slot length (s); n_slots: slots per run; seeds: runs (trace offset, arrival and
     share paths)."""
 
     models: tuple[str, ...] = ("llama-7b",)
     devices: tuple[str, ...] = ("orin-nx", "galaxy-s23", "rpi5")
     conditions: tuple[str, ...] = ("dc-idle", "dc-contended", "mec-contended")
-    policies: tuple[str, ...] = REFERENCE_POLICIES
-    checkpoints: tuple[tuple[str, str], ...] = ()
+    policies: tuple[str, ...] = REFERENCE_POLICIES + ("dp-joint",)
+    checkpoints: tuple[tuple[str, str], ...] = (("hier", "train/hier/seed0"),
+                                                 ("layerwise", "train/layerwise/seed0"))
+    energy_weight: float = 0.05
     rate: float = 0.3
     V: float = 10.0
     tau_s: float = 2.0
@@ -98,16 +104,26 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     rows, lat_arrays = [], {}
     combos = [(d, c) for d in cfg.devices for c in cfg.conditions]
     keys = seed_keys(cfg.seeds)
+    ckpts = find_checkpoints(cfg, Path(out_dir).parent)
     jobs = [(m, p) for m in cfg.models for p in cfg.policies]
+    jobs += [(m, label) for label, (m, _) in ckpts.items() if m in cfg.models]
     params_by_model = {}
     for model, pname in progress(jobs, desc="policies", total=len(jobs)):
-        if model not in params_by_model:
+        joint = pname == "dp-joint"
+        if (model, joint) not in params_by_model:
             built = [scenario(model, d, CONDITIONS[c], trace, rate=cfg.rate, V=cfg.V,
-                              tau_s=cfg.tau_s).build() for d, c in combos]
-            params_by_model[model] = (built, stack([b for b in built for _ in range(cfg.seeds)]))
-        built, batch = params_by_model[model]
-        info, actions = rollouts(policy(pname), batch,
-                                 cfg.n_slots, jax.numpy.tile(keys, (len(combos), 1)))
+                              tau_s=cfg.tau_s, pen_energy=cfg.energy_weight if joint else 0.0
+                              ).build() for d, c in combos]
+            params_by_model[(model, joint)] = (
+                built, stack([b for b in built for _ in range(cfg.seeds)]))
+        built, batch = params_by_model[(model, joint)]
+        if pname in ckpts:
+            from agents.evaluate import load_policy
+
+            pol = load_policy(ckpts[pname][1], name=pname)
+        else:
+            pol = policy("dp-estimate" if joint else pname)
+        info, actions = rollouts(pol, batch, cfg.n_slots, jax.numpy.tile(keys, (len(combos), 1)))
         mem = np.asarray(_edge_memory(actions, batch.spec))
         for i, (device, cond) in enumerate(combos):
             lat = np.full((cfg.seeds, cfg.n_slots), np.nan, np.float32)
@@ -130,7 +146,22 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     np.savez_compressed(out_dir / "latencies.npz", **lat_arrays)
     write_config(out_dir, cfg, experiment=NAME, trace=str(trace.name),
                  conditions={c: dataclasses.asdict(CONDITIONS[c]) for c in cfg.conditions},
-                 ours="hier" if cfg.checkpoints else "dp-estimate")
+                 checkpoints={k: str(v[1]) for k, v in ckpts.items()},
+                 ours="hier" if "hier" in ckpts else "dp-estimate")
+
+
+def find_checkpoints(cfg: Config, out: Path) -> dict[str, tuple[str, Path]]:
+    """{label: (training model, directory)} of the configured checkpoints that exist."""
+    found = {}
+    for label, d in cfg.checkpoints:
+        for base in (Path(out), Path.cwd()):
+            p = Path(d) if Path(d).is_absolute() else base / d
+            if (p / "config.json").exists() and (p / "params.npz").exists():
+                train = json.loads((p / "config.json").read_text()).get("train") or {}
+                model = (train.get("scenario") or {}).get("model", "llama-7b")
+                found[label] = (model, p)
+                break
+    return found
 
 
 def plot(run_dir: Path) -> list[Path]:

@@ -25,6 +25,7 @@ POLICY_LABEL = {
     "best-cut": "best layer cut (adaptive, Neurosurgeon-style)",
     "static-cut": "static best cut (mean link)",
     "dp-estimate": "ours, model-based: DPP solved exactly on last-slot estimate",
+    "dp-joint": "ours, model-based, joint penalty (latency + 0.05 s/J x edge energy)",
     "oracle": "clairvoyant DPP oracle (upper bound)",
     "greedy": "greedy penalty-only",
     "hier": "ours: hierarchical PPO (trained)",
@@ -33,10 +34,12 @@ POLICY_LABEL = {
 POLICY_STYLE = {"cloud-only": dict(lw=3.0, alpha=0.45), "best-cut": dict(lw=3.0, alpha=0.45),
                 "static-cut": dict(lw=1.3, ls=":"), "dp-estimate": dict(lw=1.3),
                 "oracle": dict(lw=1.1, ls="--"), "edge-only": dict(lw=1.3),
+                "dp-joint": dict(lw=1.3, ls="-."),
                 "hier": dict(lw=1.6), "layerwise": dict(lw=1.3, ls="-.")}
 POLICY_COLOR = {"cloud-only": "#7570b3", "edge-only": "#1b9e77", "best-cut": "#d95f02",
                 "static-cut": "#a6761d", "dp-estimate": "#e7298a", "oracle": "#000000",
-                "greedy": "#66a61e", "hier": "#e6ab02", "layerwise": "#1f78b4"}
+                "greedy": "#66a61e", "dp-joint": "#1b7837", "hier": "#e6ab02",
+                "layerwise": "#1f78b4"}
 
 
 def require_lyapunov():
