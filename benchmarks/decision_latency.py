@@ -1,5 +1,9 @@
 """Decision latency of the exported policy: JAX (jitted) vs torch vs onnxruntime.
 
+Backends: the jitted Flax policy (``bridge.export.jax_reference``), the torch module eager
+and as ``torch.jit.trace`` (the graph the ONNX export records), and the ONNX graph in
+onnxruntime.
+
 One observation at a time (batch 1) on one thread: XLA's CPU client without its Eigen thread
 pool, ``torch.set_num_threads(1)``, an onnxruntime session with one intra-op thread. A decision
 is the whole greedy policy of ``bridge.torch_policy`` (encoder, heads, masked sequential
@@ -52,6 +56,21 @@ def fresh_checkpoint(path: Path, kind: str = "hier") -> Path:
     return checkpoint.save(path, ActorCritic(space, *shapes, net, nnx.Rngs(0)), net, shapes)
 
 
+def traced(module, example: dict):
+    """``torch.jit.trace`` of the module (the same graph the ONNX export records), checked
+    to give the same outputs on the example."""
+    import warnings
+
+    args = tuple(torch.from_numpy(example[k]) for k in torch_policy.INPUT_NAMES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = torch.jit.trace(module, args, check_trace=False)
+    with torch.inference_mode():
+        for a, b in zip(module(*args), out(*args), strict=True):
+            assert torch.equal(a, b)
+    return out
+
+
 def time_calls(fn, inputs: list[dict], warmup: int = 20) -> list[float]:
     """Seconds of each call of ``fn(**inputs[i])`` after ``warmup`` calls."""
     for i in range(warmup):
@@ -90,18 +109,20 @@ def main(argv: list[str] | None = None) -> int:
             jax.block_until_ready(ref.jitted(**x))
 
         torch_fn = export.torch_reference(module)
+        traced_fn = export.torch_reference(traced(module, inputs[0]))
         ort_fn = export.onnx_reference(export.onnx_session(export.onnx_bytes(module), 1))
         rows = [("jax (jit)", time_calls(jax_fn, inputs)),
-                ("torch", time_calls(torch_fn, inputs)),
+                ("torch (eager)", time_calls(torch_fn, inputs)),
+                ("torch (jit.trace)", time_calls(traced_fn, inputs)),
                 ("onnxruntime", time_calls(ort_fn, inputs))]
 
     base = statistics.median(rows[0][1])
     print(f"decision latency, batch 1, one thread, {args.calls} calls, kind "
           f"{module.cfg.kind} ({module.cfg.n_layers} layers, {module.cfg.n_groups} groups)")
-    print(f"{'backend':14s} {'median us':>10s} {'p90 us':>9s} {'vs jax':>7s}")
+    print(f"{'backend':18s} {'median us':>10s} {'p90 us':>9s} {'vs jax':>7s}")
     for name, t in rows:
         med, p90 = statistics.median(t), float(np.percentile(t, 90))
-        print(f"{name:14s} {med * 1e6:10.1f} {p90 * 1e6:9.1f} {med / base:7.2f}x")
+        print(f"{name:18s} {med * 1e6:10.1f} {p90 * 1e6:9.1f} {med / base:7.2f}x")
     return 0
 
 
