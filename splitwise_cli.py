@@ -125,12 +125,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_figures(args) -> int:
-    from experiments.registry import run_figures
+    from experiments.figures import main_figures
 
-    summary = run_figures("full" if args.full else "quick", args.only or None, args.out)
-    print(f"figures written to {args.out}/ in {summary['wall_seconds_last_call']} s; "
-          f"claims: {', '.join(summary.get('claims', []))}")
-    return 0
+    return main_figures(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,12 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     agents_evaluate.add_args(c)
     c.set_defaults(func=cmd_evaluate)
 
+    from experiments.figures import add_arguments as figures_args
+
     c = sub.add_parser("figures", help="regenerate the figures and the claims table")
-    mode = c.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="reduced sizes (default)")
-    mode.add_argument("--full", action="store_true", help="full sizes (see README for time)")
-    c.add_argument("--only", nargs="+", default=[], metavar="NAME")
-    c.add_argument("--out", default="results")
+    figures_args(c)
     c.set_defaults(func=cmd_figures)
 
     c = sub.add_parser("serve-cloud", help="serve the cloud blocks of split requests (threads)")
