@@ -130,6 +130,15 @@ def cmd_figures(args) -> int:
     return main_figures(args)
 
 
+def cmd_bridge(args) -> int:
+    """calibrate / export live in bridge/ (torch): parse their flags there, lazily."""
+    import importlib
+
+    module = importlib.import_module({"calibrate": "bridge.calibrate",
+                                      "export": "bridge.export"}[args.command])
+    return module.main(args.rest) or 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="splitwise", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -168,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     figures_args(c)
     c.set_defaults(func=cmd_figures)
 
+    c = sub.add_parser("calibrate", add_help=False,
+                       help="time SmolLM2 blocks here and fit a device profile (torch)")
+    c.add_argument("rest", nargs=argparse.REMAINDER)
+    c.set_defaults(func=cmd_bridge)
+    c = sub.add_parser("export", add_help=False,
+                       help="export a trained policy to torch or ONNX (torch)")
+    c.add_argument("rest", nargs=argparse.REMAINDER)
+    c.set_defaults(func=cmd_bridge)
+
     c = sub.add_parser("serve-cloud", help="serve the cloud blocks of split requests (threads)")
     c.add_argument("--host", default="127.0.0.1")
     c.add_argument("--port", type=int, default=7070)
@@ -200,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     from costmodel.link import InputError
     from costmodel.profiles import ProfileError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("calibrate", "export"):
+        # These live in bridge/ (torch); their flags are parsed there, imported lazily.
+        return cmd_bridge(argparse.Namespace(command=argv[0], rest=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
