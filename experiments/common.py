@@ -46,6 +46,10 @@ STRATEGY_LABEL = {"edge-only": "edge-only", "cloud-only": "cloud-only",
 STRATEGY_COLOR = {"edge-only": "#1b9e77", "cloud-only": "#7570b3",
                   "best-layer-cut": "#d95f02", "best-headwise": "#e7298a"}
 CHUNK = 128  # links per evaluator call (fixed: one compilation per spec shape)
+# The joint objective ("ours" in the claims): latency + energy and accuracy priced in seconds,
+# 0.05 s per J of edge energy and 0.2 s per % of perplexity increase.
+JOINT_ENERGY_S_PER_J = 0.05
+JOINT_ACCURACY_S_PER_PCT = 0.2
 
 # Fields of RequestCosts written to the tables.
 COST_FIELDS = ("latency_s", "energy_j", "cloud_cost", "accuracy_drop", "edge_memory_gb",

@@ -28,6 +28,8 @@ from costmodel.costs import request_costs
 from costmodel.link import LinkState
 from experiments.common import (
     DEVICE_LABEL,
+    JOINT_ACCURACY_S_PER_PCT,
+    JOINT_ENERGY_S_PER_J,
     MODEL_LABEL,
     fig_legend,
     log_axis,
@@ -55,13 +57,15 @@ from experiments.sim import (
 )
 
 NAME = "trace_latency"
+JOINT = {"pen_energy": JOINT_ENERGY_S_PER_J, "pen_accuracy": JOINT_ACCURACY_S_PER_PCT}
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """models, devices: cards and edge profiles; conditions: keys of experiments.sim.CONDITIONS;
-    policies: lyapunov policy names, and "dp-joint": dp-estimate with the penalty latency +
-    energy_weight (s/J) x edge energy (the paper's joint objective); checkpoints: (label,
+    policies: lyapunov policy names, and "dp-joint": dp-estimate with the joint penalty
+    latency + JOINT_ENERGY_S_PER_J x edge energy + JOINT_ACCURACY_S_PER_PCT x accuracy drop
+    (experiments.common; the paper's joint objective); checkpoints: (label,
     directory) of trained agents (agents.checkpoint; relative to the results folder, then the
     working directory) evaluated beside them on the scenarios of their training model, skipped
     when absent; rate: Poisson arrivals per slot; V: DPP weight;
@@ -74,7 +78,6 @@ class Config:
     policies: tuple[str, ...] = REFERENCE_POLICIES + ("dp-joint",)
     checkpoints: tuple[tuple[str, str], ...] = (("hier", "train/hier/seed0"),
                                                  ("layerwise", "train/layerwise/seed0"))
-    energy_weight: float = 0.05
     rate: float = 0.3
     V: float = 10.0
     tau_s: float = 2.0
@@ -112,8 +115,8 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
         joint = pname == "dp-joint"
         if (model, joint) not in params_by_model:
             built = [scenario(model, d, CONDITIONS[c], trace, rate=cfg.rate, V=cfg.V,
-                              tau_s=cfg.tau_s, pen_energy=cfg.energy_weight if joint else 0.0
-                              ).build() for d, c in combos]
+                              tau_s=cfg.tau_s, **(JOINT if joint else {})).build()
+                     for d, c in combos]
             params_by_model[(model, joint)] = (
                 built, stack([b for b in built for _ in range(cfg.seeds)]))
         built, batch = params_by_model[(model, joint)]
@@ -147,7 +150,8 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     write_config(out_dir, cfg, experiment=NAME, trace=str(trace.name),
                  conditions={c: dataclasses.asdict(CONDITIONS[c]) for c in cfg.conditions},
                  checkpoints={k: str(v[1]) for k, v in ckpts.items()},
-                 ours="hier" if "hier" in ckpts else "dp-estimate")
+                 ours="hier" if "hier" in ckpts else
+                 "dp-joint" if "dp-joint" in cfg.policies else "dp-estimate")
 
 
 def find_checkpoints(cfg: Config, out: Path) -> dict[str, tuple[str, Path]]:

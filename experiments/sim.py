@@ -25,7 +25,7 @@ POLICY_LABEL = {
     "best-cut": "best layer cut (adaptive, Neurosurgeon-style)",
     "static-cut": "static best cut (mean link)",
     "dp-estimate": "ours, model-based: DPP solved exactly on last-slot estimate",
-    "dp-joint": "ours, model-based, joint penalty (latency + 0.05 s/J x edge energy)",
+    "dp-joint": "ours, model-based, joint penalty (latency + 0.05 s/J energy + 0.2 s/% accuracy)",
     "oracle": "clairvoyant DPP oracle (upper bound)",
     "greedy": "greedy penalty-only",
     "hier": "ours: hierarchical PPO (trained)",

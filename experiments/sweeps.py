@@ -15,6 +15,8 @@ from costmodel.dp import Weights
 from costmodel.strategies import STRATEGIES
 from experiments.common import (
     DEVICES,
+    JOINT_ACCURACY_S_PER_PCT,
+    JOINT_ENERGY_S_PER_J,
     MODELS,
     evaluate_links,
     get_spec,
@@ -47,9 +49,12 @@ def request_sweep(models, devices, scenarios, bw_mbps, objective: str = "latency
                   progress=identity_progress) -> list[dict]:
     """Long-format rows (one per model, device, scenario, bandwidth, strategy).
 
-    objective: "latency" (the default weights) or "energy" (the best layer cut and the DP
-    minimize edge energy instead; edge-only and cloud-only are unchanged)."""
-    w = {"latency": Weights(), "energy": Weights(latency=0.0, energy=1.0)}[objective]
+    objective: "latency" (the default weights), "energy" (the best layer cut and the DP
+    minimize edge energy instead) or "joint" (latency + JOINT_ENERGY_S_PER_J x energy +
+    JOINT_ACCURACY_S_PER_PCT x accuracy drop); edge-only and cloud-only are unchanged."""
+    w = {"latency": Weights(), "energy": Weights(latency=0.0, energy=1.0),
+         "joint": Weights(latency=1.0, energy=JOINT_ENERGY_S_PER_J,
+                          accuracy=JOINT_ACCURACY_S_PER_PCT)}[objective]
     key = (tuple(models), tuple(devices), tuple(scenarios), tuple(float(b) for b in bw_mbps),
            objective)
     if key in _CACHE:
