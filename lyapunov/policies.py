@@ -23,11 +23,14 @@ calls cvxpy from Python.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from costmodel import partition as P
 from costmodel.costs import request_costs
@@ -173,7 +176,10 @@ def cvx(clairvoyant: bool = True, estimator: str = "last", iters: int = 3,
     def act(key, x, params: EnvParams):
         del key
         spec = params.spec
-        shape = (id(spec), spec.n_layers, spec.n_heads, spec.privacy_layers, params.precisions)
+        # The program holds per-option memory and edge time: key it by the spec's content.
+        leaves = b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(spec))
+        shape = (hashlib.sha1(leaves).hexdigest(), spec.n_layers, spec.n_heads, spec.n_kv,
+                 spec.d_model, spec.d_ff, spec.vocab, spec.privacy_layers, params.precisions)
         if shape not in programs:
             programs[shape] = cvx_mod.SlotProgram(spec, params.precisions, **program_kw)
         link = cost_link(x.link_t) if clairvoyant else estimate_link(x, estimator)
@@ -197,12 +203,19 @@ POLICIES: dict[str, Callable[..., Policy]] = {
 
 
 def get_policy(name: str, **kw) -> Policy:
-    """A policy by name (``POLICIES``); keyword arguments go to its constructor."""
+    """A policy by name (``POLICIES``); keyword arguments go to its constructor. The same
+    arguments return the same object, so jitted rollouts of it are compiled once."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; valid: {', '.join(POLICIES)}")
     try:
-        factory = POLICIES[name]
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; valid: {', '.join(POLICIES)}") from None
-    return factory(**kw)
+        return _cached_policy(name, tuple(sorted(kw.items())))
+    except TypeError:  # unhashable argument
+        return POLICIES[name](**kw)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_policy(name: str, kw: tuple) -> Policy:
+    return POLICIES[name](**dict(kw))
 
 
 def _check_estimator(estimator: str) -> None:

@@ -51,11 +51,12 @@ def test_oracle_dpp_is_the_per_slot_minimum():
     """On the same state and the same key, no policy's slot DPP is below the oracle's."""
     names = ["dp-estimate", "greedy", "cloud-only", "edge-only", "best-cut", "static-cut", "cvx"]
     pols = {n: P.get_policy(n) for n in names}
-    acts = {n: (p.act if not p.jittable or n in ("dp-estimate", "greedy") else jax.jit(p.act))
+    eager = ("dp-estimate", "greedy", "cloud-only", "edge-only")  # cheap, or a jitted solver
+    acts = {n: (p.act if not p.jittable or n in eager else jax.jit(p.act))
             for n, p in pols.items()}
     oracle = P.oracle()
     n_strict = 0
-    for i, state in enumerate(_states(6)):
+    for i, state in enumerate(_states(4)):
         key = jax.random.PRNGKey(i)
         obs = E.observe(state)
         a_o = oracle.act(key, state, PARAMS)
