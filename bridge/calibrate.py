@@ -2,18 +2,21 @@
 check it on held-out end-to-end requests.
 
 1. Measure (``measure_blocks``): every block type of the real model at several token counts,
-   ``torch.set_num_threads(threads)``, warm-up calls, the median over repeats
-   (``bridge.timing.median_seconds``): head groups ``attn_heads:<k>`` prefill-style over T
-   tokens and decode-style (one token over a K/V cache of ``context`` tokens), ``ffn``,
-   ``ffn_w1`` (gate/up), ``ffn_w2`` (down) and ``lm_head`` (one position, as the runtime's
-   ``lm_head_last``). Each timed call runs the next layer's weights in turn, so that, as in a
-   real pass, a block's weights are not already in the cache from the previous call (one fp32
-   layer of SmolLM2 is 18 MB, the size of a server L3). The rows go to a CSV in the format of
-   ``costmodel.calibration`` (``block,side,tokens,precision,seconds,context``).
+   with ``torch.set_num_threads(threads)``, warm-up rounds and the median over repeats: head
+   groups ``attn_heads:<k>`` prefill-style over T tokens and decode-style (one token over a
+   K/V cache of ``context`` tokens), ``ffn``, ``ffn_w1`` (gate/up), ``ffn_w2`` (down) and
+   ``lm_head`` (one position, as the runtime's ``lm_head_last``). The blocks run through the
+   runtime's torch executor, in rounds that visit the layers in turn and alternate the block
+   types as a pass does. ``bridge.timing.time_blocks`` times one layer's block over and over
+   (its 18 MB of fp32 weights then stay in a server's L3, which a real pass, streaming 30
+   layers, never sees) and prefill-style only, so this module has its own loop, writing the
+   rows in ``bridge.timing``'s columns plus the optional ``context`` of
+   ``costmodel.calibration``.
 2. Fit (``costmodel.calibration.fit_profile``) the roofline factors (eff_compute, eff_memory,
    overhead_us) of a ``DeviceProfile`` named ``local`` with role ``edge``, fp32 weights and
    K/V cache, whose peak FLOP/s is derived from the CPU (cores x clock x FMA width) and whose
-   memory bandwidth is measured (a large NumPy copy); the model card is ``smollm2-135m``.
+   memory bandwidth is measured (a large NumPy dot product); the model card is
+   ``smollm2-135m``.
 3. Validate on held-out requests (``validate``): real end-to-end prefill + decode of the model
    through the split runtime's request program (``bridge.blocks.run_local`` with the torch
    executor) on edge-only partitions at (prompt, new tokens) workloads that the fit never saw,
@@ -34,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -48,39 +50,16 @@ import numpy as np
 import torch
 
 from bridge.blocks import Executor, RunPartition, TorchLlamaExecutor, run_local
-from bridge.model import (
-    LlamaModel,
-    attn_heads_block,
-    ffn_block,
-    ffn_down_block,
-    ffn_up_block,
-)
-from bridge.timing import median_seconds
+from bridge.model import LlamaModel
+from bridge.timing import CSV_COLUMNS as TIMING_COLUMNS
 from costmodel.calibration import OPTIONAL, FitReport, fit_profile
 from costmodel.cards import ModelCard, get_card
 from costmodel.profiles import DeviceProfile
 
-CSV_COLUMNS = ("block", "side", "tokens", "precision", "seconds", *OPTIONAL)
+CSV_COLUMNS = (*TIMING_COLUMNS, *OPTIONAL)
 MAPE_GOAL = 15.0
 SHARED = 1.3  # wall / CPU time of the contention probe above which the machine counts as shared
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def timed_median(fn: Callable[[], object], warmup: int, repeats: int,
-                 clock: str = "wall") -> float:
-    """Median seconds of ``fn()`` after ``warmup`` calls (``bridge.timing.median_seconds`` on
-    the wall clock; the same on the ``clock`` of ``CLOCKS``)."""
-    if clock == "wall":
-        return median_seconds(fn, warmup, repeats)
-    now = CLOCKS[clock]
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = now()
-        fn()
-        times.append(now() - t0)
-    return statistics.median(times)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +69,7 @@ class CalibrationConfig:
     token_counts: prefill-style token counts T of the block rows.
     head_counts: head-group sizes k of the attention rows (clipped to the model's heads).
     contexts: K/V lengths of the decode-style attention rows (one token).
-    lm_head_tokens: token counts of the LM-head rows (the runtime runs it on one position).
-    warmup, repeats: calls before timing, timed calls (median) per row.
+    warmup, repeats: untimed rounds, then timed rounds (median) per group of rows.
     threads: torch intra-op threads.
     workloads: held-out (prompt tokens S, new tokens T) of the end-to-end edge-only requests.
     split_workload: (S, T) of the split partitions run with both sides here (None: skip).
@@ -105,9 +83,8 @@ class CalibrationConfig:
     token_counts: tuple[int, ...] = (1, 4, 16, 48, 128)
     head_counts: tuple[int, ...] = (1, 3, 5, 9)
     contexts: tuple[int, ...] = (24, 96, 192)
-    lm_head_tokens: tuple[int, ...] = (1, 4)
-    warmup: int = 2
-    repeats: int = 7
+    warmup: int = 3
+    repeats: int = 15
     threads: int = 2
     workloads: tuple[tuple[int, int], ...] = ((20, 12), (72, 6), (40, 24), (110, 4))
     split_workload: tuple[int, int] | None = (32, 8)
@@ -116,7 +93,7 @@ class CalibrationConfig:
 
 
 QUICK = CalibrationConfig(token_counts=(1, 16), head_counts=(1, 9), contexts=(16,),
-                          lm_head_tokens=(1,), warmup=1, repeats=2,
+                          warmup=1, repeats=3,
                           workloads=((8, 3), (20, 1)), split_workload=(8, 2), e2e_repeats=1)
 
 
@@ -232,64 +209,89 @@ def prior_profile(threads: int, bw_gbs: float | None = None, clock: str = "wall"
 
 @dataclasses.dataclass(frozen=True)
 class BlockJob:
-    """One CSV row to measure: ``fn()`` runs the block once (on the next layer)."""
+    """One CSV row to measure: ``fn(layer)`` runs the block once on that layer (``record``
+    False: run in the round, not timed, to keep the order of a real pass)."""
 
     block: str
     tokens: int
     context: int | None
-    fn: Callable[[], object]
+    fn: Callable[[int], object]
+    record: bool = True
 
 
-def _rotating(model: LlamaModel, call: Callable) -> Callable[[], object]:
-    layers = itertools.cycle(model.layers)
-    return lambda: call(next(layers))
+def block_rounds(ex: Executor, cfg: CalibrationConfig, seed: int = 0) -> list[list[BlockJob]]:
+    """The rows of ``cfg`` as groups that are timed together, in rounds (``measure_blocks``).
 
-
-def block_jobs(model: LlamaModel, cfg: CalibrationConfig, seed: int = 0) -> list[BlockJob]:
-    """The rows of ``cfg`` for ``model`` (random inputs of the right shapes)."""
-    mc = model.cfg
+    One group per prefill token count T (every head group, the FFN and its gate/up half; for
+    T = 1 also the LM head, on the last position as ``lm_head_last``), and one per decode
+    context c (every head group over a K/V cache of c positions, then an untimed one-token
+    FFN, as in a decode pass). Random inputs of the right shapes. The down projection of a
+    split FFN (``ffn_w2``) runs on the cloud, never on the edge, so it is no row of the edge
+    profile.
+    """
+    mc = ex.cfg
     gen = torch.Generator().manual_seed(seed)
     heads = sorted({min(max(k, 1), mc.n_heads) for k in cfg.head_counts})
-    jobs: list[BlockJob] = []
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    groups: list[list[BlockJob]] = []
+    x1 = rand(1, 1, mc.d_model)
     for t in cfg.token_counts:
-        x = torch.randn(1, t, mc.d_model, generator=gen)
-        u = torch.randn(1, t, mc.d_ff, generator=gen)
-        for k in heads:
-            jobs.append(BlockJob(f"attn_heads:{k}", t, None, _rotating(
-                model, lambda lw, k=k, x=x: attn_heads_block(mc, lw, x, list(range(k))))))
-        jobs.append(BlockJob("ffn", t, None,
-                             _rotating(model, lambda lw, x=x: ffn_block(mc, lw, x))))
-        jobs.append(BlockJob("ffn_w1", t, None,
-                             _rotating(model, lambda lw, x=x: ffn_up_block(mc, lw, x))))
-        jobs.append(BlockJob("ffn_w2", t, None,
-                             _rotating(model, lambda lw, u=u: ffn_down_block(lw, u))))
-    for t in cfg.lm_head_tokens:
-        x = torch.randn(1, t, mc.d_model, generator=gen)
-        jobs.append(BlockJob("lm_head", t, None, lambda x=x: model.lm_head_block(x)))
-    x1 = torch.randn(1, 1, mc.d_model, generator=gen)
+        x = rand(1, t, mc.d_model)
+        group = [BlockJob(f"attn_heads:{k}", t, None,
+                          lambda i, k=k, x=x: ex.attn(i, x, list(range(k)), 0, None))
+                 for k in heads]
+        group += [BlockJob("ffn", t, None, lambda i, x=x: ex.ffn(i, x)),
+                  BlockJob("ffn_w1", t, None, lambda i, x=x: ex.ffn_up(i, x))]
+        if t == 1:
+            group.append(BlockJob("lm_head", 1, None, lambda i, x=x: ex.lm_head_last(x)))
+        groups.append(group)
     for c in cfg.contexts:
-        cache = {g: (torch.randn(1, c, mc.head_dim, generator=gen),
-                     torch.randn(1, c, mc.head_dim, generator=gen))
+        cache = {g: (rand(1, c, mc.head_dim), rand(1, c, mc.head_dim))
                  for g in range(mc.n_kv_heads)}
-        for k in heads:
-            jobs.append(BlockJob(f"attn_heads:{k}", 1, c, _rotating(
-                model, lambda lw, k=k, c=c, cache=cache: attn_heads_block(
-                    mc, lw, x1, list(range(k)), offset=c, cache=cache))))
-    return jobs
+        group = [BlockJob(f"attn_heads:{k}", 1, c,
+                          lambda i, k=k, c=c, cache=cache: ex.attn(i, x1, list(range(k)), c,
+                                                                   cache))
+                 for k in heads]
+        group.append(BlockJob("ffn", 1, None, lambda i: ex.ffn(i, x1), record=False))
+        groups.append(group)
+    return groups
 
 
-def measure_blocks(model: LlamaModel, cfg: CalibrationConfig, tick=None) -> list[dict]:
-    """Median seconds of every job of ``block_jobs``; rows with the CSV's columns.
-    ``tick(label)`` is called after each row (the progress bar)."""
+def measure_blocks(ex: Executor, cfg: CalibrationConfig, tick=None) -> list[dict]:
+    """Median seconds of every recorded job of ``block_rounds``; rows with the CSV's columns.
+
+    The blocks run through an executor of the runtime (``bridge.blocks.TorchLlamaExecutor``
+    for the real model: the code path of a real request) in rounds, each job of a group once
+    per round in the group's order, every call on the next layer (call n of a group on layer
+    n mod L), as a pass runs attention and FFN blocks layer after layer: a block's weights are
+    not hot in the cache from the calls before, and the interpreter alternates between block
+    types as in a request. ``cfg.warmup`` rounds, then ``cfg.repeats`` timed rounds (on
+    ``cfg.clock``); the median of each job. ``tick(label)`` is called after each group (the
+    progress bar)."""
+    now = CLOCKS[cfg.clock]
+    n_layers = ex.cfg.n_layers
     rows = []
     with torch.inference_mode():
-        for job in block_jobs(model, cfg):
-            sec = timed_median(job.fn, cfg.warmup, cfg.repeats, cfg.clock)
-            rows.append({"block": job.block, "side": "edge", "tokens": job.tokens,
-                         "precision": "fp32", "seconds": sec, "context": job.context})
+        for group in block_rounds(ex, cfg):
+            times: list[list[float]] = [[] for _ in group]
+            for r in range(cfg.warmup + cfg.repeats):
+                for j, (job, acc) in enumerate(zip(group, times, strict=True)):
+                    layer = (r * len(group) + j) % n_layers
+                    t0 = now()
+                    job.fn(layer)
+                    acc.append(now() - t0)
+            for job, acc in zip(group, times, strict=True):
+                if job.record:
+                    rows.append({"block": job.block, "side": "edge", "tokens": job.tokens,
+                                 "precision": "fp32",
+                                 "seconds": statistics.median(acc[cfg.warmup:]),
+                                 "context": job.context})
             if tick is not None:
-                tick(f"{job.block} T={job.tokens}" + (f" ctx={job.context}" if job.context
-                                                        else ""))
+                head = group[0]
+                tick(f"T={head.tokens}" + (f" ctx={head.context}" if head.context else ""))
     return rows
 
 
@@ -526,7 +528,7 @@ def _calibrate(model, out, cfg, card, progress, bw_gbs) -> Calibration:
     csv_path = out.with_suffix(".csv")
     val_path = out.with_suffix(".validation.json")
     n_split = 2 if cfg.split_workload is not None else 0
-    total = len(block_jobs(model, cfg)) + len(cfg.workloads) + n_split
+    total = len(cfg.token_counts) + len(cfg.contexts) + len(cfg.workloads) + n_split
     with tqdm(total=total, desc="calibrate", unit="row", disable=not progress,
               file=sys.stderr) as bar:
         def tick(label):
@@ -535,7 +537,7 @@ def _calibrate(model, out, cfg, card, progress, bw_gbs) -> Calibration:
 
         before = contention()
         prior = prior_profile(cfg.threads, bw_gbs, cfg.clock)
-        rows = measure_blocks(model, cfg, tick)
+        rows = measure_blocks(TorchLlamaExecutor(model, name="local"), cfg, tick)
         write_rows(rows, csv_path)
         fitted, report = fit_profile(csv_path, card, prior)
         requests = validate(model, fitted, card, cfg, tick)

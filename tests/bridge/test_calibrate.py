@@ -22,7 +22,7 @@ from costmodel.profiles import get_profile, load_profile  # noqa: E402
 TINY = LlamaConfig(n_layers=3, n_heads=4, n_kv_heads=2, head_dim=16, d_model=64, d_ff=128,
                    vocab_size=256)
 TINY_CFG = cal.CalibrationConfig(token_counts=(1, 8), head_counts=(1, 2, 4), contexts=(8,),
-                                 lm_head_tokens=(1,), warmup=1, repeats=3,
+                                 warmup=1, repeats=3,
                                  workloads=((6, 3), (10, 2)), split_workload=(5, 2),
                                  e2e_repeats=1, threads=1)
 
@@ -43,25 +43,46 @@ def test_card_for():
 
 
 def test_rows_are_a_calibration_csv(tiny, tmp_path):
-    rows = cal.measure_blocks(tiny, TINY_CFG)
-    # 2 token counts x (3 head groups + 3 FFN parts) + 1 LM head + 1 context x 3 head groups
-    assert len(rows) == 2 * 6 + 1 + 3
+    rows = cal.measure_blocks(TorchLlamaExecutor(tiny, name="tiny"), TINY_CFG)
+    # 2 token counts x (3 head groups + FFN + gate/up) + 1 LM head (T = 1) + 1 context x 3 heads
+    assert len(rows) == 2 * 5 + 1 + 3
     parsed = read_measurements(cal.write_rows(rows, tmp_path / "m.csv"),
                                cal.card_for(tiny))
     assert {m.block for m in parsed} == {"attn_heads:1", "attn_heads:2", "attn_heads:4", "ffn",
-                                         "ffn_w1", "ffn_w2", "lm_head"}
+                                         "ffn_w1", "lm_head"}
     assert all(m.seconds > 0 and m.side == "edge" and m.bits == 32 for m in parsed)
     decode = [m for m in parsed if m.context is not None]
     assert len(decode) == 3 and all(m.tokens == 1 and m.context == 8 for m in decode)
 
 
-def test_rotating_layers(tiny):
-    """Each timed call runs the next layer (weights not hot in the cache from the last call)."""
-    seen = []
-    fn = cal._rotating(tiny, lambda lw: seen.append(id(lw)))
-    for _ in range(2 * TINY.n_layers):
-        fn()
-    assert seen == [id(lw) for lw in tiny.layers] * 2
+def test_rounds_follow_a_pass(tiny):
+    """Jobs of a group run in order (attention, then FFN), each call on the next layer."""
+    calls = []
+
+    class Spy:
+        cfg = tiny.cfg
+
+        def attn(self, layer, x, heads, offset, cache):
+            calls.append(("attn", layer, len(heads), offset))
+
+        def ffn(self, layer, h):
+            calls.append(("ffn", layer))
+
+        ffn_up = ffn
+
+        def lm_head_last(self, x):
+            calls.append(("lm",))
+
+    groups = cal.block_rounds(Spy(), TINY_CFG)
+    assert [len(g) for g in groups] == [3 + 2 + 1, 3 + 2, 3 + 1]
+    assert "ffn_w2" not in {j.block for g in groups for j in g}  # a cloud-side block
+    decode = groups[-1]
+    assert [j.record for j in decode] == [True] * 3 + [False]
+    rows = cal.measure_blocks(Spy(), dataclasses.replace(TINY_CFG, warmup=1, repeats=2))
+    assert len(rows) == 5 + 1 + 5 + 3  # the decode group's FFN is not recorded
+    assert [c[0] for c in calls[:6]] == ["attn"] * 3 + ["ffn"] * 2 + ["lm"]
+    layers = [c[1] for c in calls if c[0] != "lm"]
+    assert layers[:10] == [0, 1, 2, 0, 1] * 2  # T = 1 group: call n on layer n mod 3 (LM: 2)
 
 
 def test_prediction_is_the_sum_of_fitted_blocks():
@@ -129,7 +150,8 @@ def test_calibrate_tiny_model(tiny, tmp_path):
 
 def test_cpu_clock(tiny):
     cfg = dataclasses.replace(TINY_CFG, clock="cpu", token_counts=(1,), contexts=())
-    assert all(r["seconds"] > 0 for r in cal.measure_blocks(tiny, cfg))
+    rows = cal.measure_blocks(TorchLlamaExecutor(tiny, name="tiny"), cfg)
+    assert all(r["seconds"] > 0 for r in rows)
     assert cal.contention(0.05) > 0.5
 
 
