@@ -86,7 +86,7 @@ class Config:
 
 
 # Batch = devices x conditions x seeds: 30 (quick) and 90 (full), as in figure 4.
-QUICK = Config(devices=("orin-nx", "rpi5"), n_slots=300, seeds=5)
+QUICK = Config(devices=("orin-nx", "rpi5"), n_slots=500, seeds=5)
 FULL = Config(models=("gpt2-xl", "llama-7b", "llama-13b"))
 
 

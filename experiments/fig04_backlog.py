@@ -63,7 +63,7 @@ class Config:
 
 
 # Batch = kinds x rates x seeds: 30 (quick) and 90 (full), as in figure 3.
-QUICK = Config(rates=(0.2, 0.5, 0.9), show_rate=0.5, n_slots=300, seeds=5)
+QUICK = Config(rates=(0.2, 0.5, 0.9), show_rate=0.5, n_slots=500, seeds=5)
 FULL = Config(seeds=5)
 
 

@@ -59,7 +59,8 @@ def plot(run_dir: Path) -> list[Path]:
                        note="Latency-optimal choices, and (hatched) the joint objective "
                             f"latency + {JOINT_ENERGY_S_PER_J:g} s/J x energy + "
                             f"{JOINT_ACCURACY_S_PER_PCT:g} s/% x accuracy drop. Source of the "
-                            "accuracy terms - " + "; ".join(sources) + ". x = infeasible.")]
+                            "accuracy terms - " + "; ".join(sources)
+                            + ". No bar: 0%; x: infeasible.")]
 
 
 EXPERIMENT = Experiment(NAME, 11, "Accuracy degradation per strategy", QUICK, FULL, run, plot)
