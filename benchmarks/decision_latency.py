@@ -61,7 +61,7 @@ def traced(module, example: dict):
     to give the same outputs on the example."""
     import warnings
 
-    args = tuple(torch.from_numpy(example[k]) for k in torch_policy.INPUT_NAMES)
+    args = tuple(torch.from_numpy(example[k]) for k in export.INPUT_NAMES)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = torch.jit.trace(module, args, check_trace=False)

@@ -7,11 +7,10 @@ check it on held-out end-to-end requests.
    K/V cache of ``context`` tokens), ``ffn``, ``ffn_w1`` (gate/up), ``ffn_w2`` (down) and
    ``lm_head`` (one position, as the runtime's ``lm_head_last``). The blocks run through the
    runtime's torch executor, in rounds that visit the layers in turn and alternate the block
-   types as a pass does. ``bridge.timing.time_blocks`` times one layer's block over and over
-   (its 18 MB of fp32 weights then stay in a server's L3, which a real pass, streaming 30
-   layers, never sees) and prefill-style only, so this module has its own loop, writing the
-   rows in ``bridge.timing``'s columns plus the optional ``context`` of
-   ``costmodel.calibration``.
+   types as a pass does. (``bridge.timing.time_blocks`` times one layer's block over and over:
+   its 18 MB of fp32 weights then stay in a server's L3, which a real pass streaming 30
+   layers never sees; and prefill-style only.) The rows go to a CSV in the format of
+   ``costmodel.calibration`` (``block,side,tokens,precision,seconds,context``).
 2. Fit (``costmodel.calibration.fit_profile``) the roofline factors (eff_compute, eff_memory,
    overhead_us) of a ``DeviceProfile`` named ``local`` with role ``edge``, fp32 weights and
    K/V cache, whose peak FLOP/s is derived from the CPU (cores x clock x FMA width) and whose
@@ -27,6 +26,9 @@ check it on held-out end-to-end requests.
 
 A request of S prompt tokens and T new tokens is one prefill pass and T decode passes of the
 cost model, i.e. ``run_local(..., n_out=T + 1)``.
+
+torch is imported inside the functions that run the model, so that the command line can
+build its parser (``add_args``) without torch.
 
 Writes ``OUT`` (the profile JSON, loadable by ``costmodel.profiles.load_profile``),
 ``OUT.csv`` (the measurements, stem + ``.csv``) and ``OUT.validation.json`` (fit report and
@@ -45,18 +47,19 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from bridge.blocks import Executor, RunPartition, TorchLlamaExecutor, run_local
-from bridge.model import LlamaModel
-from bridge.timing import CSV_COLUMNS as TIMING_COLUMNS
-from costmodel.calibration import OPTIONAL, FitReport, fit_profile
+from costmodel.calibration import COLUMNS, OPTIONAL, FitReport, fit_profile
 from costmodel.cards import ModelCard, get_card
 from costmodel.profiles import DeviceProfile
 
-CSV_COLUMNS = (*TIMING_COLUMNS, *OPTIONAL)
+if TYPE_CHECKING:
+    from bridge.model import LlamaModel
+
+CSV_COLUMNS = (*COLUMNS, *OPTIONAL)
 MAPE_GOAL = 15.0
 SHARED = 1.3  # wall / CPU time of the contention probe above which the machine counts as shared
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -229,6 +232,8 @@ def block_rounds(ex: Executor, cfg: CalibrationConfig, seed: int = 0) -> list[li
     split FFN (``ffn_w2``) runs on the cloud, never on the edge, so it is no row of the edge
     profile.
     """
+    import torch
+
     mc = ex.cfg
     gen = torch.Generator().manual_seed(seed)
     heads = sorted({min(max(k, 1), mc.n_heads) for k in cfg.head_counts})
@@ -271,6 +276,8 @@ def measure_blocks(ex: Executor, cfg: CalibrationConfig, tick=None) -> list[dict
     types as in a request. ``cfg.warmup`` rounds, then ``cfg.repeats`` timed rounds (on
     ``cfg.clock``); the median of each job. ``tick(label)`` is called after each group (the
     progress bar)."""
+    import torch
+
     now = CLOCKS[cfg.clock]
     n_layers = ex.cfg.n_layers
     rows = []
@@ -513,6 +520,8 @@ def calibrate(model: LlamaModel, out: str | Path, cfg: CalibrationConfig = Calib
               bw_gbs: float | None = None) -> Calibration:
     """Measure, fit, validate; write the profile (``out``), the CSV and the validation JSON.
     Runs with ``cfg.threads`` torch threads (the previous count is restored after)."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:

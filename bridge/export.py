@@ -6,7 +6,7 @@
   exporter, ``dynamo=False``: it needs no onnxscript), opset 17, dynamic batch axis; run it
   with onnxruntime (``onnx_session``).
 
-Inputs and outputs of both are ``bridge.torch_policy.INPUT_NAMES`` / ``OUTPUT_NAMES``: the
+Inputs and outputs of both are ``INPUT_NAMES`` / ``OUTPUT_NAMES``: the
 observation features (``agents.networks.Features``) and the mask context
 (``agents.actions.MaskContext``) with a leading batch axis; out come the raw network outputs
 (high-level logits, the low-level logits under the greedy high-level choice, the value) and the
@@ -15,6 +15,9 @@ greedy action (``agents.networks.greedy``).
 ``parity`` compares JAX (the checkpoint through ``agents``), torch and onnxruntime on random
 observations and mask contexts: the largest absolute difference of every float output and the
 fraction of observations whose greedy actions agree in every field.
+
+This module imports torch, onnx and onnxruntime inside its functions only, so that the command
+line can build its parser (``add_args``) without them.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.torch_policy import INPUT_NAMES, OUTPUT_NAMES
-
+# Inputs and outputs of the exported module and graph (batch first).
+INPUT_NAMES = ("scalars", "history", "layer_mem", "emb_mem", "budget", "outage")
+OUTPUT_NAMES = ("high_logits", "low_logits", "trans_logits", "value", "embed", "modes", "prec",
+                "low", "cut")
 FLOAT_OUTPUTS = OUTPUT_NAMES[:4]
 ACTION_OUTPUTS = OUTPUT_NAMES[4:]
 OPSET = 17

@@ -17,7 +17,7 @@
 Parameters come from an ``agents.checkpoint`` directory (``params.npz`` + ``config.json``):
 ``state_dict_from_flax`` maps the Flax leaves (``kernel [in, out]``, conv ``kernel [k, in,
 out]``) to torch's layout (``weight [out, in]``, ``[out, in, k]``). The module's inputs and
-outputs (batch-first) are listed in ``INPUT_NAMES`` and ``OUTPUT_NAMES``.
+outputs (batch-first) are ``bridge.export.INPUT_NAMES`` and ``OUTPUT_NAMES``.
 
 Imports torch (bridge only); nothing here imports JAX.
 """
@@ -32,12 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from bridge.export import INPUT_NAMES, OUTPUT_NAMES  # noqa: F401  (the module's interface)
+
 EDGE, CLOUD = 0, 1
 MODE_EDGE, MODE_CLOUD = 0, 1
 NEG = -1e9  # agents.actions.NEG
-INPUT_NAMES = ("scalars", "history", "layer_mem", "emb_mem", "budget", "outage")
-OUTPUT_NAMES = ("high_logits", "low_logits", "trans_logits", "value", "embed", "modes", "prec",
-                "low", "cut")
 _KEY = re.compile(r"\['(\w+)'\]\['(kernel|bias)'\](?:\.value)?")
 
 

@@ -4,7 +4,9 @@
 1. In a subprocess whose import system refuses `torch` (a meta-path finder raising
    ImportError, as if it were not installed), every module of costmodel, lyapunov, agents,
    experiments and proofs, the `bridge` package itself and `splitwise_cli` import, and a
-   request's costs, a slot of the environment and the CLI's `costs` command run.
+   request's costs, a slot of the environment and the CLI's `costs` command run; the bridge
+   commands' argument parsers (`bridge.calibrate`, `bridge.export`: torch only inside their
+   functions) build, so the CLI can list them.
 2. Imported normally, none of them pulls torch into `sys.modules`.
 3. No Python file outside `bridge/`, `tests/bridge/` and `benchmarks/` (scripts that measure
    the bridge) contains an `import torch` / `from torch` statement.
@@ -73,6 +75,14 @@ with contextlib.redirect_stdout(buf):
     assert splitwise_cli.main(["costs", "--model", "smollm2-135m", "--device", "rpi5",
                                "--json"]) in (0, None)
 assert json.loads(buf.getvalue())
+
+import argparse
+from bridge import calibrate, export
+ap = argparse.ArgumentParser()
+sub = ap.add_subparsers()
+calibrate.add_args(sub.add_parser("calibrate"))
+export.add_args(sub.add_parser("export"))
+assert ap.parse_args(["export", "--checkpoint", "d", "--format", "onnx", "--out", "f"]).parity
 """
 
 
