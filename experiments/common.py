@@ -184,10 +184,6 @@ def evaluate_links(spec: CostSpec, link: LinkState, w: Weights | None = None):
     return costs, extra
 
 
-def cost_columns(c: RequestCosts, prefix: str = "") -> dict:
-    return {prefix + f: np.asarray(getattr(c, f)) for f in COST_FIELDS}
-
-
 def strategy_rows(costs: dict, extra: dict, base: dict) -> list[dict]:
     """Long-format rows: one per (link index, strategy), `base` columns broadcast."""
     n = len(next(iter(costs.values())).latency_s)
