@@ -16,7 +16,7 @@ choice (embedding side, G group modes, precision, and the L + 2 cuts of the laye
 baseline; a kind ignores what it does not use). The low-level head maps the encoding and the
 one-hot high-level choice (embedding, modes, precision) to per-layer logits over the K x 3
 joint (head count, FFN side) options; for the flat per-head ablation it sees the encoding only.
-Output layers start at 0.01 scale (near-uniform initial policy).
+Output layers start at 0.01 gain (near-uniform initial policy).
 """
 
 from __future__ import annotations
@@ -66,8 +66,12 @@ class Features:
 
 
 def _dense(n_in, n_out, rngs, scale=1.0):
-    return nnx.Linear(n_in, n_out, kernel_init=nnx.initializers.orthogonal(scale),
-                      bias_init=nnx.initializers.zeros_init(), rngs=rngs)
+    # Variance scaling with the variance of an orthogonal init of this gain (scale^2 / fan_in)
+    # rather than the orthogonal init itself: its QR, batched when seeds are vmapped, can
+    # deadlock XLA:CPU's thread pool (several LAPACK custom calls at once on 2 cores).
+    init = nnx.initializers.variance_scaling(scale**2, "fan_in", "normal")
+    return nnx.Linear(n_in, n_out, kernel_init=init, bias_init=nnx.initializers.zeros_init(),
+                      rngs=rngs)
 
 
 class ActorCritic(nnx.Module):
