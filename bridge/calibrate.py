@@ -62,7 +62,9 @@ if TYPE_CHECKING:
 CSV_COLUMNS = (*COLUMNS, *OPTIONAL)
 MAPE_GOAL = 15.0
 SHARED = 1.3  # wall / CPU time of the contention probe above which the machine counts as shared
+SHARED_PREEMPT_RATE = 50.0  # involuntary context switches per second of a run, idem
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+MAX_ROUNDS = 4  # timed rounds of a group at most, in units of cfg.repeats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,17 +267,44 @@ def block_rounds(ex: Executor, cfg: CalibrationConfig, seed: int = 0) -> list[li
     return groups
 
 
+def preemptions() -> int:
+    """Involuntary context switches of this process so far (all threads): a call during which
+    it grows was preempted by another job (``getrusage``; 0 where unavailable)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+
+
+def _stride(n_jobs: int, n_layers: int) -> int:
+    """Layers a round advances: the smallest count >= n_jobs coprime with n_layers, so that
+    the calls of a round run on consecutive layers and each job visits every layer."""
+    s = n_jobs
+    while math.gcd(s, n_layers) != 1:
+        s += 1
+    return s
+
+
 def measure_blocks(ex: Executor, cfg: CalibrationConfig, tick=None) -> list[dict]:
     """Median seconds of every recorded job of ``block_rounds``; rows with the CSV's columns.
 
     The blocks run through an executor of the runtime (``bridge.blocks.TorchLlamaExecutor``
     for the real model: the code path of a real request) in rounds, each job of a group once
-    per round in the group's order, every call on the next layer (call n of a group on layer
-    n mod L), as a pass runs attention and FFN blocks layer after layer: a block's weights are
-    not hot in the cache from the calls before, and the interpreter alternates between block
-    types as in a request. ``cfg.warmup`` rounds, then ``cfg.repeats`` timed rounds (on
-    ``cfg.clock``); the median of each job. ``tick(label)`` is called after each group (the
-    progress bar)."""
+    per round in the group's order, every call on the next layer (job j of round r on layer
+    (r s + j) mod L, s >= the group's size and coprime with L), as a pass runs attention and
+    FFN blocks layer after layer: a block's weights are not hot in the cache from the calls
+    before, the interpreter alternates between block types as in a request, and each job
+    visits every layer. ``cfg.warmup`` rounds, then ``cfg.repeats`` timed rounds (on
+    ``cfg.clock``); the median of each job.
+
+    On a machine shared with other jobs a call can be preempted (with several torch threads,
+    one preempted thread stalls the others at the next barrier: a 1 ms block then takes tens
+    of ms). Calls during which the process had an involuntary context switch are left out of
+    the median, and rounds go on (up to ``MAX_ROUNDS`` x ``cfg.repeats``) until every job has
+    ``cfg.repeats`` undisturbed calls or the rounds run out (then the median of all its calls;
+    the row's ``disturbed`` says how many calls were left out or kept though preempted).
+    ``tick(label)`` is called after each group (the progress bar)."""
     import torch
 
     now = CLOCKS[cfg.clock]
@@ -283,19 +312,30 @@ def measure_blocks(ex: Executor, cfg: CalibrationConfig, tick=None) -> list[dict
     rows = []
     with torch.inference_mode():
         for group in block_rounds(ex, cfg):
-            times: list[list[float]] = [[] for _ in group]
-            for r in range(cfg.warmup + cfg.repeats):
-                for j, (job, acc) in enumerate(zip(group, times, strict=True)):
-                    layer = (r * len(group) + j) % n_layers
+            clean: list[list[float]] = [[] for _ in group]
+            dirty: list[list[float]] = [[] for _ in group]
+            stride = _stride(len(group), n_layers)
+            r = 0
+            while r < cfg.warmup + MAX_ROUNDS * cfg.repeats:
+                for j, job in enumerate(group):
+                    layer = (r * stride + j) % n_layers
+                    p0 = preemptions()
                     t0 = now()
                     job.fn(layer)
-                    acc.append(now() - t0)
-            for job, acc in zip(group, times, strict=True):
+                    dt = now() - t0
+                    if r >= cfg.warmup:
+                        (clean if preemptions() == p0 else dirty)[j].append(dt)
+                r += 1
+                if r >= cfg.warmup + cfg.repeats and all(
+                        len(c) >= cfg.repeats for c in clean):
+                    break
+            for job, c, d in zip(group, clean, dirty, strict=True):
                 if job.record:
+                    enough = len(c) >= max(1, cfg.repeats // 2)
                     rows.append({"block": job.block, "side": "edge", "tokens": job.tokens,
                                  "precision": "fp32",
-                                 "seconds": statistics.median(acc[cfg.warmup:]),
-                                 "context": job.context})
+                                 "seconds": statistics.median(c if enough else c + d),
+                                 "context": job.context, "disturbed": len(d)})
             if tick is not None:
                 head = group[0]
                 tick(f"T={head.tokens}" + (f" ctx={head.context}" if head.context else ""))
@@ -374,7 +414,9 @@ class Request:
     """One held-out request: measured vs predicted seconds.
 
     kind: "edge-only" (end-to-end latency, prefill and decode split at the first LM head) or
-    "split" (the edge executor's compute time only); partition: a short description.
+    "split" (the edge executor's compute time only); partition: a short description;
+    preempted: involuntary context switches of the process during the median run (other jobs
+    taking the cores: the measurement then includes waits that the model does not predict).
     """
 
     kind: str
@@ -385,6 +427,7 @@ class Request:
     predicted_s: float
     measured_prefill_s: float | None = None
     predicted_prefill_s: float | None = None
+    preempted: int = 0
 
     @property
     def error_pct(self) -> float:
@@ -398,19 +441,21 @@ def _prompt(n: int, vocab: int, seed: int) -> list[int]:
 
 def run_request(ex: Executor, rp: RunPartition, s: int, t: int, repeats: int, seed: int = 0,
                 clock: str = "wall"):
-    """Median (seconds, prefill seconds, edge compute seconds) on ``clock`` of ``repeats`` runs
-    of one request (S = s, T = t) through ``run_local`` with both sides on this machine."""
+    """Medians (seconds, prefill seconds, edge compute seconds, preemptions) on ``clock`` of
+    ``repeats`` runs of one request (S = s, T = t) through ``run_local`` with both sides on
+    this machine."""
     now = CLOCKS[clock]
-    totals, pre, busy = [], [], []
+    runs = []
     prompt = _prompt(s, ex.cfg.vocab_size, seed)
     for _ in range(repeats):
         edge, cloud = TimedExecutor(ex, clock), TimedExecutor(ex, clock)
+        p0 = preemptions()
         t0 = now()
         run_local(edge, rp, prompt, t + 1, cloud_ex=cloud)
-        totals.append(now() - t0)
-        pre.append((edge.passes or cloud.passes)[0] - t0)
-        busy.append(edge.busy)
-    return statistics.median(totals), statistics.median(pre), statistics.median(busy)
+        total = now() - t0
+        runs.append((total, (edge.passes or cloud.passes)[0] - t0, edge.busy,
+                     preemptions() - p0))
+    return tuple(statistics.median(x) for x in zip(*runs, strict=True))
 
 
 def predicted(profile: DeviceProfile, card: ModelCard, rp: RunPartition, s: int, t: int):
@@ -452,16 +497,19 @@ def validate(model: LlamaModel, profile: DeviceProfile, card: ModelCard,
     edge = RunPartition.edge_only(mc.n_layers, mc.n_heads, "fp32")
     run_request(ex, edge, 4, 1, 1)  # warm-up (allocator, first calls)
     for i, (s, t) in enumerate(cfg.workloads):
-        wall, pre, _ = run_request(ex, edge, s, t, cfg.e2e_repeats, seed=i, clock=cfg.clock)
+        wall, pre, _, n_pre = run_request(ex, edge, s, t, cfg.e2e_repeats, seed=i,
+                                          clock=cfg.clock)
         lat, _, pre_p = predicted(profile, card, edge, s, t)
-        out.append(Request("edge-only", "edge-only", s, t, wall, lat, pre, pre_p))
+        out.append(Request("edge-only", "edge-only", s, t, wall, lat, pre, pre_p, int(n_pre)))
         if tick is not None:
             tick(f"edge-only S={s} T={t}")
     if cfg.split_workload is not None:
         s, t = cfg.split_workload
         for name, rp in split_partitions(mc.n_layers, mc.n_heads, mc.n_kv_heads).items():
-            _, _, busy = run_request(ex, rp, s, t, cfg.e2e_repeats, seed=99, clock=cfg.clock)
-            out.append(Request("split", name, s, t, busy, predicted(profile, card, rp, s, t)[1]))
+            _, _, busy, n_pre = run_request(ex, rp, s, t, cfg.e2e_repeats, seed=99,
+                                            clock=cfg.clock)
+            out.append(Request("split", name, s, t, busy, predicted(profile, card, rp, s, t)[1],
+                               preempted=int(n_pre)))
             if tick is not None:
                 tick(f"split {name}")
     return out
@@ -493,19 +541,30 @@ class Calibration:
         return mape(list(self.requests))
 
     @property
+    def preemption_rate(self) -> float:
+        """Most involuntary context switches per second of a held-out request's run."""
+        return max((r.preempted / r.measured_s for r in self.requests), default=0.0)
+
+    @property
+    def shared(self) -> bool:
+        """Other jobs competed for the cores while it measured (probe or preemptions)."""
+        return max(self.contention) > SHARED or self.preemption_rate > SHARED_PREEMPT_RATE
+
+    @property
     def split_mape(self) -> float:
         """MAPE (%) of the edge compute time of the held-out split requests."""
         return mape(list(self.requests), "split")
 
     def table(self) -> str:
         lines = [f"{'request':34s} {'S':>4s} {'T':>3s} {'measured s':>10s} "
-                 f"{'predicted s':>11s} {'err %':>7s}  prefill meas/pred s"]
+                 f"{'predicted s':>11s} {'err %':>7s} {'preempt':>7s}  prefill meas/pred s"]
         for r in self.requests:
             pre = ("" if r.measured_prefill_s is None else
                    f"  {r.measured_prefill_s:.3f} / {r.predicted_prefill_s:.3f}")
             what = ("end-to-end " if r.kind == "edge-only" else "edge compute ") + r.partition
             lines.append(f"{what:34s} {r.prompt_tokens:4d} {r.new_tokens:3d} "
-                         f"{r.measured_s:10.3f} {r.predicted_s:11.3f} {r.error_pct:7.1f}{pre}")
+                         f"{r.measured_s:10.3f} {r.predicted_s:11.3f} {r.error_pct:7.1f} "
+                         f"{r.preempted:7d}{pre}")
         lines.append(f"held-out end-to-end MAPE {self.mape:.1f} % (goal <= {MAPE_GOAL:g} %); "
                      f"split edge-compute MAPE {self.split_mape:.1f} %")
         return "\n".join(lines)
@@ -558,6 +617,8 @@ def _calibrate(model, out, cfg, card, progress, bw_gbs) -> Calibration:
                       (before, after))
     val = {"card": card.name, "config": dataclasses.asdict(cfg), "threads": cfg.threads,
            "contention_wall_over_cpu": [before, after], "load_average": os.getloadavg(),
+           "block_calls_preempted": sum(r["disturbed"] for r in rows),
+           "preemptions_per_s": cal.preemption_rate, "shared": cal.shared,
            "cpus": os.cpu_count(),
            "fit": {"rms_log_error": report.rms_log_error, "mape_rows": report.mape,
                    "eff_compute": report.eff_compute, "eff_memory": report.eff_memory,
@@ -597,13 +658,13 @@ def cli(args) -> int:
     cal = calibrate(load_model(args.model), args.out, cfg, progress=not args.no_progress)
     print(cal.report.table())
     print(cal.table())
-    worst = max(cal.contention)
-    if worst > SHARED and cfg.clock == "wall":
-        print(f"warning: this machine is shared (wall / CPU time of a one-thread probe "
-              f"{worst:.2f}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs): "
-              "the wall clock mixes the work with the waits for a core, and with several "
-              "threads each parallel region waits for all of them; `--clock cpu --threads 1` "
-              "measures the work itself", file=sys.stderr)
+    if cal.shared and cfg.clock == "wall":
+        print(f"warning: other jobs share this machine (wall / CPU time of a one-thread probe "
+              f"{max(cal.contention):.2f}, up to {cal.preemption_rate:.0f} preemptions/s in "
+              f"the held-out runs, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} "
+              "CPUs): the wall clock mixes the work with the waits for a core, and with "
+              "several threads each parallel region waits for all of them; "
+              "`--clock cpu --threads 1` measures the work itself", file=sys.stderr)
     p = cal.profile
     print(f"profile {p.name}: peak {p.peak_tflops:.4g} TFLOP/s x eff_compute "
           f"{p.eff_compute:.3g}, {p.mem_bw_gbs:.3g} GB/s x eff_memory {p.eff_memory:.3g}, "

@@ -81,8 +81,43 @@ def test_rounds_follow_a_pass(tiny):
     rows = cal.measure_blocks(Spy(), dataclasses.replace(TINY_CFG, warmup=1, repeats=2))
     assert len(rows) == 5 + 1 + 5 + 3  # the decode group's FFN is not recorded
     assert [c[0] for c in calls[:6]] == ["attn"] * 3 + ["ffn"] * 2 + ["lm"]
-    layers = [c[1] for c in calls if c[0] != "lm"]
-    assert layers[:10] == [0, 1, 2, 0, 1] * 2  # T = 1 group: call n on layer n mod 3 (LM: 2)
+    # T = 1 group: 6 jobs, 3 layers: a round advances 7 layers (coprime with 3)
+    layers = [c[1] for c in calls if c[0] != "lm"][:15]
+    assert layers == [0, 1, 2, 0, 1, 1, 2, 0, 1, 2, 2, 0, 1, 2, 0]
+    assert cal._stride(6, 30) == 7 and cal._stride(5, 30) == 7 and cal._stride(4, 30) == 7
+    assert cal._stride(7, 30) == 7 and cal._stride(4, 3) == 4
+
+
+def test_preempted_calls_are_left_out(tiny, monkeypatch):
+    """A call during which the process was preempted (here: every call on layer 0, which then
+    takes 100x longer on a fake clock) is not in the median; rounds go on until every job has
+    `repeats` undisturbed calls."""
+    state = {"t": 0.0, "preempt": 0}
+
+    def call(layer):
+        if layer == 0:
+            state["preempt"] += 1
+        state["t"] += 100.0 if layer == 0 else 1.0
+
+    class Fake:
+        cfg = tiny.cfg
+
+        def attn(self, layer, x, heads, offset, cache):
+            call(layer)
+
+        def ffn(self, layer, h):
+            call(layer)
+
+        ffn_up = ffn
+
+        def lm_head_last(self, x):
+            call(1)
+
+    monkeypatch.setitem(cal.CLOCKS, "wall", lambda: state["t"])
+    monkeypatch.setattr(cal, "preemptions", lambda: state["preempt"])
+    rows = cal.measure_blocks(Fake(), dataclasses.replace(TINY_CFG, warmup=0, repeats=3))
+    assert all(r["seconds"] == 1.0 for r in rows)
+    assert sum(r["disturbed"] for r in rows) > 0
 
 
 def test_prediction_is_the_sum_of_fitted_blocks():
