@@ -63,8 +63,12 @@ CSV_COLUMNS = (*COLUMNS, *OPTIONAL)
 MAPE_GOAL = 15.0
 SHARED = 1.3  # wall / CPU time of the contention probe above which the machine counts as shared
 SHARED_PREEMPT_RATE = 50.0  # involuntary context switches per second of a run, idem
+MIN_ROWS = 6  # block rows the fit needs at least
+
+
+class BusyMachine(RuntimeError):
+    """Other jobs preempted too many block calls for a fit."""
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-MAX_ROUNDS = 4  # timed rounds of a group at most, in units of cfg.repeats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,8 +290,29 @@ def _stride(n_jobs: int, n_layers: int) -> int:
     return s
 
 
+def _time_group(ex: Executor, group: list[BlockJob], cfg: CalibrationConfig):
+    """(undisturbed, preempted) seconds of each job over warm-up + timed rounds."""
+    now = CLOCKS[cfg.clock]
+    n_layers = ex.cfg.n_layers
+    stride = _stride(len(group), n_layers)
+    clean: list[list[float]] = [[] for _ in group]
+    dirty: list[list[float]] = [[] for _ in group]
+    for r in range(cfg.warmup + cfg.repeats):
+        for j, job in enumerate(group):
+            layer = (r * stride + j) % n_layers
+            p0 = preemptions()
+            t0 = now()
+            job.fn(layer)
+            dt = now() - t0
+            if r >= cfg.warmup:
+                (clean if preemptions() == p0 else dirty)[j].append(dt)
+    return clean, dirty
+
+
 def measure_blocks(ex: Executor, cfg: CalibrationConfig, tick=None) -> list[dict]:
-    """Median seconds of every recorded job of ``block_rounds``; rows with the CSV's columns.
+    """Median seconds of every recorded job of ``block_rounds``; rows with the CSV's columns
+    (and ``disturbed``: calls left out; ``ok``: False for a row with too few undisturbed
+    calls, which the fit must not use).
 
     The blocks run through an executor of the runtime (``bridge.blocks.TorchLlamaExecutor``
     for the real model: the code path of a real request) in rounds, each job of a group once
@@ -300,45 +325,39 @@ def measure_blocks(ex: Executor, cfg: CalibrationConfig, tick=None) -> list[dict
 
     On a machine shared with other jobs a call can be preempted (with several torch threads,
     one preempted thread stalls the others at the next barrier: a 1 ms block then takes tens
-    of ms). Calls during which the process had an involuntary context switch are left out of
-    the median, and rounds go on (up to ``MAX_ROUNDS`` x ``cfg.repeats``) until every job has
-    ``cfg.repeats`` undisturbed calls or the rounds run out (then the median of all its calls;
-    the row's ``disturbed`` says how many calls were left out or kept though preempted).
-    ``tick(label)`` is called after each group (the progress bar)."""
+    or hundreds of ms). Calls during which the process had an involuntary context switch are
+    left out of the median. A group in which some job kept fewer than a third of its calls
+    is timed again once after the others (contention comes in bursts); a row still short of
+    undisturbed calls gets ``ok`` False. ``tick(label)`` is called after each group."""
     import torch
 
-    now = CLOCKS[cfg.clock]
-    n_layers = ex.cfg.n_layers
-    rows = []
+    need = max(1, cfg.repeats // 3)
+    groups = block_rounds(ex, cfg)
+    results: dict[int, tuple] = {}
     with torch.inference_mode():
-        for group in block_rounds(ex, cfg):
-            clean: list[list[float]] = [[] for _ in group]
-            dirty: list[list[float]] = [[] for _ in group]
-            stride = _stride(len(group), n_layers)
-            r = 0
-            while r < cfg.warmup + MAX_ROUNDS * cfg.repeats:
-                for j, job in enumerate(group):
-                    layer = (r * stride + j) % n_layers
-                    p0 = preemptions()
-                    t0 = now()
-                    job.fn(layer)
-                    dt = now() - t0
-                    if r >= cfg.warmup:
-                        (clean if preemptions() == p0 else dirty)[j].append(dt)
-                r += 1
-                if r >= cfg.warmup + cfg.repeats and all(
-                        len(c) >= cfg.repeats for c in clean):
-                    break
-            for job, c, d in zip(group, clean, dirty, strict=True):
-                if job.record:
-                    enough = len(c) >= max(1, cfg.repeats // 2)
-                    rows.append({"block": job.block, "side": "edge", "tokens": job.tokens,
-                                 "precision": "fp32",
-                                 "seconds": statistics.median(c if enough else c + d),
-                                 "context": job.context, "disturbed": len(d)})
-            if tick is not None:
-                head = group[0]
-                tick(f"T={head.tokens}" + (f" ctx={head.context}" if head.context else ""))
+        order = list(range(len(groups)))
+        for attempt in range(2):
+            retry = []
+            for g in order:
+                clean, dirty = _time_group(ex, groups[g], cfg)
+                if g not in results or sum(map(len, clean)) > sum(map(len, results[g][0])):
+                    results[g] = (clean, dirty)
+                if any(len(c) < need for c, job in zip(clean, groups[g], strict=True)
+                       if job.record):
+                    retry.append(g)
+                if tick is not None and attempt == 0:
+                    head = groups[g][0]
+                    tick(f"T={head.tokens}" + (f" ctx={head.context}" if head.context else ""))
+            order = retry
+    rows = []
+    for g, group in enumerate(groups):
+        clean, dirty = results[g]
+        for job, c, d in zip(group, clean, dirty, strict=True):
+            if job.record:
+                ok = len(c) >= need
+                rows.append({"block": job.block, "side": "edge", "tokens": job.tokens,
+                             "precision": "fp32", "seconds": statistics.median(c if ok else c + d),
+                             "context": job.context, "disturbed": len(d), "ok": ok})
     return rows
 
 
@@ -606,7 +625,12 @@ def _calibrate(model, out, cfg, card, progress, bw_gbs) -> Calibration:
         before = contention()
         prior = prior_profile(cfg.threads, bw_gbs, cfg.clock)
         rows = measure_blocks(TorchLlamaExecutor(model, name="local"), cfg, tick)
-        write_rows(rows, csv_path)
+        usable = [r for r in rows if r["ok"]]
+        if len(usable) < MIN_ROWS:
+            raise BusyMachine(f"only {len(usable)} of {len(rows)} block rows had enough calls "
+                              "that no other job preempted: this machine is too busy to time "
+                              "blocks on the wall clock; try later or `--clock cpu --threads 1`")
+        write_rows(usable, csv_path)
         fitted, report = fit_profile(csv_path, card, prior)
         requests = validate(model, fitted, card, cfg, tick)
         after = contention()
@@ -618,6 +642,7 @@ def _calibrate(model, out, cfg, card, progress, bw_gbs) -> Calibration:
     val = {"card": card.name, "config": dataclasses.asdict(cfg), "threads": cfg.threads,
            "contention_wall_over_cpu": [before, after], "load_average": os.getloadavg(),
            "block_calls_preempted": sum(r["disturbed"] for r in rows),
+           "rows_left_out": [{k: r[k] for k in CSV_COLUMNS} for r in rows if not r["ok"]],
            "preemptions_per_s": cal.preemption_rate, "shared": cal.shared,
            "cpus": os.cpu_count(),
            "fit": {"rms_log_error": report.rms_log_error, "mape_rows": report.mape,
@@ -655,7 +680,11 @@ def cli(args) -> int:
     if args.repeats is not None:
         cfg = dataclasses.replace(cfg, repeats=args.repeats)
     t0 = time.perf_counter()
-    cal = calibrate(load_model(args.model), args.out, cfg, progress=not args.no_progress)
+    try:
+        cal = calibrate(load_model(args.model), args.out, cfg, progress=not args.no_progress)
+    except BusyMachine as err:
+        print(f"splitwise calibrate: {err}", file=sys.stderr)
+        return 1
     print(cal.report.table())
     print(cal.table())
     if cal.shared and cfg.clock == "wall":

@@ -92,9 +92,10 @@ def test_preempted_calls_are_left_out(tiny, monkeypatch):
     """A call during which the process was preempted (here: every call on layer 0, which then
     takes 100x longer on a fake clock) is not in the median; rounds go on until every job has
     `repeats` undisturbed calls."""
-    state = {"t": 0.0, "preempt": 0}
+    state = {"t": 0.0, "preempt": 0, "calls": 0}
 
     def call(layer):
+        state["calls"] += 1
         if layer == 0:
             state["preempt"] += 1
         state["t"] += 100.0 if layer == 0 else 1.0
@@ -115,9 +116,16 @@ def test_preempted_calls_are_left_out(tiny, monkeypatch):
 
     monkeypatch.setitem(cal.CLOCKS, "wall", lambda: state["t"])
     monkeypatch.setattr(cal, "preemptions", lambda: state["preempt"])
-    rows = cal.measure_blocks(Fake(), dataclasses.replace(TINY_CFG, warmup=0, repeats=3))
-    assert all(r["seconds"] == 1.0 for r in rows)
+    cfg = dataclasses.replace(TINY_CFG, warmup=0, repeats=3)
+    rows = cal.measure_blocks(Fake(), cfg)
+    assert all(r["seconds"] == 1.0 and r["ok"] for r in rows)
     assert sum(r["disturbed"] for r in rows) > 0
+    # every call preempted: each group is timed twice, then its rows are not ok
+    monkeypatch.setattr(cal, "preemptions", lambda: state["calls"])
+    n0 = state["calls"]
+    rows = cal.measure_blocks(Fake(), cfg)
+    assert not any(r["ok"] for r in rows)
+    assert state["calls"] - n0 == 2 * 3 * (6 + 5 + 4)  # 2 attempts x 3 rounds x 3 groups' jobs
 
 
 def test_prediction_is_the_sum_of_fitted_blocks():
@@ -207,3 +215,13 @@ def test_cli_quick_smollm2(tmp_path, capsys):
     prof = load_profile(out, register=False)
     assert prof.name == "local" and "smollm2-135m" in json.loads(
         out.with_suffix(".validation.json").read_text())["card"]
+
+
+def test_too_busy_machine_is_an_error(tiny, tmp_path, monkeypatch):
+    """No undisturbed block call at all: no fit from preempted timings, a clear error."""
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(cal, "preemptions", lambda: next(ticks))
+    with pytest.raises(cal.BusyMachine, match="too busy"):
+        cal.calibrate(tiny, tmp_path / "p.json", dataclasses.replace(TINY_CFG, repeats=2),
+                      progress=False)
+    assert not (tmp_path / "p.json").exists()
