@@ -121,7 +121,7 @@ def _claim(key, paper, value_fn, measure, unit, scale, threshold, direction, out
         states[cond] = st
     verdict, regime = _verdict(states)
     others = {}
-    for alt in ("dp-estimate", "oracle"):
+    for alt in ("dp-joint", "dp-estimate", "oracle"):
         if alt in pols and alt != ours:
             alt_vals = _per_condition(rows, lambda p, alt=alt: value_fn(p, alt))
             others[alt] = {"/".join(k): _fmt(*_ci(v), unit, scale) for k, v in alt_vals.items()}
@@ -335,7 +335,11 @@ def _md(claims: list[dict], out: Path) -> str:
                   f"slot, V = {cc['V']:g}, {cc['n_slots']} slots x {cc['seeds']} seeds (trace "
                   f"offset, arrival and cloud-share paths). Conditions: {conds}. "
                   f"Ours: {POLICY_LABEL.get(c3['ours'], c3['ours'])}"
-                  + (" (no trained checkpoint was found)." if c3["ours"] != "hier" else "."), ""]
+                  + (" (no trained checkpoint was found)." if c3["ours"] != "hier" else
+                     " from the checkpoint " + ", ".join(
+                         f"{k}: {v['path']} (trained for {v['model']} on {v['device']}, "
+                         f"evaluated there)" for k, v in c3.get("checkpoints", {}).items())
+                     + "."), ""]
     lines += ["✓ holds, ✗ fails, ? inconclusive (the 95% CI straddles the threshold), per "
               "condition.", ""]
     lines += ["| claim (paper) | ours | our measurement, mean ± 95% CI over seeds (per "

@@ -67,8 +67,8 @@ class Config:
     latency + JOINT_ENERGY_S_PER_J x edge energy + JOINT_ACCURACY_S_PER_PCT x accuracy drop
     (experiments.common; the paper's joint objective); checkpoints: (label,
     directory) of trained agents (agents.checkpoint; relative to the results folder, then the
-    working directory) evaluated beside them on the scenarios of their training model, skipped
-    when absent; rate: Poisson arrivals per slot; V: DPP weight;
+    working directory) evaluated beside them on their training model and device (all
+    conditions), skipped when absent; rate: Poisson arrivals per slot; V: DPP weight;
     tau_s: slot length (s); n_slots: slots per run; seeds: runs (trace offset, arrival and
     share paths)."""
 
@@ -109,7 +109,7 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     keys = seed_keys(cfg.seeds)
     ckpts = find_checkpoints(cfg, Path(out_dir).parent)
     jobs = [(m, p) for m in cfg.models for p in cfg.policies]
-    jobs += [(m, label) for label, (m, _) in ckpts.items() if m in cfg.models]
+    jobs += [(c[0], label) for label, c in ckpts.items() if c[0] in cfg.models]
     params_by_model = {}
     for model, pname in progress(jobs, desc="policies", total=len(jobs)):
         joint = pname == "dp-joint"
@@ -123,12 +123,14 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
         if pname in ckpts:
             from agents.evaluate import load_policy
 
-            pol = load_policy(ckpts[pname][1], name=pname)
+            pol = load_policy(ckpts[pname][2], name=pname)
         else:
             pol = policy("dp-estimate" if joint else pname)
         info, actions = rollouts(pol, batch, cfg.n_slots, jax.numpy.tile(keys, (len(combos), 1)))
         mem = np.asarray(_edge_memory(actions, batch.spec))
         for i, (device, cond) in enumerate(combos):
+            if pname in ckpts and device != ckpts[pname][1]:
+                continue  # a trained policy is evaluated on the device it was trained for
             lat = np.full((cfg.seeds, cfg.n_slots), np.nan, np.float32)
             for s in range(cfg.seeds):
                 j = i * cfg.seeds + s
@@ -149,21 +151,23 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     np.savez_compressed(out_dir / "latencies.npz", **lat_arrays)
     write_config(out_dir, cfg, experiment=NAME, trace=str(trace.name),
                  conditions={c: dataclasses.asdict(CONDITIONS[c]) for c in cfg.conditions},
-                 checkpoints={k: str(v[1]) for k, v in ckpts.items()},
+                 checkpoints={k: {"model": v[0], "device": v[1], "path": str(v[2])}
+                              for k, v in ckpts.items()},
                  ours="hier" if "hier" in ckpts else
                  "dp-joint" if "dp-joint" in cfg.policies else "dp-estimate")
 
 
-def find_checkpoints(cfg: Config, out: Path) -> dict[str, tuple[str, Path]]:
-    """{label: (training model, directory)} of the configured checkpoints that exist."""
+def find_checkpoints(cfg: Config, out: Path) -> dict[str, tuple[str, str, Path]]:
+    """{label: (training model, training device, directory)} of the configured checkpoints
+    that exist."""
     found = {}
     for label, d in cfg.checkpoints:
         for base in (Path(out), Path.cwd()):
             p = Path(d) if Path(d).is_absolute() else base / d
             if (p / "config.json").exists() and (p / "params.npz").exists():
                 train = json.loads((p / "config.json").read_text()).get("train") or {}
-                model = (train.get("scenario") or {}).get("model", "llama-7b")
-                found[label] = (model, p)
+                sc = train.get("scenario") or {}
+                found[label] = (sc.get("model", "llama-7b"), sc.get("device", "rpi5"), p)
                 break
     return found
 
@@ -185,6 +189,8 @@ def plot(run_dir: Path) -> list[Path]:
             for j, c in enumerate(conds):
                 ax = axes[i, j]
                 for p in pols:
+                    if f"{model}|{d}|{c}|{p}" not in lats.files:
+                        continue  # a trained policy runs only on its training device
                     x = lats[f"{model}|{d}|{c}|{p}"].ravel()
                     x = np.sort(x[np.isfinite(x)])
                     if x.size == 0:
