@@ -291,6 +291,18 @@ def masked_choices(logits, steps: Steps, used0, budget, key=None, actions=None,
 
     xs = (logits, steps.mem, steps.rest, steps.allowed, steps.prefer, noise, given)
     carry = (jnp.asarray(used0, jnp.float32), jnp.asarray(chain.prev0, jnp.int32))
+    if actions is not None and not sample:
+        # Scoring: the carried memory and chain state of every step follow from the given
+        # actions (prefix sums), so all steps are evaluated at once (no scan to differentiate).
+        mem_a = jnp.take_along_axis(steps.mem, given[:, None], axis=1)[:, 0]
+        used = carry[0] + jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(mem_a)[:-1]])
+        prev = jnp.concatenate([carry[1][None], chain.state_of[given][:-1]])
+        mask = jax.vmap(step_mask, in_axes=(0, 0, 0, 0, 0, None))(
+            used, steps.mem, steps.rest, steps.allowed, steps.prefer, budget)
+        logp_all = jax.vmap(masked_log_softmax)(logits + chain.trans[prev], mask)
+        logp = jnp.take_along_axis(logp_all, given[:, None], axis=1)[:, 0]
+        ent = jax.vmap(masked_entropy)(logp_all, mask)
+        return Choices(given.astype(jnp.int32), logp, ent, mask)
     if n == 1:  # one step: no scan (less to compile)
         _, out = body(carry, jax.tree.map(lambda v: v[0], xs))
         a, logp, ent, mask = jax.tree.map(lambda v: v[None], out)
