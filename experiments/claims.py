@@ -95,7 +95,8 @@ def _verdict(states: dict, pending: str | None = None):
     tail = (f"; inconclusive (CI straddles the threshold): {'; '.join('/'.join(k) for k in unsure)}"
             if unsure else "")
     if len(yes) == len(states):
-        return "reproduced", "all evaluated conditions"
+        return "reproduced", ("all evaluated conditions" if len(yes) > 3 else
+                              "all evaluated conditions: " + "; ".join("/".join(k) for k in yes))
     if yes:
         return "reproduced under stated conditions", "; ".join("/".join(k) for k in yes) + tail
     return "not reproduced", "none of the evaluated conditions" + tail
@@ -111,22 +112,33 @@ def _claim(key, paper, value_fn, measure, unit, scale, threshold, direction, out
                 "context": context or []}
     pols = {r["policy"] for r in rows}
     ours = next((p for p in (ours_pref or OURS) if p in pols), _ours(rows))
-    vals = _per_condition(rows, lambda p: value_fn(p, ours))
-    measured, states = {}, {}
-    for cond, xs in vals.items():
-        m, h, n = _ci(xs)
-        st = _state(m, h, threshold, direction)
-        measured["/".join(cond)] = {"mean": m, "ci95": h, "n": n, "state": st,
-                                    "text": f"{_fmt(m, h, n, unit, scale)} {MARK[st]}"}
-        states[cond] = st
-    verdict, regime = _verdict(states)
-    others = {}
+
+    def measure_policy(pol):
+        vals = _per_condition(rows, lambda p: value_fn(p, pol))
+        measured, states = {}, {}
+        for cond, xs in vals.items():
+            m, h, n = _ci(xs)
+            st = _state(m, h, threshold, direction)
+            measured["/".join(cond)] = {"mean": m, "ci95": h, "n": n, "state": st,
+                                        "text": f"{_fmt(m, h, n, unit, scale)} {MARK[st]}"}
+            states[cond] = st
+        return measured, _verdict(states)
+
+    measured, (verdict, regime) = measure_policy(ours)
+    out_claim = {"key": key, "paper": paper, "measure": measure, "ours": ours,
+                 "measured": measured, "verdict": verdict, "regime": regime,
+                 "context": context or [], "others": {}}
+    # A trained agent runs only where it was trained: the model-based controller with the same
+    # objective gives the verdict over every condition beside it.
+    if ours == "hier" and "dp-joint" in pols:
+        m2, (v2, r2) = measure_policy("dp-joint")
+        out_claim["model_based"] = {"measured": m2, "verdict": v2, "regime": r2}
     for alt in ("dp-joint", "dp-estimate", "oracle"):
-        if alt in pols and alt != ours:
+        if alt in pols and alt != ours and not (alt == "dp-joint" and "model_based" in out_claim):
             alt_vals = _per_condition(rows, lambda p, alt=alt: value_fn(p, alt))
-            others[alt] = {"/".join(k): _fmt(*_ci(v), unit, scale) for k, v in alt_vals.items()}
-    return {"key": key, "paper": paper, "measure": measure, "ours": ours, "measured": measured,
-            "verdict": verdict, "regime": regime, "context": context or [], "others": others}
+            out_claim["others"][alt] = {"/".join(k): _fmt(*_ci(v), unit, scale)
+                                        for k, v in alt_vals.items()}
+    return out_claim
 
 
 def _best_existing(p):
@@ -337,8 +349,10 @@ def _md(claims: list[dict], out: Path) -> str:
                   f"Ours: {POLICY_LABEL.get(c3['ours'], c3['ours'])}"
                   + (" (no trained checkpoint was found)." if c3["ours"] != "hier" else
                      " from the checkpoint " + ", ".join(
-                         f"{k}: {v['path']} (trained for {v['model']} on {v['device']}, "
-                         f"evaluated there)" for k, v in c3.get("checkpoints", {}).items())
+                         f"{k}: {v['path']} (trained for {v['model']} on {v['device']}"
+                         + (f", {v['condition']}" if v.get("condition") else "")
+                         + ", evaluated there only)" for k, v in c3.get("checkpoints", {}).items())
+                     + _training_note(out)
                      + "."), ""]
     lines += ["✓ holds, ✗ fails, ? inconclusive (the 95% CI straddles the threshold), per "
               "condition.", ""]
@@ -347,8 +361,16 @@ def _md(claims: list[dict], out: Path) -> str:
               "|---|---|---|---|---|"]
     for c in claims:
         meas = "<br>".join(f"{k}: {v['text']}" for k, v in c["measured"].items()) or "-"
-        lines.append(f"| {c['paper']} | {POLICY_LABEL.get(c['ours'], c['ours'] or '-')} | "
-                     f"{meas} | **{c['verdict']}** | {c['regime']} |")
+        who = POLICY_LABEL.get(c["ours"], c["ours"] or "-")
+        verdict, regime = f"**{c['verdict']}**", c["regime"]
+        mb = c.get("model_based")
+        if mb:
+            who += f"<br>*then:* {POLICY_LABEL['dp-joint']}"
+            meas += "<br>*model-based:*<br>" + "<br>".join(
+                f"{k}: {v['text']}" for k, v in mb["measured"].items())
+            verdict += f"<br>*model-based:* **{mb['verdict']}**"
+            regime += f"<br>*model-based:* {mb['regime']}"
+        lines.append(f"| {c['paper']} | {who} | {meas} | {verdict} | {regime} |")
     lines += ["", "## Notes per claim", ""]
     for c in claims:
         lines.append(f"**{c['paper']}**. Measure: {c.get('measure', '-')}.")
@@ -370,6 +392,16 @@ def _md(claims: list[dict], out: Path) -> str:
               "every evaluated condition; reproduced under stated conditions: in some (listed); "
               "not reproduced: in none; pending: the runs it needs are missing.", ""]
     return "\n".join(lines)
+
+
+def _training_note(out: Path) -> str:
+    """'; trained N environment steps' from the training run beside the results, if any."""
+    path = Path(out) / "train" / "hier" / "summary.json"
+    if not path.exists():
+        return ""
+    s = json.loads(path.read_text())
+    return (f"; the hierarchical policy was trained for {s.get('env_steps_per_seed')} "
+            f"environment steps ({s.get('wall_s', 0):.0f} s)")
 
 
 def write_claims(out: str | Path = "results") -> list[Path]:

@@ -55,6 +55,7 @@ from experiments.sim import (
     seed_keys,
     stack,
 )
+from experiments.training import FULL_TRAIN, QUICK_TRAIN, TrainSpec, ensure_runs
 
 NAME = "trace_latency"
 JOINT = {"pen_energy": JOINT_ENERGY_S_PER_J, "pen_accuracy": JOINT_ACCURACY_S_PER_PCT}
@@ -70,7 +71,8 @@ class Config:
     working directory) evaluated beside them on their training model and device (all
     conditions), skipped when absent; rate: Poisson arrivals per slot; V: DPP weight;
     tau_s: slot length (s); n_slots: slots per run; seeds: runs (trace offset, arrival and
-    share paths)."""
+    share paths); train: the agents trained into <out>/train when no run is there (None: do
+    not train)."""
 
     models: tuple[str, ...] = ("llama-7b",)
     devices: tuple[str, ...] = ("orin-nx", "galaxy-s23", "rpi5")
@@ -83,10 +85,11 @@ class Config:
     tau_s: float = 2.0
     n_slots: int = 2000
     seeds: int = 10
+    train: TrainSpec | None = FULL_TRAIN
 
 
 # Batch = devices x conditions x seeds: 30 (quick) and 90 (full), as in figure 4.
-QUICK = Config(devices=("orin-nx", "rpi5"), n_slots=500, seeds=5)
+QUICK = Config(devices=("orin-nx", "rpi5"), n_slots=500, seeds=5, train=QUICK_TRAIN)
 FULL = Config(models=("gpt2-xl", "llama-7b", "llama-13b"))
 
 
@@ -107,6 +110,7 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     rows, lat_arrays = [], {}
     combos = [(d, c) for d in cfg.devices for c in cfg.conditions]
     keys = seed_keys(cfg.seeds)
+    ensure_runs(Path(out_dir).parent, cfg.train, progress)
     ckpts = find_checkpoints(cfg, Path(out_dir).parent)
     jobs = [(m, p) for m in cfg.models for p in cfg.policies]
     jobs += [(c[0], label) for label, c in ckpts.items() if c[0] in cfg.models]
@@ -129,8 +133,9 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
         info, actions = rollouts(pol, batch, cfg.n_slots, jax.numpy.tile(keys, (len(combos), 1)))
         mem = np.asarray(_edge_memory(actions, batch.spec))
         for i, (device, cond) in enumerate(combos):
-            if pname in ckpts and device != ckpts[pname][1]:
-                continue  # a trained policy is evaluated on the device it was trained for
+            if pname in ckpts and (device != ckpts[pname][1]
+                                   or ckpts[pname][3] not in (None, cond)):
+                continue  # a trained policy is evaluated where it was trained
             lat = np.full((cfg.seeds, cfg.n_slots), np.nan, np.float32)
             for s in range(cfg.seeds):
                 j = i * cfg.seeds + s
@@ -151,15 +156,16 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     np.savez_compressed(out_dir / "latencies.npz", **lat_arrays)
     write_config(out_dir, cfg, experiment=NAME, trace=str(trace.name),
                  conditions={c: dataclasses.asdict(CONDITIONS[c]) for c in cfg.conditions},
-                 checkpoints={k: {"model": v[0], "device": v[1], "path": str(v[2])}
-                              for k, v in ckpts.items()},
+                 checkpoints={k: {"model": v[0], "device": v[1], "path": str(v[2]),
+                                  "condition": v[3]} for k, v in ckpts.items()},
                  ours="hier" if "hier" in ckpts else
                  "dp-joint" if "dp-joint" in cfg.policies else "dp-estimate")
 
 
-def find_checkpoints(cfg: Config, out: Path) -> dict[str, tuple[str, str, Path]]:
-    """{label: (training model, training device, directory)} of the configured checkpoints
-    that exist."""
+def find_checkpoints(cfg: Config, out: Path) -> dict[str, tuple]:
+    """{label: (training model, training device, directory, training condition or None)} of
+    the configured checkpoints that exist (the condition is the key of experiments.sim.
+    CONDITIONS whose cloud, RTT and share process match the training scenario)."""
     found = {}
     for label, d in cfg.checkpoints:
         for base in (Path(out), Path.cwd()):
@@ -167,9 +173,21 @@ def find_checkpoints(cfg: Config, out: Path) -> dict[str, tuple[str, str, Path]]
             if (p / "config.json").exists() and (p / "params.npz").exists():
                 train = json.loads((p / "config.json").read_text()).get("train") or {}
                 sc = train.get("scenario") or {}
-                found[label] = (sc.get("model", "llama-7b"), sc.get("device", "rpi5"), p)
+                found[label] = (sc.get("model", "llama-7b"), sc.get("device", "rpi5"), p,
+                                _condition_of(sc))
                 break
     return found
+
+
+def _condition_of(sc: dict) -> str | None:
+    link = sc.get("link") or {}
+    share = link.get("share") or {}
+    for name, c in CONDITIONS.items():
+        if (sc.get("cloud") == c.cloud and link.get("rtt_ms") == c.rtt_ms
+                and share.get("kind") == "ar1" and share.get("median_share") == c.share_median
+                and share.get("logit_std") == c.share_logit_std):
+            return name
+    return None
 
 
 def plot(run_dir: Path) -> list[Path]:

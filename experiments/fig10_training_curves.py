@@ -3,8 +3,9 @@ that `agents.train` writes: one row per seed and logged update) against the clai
 and the model-based dp-estimate controller on the training scenario (lines: their mean per-slot
 DPP, latency and backlog over `seeds` rollouts of `n_slots`).
 
-The runs are read, not made: produce them with `splitwise train ... --out <out>/train/hier`
-(and `--layerwise --out <out>/train/layerwise`). Without any run the experiment is skipped.
+The runs are read from <out>/train/<kind> (made by figure 3's `ensure_runs` with the mode's
+training budget when missing, or by `splitwise train ... --out <out>/train/hier` and
+`--layerwise --out <out>/train/layerwise`). Without any run the experiment is skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from experiments.common import fig_legend, pyplot, read_rows, save, write_config, write_rows
 from experiments.registry import Experiment, Unavailable
 from experiments.sim import POLICY_COLOR, policy, require_lyapunov, rollouts, seed_keys, stack
+from experiments.training import FULL_TRAIN, QUICK_TRAIN, TrainSpec, ensure_runs
 
 NAME = "training_curves"
 METRICS = (("dpp", "per-slot DPP objective"), ("latency_s", "request latency (s)"),
@@ -33,9 +35,10 @@ class Config:
                                          ("layerwise", "train/layerwise"))
     n_slots: int = 1000
     seeds: int = 5
+    train: TrainSpec | None = FULL_TRAIN
 
 
-QUICK = Config(n_slots=300)
+QUICK = Config(n_slots=300, train=QUICK_TRAIN)
 FULL = Config()
 
 
@@ -52,6 +55,7 @@ def find_runs(cfg: Config, out: Path) -> dict[str, Path]:
 
 def run(cfg: Config, out_dir: Path, progress) -> None:
     require_lyapunov()
+    ensure_runs(Path(out_dir).parent, cfg.train, progress)
     runs = find_runs(cfg, Path(out_dir).parent)
     if not runs:
         raise Unavailable("no training run found (metrics.csv + train_config.json) under "
