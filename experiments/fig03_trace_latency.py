@@ -229,7 +229,7 @@ def plot(run_dir: Path) -> list[Path]:
         fig_legend(fig, axes, ncol=3, y=0.99)
         out.append(save(fig, run_dir / f"latency_cdf_{model}.png"))
         # p95 with 95% CI over seeds.
-        fig, axes = plt.subplots(1, len(devices), squeeze=False, figsize=(4.2 * len(devices), 3))
+        fig, axes = plt.subplots(1, len(devices), squeeze=False, figsize=(5.6 * len(devices), 3.4))
         width = 0.8 / len(pols)
         for j, d in enumerate(devices):
             ax = axes[0, j]
