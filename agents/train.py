@@ -264,6 +264,10 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--num-steps", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--gamma", type=float, default=0.0)
+    ap.add_argument("--reward-mode", default=None, choices=("relative", "dpp"),
+                    help="default: relative for gamma = 0, dpp otherwise")
+    ap.add_argument("--episode-slots", type=int, default=256,
+                    help="slots before an environment resets (training only)")
     ap.add_argument("--ent-coef", type=float, default=0.01)
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -273,11 +277,13 @@ def config_from_args(args) -> TrainConfig:
     kind = "layerwise" if args.layerwise else "flat_head" if args.flat_head else "hier"
     per_update = args.num_envs * args.num_steps
     n = max(1, round(args.steps / per_update / args.log_every)) * args.log_every
-    scenario = scenario_from_args(args, args.trace[0] if args.trace else None)
+    scenario = dataclasses.replace(scenario_from_args(args, args.trace[0] if args.trace else None),
+                                   episode_slots=args.episode_slots)
+    mode = args.reward_mode or ("relative" if args.gamma == 0 else "dpp")
     return TrainConfig(
         scenario=scenario, train_traces=tuple(args.trace),
         ppo=PPOConfig(num_envs=args.num_envs, num_steps=args.num_steps, num_updates=n,
-                      lr=args.lr, gamma=args.gamma, ent_coef=args.ent_coef),
+                      lr=args.lr, gamma=args.gamma, ent_coef=args.ent_coef, reward_mode=mode),
         action=ActionConfig(kind=kind, n_groups=args.groups, head_bins=args.head_bins),
         num_seeds=args.seeds, seed=args.seed, log_every=args.log_every)
 
