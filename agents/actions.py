@@ -74,6 +74,10 @@ class ActionConfig:
       mode edge after edge, cloud after cloud; for layers, (H, edge) after the residual ended
       on the edge and (0, cloud) after it ended on the cloud. Crossings cost at least an RTT,
       so runs of one side are likelier to be good; the learned transition logits start at 0.
+    split_bias: prior logit added to the split mode of every group (hier). Negative: the
+      high level starts out preferring whole-group placements and refines into splits as it
+      learns; random splits at WAN RTTs are so slow that, explored too often early on, they
+      teach the policy to stay on the edge before it finds the cloud.
     """
 
     kind: Literal["hier", "flat_head", "layerwise"] = "hier"
@@ -81,6 +85,7 @@ class ActionConfig:
     head_bins: int = 9
     mask_outage: bool = True
     stay_bonus: float = 1.0
+    split_bias: float = -1.0
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -111,6 +116,7 @@ class ActionSpace:
     mask_outage: bool
     precisions: tuple[int, ...] = (0, 1, 2)
     stay_bonus: float = 0.0
+    split_bias: float = 0.0
 
     @property
     def n_bins(self) -> int:
@@ -147,7 +153,8 @@ def make_space(spec: CostSpec, cfg: ActionConfig, precisions=(0, 1, 2)) -> Actio
     groups = tuple(int(l * g // n_l) for l in range(n_l))
     return ActionSpace(cfg.kind, n_l, n_h, g, tuple(int(c) for c in counts), groups,
                        spec.privacy_layers, spec.tied, cfg.mask_outage,
-                       tuple(sorted(int(q) for q in precisions)), float(cfg.stay_bonus))
+                       tuple(sorted(int(q) for q in precisions)), float(cfg.stay_bonus),
+                       float(cfg.split_bias))
 
 
 @struct.dataclass
@@ -479,7 +486,8 @@ def high_level(space: ActionSpace, ctx: MaskContext, logits: HighLogits, key=Non
     if space.kind == "hier":
         prior = space.stay_bonus * jnp.eye(3)
         chain = Chain(logits.trans + prior, jnp.arange(3, dtype=jnp.int32), embed)
-        grp = masked_choices(logits.modes, group_steps(ctx, space, embed),
+        split_prior = jnp.asarray([0.0, 0.0, space.split_bias])
+        grp = masked_choices(logits.modes + split_prior, group_steps(ctx, space, embed),
                              jnp.where(embed == EDGE, ctx.emb_mem, 0.0), ctx.budget,
                              actions=None if a is None else a.modes, noise=nz.modes,
                              chain=chain)

@@ -192,9 +192,10 @@ def observe_features(obs, params) -> Features:
 
     scalars (16): log1p of the four queues; log1p(V); arrival estimate / mean rate; last and
     EWMA downlink bandwidth as log1p(bw / mean) and log1p(bw) / 5 (absolute scale); last and
-    EWMA RTT / mean RTT; last and EWMA cloud share; link up in the last slot; memory headroom
-    (budget / edge-only memory, capped at 2).
-    history [W, 3]: log1p(bw / mean) of the past W slots, their cloud share, outage flag.
+    EWMA RTT / mean RTT; last and EWMA cloud share on a log scale; link up in the last slot;
+    memory headroom (budget / edge-only memory, capped at 2).
+    history [W, 3]: log1p(bw / mean) of the past W slots, their log-scaled cloud share,
+    outage flag.
     """
     from costmodel.costs import structure_terms
 
@@ -213,12 +214,18 @@ def observe_features(obs, params) -> Features:
         jnp.log1p(last.bw_down_mbps / bw_s), jnp.log1p(ewma.bw_down_mbps / bw_s),
         jnp.log1p(last.bw_down_mbps) / 5.0, jnp.log1p(ewma.bw_down_mbps) / 5.0,
         last.rtt_ms / rtt_s, ewma.rtt_ms / rtt_s,
-        last.cloud_share, ewma.cloud_share,
+        _log_share(last.cloud_share), _log_share(ewma.cloud_share),
         last.up.astype(jnp.float32), headroom,
     ]).astype(jnp.float32)
-    hist = jnp.stack([jnp.log1p(obs.bw_hist / bw_s), obs.share_hist,
+    hist = jnp.stack([jnp.log1p(obs.bw_hist / bw_s), _log_share(obs.share_hist),
                       (obs.bw_hist <= 0).astype(jnp.float32)], axis=-1).astype(jnp.float32)
     return Features(scalars, hist)
+
+
+def _log_share(share):
+    """1 + ln(share) / 3.5: a contended cloud's share spans decades (0.001 .. 1), and the
+    cloud's speed is proportional to it, so the policy needs its logarithm (-1 .. 1)."""
+    return 1.0 + jnp.log(jnp.maximum(share, 1e-4)) / 3.5
 
 
 def observed_outage(obs):
