@@ -57,6 +57,7 @@ class PolicyConfig:
         self.mask_outage: bool = bool(sp["mask_outage"])
         self.precisions: tuple[int, ...] = tuple(int(q) for q in sp.get("precisions", (0, 1, 2)))
         self.stay_bonus: float = float(sp.get("stay_bonus", 0.0))
+        self.split_bias: float = float(sp.get("split_bias", 0.0))
         net = config["net"]
         self.hidden: int = int(net["hidden"])
         self.low_hidden: int = int(net["low_hidden"])
@@ -325,7 +326,8 @@ class TorchPolicy(nn.Module):
         cond = None
         if c.kind == "hier":
             trans = lg_trans + c.stay_bonus * torch.eye(3)
-            modes = masked_greedy(lg_modes, *self._group_steps(layer_mem, emb_mem, outage, embed),
+            split_prior = torch.tensor([0.0, 0.0, c.split_bias])
+            modes = masked_greedy(lg_modes + split_prior, *self._group_steps(layer_mem, emb_mem, outage, embed),
                                   used0, budget, trans, torch.arange(3), embed)
             cond = torch.cat([_one_hot(embed, 2), _one_hot(modes, 3).reshape(b, -1),
                               _one_hot(prec, 3)], dim=-1)
