@@ -44,15 +44,17 @@ CLASS_COLOR = ("#7570b3", "#1b9e77", "#d95f02", "#e7298a")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """model: card; devices: edge profiles; clouds: cloud profiles;
+    """cases: (model card, edge profile) pairs; clouds: cloud profiles;
     privacy_layers: the floors compared (0 = none; k = embedding + first k layers on the edge);
     rtt_ms, bw_mbps, shares: (lo, hi, n) log-spaced grids;
     tol: relative margin below which a head-level split counts as a tie;
-    exact_checks: at most this many grid points (where the DP multiplier has a gap) re-solved
-      with the exact memory-resource DP."""
+    exact_checks: per case and privacy floor, at most this many grid points where the DP's
+      memory multiplier has a gap are re-solved with the exact memory-resource DP
+      (costmodel.strategies), and the exact latency replaces the grid's."""
 
-    model: str = "llama-7b"
-    devices: tuple[str, ...] = ("orin-nx", "galaxy-s23", "rpi5")
+    cases: tuple[tuple[str, str], ...] = tuple((m, d) for m in ("gpt2-xl", "llama-7b",
+                                                                 "llama-13b")
+                                               for d in ("orin-nx", "galaxy-s23", "rpi5"))
     clouds: tuple[str, ...] = ("datacenter", "mec")
     privacy_layers: tuple[int, ...] = (0, 2)
     rtt_ms: tuple[float, float, int] = (0.5, 100.0, 16)
@@ -66,8 +68,10 @@ class Config:
         return np.geomspace(lo, hi, n).astype(np.float32)
 
 
-QUICK = Config(devices=("orin-nx",), rtt_ms=(0.5, 100.0, 8), bw_mbps=(1.0, 1000.0, 10),
-               shares=(0.01, 1.0, 5), exact_checks=4)
+# Quick: one case where edge memory never binds and one where it does.
+QUICK = Config(cases=(("llama-7b", "orin-nx"), ("llama-13b", "galaxy-s23")),
+               rtt_ms=(0.5, 100.0, 8), bw_mbps=(1.0, 1000.0, 10), shares=(0.01, 1.0, 5),
+               exact_checks=4)
 FULL = Config()
 
 
@@ -91,55 +95,69 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     g_rtt, g_bw, g_share = (x.ravel() for x in np.meshgrid(rtt, bw, share, indexing="ij"))
     n = g_rtt.size
     rows, checks = [], []
-    combos = [(d, p) for d in cfg.devices for p in cfg.privacy_layers]
-    for device, priv in progress(combos, desc="grid", total=len(combos)):
-        specs = [get_spec(cfg.model, device, c, priv) for c in cfg.clouds]
+    combos = [(m, d, p) for m, d in cfg.cases for p in cfg.privacy_layers]
+    for model, device, priv in progress(combos, desc="grid", total=len(combos)):
+        specs = [get_spec(model, device, c, priv) for c in cfg.clouds]
         spec_batch = stack([s for s in specs for _ in range(n)])
         bw_all, rtt_all, share_all = (np.tile(x, len(specs)) for x in (g_bw, g_rtt, g_share))
         link = links(bw_all, rtt_all, share_all)
         costs, extra = evaluate_links(spec_batch, link)
         lat = {s: np.where(c.feasible, c.latency_s, np.inf) for s, c in costs.items()}
         lat["best-layer-cut"] = extra["proper_cut_latency"]  # c < L (c = L is edge-only)
-        winner, margin = classify(lat, cfg.tol)
         cloud_col = np.repeat(cfg.clouds, n)
+        # Exact re-solve where the multiplier left a gap (coarse: at most exact_checks points,
+        # spread over the gap points); the exact latency replaces the grid's there.
+        gap = np.flatnonzero(extra["headwise_gap"] > 0)
+        picks = gap[np.unique(np.linspace(0, gap.size - 1, min(cfg.exact_checks, gap.size))
+                              .astype(int))] if gap.size else gap
+        for i in picks:
+            lk = make_link(float(bw_all[i]), float(rtt_all[i]),
+                           cloud_share=float(share_all[i]))
+            _, c = strategy_partition("best-headwise", lk, specs[i // n])
+            exact = float(c.latency_s) if c is not None else float("inf")
+            checks.append({"model": model, "device": device, "cloud": cloud_col[i],
+                           "privacy_layers": priv, "index": int(i),
+                           "grid_latency_s": float(lat["best-headwise"][i]),
+                           "exact_latency_s": exact, "gap_points": int(gap.size)})
+            lat["best-headwise"][i] = min(lat["best-headwise"][i], exact)
+        winner, margin = classify(lat, cfg.tol)
+        checked = np.zeros(len(specs) * n, bool)
+        checked[picks] = True
         for i in range(len(specs) * n):
-            rows.append({"model": cfg.model, "device": device, "cloud": cloud_col[i],
+            rows.append({"model": model, "device": device, "cloud": cloud_col[i],
                          "privacy_layers": priv, "rtt_ms": rtt_all[i],
                          "bw_mbps": bw_all[i], "cloud_share": share_all[i],
                          **{f"lat_{s}": lat[s][i] for s in lat},
                          "winner": CLASSES[winner[i]], "margin": margin[i],
                          "dp_split": bool(extra["headwise_is_split"][i]),
-                         "dp_gap": float(extra["headwise_gap"][i])})
-        # Exact re-solve where the multiplier left a gap (coarse: at most exact_checks points).
-        gap_idx = np.flatnonzero(extra["headwise_gap"] > 0)[: cfg.exact_checks]
-        for i in gap_idx:
-            spec = specs[i // n]
-            lk = make_link(float(bw_all[i]), float(rtt_all[i]),
-                           cloud_share=float(share_all[i]))
-            _, c = strategy_partition("best-headwise", lk, spec)
-            checks.append({"device": device, "cloud": cloud_col[i], "privacy_layers": priv,
-                           "index": int(i), "grid_latency_s": lat["best-headwise"][i],
-                           "exact_latency_s": float(c.latency_s) if c is not None else None})
+                         "dp_gap": float(extra["headwise_gap"][i]),
+                         "exact_checked": bool(checked[i])})
     write_rows(out_dir / "regime.csv", rows)
-    write_rows(out_dir / "exact_checks.csv", checks or [{"device": "", "note": "no DP gap"}])
+    write_rows(out_dir / "exact_checks.csv", checks or [{"model": "", "note": "no DP gap"}])
     write_rows(out_dir / "summary.csv", summarize(rows))
     write_config(out_dir, cfg, experiment=NAME, classes=CLASSES)
 
 
 def summarize(rows) -> list[dict]:
-    """Per (device, cloud, privacy): share of the grid each class wins, and its max margin."""
+    """Per (model, device, cloud, privacy): share of the grid each class wins, its margins
+    (inf: the only feasible class), and how many points had a memory-multiplier gap."""
     out = []
-    keys = dict.fromkeys((r["device"], r["cloud"], r["privacy_layers"]) for r in rows)
-    for device, cloud, priv in keys:
-        sel = [r for r in rows if r["device"] == device and r["cloud"] == cloud
-               and r["privacy_layers"] == priv]
+    keys = dict.fromkeys((r["model"], r["device"], r["cloud"], r["privacy_layers"])
+                         for r in rows)
+    for model, device, cloud, priv in keys:
+        sel = [r for r in rows if (r["model"], r["device"], r["cloud"], r["privacy_layers"])
+               == (model, device, cloud, priv)]
+        gaps = sum(r["dp_gap"] > 0 for r in sel)
         for cls in CLASSES:
             won = [r for r in sel if r["winner"] == cls]
-            out.append({"device": device, "cloud": cloud, "privacy_layers": priv, "class": cls,
+            out.append({"model": model, "device": device, "cloud": cloud,
+                        "privacy_layers": priv, "class": cls,
                         "fraction": len(won) / len(sel),
                         "max_margin": max((r["margin"] for r in won), default=float("nan")),
                         "median_margin": float(np.median([r["margin"] for r in won]))
-                        if won else float("nan")})
+                        if won else float("nan"),
+                        "gap_points": gaps,
+                        "exact_checked": sum(r["exact_checked"] for r in sel)})
     return out
 
 
@@ -151,8 +169,8 @@ def plot(run_dir: Path) -> list[Path]:
     rows = read_rows(Path(run_dir) / "regime.csv")
     cmap = ListedColormap(CLASS_COLOR)
     out = []
-    for device in dict.fromkeys(r["device"] for r in rows):
-        sel = [r for r in rows if r["device"] == device]
+    for model, device in dict.fromkeys((r["model"], r["device"]) for r in rows):
+        sel = [r for r in rows if r["model"] == model and r["device"] == device]
         panels = list(dict.fromkeys((r["cloud"], r["privacy_layers"]) for r in sel))
         shares = sorted({r["cloud_share"] for r in sel}, reverse=True)
         picks = [shares[int(round(i))] for i in np.linspace(0, len(shares) - 1,
@@ -174,9 +192,12 @@ def plot(run_dir: Path) -> list[Path]:
                 ax = axes[i, j]
                 ax.pcolormesh(bws, rtts, win, cmap=cmap, vmin=-0.5, vmax=3.5, shading="nearest")
                 levels = [lv for lv in (1.05, 1.5, 2.0, 5.0, 20.0)
-                          if np.nanmin(mar) < lv < np.nanmax(mar)]
+                          if np.nanmin(mar) < lv < np.nanmax(np.where(np.isfinite(mar), mar,
+                                                                      1e6))]
                 if levels and len(rtts) > 1 and len(bws) > 1:
-                    cs = ax.contour(bws, rtts, mar, levels=levels, colors="k", linewidths=0.6)
+                    finite = np.where(np.isfinite(mar), mar, 1e6)  # inf: only feasible class
+                    cs = ax.contour(bws, rtts, finite, levels=levels, colors="k",
+                                    linewidths=0.6)
                     ax.clabel(cs, fmt=lambda v: f"{v:g}x", fontsize=6)
                 head = [r["margin"] for r in pts if r["winner"] == CLASSES[3]]
                 if head:
@@ -192,14 +213,13 @@ def plot(run_dir: Path) -> list[Path]:
                     ax.set_xlabel("bandwidth (Mbit/s)")
                 if j == 0:
                     ax.set_ylabel("RTT (ms)")
-        model = sel[0]["model"]
         fig.suptitle(f"Which strategy has the lowest latency: {MODEL_LABEL.get(model, model)} on "
                      f"{DEVICE_LABEL.get(device, device)} (contours: margin over the best "
                      "other class)")
         fig.tight_layout()
         fig.legend([Patch(color=c) for c in CLASS_COLOR], CLASSES, loc="lower center", ncol=4,
                    bbox_to_anchor=(0.5, 0.99), frameon=False)
-        out.append(save(fig, Path(run_dir) / f"regime_map_{device}.png"))
+        out.append(save(fig, Path(run_dir) / f"regime_map_{model}_{device}.png"))
     return out
 
 
