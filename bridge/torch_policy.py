@@ -327,7 +327,8 @@ class TorchPolicy(nn.Module):
         if c.kind == "hier":
             trans = lg_trans + c.stay_bonus * torch.eye(3)
             split_prior = torch.tensor([0.0, 0.0, c.split_bias])
-            modes = masked_greedy(lg_modes + split_prior, *self._group_steps(layer_mem, emb_mem, outage, embed),
+            modes = masked_greedy(lg_modes + split_prior,
+                                  *self._group_steps(layer_mem, emb_mem, outage, embed),
                                   used0, budget, trans, torch.arange(3), embed)
             cond = torch.cat([_one_hot(embed, 2), _one_hot(modes, 3).reshape(b, -1),
                               _one_hot(prec, 3)], dim=-1)
