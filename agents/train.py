@@ -222,6 +222,8 @@ def add_scenario_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--share", type=float, default=None,
                     help="median cloud share of an AR(1)-logit share process (default: 1)")
     ap.add_argument("--share-logit-std", type=float, default=1.5)
+    ap.add_argument("--min-share", type=float, default=None,
+                    help="floor of the share process (default: min(0.05, share / 10))")
     ap.add_argument("--outage-prob", type=float, default=0.0)
     ap.add_argument("--privacy-layers", type=int, default=0)
 
@@ -240,7 +242,9 @@ def scenario_from_args(args, trace: str | None = None):
         bw = pr.BandwidthConfig(kind=args.bandwidth_process, mean_mbps=args.bandwidth_mbps)
     share = (pr.ShareConfig() if args.share is None else
              pr.ShareConfig(kind="ar1", median_share=args.share,
-                            logit_std=args.share_logit_std))
+                            logit_std=args.share_logit_std,
+                            min_share=(args.min_share if args.min_share is not None
+                                       else min(0.05, args.share / 10))))
     rtt = args.rtt_ms if args.rtt_ms is not None else get_profile(args.cloud).rtt_ms
     link = pr.LinkConfig(bandwidth=bw, rtt_ms=rtt, share=share, outage_prob=args.outage_prob)
     return Scenario(model=args.model, device=args.device, cloud=args.cloud, tau_s=args.tau,

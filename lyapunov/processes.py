@@ -335,6 +335,10 @@ def make_ar1_share(
     std = _nonneg("logit_std", logit_std)
     r = _in_range("rho", rho, -1.0, 1.0, lo_open=True)
     floor = _in_range("min_share", min_share, 0.0, 1.0, lo_open=True)
+    if floor > med:
+        raise ProcessConfigError(
+            "min_share", f"{floor:g} is above median_share {med:g}: the floor would "
+            "replace the share process (lower min_share)")
     return AR1Params(_f32(math.log(med / (1 - med))), _f32(std), _f32(r), _f32(floor),
                      transform="sigmoid")
 

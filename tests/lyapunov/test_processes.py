@@ -205,10 +205,11 @@ def test_replay_of_a_trace_and_of_utilization():
     median=st.floats(1e-4, 1 - 1e-4),
     logit_std=st.floats(0.0, 20.0),
     rho=st.floats(-0.99, 1.0),
-    min_share=st.floats(1e-6, 1.0),
+    floor_frac=st.floats(1e-6, 1.0),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_ar1_share_always_in_unit_interval(median, logit_std, rho, min_share, seed):
+def test_ar1_share_always_in_unit_interval(median, logit_std, rho, floor_frac, seed):
+    min_share = floor_frac * median  # a floor above the median is rejected (named field)
     params = P.make_ar1_share(median, logit_std, rho, min_share)
     x = np.asarray(sample_path(jax.random.key(seed), params, 256))
     assert np.all(x > 0) and np.all(x <= 1) and np.all(x >= np.float32(min_share))
@@ -378,6 +379,8 @@ NAN = float("nan")
         (P.make_ar1_share, {"median_share": 0.5, "logit_std": 1.0, "rho": 0.5, "min_share": 0.0},
          "min_share"),
         (P.make_ar1_share, {"median_share": 0.5, "logit_std": NAN, "rho": 0.5}, "logit_std"),
+        (P.make_ar1_share, {"median_share": 0.01, "logit_std": 1.0, "rho": 0.5,
+                            "min_share": 0.05}, "min_share"),
         (P.make_markov_bandwidth, {"levels_mbps": [1.0, -2.0], "transition": [[1, 0], [0, 1]]},
          "levels_mbps"),
         (P.make_markov_bandwidth, {"levels_mbps": [1.0, NAN], "transition": [[1, 0], [0, 1]]},
