@@ -110,6 +110,8 @@ def plot(run_dir: Path) -> list[Path]:
                 if ref:
                     ax.axhline(np.mean(ref), color=POLICY_COLOR[pname], ls=ls, lw=1.2,
                                label=f"{pname} (mean over {len(ref)} rollouts)")
+            if key != "backlog":  # early updates are orders of magnitude above the oracle
+                ax.set_yscale("log")
             ax.set_xlabel("PPO update")
             ax.set_ylabel(name)
             ax.set_title(f"{label}: {name}")
