@@ -8,9 +8,9 @@ published totals in the tests.
 from __future__ import annotations
 
 import dataclasses
-import json
-import tomllib
 from pathlib import Path
+
+from costmodel import records
 
 FFN_TYPES = {"gelu": 2, "swiglu": 3}  # number of d x d_ff matrices per FFN
 
@@ -141,27 +141,12 @@ def get_card(name: str) -> ModelCard:
 
 def card_from_dict(data: dict, origin: str = "<dict>") -> ModelCard:
     """Build a card from a mapping with the dataclass's field names; unknown keys are errors."""
-    names = {f.name for f in dataclasses.fields(ModelCard)}
-    unknown = set(data) - names
-    if unknown:
-        raise CardError(f"{origin}: unknown model card field(s) {sorted(unknown)}; "
-                        f"valid fields: {sorted(names)}")
-    missing = {f.name for f in dataclasses.fields(ModelCard)
-               if f.default is dataclasses.MISSING} - set(data)
-    if missing:
-        raise CardError(f"{origin}: missing model card field(s) {sorted(missing)}")
-    return ModelCard(**data)
+    return records.from_dict(ModelCard, data, origin, "model card", CardError)
 
 
 def load_card(path: str | Path, register: bool = True) -> ModelCard:
-    """Read a card from a .json or .toml file (optionally registering it by name)."""
-    path = Path(path)
-    text = path.read_text()
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise CardError(f"{path}: not valid {path.suffix[1:]}: {err}") from None
-    card = card_from_dict(data, origin=str(path))
+    """Read a model card from a .json or .toml file (optionally registering it by name)."""
+    card = card_from_dict(records.read_mapping(path, CardError), origin=str(path))
     if register:
         CARDS[card.name] = card
     return card

@@ -10,13 +10,13 @@ from a JSON or TOML file with the same keys (`load_profile`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import tomllib
 from pathlib import Path
 
 import jax.numpy as jnp
 from flax import struct
+
+from costmodel import records
 
 
 class ProfileError(ValueError):
@@ -221,28 +221,14 @@ def get_profile(name: str, role: str | None = None) -> DeviceProfile:
 
 
 def profile_from_dict(data: dict, origin: str = "<dict>") -> DeviceProfile:
-    names = {f.name for f in dataclasses.fields(DeviceProfile)}
-    unknown = set(data) - names
-    if unknown:
-        raise ProfileError(f"{origin}: unknown profile field(s) {sorted(unknown)}; "
-                           f"valid fields: {sorted(names)}")
-    missing = {f.name for f in dataclasses.fields(DeviceProfile)
-               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-    missing -= set(data)
-    if missing:
-        raise ProfileError(f"{origin}: missing profile field(s) {sorted(missing)}")
-    return DeviceProfile(**data)
+    """Build a profile from a mapping with the dataclass's field names; unknown keys are
+    errors."""
+    return records.from_dict(DeviceProfile, data, origin, "profile", ProfileError)
 
 
 def load_profile(path: str | Path, register: bool = True) -> DeviceProfile:
     """Read a profile from a .json or .toml file (optionally registering it by name)."""
-    path = Path(path)
-    text = path.read_text()
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ProfileError(f"{path}: not valid {path.suffix[1:]}: {err}") from None
-    prof = profile_from_dict(data, origin=str(path))
+    prof = profile_from_dict(records.read_mapping(path, ProfileError), origin=str(path))
     if register:
         PROFILES[prof.name] = prof
     return prof
