@@ -511,15 +511,18 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
         part = _resource_solve(link, spec, w, pb.precisions, max(pb.units, 1), up)
         return _evaluate(part, link, spec, cw)
 
-    shapes = jax.eval_shape(solve, dp.Weights())  # a placeholder point, never a candidate
-    dummy = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
-    dummy = dummy.replace(lat=f32(BIG), c=f32(BIG))
+    # The sentinel "no point yet": a solve's pytree shape with latency and cost at BIG, so it
+    # loses every comparison; it fills the state's point slots and is the no-solve branch.
+    shapes = jax.eval_shape(solve, dp.Weights())
+    no_point = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+    no_point = no_point.replace(lat=f32(BIG), c=f32(BIG))
     zero, big = f32(0.0), f32(BIG)
     s0 = _State(
         phase=jnp.int32(_FAST), mode=jnp.int32(0), nu_i=jnp.int32(-1), nu=zero, lo=zero,
-        hi=zero, l_s=f32(1.0), c_s=zero, m_s=f32(1.0), nu_max=zero, p_fast=dummy, p_lo=dummy,
+        hi=zero, l_s=f32(1.0), c_s=zero, m_s=f32(1.0), nu_max=zero, p_fast=no_point,
+        p_lo=no_point,
         stack=jnp.zeros((pb.cap, 6), f32), size=jnp.int32(0), n_sweep=jnp.int32(0),
-        sb_j=big, sb=dummy, sb_lam=zero, f_j=big, f=dummy, f_lam=zero, f_nu=zero,
+        sb_j=big, sb=no_point, sb_lam=zero, f_j=big, f=no_point, f_lam=zero, f_nu=zero,
         lower=f32(-BIG), complete=jnp.bool_(True), fits0=jnp.bool_(False),
         n_solves=jnp.int32(0))
     max_iter = (pb.nu_iters + 3) * (3 * pb.cap + 3) + 2
@@ -532,7 +535,7 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
         i, s = c
         need, w, lam, worth = _query(pb, s)
         branch = jnp.where(need, 1 + jnp.minimum(s.mode, 1), 0)
-        branches = [lambda w, up: dummy, lambda w, up: solve(w)]
+        branches = [lambda w, up: no_point, lambda w, up: solve(w)]
         if pb.units > 0:
             branches.append(solve_resource)
         pt = jax.lax.switch(jnp.minimum(branch, len(branches) - 1), branches, w, s.mode == 2)
