@@ -121,7 +121,7 @@ def summarize(rows: list[dict]) -> dict:
         for ref in ("oracle", "dp-estimate"):
             g = paired_gap(runs, by.get(ref, {})) if pol != ref else None
             if g is not None:
-                s[f"gap_to_{ref}_pct"], s[f"gap_to_{ref}_ci95_pct"] = g
+                s[f"gap_to_{ref}_pct"], s[f"ci95_to_{ref}_pct"] = g
         out[pol] = s
     return out
 
@@ -136,7 +136,7 @@ def table(name: str, c: dict, summ: dict, train: dict) -> str:
 
     def gap(s, ref):
         k = f"gap_to_{ref}_pct"
-        return f"{s[k]:+.2f} ± {s[k[:-4] + '_ci95_pct']:.2f}" if k in s else ""
+        return f"{s[k]:+.2f} ± {s[f'ci95_to_{ref}_pct']:.2f}" if k in s else ""
 
     for pol, s in summ.items():
         if s["slots"] < full:  # the cvx relaxation: a few slots, for its decision time only
