@@ -1,6 +1,6 @@
 """Measured versus predicted latency of the split runtime on a replayed bandwidth trace.
 
-Starts a cloud server process on 127.0.0.1 and runs ``bridge.edge_client.run_edge`` with the
+Starts a cloud server process on 127.0.0.1 and runs ``bridge.edge_run.run_edge`` with the
 link shaped to a shipped trace (real time), once per policy, then prints the measured and
 the cost model's predicted p50 / p95 service latency. Usage:
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bridge.blocks import make_executor  # noqa: E402
-from bridge.edge_client import EdgeConfig, run_edge  # noqa: E402
+from bridge.edge_run import EdgeConfig, run_edge  # noqa: E402
 from bridge.transport import LinkConfig  # noqa: E402
 from lyapunov.processes import ArrivalConfig  # noqa: E402
 from lyapunov.traces import load_shipped  # noqa: E402

@@ -27,7 +27,9 @@ from bridge.blocks import (
     toy_executor,
 )
 from bridge.cloud_server import CloudServer, ServerConfig
-from bridge.edge_client import ClientConfig, EdgeClient, Observation, make_policy, run_edge
+from bridge.edge_client import ClientConfig, EdgeClient
+from bridge.edge_run import run_edge
+from bridge.runtime_policy import Observation, make_policy
 from bridge.transport import (
     Connection,
     LinkConfig,
@@ -134,7 +136,7 @@ def test_crossings_match_cost_model_bytes(precision):
     """The runtime's crossings carry exactly the cost model's bytes (fp16 / int8 / int4
     elements at 2 / 1 / 0.5 bytes, tokens at 4; the per-row float32 scales of int8 / int4 are
     the runtime's extra) for random head-count partitions."""
-    from bridge.edge_client import executor_card
+    from bridge.edge_run import executor_card
     from costmodel.accuracy import accuracy_profile
     from costmodel.costs import request_costs
     from costmodel.link import Workload, make_link
@@ -317,7 +319,7 @@ def test_edge_only_needs_no_cloud():
 
 
 def test_policies_return_valid_partitions():
-    from bridge.edge_client import executor_card, local_profiles
+    from bridge.edge_run import executor_card, local_profiles
     from costmodel.link import Workload
     from costmodel.partition import check_partition
     from costmodel.spec import make_spec
@@ -333,7 +335,7 @@ def test_policies_return_valid_partitions():
 
 @pytest.mark.parametrize("policy", ["cloud-only", "edge-only", "best-cut", "oracle"])
 def test_run_edge_summary(server, policy):
-    from bridge.edge_client import EdgeConfig
+    from bridge.edge_run import EdgeConfig
     from lyapunov.processes import ArrivalConfig
     from lyapunov.traces import load_shipped
 
@@ -410,7 +412,7 @@ def test_smollm2_networked_equals_split_forward():
 def test_run_edge_unlimited_link_custom_policy_strict_json(server):
     import json
 
-    from bridge.edge_client import EdgeConfig
+    from bridge.edge_run import EdgeConfig
     from costmodel.partition import layer_cut
 
     seen = []
