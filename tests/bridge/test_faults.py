@@ -28,7 +28,7 @@ from bridge.backoff import BackoffConfig, expected_schedule
 from bridge.blocks import RunPartition, run_local, toy_executor
 from bridge.cloud_server import CloudServer, ServerConfig
 from bridge.edge_client import ClientConfig, EdgeClient
-from bridge.transport import FaultPlan, FaultProxy
+from bridge.fault_proxy import FaultPlan, FaultProxy
 
 EX = toy_executor()
 L, H, V = EX.cfg.n_layers, EX.cfg.n_heads, EX.cfg.vocab_size
@@ -207,13 +207,15 @@ def test_cloud_server_restart():
             th.start()
         for th in threads:
             th.join(170)
+            assert not th.is_alive(), "a client hung"
     finally:
         stop.set()
-        t.join()
+        t.join(60)
         for p in procs:
             if p.poll() is None:
                 p.terminate()
                 p.wait(10)
+    assert not t.is_alive(), "the restarter hung"
     assert len(procs) == 3
     for j, r in zip(jobs, results, strict=True):
         check_results(j, r)
