@@ -38,7 +38,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bridge import export, torch_policy  # noqa: E402
+from bridge import export, policy_io, torch_policy  # noqa: E402
 
 
 def fresh_checkpoint(path: Path, kind: str = "hier") -> Path:
@@ -61,7 +61,7 @@ def traced(module, example: dict):
     to give the same outputs on the example."""
     import warnings
 
-    args = tuple(torch.from_numpy(example[k]) for k in export.INPUT_NAMES)
+    args = tuple(torch.from_numpy(example[k]) for k in policy_io.INPUT_NAMES)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = torch.jit.trace(module, args, check_trace=False)

@@ -6,7 +6,7 @@
   exporter, ``dynamo=False``: it needs no onnxscript), opset 17, dynamic batch axis; run it
   with onnxruntime (``onnx_session``).
 
-Inputs and outputs of both are ``INPUT_NAMES`` / ``OUTPUT_NAMES``: the
+Inputs and outputs of both are ``bridge.policy_io.INPUT_NAMES`` / ``OUTPUT_NAMES``: the
 observation features (``agents.networks.Features``) and the mask context
 (``agents.actions.MaskContext``) with a leading batch axis; out come the raw network outputs
 (high-level logits, the low-level logits under the greedy high-level choice, the value) and the
@@ -32,12 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-# Inputs and outputs of the exported module and graph (batch first).
-INPUT_NAMES = ("scalars", "history", "layer_mem", "emb_mem", "budget", "outage")
-OUTPUT_NAMES = ("high_logits", "low_logits", "trans_logits", "value", "embed", "modes", "prec",
-                "low", "cut")
-FLOAT_OUTPUTS = OUTPUT_NAMES[:4]
-ACTION_OUTPUTS = OUTPUT_NAMES[4:]
+from bridge.policy_io import ACTION_OUTPUTS, FLOAT_OUTPUTS, INPUT_NAMES, OUTPUT_NAMES
+
 OPSET = 17
 
 

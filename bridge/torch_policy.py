@@ -17,7 +17,7 @@
 Parameters come from an ``agents.checkpoint`` directory (``params.npz`` + ``config.json``):
 ``state_dict_from_flax`` maps the Flax leaves (``kernel [in, out]``, conv ``kernel [k, in,
 out]``) to torch's layout (``weight [out, in]``, ``[out, in, k]``). The module's inputs and
-outputs (batch-first) are ``bridge.export.INPUT_NAMES`` and ``OUTPUT_NAMES``.
+outputs (batch-first) are ``bridge.policy_io.INPUT_NAMES`` and ``OUTPUT_NAMES``.
 
 Imports torch (bridge only); nothing here imports JAX.
 """
@@ -31,8 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-
-from bridge.export import INPUT_NAMES, OUTPUT_NAMES  # noqa: F401  (the module's interface)
 
 EDGE, CLOUD = 0, 1
 MODE_EDGE, MODE_CLOUD = 0, 1

@@ -15,7 +15,7 @@ from flax import nnx  # noqa: E402
 from agents import checkpoint  # noqa: E402
 from agents.actions import ActionConfig, make_space  # noqa: E402
 from agents.networks import ActorCritic, NetConfig  # noqa: E402
-from bridge import export, torch_policy  # noqa: E402
+from bridge import export, policy_io, torch_policy  # noqa: E402
 from costmodel.cards import ModelCard  # noqa: E402
 from costmodel.spec import make_spec  # noqa: E402
 
@@ -114,7 +114,7 @@ def test_cli_torch_and_onnx(hier_ck, tmp_path, capsys):
     want = export.torch_reference(torch_policy.from_checkpoint(hier_ck))(**inputs)
     got_pt = export.torch_reference(module)(**inputs)
     got_onnx = export.onnx_reference(export.onnx_session(onnx_file))(**inputs)
-    for name in export.OUTPUT_NAMES:
+    for name in policy_io.OUTPUT_NAMES:
         np.testing.assert_array_equal(got_pt[name], want[name])
         np.testing.assert_allclose(got_onnx[name], want[name], atol=1e-5, rtol=0)
     one = {k: v[:1] for k, v in inputs.items()}  # batch 1 through the dynamic batch axis
