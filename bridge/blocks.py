@@ -1,7 +1,7 @@
 """What each side of the split runtime executes: the executor interface, two executors, the
 runtime partition, and the request program that both sides run.
 
-Executor (``Executor``): the blocks of system-model section 1 for one model, on one side:
+Executor (``Executor``): the blocks of ``docs/design.md §1`` for one model, on one side:
 ``embed``, ``attn`` (any subset of one layer's heads with that side's K/V cache, returning
 the partial output after their ``W_O`` slices), ``ffn`` / ``ffn_up`` / ``ffn_down`` (the SwiGLU
 FFN whole or as its two halves), ``lm_head_last``. Two implementations share the decomposition
@@ -336,7 +336,8 @@ def make_executor(name: str = "toy") -> Executor:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RunPartition:
-    """The partition the runtime executes (one per request).
+    """The partition the bridge executes: the runtime (one per request), ``bridge.split``,
+    calibration. ``from_costmodel`` is the one conversion from a ``costmodel`` partition.
 
     head_on_edge: bool [L, H], True = the query head runs on the edge.
     ffn: int [L], 0 edge, 1 cloud, 2 split (gate/up on the edge, down on the cloud).
@@ -381,8 +382,22 @@ class RunPartition:
                 or bool((self.ffn != FFN_EDGE).any()))
 
     @classmethod
+    def layer_cut(cls, n_layers: int, n_heads: int, cut: int,
+                  precision: str = "fp16") -> RunPartition:
+        """Layers ``< cut`` (heads and FFN) on the edge, the rest on the cloud (so the LM head
+        too, unless ``cut == n_layers``); the embedding on the edge."""
+        on_edge = np.arange(n_layers) < cut
+        return cls(np.repeat(on_edge[:, None], n_heads, axis=1),
+                   np.where(on_edge, FFN_EDGE, FFN_CLOUD), precision)
+
+    @classmethod
     def edge_only(cls, n_layers: int, n_heads: int, precision: str = "fp16") -> RunPartition:
-        return cls(np.ones((n_layers, n_heads), bool), np.zeros(n_layers, np.int64), precision)
+        return cls.layer_cut(n_layers, n_heads, n_layers, precision)
+
+    @classmethod
+    def cloud_only(cls, n_layers: int, n_heads: int, precision: str = "fp16") -> RunPartition:
+        """Every layer and the LM head on the cloud; the embedding (the prompt) on the edge."""
+        return cls.layer_cut(n_layers, n_heads, 0, precision)
 
     @classmethod
     def from_costmodel(cls, part, head_order: np.ndarray, precision: str | None = None):
@@ -407,13 +422,6 @@ class RunPartition:
         prec = "fp16" if self.precision == "fp32" else self.precision
         return make_partition(self.head_on_edge.sum(1), self.ffn, ACT_PRECISIONS.index(prec),
                               self.embed_edge)
-
-    def to_split_partition(self):
-        """The equivalent ``bridge.split.Partition`` (LM head on the final side; torch)."""
-        from bridge.split import Partition
-
-        return Partition(self.head_on_edge, self.ffn, self.precision, self.embed_side,
-                         self.final_side)
 
     def describe(self) -> str:
         k = self.head_on_edge.sum(1)

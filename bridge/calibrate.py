@@ -501,8 +501,7 @@ def predicted(profile: DeviceProfile, card: ModelCard, rp: RunPartition, s: int,
 def split_partitions(n_layers: int, n_heads: int, n_kv: int) -> dict[str, RunPartition]:
     """Two split partitions: a layer cut in the middle (the LM head on the cloud), and per
     layer a head group on each side with the FFN alternating edge / split."""
-    cut = RunPartition(np.arange(n_layers)[:, None] < np.full((1, n_heads), n_layers // 2),
-                       np.where(np.arange(n_layers) < n_layers // 2, 0, 1), "fp32")
+    cut = RunPartition.layer_cut(n_layers, n_heads, n_layers // 2, "fp32")
     k = (n_heads // n_kv) * max(1, n_kv // 2)  # whole K/V groups on the edge
     heads = np.zeros((n_layers, n_heads), bool)
     heads[:, :k] = True

@@ -1,10 +1,11 @@
 """Partitioned execution of the Llama model between an edge and a cloud side.
 
-Semantics (``shared/design/system-model.md`` section 2). A partition gives, per layer ``l``,
-the side of each head (``head_on_edge[l, h]``), the FFN side ``ffn_side[l]`` in
+Semantics (``docs/design.md §1``). The partition is the runtime's ``bridge.blocks.RunPartition``:
+per layer ``l``, the side of each head (``head_on_edge[l, h]``), the FFN side ``ffn[l]`` in
 {0: edge, 1: cloud, 2: split} and one precision for every tensor that crosses the link. The
-residual stream lives on one side at a time; it starts where the embedding runs (edge by
-default) and must reach the LM head's side (edge by default) at the end.
+residual stream lives on one side at a time; it starts where the embedding runs
+(``embed_edge``) and the LM head runs where it ends (``final_side``: the cloud unless the last
+FFN is on the edge), as in the cost model.
 
 One layer, with the residual ``x`` on side ``s``. The attention outputs are summed on the
 *FFN side* ``a`` (the FFN's side; the edge for a split FFN, whose first half runs there), and
@@ -30,9 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import torch
 
+from bridge.blocks import CLOUD, EDGE, FFN_CLOUD, FFN_SPLIT, RunPartition
 from bridge.model import (
     KVCache,
     LlamaModel,
@@ -41,66 +42,14 @@ from bridge.model import (
     ffn_down_block,
     ffn_up_block,
 )
-from bridge.quant import PRECISIONS, cross, wire_bytes
-
-EDGE, CLOUD = 0, 1
-FFN_EDGE, FFN_CLOUD, FFN_SPLIT = 0, 1, 2
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Partition:
-    """A head/FFN-granular partition of the model plus the link precision.
-
-    head_on_edge: bool [L, H]; True = the head runs on the edge.
-    ffn_side: int [L]; 0 = edge, 1 = cloud, 2 = split (gate/up on edge, down on cloud).
-    precision: "fp32" (no quantization), "fp16", "int8" or "int4" for all crossing tensors.
-    embed_side, lm_head_side: where the embedding and the LM head run (edge by default).
-    """
-
-    head_on_edge: np.ndarray
-    ffn_side: np.ndarray
-    precision: str = "fp32"
-    embed_side: int = EDGE
-    lm_head_side: int = EDGE
-
-    def __post_init__(self):
-        heads = np.asarray(self.head_on_edge, dtype=bool)
-        ffn = np.asarray(self.ffn_side, dtype=np.int64)
-        if heads.ndim != 2 or ffn.shape != (heads.shape[0],):
-            raise ValueError(f"head_on_edge [L, H] and ffn_side [L], got {heads.shape} {ffn.shape}")
-        if not np.isin(ffn, (FFN_EDGE, FFN_CLOUD, FFN_SPLIT)).all():
-            raise ValueError("ffn_side entries must be 0 (edge), 1 (cloud) or 2 (split)")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}")
-        object.__setattr__(self, "head_on_edge", heads)
-        object.__setattr__(self, "ffn_side", ffn)
-
-    @classmethod
-    def layer_cut(cls, n_layers: int, n_heads: int, cut: int, precision: str = "fp32"):
-        """Layers ``< cut`` (heads and FFN) on the edge, the rest on the cloud."""
-        on_edge = np.arange(n_layers) < cut
-        return cls(
-            head_on_edge=np.repeat(on_edge[:, None], n_heads, axis=1),
-            ffn_side=np.where(on_edge, FFN_EDGE, FFN_CLOUD),
-            precision=precision,
-        )
-
-    @classmethod
-    def edge_only(cls, n_layers: int, n_heads: int, precision: str = "fp32"):
-        """Everything on the edge (no crossing)."""
-        return cls.layer_cut(n_layers, n_heads, n_layers, precision)
-
-    @classmethod
-    def cloud_only(cls, n_layers: int, n_heads: int, precision: str = "fp32"):
-        """All layers on the cloud; embedding and LM head stay on the edge."""
-        return cls.layer_cut(n_layers, n_heads, 0, precision)
+from bridge.quant import cross, wire_bytes
 
 
 @dataclasses.dataclass(frozen=True)
 class Crossing:
     """One message over the link."""
 
-    stage: str  # "tokens", "attn_in", "attn_out", "ffn_split", "lm_head_in", "token_out"
+    stage: str  # "tokens", "attn_in", "attn_out", "ffn_split", "token_out"
     layer: int  # layer index (-1 before the first layer, L after the last)
     src: int  # sending side (0 edge, 1 cloud)
     elements: int  # number of values sent (all tensors of the message)
@@ -132,7 +81,7 @@ class _Link:
 
 def _layer(
     model: LlamaModel,
-    part: Partition,
+    part: RunPartition,
     i: int,
     x: torch.Tensor,
     s: int,
@@ -146,7 +95,7 @@ def _layer(
         EDGE: [h for h in range(cfg.n_heads) if part.head_on_edge[i, h]],
         CLOUD: [h for h in range(cfg.n_heads) if not part.head_on_edge[i, h]],
     }
-    f = int(part.ffn_side[i])
+    f = int(part.ffn[i])
     a = CLOUD if f == FFN_CLOUD else EDGE
     o = 1 - s
 
@@ -181,7 +130,7 @@ def _layer(
 @torch.no_grad()
 def split_forward(
     model: LlamaModel,
-    part: Partition,
+    part: RunPartition,
     tokens: torch.Tensor,
     state: SplitState | None = None,
 ) -> tuple[torch.Tensor, SplitState]:
@@ -201,10 +150,8 @@ def split_forward(
     x, s = model.embed_block(tokens), part.embed_side
     for i in range(cfg.n_layers):
         x, s = _layer(model, part, i, x, s, offset, kv, link)
-    if s != part.lm_head_side:
-        (x,) = link.send([x], "lm_head_in", cfg.n_layers, s)
-    logits = model.lm_head_block(x)
-    if part.lm_head_side != EDGE:
+    logits = model.lm_head_block(x)  # on side s == part.final_side
+    if s != EDGE:
         n = tokens.shape[0]
         link.log.append(Crossing("token_out", cfg.n_layers, CLOUD, n, 4.0 * n))
     prev = () if state is None else state.crossings
@@ -215,7 +162,7 @@ def split_forward(
 
 @torch.no_grad()
 def split_generate(
-    model: LlamaModel, part: Partition, prompt: list[int], n_new: int
+    model: LlamaModel, part: RunPartition, prompt: list[int], n_new: int
 ) -> tuple[list[int], SplitState]:
     """Greedy decoding under ``part``: one prefill of ``prompt``, then ``n_new - 1`` cached
     decode steps. Returns the ``n_new`` generated ids and the final state."""

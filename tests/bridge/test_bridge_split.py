@@ -10,17 +10,9 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from bridge import gguf_loader  # noqa: E402
+from bridge.blocks import CLOUD, EDGE, FFN_CLOUD, FFN_EDGE, FFN_SPLIT, RunPartition  # noqa: E402
 from bridge.model import cast_model, load_model  # noqa: E402
-from bridge.split import (  # noqa: E402
-    CLOUD,
-    EDGE,
-    FFN_CLOUD,
-    FFN_EDGE,
-    FFN_SPLIT,
-    Partition,
-    split_forward,
-    split_generate,
-)
+from bridge.split import split_forward, split_generate  # noqa: E402
 
 try:
     gguf_loader.smollm2_gguf_path()
@@ -48,7 +40,7 @@ def reference(model):
 
 def partitions(precision="fp32"):
     return st.builds(
-        lambda heads, ffn: Partition(np.array(heads).reshape(L, H), np.array(ffn), precision),
+        lambda heads, ffn: RunPartition(np.array(heads).reshape(L, H), np.array(ffn), precision),
         st.lists(st.booleans(), min_size=L * H, max_size=L * H),
         st.lists(st.sampled_from([FFN_EDGE, FFN_CLOUD, FFN_SPLIT]), min_size=L, max_size=L),
     )
@@ -75,7 +67,7 @@ def test_split_is_exact_in_float64(model):
     rng = np.random.default_rng(0)
     ref = m64.forward(torch.tensor([PROMPT]))
     for _ in range(2):
-        part = Partition(rng.random((L, H)) < 0.5, rng.integers(0, 3, L))
+        part = RunPartition(rng.random((L, H)) < 0.5, rng.integers(0, 3, L), "fp32")
         logits, _ = split_forward(m64, part, torch.tensor([PROMPT]))
         assert (logits - ref).abs().max() <= 1e-9
 
@@ -86,12 +78,13 @@ def _stages(state):
 
 def test_crossings_of_layer_partitions(model):
     t = torch.tensor([PROMPT])
-    _, s = split_forward(model, Partition.edge_only(L, H, "int4"), t)
+    _, s = split_forward(model, RunPartition.edge_only(L, H, "int4"), t)
     assert s.crossings == ()
-    _, s = split_forward(model, Partition.cloud_only(L, H), t)
-    assert _stages(s) == [("attn_in", 0, EDGE), ("lm_head_in", L, CLOUD)]
-    _, s = split_forward(model, Partition.layer_cut(L, H, 12, "int8"), t)
-    assert _stages(s) == [("attn_in", 12, EDGE), ("lm_head_in", L, CLOUD)]
+    _, s = split_forward(model, RunPartition.cloud_only(L, H, "fp32"), t)
+    # the LM head runs where the residual ends (the cloud): the token comes back as an int32
+    assert _stages(s) == [("attn_in", 0, EDGE), ("token_out", L, CLOUD)]
+    _, s = split_forward(model, RunPartition.layer_cut(L, H, 12, "int8"), t)
+    assert _stages(s) == [("attn_in", 12, EDGE), ("token_out", L, CLOUD)]
     # int8: 5 tokens x 576 values at 1 byte + one 2-byte scale per token
     assert s.crossings[0].elements == 5 * D and s.crossings[0].bytes == 5 * D + 10
 
@@ -102,7 +95,7 @@ def test_crossings_of_split_heads_and_split_ffn(model):
     heads[3, [1, 5]] = False  # two heads of layer 3 on the cloud, FFN on the edge
     ffn = np.zeros(L, int)
     ffn[7] = FFN_SPLIT  # layer 7: W1 on the edge, W2 on the cloud; layer 8 back on the edge
-    _, s = split_forward(model, Partition(heads, ffn, "fp16"), t)
+    _, s = split_forward(model, RunPartition(heads, ffn, "fp16"), t)
     assert _stages(s) == [
         ("attn_in", 3, EDGE),  # layer input to the cloud heads
         ("attn_out", 3, CLOUD),  # their partial output back to the FFN side
@@ -118,14 +111,14 @@ def test_all_heads_away_from_ffn_send_one_tensor(model):
     heads = np.ones((L, H), bool)
     ffn = np.zeros(L, int)
     ffn[L - 1] = FFN_CLOUD
-    _, s = split_forward(model, Partition(heads, ffn), torch.tensor([PROMPT]))
-    assert _stages(s) == [("attn_out", L - 1, EDGE), ("lm_head_in", L, CLOUD)]
+    _, s = split_forward(model, RunPartition(heads, ffn, "fp32"), torch.tensor([PROMPT]))
+    assert _stages(s) == [("attn_out", L - 1, EDGE), ("token_out", L, CLOUD)]
 
 
 def test_kv_cache_lives_where_heads_run(model):
     heads = np.ones((L, H), bool)
     heads[0] = [True, False, False, True, True, True, False, False, False]
-    part = Partition(heads, np.zeros(L, int))
+    part = RunPartition(heads, np.zeros(L, int), "fp32")
     _, s = split_forward(model, part, torch.tensor([PROMPT]))
     # KV group 0 (heads 0-2) is split: cached on both sides with equal values in fp32
     assert set(s.kv[(EDGE, 0)]) == {0, 1} and set(s.kv[(CLOUD, 0)]) == {0, 2}
@@ -133,7 +126,8 @@ def test_kv_cache_lives_where_heads_run(model):
         assert torch.equal(a, b) and a.shape == (1, len(PROMPT), 64)
     assert (CLOUD, 1) not in s.kv and set(s.kv[(EDGE, 1)]) == {0, 1, 2}
     # with int4 crossings the cloud's copy is computed from the quantized layer input
-    _, s4 = split_forward(model, Partition(heads, np.zeros(L, int), "int4"), torch.tensor([PROMPT]))
+    int4 = RunPartition(heads, np.zeros(L, int), "int4")
+    _, s4 = split_forward(model, int4, torch.tensor([PROMPT]))
     k_edge, k_cloud = s4.kv[(EDGE, 0)][0][0], s4.kv[(CLOUD, 0)][0][0]
     assert not torch.equal(k_edge, k_cloud)
     assert torch.equal(k_edge, s.kv[(EDGE, 0)][0][0])  # the edge's own copy is exact
@@ -144,7 +138,7 @@ def test_quantized_crossings_perturb_in_order(model, reference):
     t = torch.tensor([PROMPT])
     err = {}
     for p in ("fp32", "fp16", "int8", "int4"):
-        logits, _ = split_forward(model, Partition.layer_cut(L, H, 15, p), t)
+        logits, _ = split_forward(model, RunPartition.layer_cut(L, H, 15, p), t)
         err[p] = float((logits - reference[0]).abs().max())
     assert err["fp32"] <= 1e-4
     assert err["fp32"] < err["fp16"] < err["int8"] < err["int4"]
@@ -152,7 +146,7 @@ def test_quantized_crossings_perturb_in_order(model, reference):
 
 def test_split_generate_matches_reference(model):
     rng = np.random.default_rng(7)
-    part = Partition(rng.random((L, H)) < 0.5, rng.integers(0, 3, L))
+    part = RunPartition(rng.random((L, H)) < 0.5, rng.integers(0, 3, L), "fp32")
     out, state = split_generate(model, part, PROMPT, 4)
     assert out == model.generate(PROMPT, 4)
     assert out[0] == NEXT[0]  # " Paris"
@@ -161,8 +155,8 @@ def test_split_generate_matches_reference(model):
 
 def test_partition_validation():
     with pytest.raises(ValueError):
-        Partition(np.ones((L, H), bool), np.full(L, 3))
+        RunPartition(np.ones((L, H), bool), np.full(L, 3))
     with pytest.raises(ValueError):
-        Partition(np.ones((L, H), bool), np.zeros(L - 1, int))
+        RunPartition(np.ones((L, H), bool), np.zeros(L - 1, int))
     with pytest.raises(ValueError):
-        Partition(np.ones((L, H), bool), np.zeros(L, int), "int2")
+        RunPartition(np.ones((L, H), bool), np.zeros(L, int), "int2")

@@ -289,6 +289,7 @@ def test_many_clients_concurrently_each_step_once(server):
         t.start()
     for t in threads:
         t.join(60)
+        assert not t.is_alive(), "a client hung"
     for k in range(4):
         for (p, _), res in zip(jobs[k], results[k], strict=True):
             assert res.status == "answered" and res.tokens == greedy(EX, p, 3)
@@ -399,10 +400,9 @@ def test_smollm2_networked_equals_split_forward():
     assert expect[0] == 7042  # " Paris"
     for rp, res in zip(parts, results, strict=True):
         assert res.status == "answered" and res.fallback_at is None
-        sp = rp.to_split_partition()
-        assert res.tokens == split_generate(ex.model, sp, prompt, 3)[0]
+        assert res.tokens == split_generate(ex.model, rp, prompt, 3)[0]
         if res.logits[0] is not None:
-            logits, _ = split_forward(ex.model, sp, torch.tensor([prompt]))
+            logits, _ = split_forward(ex.model, rp, torch.tensor([prompt]))
             # Same ops; the LM head on one row instead of all rows: float32 round-off only.
             np.testing.assert_allclose(res.logits[0], logits[0, -1].numpy(), atol=1e-4, rtol=0)
         if rp.precision == "fp32":
