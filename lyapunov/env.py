@@ -15,12 +15,16 @@ from the observation; the clairvoyant oracle reads it from the state) drives its
 - penalty ``p = w_l l + w_e e + w_a a + w_c c`` (latency by default) and the drift-plus-penalty
   expression ``V p + Q (A - mu) + sum_i Z_i (x_i - x_bar_i)``; reward ``= -DPP / reward_scale``.
 
-**Infeasible actions.** A partition over the edge memory budget, violating the privacy floor,
-or crossing the link while it is down (latency ``inf``) cannot run: the slot serves nothing
-(``mu = 0``), charges nothing to the virtual queues (``e = a = c = 0``), its penalty is
-``infeasible_penalty`` and ``infeasible_cost`` is added to its DPP (so that, with the default,
-an infeasible action never minimizes a slot's DPP at moderate queue lengths). ``info.feasible``
-is False and ``info.latency_s`` is the cost model's latency (``inf`` on a link failure).
+**Outages and actions that cannot run** (docs/design.md §2.7). A partition that crosses the
+link while it is down is not "infeasible": the request pays what the runtime pays
+(``costmodel.outage``: the timeout and the backoff schedule's waits, then the rest of the
+request on the edge from its checkpoint), with its latency, edge energy and accuracy charged;
+where the edge cannot hold the model the request *fails* after the waits (``info.failed``
+counts failed requests; they leave the backlog as failures and the slot's penalty is
+``failure_penalty``). A partition that can never run (over the edge memory budget, or breaking
+the privacy floor) is masked by every solver and learned policy; if one is played anyway the
+slot serves nothing, charges nothing to the virtual queues and its penalty is
+``failure_penalty``. No sentinel constant enters the DPP.
 
 Every metric of a slot is computed once, here, and returned in :class:`StepInfo`.
 """
@@ -37,8 +41,8 @@ from flax import struct
 
 from costmodel.accuracy import AccuracyProfile
 from costmodel.cards import ModelCard
-from costmodel.costs import request_costs
 from costmodel.link import LinkState, Workload
+from costmodel.outage import RetryConfig, with_outage
 from costmodel.partition import ACT_PRECISIONS, Partition
 from costmodel.profiles import DeviceProfile, get_profile
 from costmodel.spec import CostSpec, make_spec
@@ -70,8 +74,11 @@ class Scenario:
     precisions: activation precisions the controller may use (indices of ACT_PRECISIONS).
     mem_budget_gb: override of the edge device's memory budget (None: the profile's).
     accuracy: override of the accuracy terms (None: ``costmodel.accuracy``).
-    infeasible_penalty: penalty of a slot whose action cannot run (penalty units).
-    infeasible_cost: added to the DPP of such a slot.
+    failure_penalty: per-request penalty of a request that fails (caught by an outage where
+      the edge cannot finish it) or of an action that can never run (penalty units; with the
+      default latency penalty: seconds, i.e. a failure costs as much as a 60 s answer).
+    retry: the edge's timeout and backoff schedule that an outage makes a request pay
+      (``costmodel.outage.RetryConfig``, the runtime's defaults).
     ewma: smoothing weight of the link EWMA estimate (weight of the newest sample).
     lam_ewma: smoothing weight of the arrival-rate estimate.
     history: past slots of bandwidth and cloud share in the observation.
@@ -99,8 +106,8 @@ class Scenario:
     precisions: tuple[int, ...] = (0, 1, 2)
     mem_budget_gb: float | None = None
     accuracy: AccuracyProfile | None = None
-    infeasible_penalty: float = 60.0
-    infeasible_cost: float = 1e6
+    failure_penalty: float = 60.0
+    retry: RetryConfig = RetryConfig()
     ewma: float = 0.3
     lam_ewma: float = 0.05
     history: int = 8
@@ -126,7 +133,7 @@ class Scenario:
         for f in ("e_bar_j", "a_bar", "c_bar_usd"):
             num(f, 0.0, allow_inf=True)
         for f in ("pen_latency", "pen_energy", "pen_accuracy", "pen_cloud_cost",
-                  "infeasible_penalty", "infeasible_cost"):
+                  "failure_penalty"):
             num(f, 0.0)
         num("reward_scale", 0.0, lo_open=True)
         for f in ("ewma", "lam_ewma"):
@@ -147,6 +154,8 @@ class Scenario:
             raise ScenarioError("Scenario.arrival must be a lyapunov.processes.ArrivalConfig")
         if not isinstance(self.link, proc.LinkConfig):
             raise ScenarioError("Scenario.link must be a lyapunov.processes.LinkConfig")
+        if not isinstance(self.retry, RetryConfig):
+            raise ScenarioError("Scenario.retry must be a costmodel.outage.RetryConfig")
 
     def build(self) -> EnvParams:
         """The params pytree (loads traces, validates the processes; errors name fields)."""
@@ -159,6 +168,7 @@ class EnvParams:
 
     bw_mean_mbps, share_mean, rtt_mean_ms: stationary means of the link processes (what a
     static policy designs for); lam_mean: stationary mean arrivals per slot.
+    retry_wait_s: what a request caught by an outage waits before it falls back, s.
     """
 
     spec: CostSpec
@@ -169,8 +179,8 @@ class EnvParams:
     bw_mean_mbps: jnp.ndarray
     share_mean: jnp.ndarray
     rtt_mean_ms: jnp.ndarray
-    infeasible_penalty: jnp.ndarray
-    infeasible_cost: jnp.ndarray
+    failure_penalty: jnp.ndarray
+    retry_wait_s: jnp.ndarray
     ewma: jnp.ndarray
     lam_ewma: jnp.ndarray
     reward_scale: jnp.ndarray
@@ -221,7 +231,7 @@ def make_params(sc: Scenario) -> EnvParams:
         lam_mean=f(proc.arrival_mean_rate(arrivals)),
         bw_mean_mbps=f(_process_mean(link.bandwidth)), share_mean=f(_process_mean(link.share)),
         rtt_mean_ms=f(float(rtt.base_ms) + float(rtt.jitter_ms)),
-        infeasible_penalty=f(sc.infeasible_penalty), infeasible_cost=f(sc.infeasible_cost),
+        failure_penalty=f(sc.failure_penalty), retry_wait_s=f(sc.retry.expected_wait_s()),
         ewma=f(sc.ewma), lam_ewma=f(sc.lam_ewma), reward_scale=f(sc.reward_scale),
         history=sc.history, episode_slots=sc.episode_slots, precisions=tuple(sc.precisions))
 
@@ -237,6 +247,8 @@ class EnvState:
     bw_hist, share_hist: float [history] downlink Mbit/s and cloud share of slots
       t-history .. t-1 (most recent last).
     lam_hat: EWMA of past arrivals per slot (starts at the stationary mean).
+    since_outage: slots since the last measured slot with zero throughput (0: the last slot
+      had one; counts from the warm-up, capped at OUTAGE_HORIZON).
     arr_state, link_state: latent states of the arrival and link processes.
     t: slot index.
     """
@@ -248,6 +260,7 @@ class EnvState:
     bw_hist: jnp.ndarray
     share_hist: jnp.ndarray
     lam_hat: jnp.ndarray
+    since_outage: jnp.ndarray
     arr_state: object
     link_state: proc.LinkState
     t: jnp.ndarray
@@ -255,7 +268,11 @@ class EnvState:
 
 @struct.dataclass
 class Obs:
-    """What a causal controller sees at the start of slot t (observations up to t-1)."""
+    """What a causal controller sees at the start of slot t (observations up to t-1).
+
+    link_last is the last slot's measured link (its throughput; ``up`` False and zero
+    throughput when it had an outage); since_outage counts slots since the last outage.
+    """
 
     queues: Queues
     link_last: proc.LinkSample
@@ -263,6 +280,7 @@ class Obs:
     bw_hist: jnp.ndarray
     share_hist: jnp.ndarray
     lam_hat: jnp.ndarray
+    since_outage: jnp.ndarray
     t: jnp.ndarray
 
 
@@ -270,13 +288,20 @@ class Obs:
 class StepInfo:
     """Metrics of one slot (all float32 [] / bool []).
 
-    latency_s: per-request latency of the action in this slot's link (inf: cannot run).
-    energy_j, accuracy_drop, cloud_cost: per-request costs charged this slot (0 if infeasible).
-    service: mu, requests served; arrivals: A(t); backlog: Q(t) at the start of the slot.
-    penalty: p(t). dpp: the DPP expression; dpp_penalty (V p), dpp_backlog (Q (A - mu)),
-      dpp_energy, dpp_accuracy, dpp_cloud (Z_i (x_i - x_bar_i)), dpp_infeasible: its terms.
-    feasible, memory_ok, link_ok, privacy_ok: feasibility of the action.
-    link_up: the link was up during the slot.
+    latency_s: per-request latency charged this slot: the partition's in this slot's link, or,
+      for a request caught by an outage, the waits plus the edge fallback (the time to the
+      failure where it failed; inf: the action can never run).
+    energy_j, accuracy_drop, cloud_cost: per-request costs charged this slot (0 if the action
+      cannot run).
+    service: requests answered (mu); failed: requests that failed; arrivals: A(t); backlog:
+      Q(t) at the start of the slot.
+    penalty: p(t). dpp: the DPP expression; dpp_penalty (V p), dpp_backlog (Q (A - mu - failed)),
+      dpp_energy, dpp_accuracy, dpp_cloud (Z_i (x_i - x_bar_i)): its terms.
+    runnable: the action can ever run (memory and privacy floor); memory_ok, privacy_ok: why.
+    caught: the action crossed the link during an outage (priced by ``costmodel.outage``).
+    feasible: the slot's requests were answered (runnable and not failed).
+    link_ok: the partition's costs were finite on this slot's link (not caught).
+    link_up: the link carried traffic during the slot (nonzero throughput and no outage).
     """
 
     latency_s: jnp.ndarray
@@ -284,6 +309,7 @@ class StepInfo:
     accuracy_drop: jnp.ndarray
     cloud_cost: jnp.ndarray
     service: jnp.ndarray
+    failed: jnp.ndarray
     arrivals: jnp.ndarray
     backlog: jnp.ndarray
     penalty: jnp.ndarray
@@ -293,12 +319,21 @@ class StepInfo:
     dpp_energy: jnp.ndarray
     dpp_accuracy: jnp.ndarray
     dpp_cloud: jnp.ndarray
-    dpp_infeasible: jnp.ndarray
+    runnable: jnp.ndarray
+    caught: jnp.ndarray
     feasible: jnp.ndarray
     memory_ok: jnp.ndarray
     link_ok: jnp.ndarray
     privacy_ok: jnp.ndarray
     link_up: jnp.ndarray
+
+
+OUTAGE_HORIZON = 1000  # cap of ``since_outage``, slots
+
+
+def link_carried(sample: proc.LinkSample) -> jnp.ndarray:
+    """Whether a measured slot's link carried traffic (no outage, nonzero throughput)."""
+    return sample.up & (sample.bw_up_mbps > 0) & (sample.bw_down_mbps > 0)
 
 
 def cost_link(sample: proc.LinkSample) -> LinkState:
@@ -313,7 +348,7 @@ def _ewma(old: LinkState, new: proc.LinkSample, alpha) -> LinkState:
 def observe(state: EnvState) -> Obs:
     """The observation of a state (drops the current slot's link and the latent states)."""
     return Obs(state.queues, state.link_prev, state.link_ewma, state.bw_hist,
-               state.share_hist, state.lam_hat, state.t)
+               state.share_hist, state.lam_hat, state.since_outage, state.t)
 
 
 def reset(key: jax.Array, params: EnvParams) -> tuple[Obs, EnvState]:
@@ -337,11 +372,17 @@ def reset(key: jax.Array, params: EnvParams) -> tuple[Obs, EnvState]:
         return _ewma(est, sample, params.ewma), None
 
     est, _ = jax.lax.scan(smooth, cost_link(first), past)
+
+    def count(n, sample):
+        n = jnp.where(link_carried(sample), jnp.minimum(n + 1, OUTAGE_HORIZON), 0)
+        return n, None
+
+    since, _ = jax.lax.scan(count, jnp.int32(params.history), past)
     state = EnvState(
         queues=Queues.zeros(), link_t=link_t, link_prev=jax.tree.map(lambda x: x[-1], past),
         link_ewma=est, bw_hist=past.bw_down_mbps, share_hist=past.cloud_share,
-        lam_hat=jnp.asarray(params.lam_mean, jnp.float32), arr_state=arr_state,
-        link_state=link_state, t=jnp.int32(0))
+        lam_hat=jnp.asarray(params.lam_mean, jnp.float32), since_outage=since,
+        arr_state=arr_state, link_state=link_state, t=jnp.int32(0))
     return observe(state), state
 
 
@@ -353,27 +394,29 @@ def step(key: jax.Array, state: EnvState, action: Partition, params: EnvParams):
     """
     k_arr, k_link = jax.random.split(key)
     sp, spec = params.slot, params.spec
-    costs = request_costs(action, cost_link(state.link_t), spec)
-    ok = costs.feasible
-    lat = costs.latency_s
-    mu = jnp.where(ok, service_rate(lat, sp.tau), 0.0)
-    e = jnp.where(ok, costs.energy_j, 0.0)
-    a = jnp.where(ok, costs.accuracy_drop, 0.0)
-    c = jnp.where(ok, costs.cloud_cost, 0.0)
-    pen = jnp.where(ok, penalty_value(sp.penalty, jnp.where(ok, lat, 0.0), e, a, c),
-                    params.infeasible_penalty)
+    oc = with_outage(action, cost_link(state.link_t), spec, params.retry_wait_s)
+    costs, runnable, failed_ = oc.costs, oc.runnable, oc.failed
+    answered = runnable & ~failed_
+    lat = jnp.where(runnable, costs.latency_s, jnp.inf)
+    departures = jnp.where(runnable, service_rate(lat, sp.tau), 0.0)
+    mu = jnp.where(answered, departures, 0.0)
+    failed = jnp.where(failed_, departures, 0.0)
+    e = jnp.where(runnable, costs.energy_j, 0.0)
+    a = jnp.where(answered, costs.accuracy_drop, 0.0)
+    c = jnp.where(answered, costs.cloud_cost, 0.0)
+    pen = jnp.where(answered, penalty_value(sp.penalty, jnp.where(answered, lat, 0.0), e, a, c),
+                    params.failure_penalty)
     arr_state, arrivals = proc.process_step(k_arr, state.arr_state, params.arrivals)
     arr = arrivals.astype(jnp.float32)
     q, b = state.queues, sp.budgets
     zero = jnp.zeros_like(q.q)
 
     def only(qq=zero, ze=zero, za=zero, zc=zero, V=0.0):
-        return dpp_objective(Queues(qq, ze, za, zc), V, pen, arr, mu, e, a, c, b)
+        return dpp_objective(Queues(qq, ze, za, zc), V, pen, arr, departures, e, a, c, b)
 
     terms = (only(V=sp.V), only(qq=q.q), only(ze=q.z_e), only(za=q.z_a), only(zc=q.z_c))
-    infeasible = jnp.where(ok, 0.0, params.infeasible_cost)
-    dpp = sum(terms) + infeasible
-    queues = update_queues(q, arr, mu, e, a, c, b)
+    dpp = sum(terms)
+    queues = update_queues(q, arr, departures, e, a, c, b)
     link_state, link_next = proc.link_step(k_link, state.link_state, params.link)
     seen = state.link_t
     new_state = EnvState(
@@ -382,24 +425,27 @@ def step(key: jax.Array, state: EnvState, action: Partition, params: EnvParams):
         bw_hist=jnp.concatenate([state.bw_hist[1:], seen.bw_down_mbps[None]]),
         share_hist=jnp.concatenate([state.share_hist[1:], seen.cloud_share[None]]),
         lam_hat=(1.0 - params.lam_ewma) * state.lam_hat + params.lam_ewma * arr,
+        since_outage=jnp.where(link_carried(seen),
+                               jnp.minimum(state.since_outage + 1, OUTAGE_HORIZON), 0),
         arr_state=arr_state, link_state=link_state, t=state.t + 1)
     info = StepInfo(
-        latency_s=lat, energy_j=e, accuracy_drop=a, cloud_cost=c, service=mu, arrivals=arr,
-        backlog=q.q, penalty=pen, dpp=dpp, dpp_penalty=terms[0], dpp_backlog=terms[1],
-        dpp_energy=terms[2], dpp_accuracy=terms[3], dpp_cloud=terms[4],
-        dpp_infeasible=infeasible, feasible=ok, memory_ok=costs.memory_ok,
-        link_ok=costs.link_ok, privacy_ok=costs.privacy_ok, link_up=seen.up)
+        latency_s=lat, energy_j=e, accuracy_drop=a, cloud_cost=c, service=mu, failed=failed,
+        arrivals=arr, backlog=q.q, penalty=pen, dpp=dpp, dpp_penalty=terms[0],
+        dpp_backlog=terms[1], dpp_energy=terms[2], dpp_accuracy=terms[3], dpp_cloud=terms[4],
+        runnable=runnable, caught=oc.caught, feasible=answered, memory_ok=costs.memory_ok,
+        link_ok=costs.link_ok, privacy_ok=costs.privacy_ok, link_up=link_carried(seen))
     reward = -dpp / params.reward_scale
     done = new_state.t >= params.episode_slots
     return observe(new_state), new_state, reward, done, info
 
 
 def obs_vector(obs: Obs, params: EnvParams) -> jnp.ndarray:
-    """float32 [7 + 2 * history]: a normalized flat observation for learned policies.
+    """float32 [9 + 2 * history]: a normalized flat observation for learned policies.
 
     log1p of the four queues, log1p(EWMA downlink bandwidth / mean), last RTT / mean RTT,
-    arrival estimate / mean rate, then log1p(bandwidth / mean) of the past slots (0 marks an
-    outage) and their cloud shares.
+    arrival estimate / mean rate, whether the last slot had an outage, log1p(slots since the
+    last outage), then log1p(bandwidth / mean) of the past slots (0 marks an outage; the last
+    one is the last slot's throughput) and their cloud shares.
     """
     bw_s = jnp.maximum(params.bw_mean_mbps, 1e-3)
     q = obs.queues
@@ -408,6 +454,8 @@ def obs_vector(obs: Obs, params: EnvParams) -> jnp.ndarray:
         jnp.log1p(obs.link_ewma.bw_down_mbps / bw_s),
         obs.link_last.rtt_ms / jnp.maximum(params.rtt_mean_ms, 1e-3),
         obs.lam_hat / jnp.maximum(params.lam_mean, 1e-6),
+        1.0 - link_carried(obs.link_last).astype(jnp.float32),
+        jnp.log1p(obs.since_outage.astype(jnp.float32)),
     ])
     return jnp.concatenate([scal, jnp.log1p(obs.bw_hist / bw_s), obs.share_hist]).astype(
         jnp.float32)

@@ -43,7 +43,7 @@ def test_scenario_validation_names_the_field():
     for field, value in (("tau_s", 0.0), ("V", -1.0), ("ewma", 0.0), ("ewma", 1.5),
                          ("history", 0), ("precisions", (0, 3)), ("precisions", ()),
                          ("e_bar_j", float("nan")), ("reward_scale", 0.0),
-                         ("infeasible_cost", -1.0)):
+                         ("failure_penalty", -1.0)):
         with pytest.raises(E.ScenarioError, match=field):
             dataclasses.replace(SC, **{field: value})
     with pytest.raises(InputError, match="privacy_layers"):
@@ -84,7 +84,7 @@ def test_hand_worked_slot():
     assert math.isclose(float(info.dpp), dpp, rel_tol=1e-5, abs_tol=1e-5)
     assert math.isclose(float(reward), -dpp / 10.0, rel_tol=1e-5, abs_tol=1e-6)
     parts = (info.dpp_penalty, info.dpp_backlog, info.dpp_energy, info.dpp_accuracy,
-             info.dpp_cloud, info.dpp_infeasible)
+             info.dpp_cloud)
     assert math.isclose(sum(float(x) for x in parts), float(info.dpp), rel_tol=1e-5,
                         abs_tol=1e-5)
     q = state2.queues
@@ -94,31 +94,95 @@ def test_hand_worked_slot():
     assert math.isclose(float(q.z_c), max(4.0 + cc - 1e-5, 0.0), rel_tol=1e-5)
 
 
-def test_infeasible_actions_serve_nothing_and_pay():
-    """Over the memory budget, or crossing a link that is down: mu = 0, nothing charged to the
-    virtual queues, penalty = infeasible_penalty, DPP += infeasible_cost, Q' = Q + A."""
+def test_unrunnable_action_serves_nothing_and_pays_the_failure_penalty():
+    """Over the memory budget: mu = 0, nothing charged to the virtual queues, penalty =
+    failure_penalty, and the DPP is exactly V p + Q A + Z_E (0 - E_bar): no sentinel."""
     small = dataclasses.replace(SC, mem_budget_gb=1e-4).build()  # edge-only does not fit
     _, state = reset(jax.random.PRNGKey(4), small)
     state = state.replace(queues=Queues(*(jnp.float32(x) for x in (5.0, 1.0, 0.0, 0.0))))
-    _, s_mem, _, _, info = step(jax.random.PRNGKey(5), state, ACTIONS[1], small)
-    assert not bool(info.feasible) and not bool(info.memory_ok)
-    down = state.link_t.replace(bw_up_mbps=jnp.float32(0.0), bw_down_mbps=jnp.float32(0.0),
-                                up=jnp.bool_(False))
-    _, s_out, _, _, info2 = step(jax.random.PRNGKey(5), state.replace(link_t=down), ACTIONS[0],
-                                 small)
-    assert not bool(info2.feasible) and not bool(info2.link_ok) and not bool(info2.link_up)
-    for inf_info, s2 in ((info, s_mem), (info2, s_out)):
-        arr = float(inf_info.arrivals)
-        assert float(inf_info.service) == 0.0 and float(inf_info.energy_j) == 0.0
-        assert float(inf_info.penalty) == SC.infeasible_penalty
-        dpp = (2.0 * SC.infeasible_penalty + 5.0 * arr + 1.0 * (0.0 - 0.2) + SC.infeasible_cost)
-        assert math.isclose(float(inf_info.dpp), dpp, rel_tol=1e-6)
-        assert math.isclose(float(s2.queues.q), 5.0 + arr, rel_tol=1e-6)
-        assert math.isclose(float(s2.queues.z_e), 0.8, rel_tol=1e-6)
-    # during the outage the edge can still serve
-    _, _, _, _, info3 = step(jax.random.PRNGKey(5), state.replace(link_t=down), ACTIONS[1],
-                             PARAMS)
-    assert bool(info3.feasible) and float(info3.service) > 0
+    _, s2, _, _, info = step(jax.random.PRNGKey(5), state, ACTIONS[1], small)
+    assert not bool(info.runnable) and not bool(info.memory_ok) and not bool(info.feasible)
+    arr = float(info.arrivals)
+    assert float(info.service) == 0.0 and float(info.failed) == 0.0
+    assert float(info.energy_j) == 0.0 and float(info.penalty) == SC.failure_penalty
+    dpp = 2.0 * SC.failure_penalty + 5.0 * arr + 1.0 * (0.0 - 0.2)
+    assert math.isclose(float(info.dpp), dpp, rel_tol=1e-6)
+    assert math.isclose(float(s2.queues.q), 5.0 + arr, rel_tol=1e-6)
+    assert math.isclose(float(s2.queues.z_e), 0.8, rel_tol=1e-6)
+
+
+def _down(state):
+    return state.replace(link_t=state.link_t.replace(
+        bw_up_mbps=jnp.float32(0.0), bw_down_mbps=jnp.float32(0.0), up=jnp.bool_(False)))
+
+
+def test_a_request_caught_by_an_outage_pays_the_waits_then_runs_on_the_edge():
+    """Cloud-only during an outage: latency = the retry budget's expected wait + edge-only
+    latency, energy = edge-only energy + idle power x wait, no cloud cost; it is answered."""
+    from costmodel.costs import request_costs
+    from lyapunov.env import cost_link
+
+    _, state = reset(jax.random.PRNGKey(4), PARAMS)
+    state = _down(state)
+    _, _, _, _, info = step(jax.random.PRNGKey(5), state, ACTIONS[0], PARAMS)
+    edge = request_costs(ACTIONS[1], cost_link(state.link_t), PARAMS.spec)
+    wait = SC.retry.expected_wait_s()
+    # defaults: 6 attempts x 5 s + half of (0.05 + 0.1 + 0.2 + 0.4 + 0.8) = 30.775 s
+    assert math.isclose(wait, 30.775, rel_tol=1e-9)
+    assert bool(info.caught) and bool(info.runnable) and bool(info.feasible)
+    assert not bool(info.link_ok) and not bool(info.link_up)
+    assert math.isclose(float(info.latency_s), float(edge.latency_s) + wait, rel_tol=1e-5)
+    idle = float(PARAMS.spec.edge.p_idle)
+    assert math.isclose(float(info.energy_j), float(edge.energy_j) + idle * wait, rel_tol=1e-5)
+    assert float(info.cloud_cost) == 0.0 and float(info.failed) == 0.0
+    assert math.isclose(float(info.service), SC.tau_s / float(info.latency_s), rel_tol=1e-5)
+    # the edge-only partition does not notice the outage
+    _, _, _, _, info3 = step(jax.random.PRNGKey(5), state, ACTIONS[1], PARAMS)
+    assert not bool(info3.caught) and math.isclose(float(info3.latency_s),
+                                                   float(edge.latency_s), rel_tol=1e-5)
+
+
+def test_a_caught_request_fails_where_the_edge_cannot_hold_the_model():
+    small = dataclasses.replace(SC, mem_budget_gb=1e-4).build()
+    _, state = reset(jax.random.PRNGKey(4), small)
+    state = _down(state).replace(queues=Queues(*(jnp.float32(x) for x in (5.0, 0, 0, 0))))
+    _, s2, _, _, info = step(jax.random.PRNGKey(5), state, ACTIONS[0], small)
+    wait = SC.retry.expected_wait_s()
+    assert bool(info.caught) and not bool(info.feasible)
+    assert float(info.service) == 0.0
+    assert math.isclose(float(info.failed), SC.tau_s / wait, rel_tol=1e-5)
+    assert math.isclose(float(info.latency_s), wait, rel_tol=1e-6)
+    assert float(info.penalty) == SC.failure_penalty
+    arr = float(info.arrivals)
+    assert math.isclose(float(s2.queues.q), 5.0 - SC.tau_s / wait + arr, rel_tol=1e-5)
+
+
+def test_ignoring_outages_never_looks_better_than_avoiding_them():
+    """On a link with outages, a policy that crosses the link in every slot cannot show a lower
+    mean latency or DPP than the same policy that switches to the edge in outage slots (the
+    old semantics excused exactly the requests the outage caught)."""
+    sc = dataclasses.replace(SC, link=dataclasses.replace(LINK, outage_prob=0.3,
+                                                          mean_outage_slots=2.0))
+    params = sc.build()
+
+    def run(avoid, key):
+        def body(state, k):
+            act = ACTIONS[0]
+            if avoid:  # clairvoyant avoidance: the same partition, but edge-only when down
+                down = ~E.link_carried(state.link_t)
+                act = jax.tree.map(lambda x, y: jnp.where(down, x, y), ACTIONS[1], ACTIONS[0])
+            _, state, _, _, info = E.step(k, state, act, params)
+            return state, info
+
+        _, state = E.reset(key, params)
+        _, info = jax.lax.scan(body, state, jax.random.split(key, 200))
+        return info
+
+    ign, avo = jax.jit(lambda k: run(False, k))(jax.random.PRNGKey(0)), \
+        jax.jit(lambda k: run(True, k))(jax.random.PRNGKey(0))
+    assert int(ign.caught.sum()) > 10 and int(avo.caught.sum()) == 0
+    assert float(ign.latency_s.mean()) > float(avo.latency_s.mean())
+    assert float(ign.dpp.mean()) > float(avo.dpp.mean())
 
 
 def _random_rollout(key, n):
@@ -182,7 +246,7 @@ def test_vmap_over_keys_and_done():
     assert dones == [False] * (SC.episode_slots - 1) + [True]
     vec = E.obs_vector(obs.__class__(*(jax.tree.map(lambda x: x[0], getattr(obs, f.name))
                                        for f in dataclasses.fields(obs))), PARAMS)
-    assert vec.shape == (7 + 2 * SC.history,) and bool(jnp.all(jnp.isfinite(vec)))
+    assert vec.shape == (9 + 2 * SC.history,) and bool(jnp.all(jnp.isfinite(vec)))
 
 
 def test_stationary_means():
