@@ -46,8 +46,13 @@ FORMATS = ("auto", "pensieve", "mahimahi", "csv")
 SHIPPED_DIR = Path(__file__).resolve().parent / "data" / "traces"
 """Folder of the traces shipped with the package (with their licence and README)."""
 
-SHIPPED_TRACES = ("norway_bus_1", "norway_car_1", "norway_ferry_1", "norway_metro_1")
-"""Names of the shipped traces, all in the ``pensieve`` format."""
+SHIPPED_TRACES = ("norway_bus_1", "norway_car_1", "norway_ferry_1", "norway_metro_1",
+                  "fivegophers_verizon_drive_2", "fcc_10730")
+"""Names of the shipped traces, all in the ``pensieve`` format (the last two have outages)."""
+NORWAY_TRACES = SHIPPED_TRACES[:4]
+"""The four Norway HSDPA commutes (no zero-throughput samples)."""
+OUTAGE_TRACES = SHIPPED_TRACES[4:]
+"""Shipped traces with zero-throughput periods."""
 
 _KNOWN_CSV_COLUMNS = (("throughput_mbps", "mbps"), ("DL_bitrate", "kbps"))
 
@@ -363,7 +368,7 @@ def load_trace(path: str | Path, fmt: str = "auto", **kw) -> Trace:
 
 
 def load_shipped(name: str) -> Trace:
-    """Load one of ``SHIPPED_TRACES`` (Telenor HSDPA, Oslo; Riiser et al., MMSys 2013)."""
+    """Load one of ``SHIPPED_TRACES`` (origins and licences: ``lyapunov/data/traces/README.md``)."""
     return load_pensieve(shipped_trace_path(name), name=name)
 
 

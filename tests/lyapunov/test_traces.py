@@ -8,6 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lyapunov.traces import (
+    NORWAY_TRACES,
+    OUTAGE_TRACES,
     SHIPPED_TRACES,
     Trace,
     TraceFormatError,
@@ -43,18 +45,34 @@ def test_pensieve_hand_worked(tmp_path):
     assert tr.name == "t" and "pensieve" in tr.source
 
 
+# (licence file, citation in the README, range of the sample mean in Mbit/s, zero fraction)
+SHIPPED_FACTS = {
+    **{n: ("LICENSE.pensieve-MIT", "Riiser", (0.7, 3.4), 0.0) for n in NORWAY_TRACES},
+    "fivegophers_verizon_drive_2": ("LICENSE.5gophers-CC-BY-4.0", "Narayanan", (150, 250),
+                                    11 / 120),
+    "fcc_10730": ("LICENSE.pensieve-MIT", "Measuring Broadband America", (0.4, 0.6), 9 / 336),
+}
+
+
+def test_every_shipped_trace_has_its_facts():
+    assert set(SHIPPED_FACTS) == set(SHIPPED_TRACES)
+    assert set(OUTAGE_TRACES) == {n for n, f in SHIPPED_FACTS.items() if f[3] > 0}
+
+
 @pytest.mark.parametrize("name", SHIPPED_TRACES)
-def test_shipped_norway_traces(name):
+def test_shipped_traces(name):
+    licence, cite, (lo, hi), zeros = SHIPPED_FACTS[name]
     path = shipped_trace_path(name)
-    assert (path.parent / "LICENSE.pensieve-MIT").is_file()
-    assert "Riiser" in (path.parent / "README.md").read_text()
+    assert (path.parent / licence).is_file()
+    assert cite in (path.parent / "README.md").read_text()
     ref = np.loadtxt(path)
+    assert np.mean(ref[:, 1] == 0) == pytest.approx(zeros)
     tr = load_shipped(name)
     assert load_trace(path).name == name
     np.testing.assert_array_equal(tr.time_s, ref[:, 0])
     np.testing.assert_array_equal(tr.mbps, ref[:, 1])
     assert tr.mbps.mean() == pytest.approx(ref[:, 1].mean(), rel=1e-12)
-    assert 0.7 <= tr.mbps.mean() <= 3.4
+    assert lo <= tr.mbps.mean() <= hi
     # time-weighted mean from NumPy: zero-order hold, last sample held for the median gap
     gaps = np.diff(ref[:, 0])
     widths = np.append(gaps, np.median(gaps))
