@@ -52,26 +52,43 @@ class DPResult:
     partition: Partition
 
 
-def _option_table(q, link, spec: CostSpec, w: Weights):
-    """float [L, 2, H+1, 3]: objective of each (layer, input side, edge heads, ffn side)."""
+def option_terms(q, link, spec: CostSpec) -> Terms:
+    """Additive terms of every layer option, shape [L, 2, H+1, 3]: (layer, residual input
+    side, edge heads k, FFN side f) at activation precision q."""
+    n_h = spec.n_heads
+    s = jnp.arange(2)[None, :, None, None]
+    k = jnp.arange(n_h + 1)[None, None, :, None]
+    f = jnp.arange(3)[None, None, None, :]
+    return layer_terms(s, k, f, q, link, spec, spec.head_cum[:, None, :, None],
+                       spec.ffn_w[:, None, None, None])
+
+
+def option_allowed(spec: CostSpec):
+    """bool [L, 2, H+1, 3]: the options the privacy floor allows (the floor's layers take
+    their input on the edge and run every head and the FFN there)."""
     n_l, n_h = spec.n_layers, spec.n_heads
     s = jnp.arange(2)[None, :, None, None]
     k = jnp.arange(n_h + 1)[None, None, :, None]
     f = jnp.arange(3)[None, None, None, :]
-    head_cum = spec.head_cum[:, None, :, None]
-    ffn_w = spec.ffn_w[:, None, None, None]
-    table = scalarize(layer_terms(s, k, f, q, link, spec, head_cum, ffn_w), q, spec, w)
+    layer = jnp.arange(n_l)[:, None, None, None]
+    on_edge = (s == EDGE) & (k == n_h) & (f == EDGE)
+    return jnp.broadcast_to(~((layer < spec.privacy_layers) & ~on_edge), (n_l, 2, n_h + 1, 3))
+
+
+def option_table(q, link, spec: CostSpec, w: Weights):
+    """float [L, 2, H+1, 3]: weighted objective of each (layer, input side, edge heads, FFN
+    side), BIG where the privacy floor forbids the option. The one option table of the
+    solvers (this DP, the memory-resource DP, the slot oracle, the cvx program)."""
+    table = scalarize(option_terms(q, link, spec), q, spec, w)
     if spec.privacy_layers:
-        layer = jnp.arange(n_l)[:, None, None, None]
-        allowed = (s == EDGE) & (k == n_h) & (f == EDGE)
-        table = jnp.where((layer < spec.privacy_layers) & ~allowed, BIG, table)
+        table = jnp.where(option_allowed(spec), table, BIG)
     return table
 
 
 def solve_precision(q, link: LinkState, spec: CostSpec, w: Weights) -> DPResult:
     """Exact minimizer of the weighted objective for activation precision q."""
     n_l = spec.n_layers
-    table = _option_table(q, link, spec, w)
+    table = option_table(q, link, spec, w)
     to_edge = table[..., EDGE]  # [L, 2, H+1]
     to_cloud = table[..., 1:].reshape(n_l, 2, -1)  # f in {cloud, split}
     trans = jnp.stack([to_edge.min(-1), to_cloud.min(-1)], axis=-1)  # [L, s_in, s_out]

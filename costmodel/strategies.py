@@ -1,5 +1,14 @@
-"""Named partitioning strategies for one request: edge-only, cloud-only, the best single layer
-cut, and the best head/FFN-granular partition (exact additive DP, memory-feasible)."""
+"""Named partitioning strategies for one request (docs/design.md §4): edge-only, cloud-only,
+the best layer cut, and the best head/FFN-granular partition (exact additive DP,
+memory-feasible).
+
+The *layer-wise family* is defined once, here (:func:`layer_wise_candidates`): edge-only,
+cloud-only (only without a privacy floor) and every single cut ``c`` in
+``[max(1, privacy_layers), L - 1]`` (layers ``< c`` and the embedding on the edge) at every
+allowed activation precision. :func:`best_layer_cut` picks its feasible member of least
+objective, optionally under an accuracy-drop cap; the layer-cut policies of
+``lyapunov.policies``, the experiments and the runtime call it.
+"""
 
 from __future__ import annotations
 
@@ -15,52 +24,110 @@ from costmodel.link import LinkState
 from costmodel.spec import CostSpec
 
 STRATEGIES = ("edge-only", "cloud-only", "best-layer-cut", "best-headwise")
+# The rows of `splitwise costs`: the strategies plus the accuracy-constrained layer cut.
+ACC1_PCT = 1.0
+COMPARE = ("edge-only", "cloud-only", "best-layer-cut", "best-layer-cut-acc1", "best-headwise")
+# What each row optimises (the `optimises` field of `compare`).
+OPTIMISES = {
+    "edge-only": "nothing: every block on the edge",
+    "cloud-only": "nothing: every block on the cloud",
+    "best-layer-cut": "min latency over edge-only, cloud-only and every single cut, any "
+                      "precision",
+    "best-layer-cut-acc1": f"min latency over edge-only, cloud-only and every single cut, any "
+                           f"precision, accuracy drop <= {ACC1_PCT:g} %",
+    "best-headwise": "min latency over every head/FFN partition and precision (exact DP), "
+                     "within edge memory",
+}
+OBJECTIVES = {"latency": "latency_s", "energy": "energy_j", "cloud_cost": "cloud_cost",
+              "accuracy": "accuracy_drop"}
 
 _batched_costs = jax.jit(jax.vmap(request_costs, in_axes=(0, None, None)))
 
 
 def layer_cut_candidates(spec: CostSpec) -> P.Partition:
     """All single cut points c in [0, L] at every activation precision, embedding on the edge
-    (a batch of (L + 1) * 3 partitions). c = L is edge-only."""
+    (a batch of (L + 1) * 3 partitions, indexed q * (L + 1) + c). c = L is edge-only. Not the
+    layer-wise family (no cloud-only, cut 0, no privacy floor): see `layer_wise_candidates`."""
     parts = [P.layer_cut(spec.n_layers, spec.n_heads, c, q)
              for q in range(len(P.ACT_PRECISIONS)) for c in range(spec.n_layers + 1)]
     return jax.tree.map(lambda *x: jnp.stack(x), *parts)
 
 
-def best_of(parts: P.Partition, link: LinkState, spec: CostSpec, key: str = "latency_s"):
-    """The feasible partition of a batch minimizing `key` (None if none is feasible)."""
-    costs = _batched_costs(parts, link, spec)
-    score = np.where(np.asarray(costs.feasible), np.asarray(getattr(costs, key)), np.inf)
-    if not np.isfinite(score).any():
-        return None, None
-    i = int(np.argmin(score))
-    return jax.tree.map(lambda x: x[i], parts), jax.tree.map(lambda x: x[i], costs)
+def layer_wise_candidates(spec: CostSpec, precisions=(0, 1, 2)) -> P.Partition:
+    """The layer-wise family as a batch (built in NumPy from the spec's static sizes):
+    edge-only, cloud-only when ``spec.privacy_layers == 0``, then every single cut ``c`` in
+    ``[max(1, privacy_layers), L - 1]`` at each precision (precision-major)."""
+    n_l, n_h = spec.n_layers, spec.n_heads
+    cuts = [(n_l, 0, True)]  # (layers on the edge, precision, embedding on the edge)
+    if not spec.privacy_layers:
+        cuts.append((0, 0, False))
+    cuts += [(c, q, True) for q in precisions for c in range(max(1, spec.privacy_layers), n_l)]
+    n_edge, q, emb = (np.asarray(x) for x in zip(*cuts, strict=True))
+    on_edge = np.arange(n_l)[None, :] < n_edge[:, None]
+    return P.Partition(np.where(on_edge, n_h, 0).astype(np.int32),
+                       np.where(on_edge, P.EDGE, P.CLOUD).astype(np.int32),
+                       q.astype(np.int32), emb.astype(bool))
 
 
+def best_layer_cut(link: LinkState, spec: CostSpec, precisions=(0, 1, 2),
+                   objective: str = "latency",
+                   max_accuracy_pct: float | None = None) -> P.Partition:
+    """The feasible member of the layer-wise family of least ``objective`` ("latency",
+    "energy", "cloud_cost" or "accuracy"), among those with accuracy drop <=
+    ``max_accuracy_pct`` if given; edge-only if none qualifies. Pure JAX (jit/vmap-able over
+    ``link`` and the spec's array leaves)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    cands = jax.tree.map(jnp.asarray, layer_wise_candidates(spec, tuple(precisions)))
+    costs = jax.vmap(request_costs, in_axes=(0, None, None))(cands, link, spec)
+    ok = costs.feasible
+    if max_accuracy_pct is not None:
+        ok = ok & (costs.accuracy_drop <= max_accuracy_pct)
+    score = jnp.where(ok, getattr(costs, OBJECTIVES[objective]), jnp.inf)
+    i = jnp.argmin(score)
+    i = jnp.where(jnp.isfinite(score[i]), i, 0)  # candidate 0 is edge-only
+    return jax.tree.map(lambda x: x[i], cands)
+
+
+_best_layer_cut = jax.jit(best_layer_cut,
+                          static_argnames=("precisions", "objective", "max_accuracy_pct"))
 _solve_memory = jax.jit(solve_memory, static_argnames=("precisions", "iters"))
 _solve_memory_exact = jax.jit(solve_memory_exact, static_argnames=("precisions", "units"))
 
 
+def _layer_cut(link, spec, max_accuracy_pct=None):
+    """(partition, costs) of the best layer cut; (None, None) when no member qualifies."""
+    p = _best_layer_cut(link, spec, max_accuracy_pct=max_accuracy_pct)
+    c = request_costs(p, link, spec)
+    ok = bool(c.feasible) and (max_accuracy_pct is None
+                               or float(c.accuracy_drop) <= max_accuracy_pct)
+    return (p, c) if ok else (None, None)
+
+
 def strategy_partition(name: str, link: LinkState, spec: CostSpec, weights: Weights | None = None):
-    """(partition, costs) of a named strategy; (None, None) when it has no feasible partition.
+    """(partition, costs) of a named strategy (`COMPARE`); (None, None) when it has no
+    feasible partition.
 
     best-headwise minimizes `weights` (latency by default): exactly when the memory multiplier
     closes the duality gap (costmodel.dp.solve_memory), else with the memory-resource DP
-    (costmodel.dp_memory), optimal up to rounding memory to 1/128 of the budget."""
+    (costmodel.dp_memory), optimal up to rounding memory to 1/1024 of the budget, and never
+    worse than the best layer cut."""
     n_l, n_h = spec.n_layers, spec.n_heads
     if name == "edge-only":
         p = P.edge_only(n_l, n_h)
     elif name == "cloud-only":
         p = P.cloud_only(n_l)
     elif name == "best-layer-cut":
-        return best_of(layer_cut_candidates(spec), link, spec)
+        return _layer_cut(link, spec)
+    elif name == "best-layer-cut-acc1":
+        return _layer_cut(link, spec, ACC1_PCT)
     elif name == "best-headwise":
         res = _solve_memory(link, spec, weights or Weights())
         if not bool(res.feasible) or float(res.gap) > 1e-6 * abs(float(res.value)):
             # The multiplier leaves a duality gap: add the memory-resource DP, and keep the
             # best layer cut if it is better still (rounding memory can exclude it).
             res = _solve_memory_exact(link, spec, weights or Weights(), units=1024)
-            cut, cut_costs = best_of(layer_cut_candidates(spec), link, spec)
+            cut, cut_costs = _layer_cut(link, spec)
             own = request_costs(res.partition, link, spec)
             if cut is not None and (not bool(res.feasible)
                                     or float(cut_costs.latency_s) < float(own.latency_s)):
@@ -69,7 +136,7 @@ def strategy_partition(name: str, link: LinkState, spec: CostSpec, weights: Weig
             return None, None
         p = res.partition
     else:
-        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
+        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(COMPARE)}")
     c = request_costs(p, link, spec)
     return p, c
 
@@ -87,20 +154,25 @@ def describe(p: P.Partition) -> str:
 
 
 def compare(link: LinkState, spec: CostSpec) -> list[dict]:
-    """One row per strategy with the keys of `splitwise costs --json`."""
+    """One row per strategy of `COMPARE` with the keys of `splitwise costs --json` (strategy,
+    optimises, label, latency_s, energy_j, cloud_cost, accuracy_drop, edge_memory_gb, feasible,
+    partition)."""
     rows = []
-    for name in STRATEGIES:
+    for name in COMPARE:
         p, c = strategy_partition(name, link, spec)
         rows.append(row(name, p, c))
     return rows
 
 
 def row(name: str, p, c: RequestCosts | None) -> dict:
+    """One `compare` row; ``label`` is the strategy with what it optimises."""
+    what = OPTIMISES.get(name, "")
+    head = {"strategy": name, "optimises": what, "label": f"{name} ({what})" if what else name}
     if c is None:
-        return {"strategy": name, "latency_s": None, "energy_j": None, "cloud_cost": None,
+        return {**head, "latency_s": None, "energy_j": None, "cloud_cost": None,
                 "accuracy_drop": None, "edge_memory_gb": None, "feasible": False,
                 "partition": None}
-    return {"strategy": name, "latency_s": float(c.latency_s), "energy_j": float(c.energy_j),
+    return {**head, "latency_s": float(c.latency_s), "energy_j": float(c.energy_j),
             "cloud_cost": float(c.cloud_cost), "accuracy_drop": float(c.accuracy_drop),
             "edge_memory_gb": float(c.edge_memory_gb), "feasible": bool(c.feasible),
             "partition": describe(p)}

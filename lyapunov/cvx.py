@@ -56,7 +56,7 @@ import numpy as np
 import scipy.sparse as sps
 
 from costmodel import dp
-from costmodel.costs import endpoint_terms, layer_terms
+from costmodel.costs import endpoint_terms
 from costmodel.link import LinkState
 from costmodel.partition import CLOUD, EDGE, Partition, edge_only, make_partition
 from costmodel.spec import CostSpec
@@ -77,27 +77,18 @@ class DVFS:
 
 @functools.partial(jax.jit, static_argnames=("precisions",))
 def _option_arrays(link: LinkState, spec: CostSpec, cw: dp.Weights, precisions: tuple):
-    """Per-option latency, edge busy time, c and memory: [nq, L, 2, H+1, 3] and endpoint
-    arrays [nq, 2, 2] (s0, s_last); plus the privacy mask of the options."""
-    n_l, n_h = spec.n_layers, spec.n_heads
-    s = jnp.arange(2)[None, :, None, None]
-    k = jnp.arange(n_h + 1)[None, None, :, None]
-    f = jnp.arange(3)[None, None, None, :]
-    head_cum = spec.head_cum[:, None, :, None]
-    ffn_w = spec.ffn_w[:, None, None, None]
+    """Per-option latency, edge busy time, c and memory: [nq, L, 2, H+1, 3] (the option table
+    of ``costmodel.dp``) and endpoint arrays [nq, 2, 2] (s0, s_last); plus the privacy mask of
+    the options."""
 
     def per_q(q):
-        tt = layer_terms(s, k, f, q, link, spec, head_cum, ffn_w)
+        tt = dp.option_terms(q, link, spec)
         ends = endpoint_terms(jnp.arange(2)[:, None], jnp.arange(2)[None, :], link, spec)
         c_opt = dp.scalarize(tt, q, spec, cw)
         c_end = dp.scalarize(ends, q, spec, cw)
         return (tt.latency, tt.busy, c_opt, tt.mem, ends.latency, ends.busy, c_end, ends.mem)
 
-    out = jax.vmap(per_q)(jnp.asarray(precisions))
-    layer = jnp.arange(n_l)[:, None, None, None]
-    allowed = (s == EDGE) & (k == n_h) & (f == EDGE)
-    privacy = jnp.broadcast_to(~((layer < spec.privacy_layers) & ~allowed), (n_l, 2, n_h + 1, 3))
-    return out, privacy
+    return jax.vmap(per_q)(jnp.asarray(precisions)), dp.option_allowed(spec)
 
 
 @dataclasses.dataclass

@@ -55,18 +55,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from costmodel import dp
-from costmodel.costs import (
-    RequestCosts,
-    costs_from_terms,
-    endpoint_terms,
-    layer_terms,
-    privacy_ok,
-    structure_terms,
-    total_terms,
-)
+from costmodel import dp, dp_memory
+from costmodel.costs import RequestCosts, costs_from_terms, privacy_ok, total_terms
 from costmodel.link import LinkState
-from costmodel.partition import CLOUD, EDGE, Partition
+from costmodel.partition import Partition
 from costmodel.spec import CostSpec
 from lyapunov.queues import Budgets, Queues, dpp_objective, service_rate
 
@@ -184,99 +176,6 @@ def _evaluate(part: Partition, link, spec: CostSpec, cw: dp.Weights) -> _Pt:
     costs = costs_from_terms(tt, part.act_prec, link, spec, privacy_ok(part, spec))
     ok = (lat < BIG) & (c < BIG) & costs.feasible
     return _Pt(part, costs, lat, c, tt.mem / 1e9, ok)
-
-
-def _option_table(q, link: LinkState, spec: CostSpec, w: dp.Weights):
-    """float [L, 2, H+1, 3]: weighted objective of each (layer, input side, edge heads, FFN
-    side), BIG where the privacy floor forbids it (as in ``costmodel.dp``)."""
-    n_l, n_h = spec.n_layers, spec.n_heads
-    s = jnp.arange(2)[None, :, None, None]
-    k = jnp.arange(n_h + 1)[None, None, :, None]
-    f = jnp.arange(3)[None, None, None, :]
-    tt = layer_terms(s, k, f, q, link, spec, spec.head_cum[:, None, :, None],
-                     spec.ffn_w[:, None, None, None])
-    table = dp.scalarize(tt, q, spec, w)
-    if spec.privacy_layers:
-        layer = jnp.arange(n_l)[:, None, None, None]
-        allowed = (s == EDGE) & (k == n_h) & (f == EDGE)
-        table = jnp.where((layer < spec.privacy_layers) & ~allowed, BIG, table)
-    return table
-
-
-def _to_units(mem_bytes, unit, up):
-    """Memory in whole units, rounded down (a relaxation of the budget) or up (a restriction)."""
-    x = mem_bytes / unit
-    return jnp.where(up, jnp.ceil(x * (1.0 + 1e-5)), jnp.floor(x * (1.0 - 1e-5))).astype(
-        jnp.int32)
-
-
-def _resource_precision(q, link: LinkState, spec: CostSpec, w: dp.Weights, units: int, up):
-    """(value, Partition): exact minimizer of the weighted objective over the partitions whose
-    memory, rounded to ``budget / units`` per option and endpoint, fits in ``units``. Rounded
-    down (``up`` False) that set contains every memory-feasible partition, so its minimum is a
-    lower bound; rounded up every partition in it is feasible."""
-    n_l, n_h = spec.n_layers, spec.n_heads
-    n_opt = 3 * (n_h + 1)
-    unit = jnp.maximum(spec.edge.mem_budget / units, 1e-30)
-    table = _option_table(q, link, spec, w).reshape(n_l, 2, n_opt)
-    k = jnp.arange(n_h + 1)[:, None]
-    f = jnp.arange(3)[None, :]
-    _, mem = structure_terms(k, f, spec, 0.0, 0.0)
-    opt_units = _to_units(mem, unit, up).reshape(-1)
-    opt_out = jnp.where(jnp.arange(n_opt) % 3 == EDGE, EDGE, CLOUD)
-    m = jnp.arange(units + 1)
-    src = m[None, :] - opt_units[:, None]  # [opt, M+1] units used before this layer
-    valid = src >= 0
-    src = jnp.clip(src, 0, units)
-
-    def forward(v, tab):  # v: [s, M+1] -> values only (an argmin here is ~20x slower on CPU)
-        cand = jnp.where(valid[None], v[:, src], BIG) + tab[:, :, None]  # [s_in, opt, M+1]
-        to_edge = (opt_out == EDGE)[None, :, None]
-        new = jnp.stack([jnp.where(to_edge, cand, BIG).min((0, 1)),
-                         jnp.where(to_edge, BIG, cand).min((0, 1))])
-        return jnp.minimum(new, BIG), v
-
-    v0 = jnp.where(m[None, :] == 0, 0.0, BIG) * jnp.ones((2, 1))
-
-    def run(s0):
-        v_init = jnp.where(jnp.arange(2)[:, None] == s0, v0, BIG)
-        v_last, v_in = jax.lax.scan(forward, v_init, table)  # v_in: [L, 2, M+1]
-        ends = endpoint_terms(s0, jnp.arange(2), link, spec)
-        end_val = dp.scalarize(ends, q, spec, w)
-        end_units = _to_units(ends.mem, unit, up)
-        fits = m[None, :] + end_units[:, None] <= units
-        total = jnp.where(fits, v_last + end_val[:, None], BIG)
-        if spec.privacy_layers:
-            total = jnp.where(s0 == CLOUD, BIG, total)
-        return jnp.minimum(total, BIG), v_in
-
-    totals, v_ins = jax.vmap(run)(jnp.arange(2))  # [s0, s_last, M+1], [s0, L, 2, M+1]
-    flat = totals.reshape(-1)
-    best = flat.argmin()
-    s0 = best // (2 * (units + 1))
-    s_last = (best // (units + 1)) % 2
-    used = best % (units + 1)
-
-    def backward(carry, layer):  # recompute the argmin of the one state on the path
-        s_out, mm = carry
-        v, tab = layer
-        before = mm - opt_units  # [opt]
-        cand = jnp.where(before[None, :] >= 0, v[:, jnp.clip(before, 0, units)], BIG) + tab
-        cand = jnp.where((opt_out == s_out)[None, :], cand, BIG)  # [s_in, opt]
-        a = cand.reshape(-1).argmin()
-        s_in, opt = a // n_opt, a % n_opt
-        return (s_in, jnp.clip(mm - opt_units[opt], 0, units)), opt
-
-    _, opts = jax.lax.scan(backward, (s_last, used), (v_ins[s0], table), reverse=True)
-    part = Partition((opts // 3).astype(jnp.int32), (opts % 3).astype(jnp.int32),
-                     jnp.asarray(q, jnp.int32), s0 == EDGE)
-    return flat[best], part
-
-
-def _resource_solve(link, spec, w, precisions, units, up) -> Partition:
-    vals, parts = jax.vmap(lambda q: _resource_precision(q, link, spec, w, units, up))(
-        jnp.asarray(precisions))
-    return jax.tree.map(lambda x: x[vals.argmin()], parts)
 
 
 # Phases of the solver's state machine (one DP call per loop iteration, so the DP is compiled
@@ -475,6 +374,53 @@ def _transition(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
         after_fast, after_cheap, after_lo, after_hi, after_stack)
 
 
+def _sweep(pb: _Problem, solve, solve_resource) -> _State:
+    """Run the state machine to its end. ``solve(w) -> _Pt`` is the exact linear oracle
+    (argmin of the weighted objective ``w``), ``solve_resource(w, up) -> _Pt`` the resource
+    DP over the rounded budget (used only when ``pb.units > 0``)."""
+    f32 = jnp.float32
+    # The sentinel "no point yet": a solve's pytree shape with latency and cost at BIG, so it
+    # loses every comparison; it fills the state's point slots and is the no-solve branch.
+    shapes = jax.eval_shape(solve, dp.Weights())
+    no_point = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+    no_point = no_point.replace(lat=f32(BIG), c=f32(BIG))
+    zero, big = f32(0.0), f32(BIG)
+    s0 = _State(
+        phase=jnp.int32(_FAST), mode=jnp.int32(0), nu_i=jnp.int32(-1), nu=zero, lo=zero,
+        hi=zero, l_s=f32(1.0), c_s=zero, m_s=f32(1.0), nu_max=zero, p_fast=no_point,
+        p_lo=no_point,
+        stack=jnp.zeros((pb.cap, 6), f32), size=jnp.int32(0), n_sweep=jnp.int32(0),
+        sb_j=big, sb=no_point, sb_lam=zero, f_j=big, f=no_point, f_lam=zero, f_nu=zero,
+        lower=f32(-BIG), complete=jnp.bool_(True), fits0=jnp.bool_(False),
+        n_solves=jnp.int32(0))
+    max_iter = (pb.nu_iters + 3) * (3 * pb.cap + 3) + 2
+
+    def cond(c):
+        i, s = c
+        return (s.phase != _DONE) & (i < max_iter)
+
+    def body(c):
+        i, s = c
+        need, w, lam, worth = _query(pb, s)
+        branch = jnp.where(need, 1 + jnp.minimum(s.mode, 1), 0)
+        branches = [lambda w, up: no_point, lambda w, up: solve(w)]
+        if pb.units > 0:
+            branches.append(solve_resource)
+        pt = jax.lax.switch(jnp.minimum(branch, len(branches) - 1), branches, w, s.mode == 2)
+        return i + 1, _transition(pb, s, pt, lam, worth)
+
+    _, s = jax.lax.while_loop(cond, body, (jnp.int32(0), s0))
+    return s.replace(complete=s.complete & (s.phase == _DONE))
+
+
+def _certificate(s: _State):
+    """(feasible, exact) of a finished sweep."""
+    feasible = s.f_j < BIG
+    exact_unc = s.fits0 & s.complete
+    gap_ok = (s.f_j - s.lower) <= RTOL * (jnp.abs(s.f_j) + jnp.abs(s.lower) + 1e-30)
+    return feasible, jnp.where(s.fits0, exact_unc, feasible & gap_ok & s.complete)
+
+
 @functools.partial(jax.jit, static_argnames=("precisions", "max_solves", "nu_iters", "units"))
 def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
                precisions=(0, 1, 2), max_solves: int = 48, nu_iters: int = 20,
@@ -508,46 +454,12 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
         return _evaluate(res.partition, link, spec, cw)
 
     def solve_resource(w, up):
-        part = _resource_solve(link, spec, w, pb.precisions, max(pb.units, 1), up)
+        part = dp_memory.solve_resource(link, spec, w, pb.precisions, max(pb.units, 1),
+                                        up).partition
         return _evaluate(part, link, spec, cw)
 
-    # The sentinel "no point yet": a solve's pytree shape with latency and cost at BIG, so it
-    # loses every comparison; it fills the state's point slots and is the no-solve branch.
-    shapes = jax.eval_shape(solve, dp.Weights())
-    no_point = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
-    no_point = no_point.replace(lat=f32(BIG), c=f32(BIG))
-    zero, big = f32(0.0), f32(BIG)
-    s0 = _State(
-        phase=jnp.int32(_FAST), mode=jnp.int32(0), nu_i=jnp.int32(-1), nu=zero, lo=zero,
-        hi=zero, l_s=f32(1.0), c_s=zero, m_s=f32(1.0), nu_max=zero, p_fast=no_point,
-        p_lo=no_point,
-        stack=jnp.zeros((pb.cap, 6), f32), size=jnp.int32(0), n_sweep=jnp.int32(0),
-        sb_j=big, sb=no_point, sb_lam=zero, f_j=big, f=no_point, f_lam=zero, f_nu=zero,
-        lower=f32(-BIG), complete=jnp.bool_(True), fits0=jnp.bool_(False),
-        n_solves=jnp.int32(0))
-    max_iter = (pb.nu_iters + 3) * (3 * pb.cap + 3) + 2
-
-    def cond(c):
-        i, s = c
-        return (s.phase != _DONE) & (i < max_iter)
-
-    def body(c):
-        i, s = c
-        need, w, lam, worth = _query(pb, s)
-        branch = jnp.where(need, 1 + jnp.minimum(s.mode, 1), 0)
-        branches = [lambda w, up: no_point, lambda w, up: solve(w)]
-        if pb.units > 0:
-            branches.append(solve_resource)
-        pt = jax.lax.switch(jnp.minimum(branch, len(branches) - 1), branches, w, s.mode == 2)
-        return i + 1, _transition(pb, s, pt, lam, worth)
-
-    _, s = jax.lax.while_loop(cond, body, (jnp.int32(0), s0))
-    s = s.replace(complete=s.complete & (s.phase == _DONE))
-
-    feasible = s.f_j < BIG
-    exact_unc = s.fits0 & s.complete
-    gap_ok = (s.f_j - s.lower) <= RTOL * (jnp.abs(s.f_j) + jnp.abs(s.lower) + 1e-30)
-    exact = jnp.where(s.fits0, exact_unc, feasible & gap_ok & s.complete)
+    s = _sweep(pb, solve, solve_resource)
+    feasible, exact = _certificate(s)
     pt = s.f
     dpp = slot_dpp(pt.costs, queues, 0.0, sp)
     shift = jnp.where(feasible, dpp - s.f_j, 0.0)  # DPP (A = 0) minus the action-dependent J
@@ -556,3 +468,45 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
         lower_bound=jnp.minimum(s.lower + shift, jnp.where(feasible, dpp, BIG)),
         lambda_=s.f_lam, nu=s.f_nu, latency_s=pt.lat, c=pt.c, exact=exact,
         feasible=feasible, n_solves=s.n_solves)
+
+
+@struct.dataclass
+class PointSolution:
+    """Result of :func:`minimize_points`: index of the chosen point, its objective
+    ``g(l) + c``, the lower bound, the exactness certificate, feasibility and DP-call count
+    (here: argmin calls), as in :class:`SlotSolution`."""
+
+    index: jnp.ndarray
+    objective: jnp.ndarray
+    lower_bound: jnp.ndarray
+    exact: jnp.ndarray
+    feasible: jnp.ndarray
+    n_solves: jnp.ndarray
+
+
+@functools.partial(jax.jit, static_argnames=("max_solves", "nu_iters"))
+def minimize_points(lat, c, mem, a, b, budget, max_solves: int = 48,
+                    nu_iters: int = 20) -> PointSolution:
+    """The slot solver's sweep over an explicit finite set instead of the DP's partitions.
+
+    Minimizes ``J = g(l) + c`` with ``g(l) = a l - b / l`` (``a, b >= 0``) over the points
+    ``(lat [N] > 0, c [N] >= 0, mem [N])`` with ``mem <= budget``; the linear oracle is the
+    argmin of ``lambda l + c + nu mem`` over the set. Everything else (hull search, branch and
+    bound, the multiplier bisection and its dual bound, the certificate) is the code
+    :func:`solve_slot` runs, without the resource-DP sweeps, which need the DP's structure.
+    docs/design.md §4; the lemmas it rests on are checked on it in ``tests/proofs``.
+    """
+    f32 = jnp.float32
+    lat, c, mem = (jnp.asarray(x, f32) for x in (lat, c, mem))
+    cw = dp.Weights(latency=0.0, energy=1.0)  # c enters as the "energy" term
+    pb = _Problem(None, None, cw, f32(a), f32(b), f32(budget), (0,), int(max_solves),
+                  int(nu_iters), 0)
+
+    def solve(w):
+        i = (w.latency * lat + w.energy * c + w.memory * mem).argmin()
+        return _Pt(i, None, lat[i], c[i], mem[i], mem[i] <= pb.budget)
+
+    s = _sweep(pb, solve, None)
+    feasible, exact = _certificate(s)
+    return PointSolution(s.f.part, jnp.where(feasible, s.f_j, BIG),
+                         jnp.minimum(s.lower, s.f_j), exact, feasible, s.n_solves)
