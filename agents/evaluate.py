@@ -33,7 +33,8 @@ import numpy as np
 
 from agents import checkpoint
 from agents.actions import ActionSpace, mask_context, to_partition
-from agents.networks import ActorCritic, act, greedy, observe_features, observed_outage
+from agents.networks import ActorCritic, act, greedy
+from agents.slot_env import observe_features, observed_outage
 
 METRIC_KEYS = ("latency_mean_s", "latency_p95_s", "energy_mean_j", "accuracy_drop_mean",
                "cloud_cost_mean", "backlog_mean", "dpp_mean", "penalty_mean", "service_mean",

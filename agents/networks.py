@@ -1,7 +1,7 @@
 """Flax NNX actor-critic: a shared observation encoder, the high-level actor, the low-level
 actor conditioned on the high-level choice, and the critic.
 
-Encoder. The observation is a vector of scalars (normalized queues, arrival-rate estimate,
+Encoder. The input (`Features`) is a vector of scalars (normalized queues, arrival-rate estimate,
 memory headroom, V, ...) and a short window of link history (bandwidth up/down, RTT, cloud
 share, link up; oldest first). The window goes through a small causal 1-D convolution (two
 VALID conv layers of kernel 3, then flattened) rather than a GRU: the window is short and fixed,
@@ -59,7 +59,8 @@ class NetConfig:
 
 @struct.dataclass
 class Features:
-    """What the networks see. scalars: float [..., F]; history: float [..., W, C]."""
+    """What the networks see. scalars: float [..., F]; history: float [..., W, C]. The slot
+    environment's: `agents.slot_env.observe_features`."""
 
     scalars: jnp.ndarray
     history: jnp.ndarray
@@ -185,49 +186,3 @@ def greedy(model: ActorCritic, x: Features, ctx: MaskContext) -> Action:
         low = jax.vmap(lambda c, lg, t, e, m: low_level(space, c, lg, e, m, trans=t).actions)(
             ctx, ll, tr, embed, modes)
     return Action(embed, modes, prec, low, cut)
-
-
-def observe_features(obs, params) -> Features:
-    """Features of a `lyapunov.env.Obs` (one sample): normalized and log-scaled.
-
-    scalars (16): log1p of the four queues; log1p(V); arrival estimate / mean rate; last and
-    EWMA downlink bandwidth as log1p(bw / mean) and log1p(bw) / 5 (absolute scale); last and
-    EWMA RTT / mean RTT; last and EWMA cloud share on a log scale; link up in the last slot;
-    memory headroom (budget / edge-only memory, capped at 2).
-    history [W, 3]: log1p(bw / mean) of the past W slots, their log-scaled cloud share,
-    outage flag.
-    """
-    from costmodel.costs import structure_terms
-
-    spec = params.spec
-    bw_s = jnp.maximum(params.bw_mean_mbps, 1e-3)
-    rtt_s = jnp.maximum(params.rtt_mean_ms, 1e-3)
-    q = obs.queues
-    last, ewma = obs.link_last, obs.link_ewma
-    _, layer_mem = structure_terms(spec.n_heads, 0, spec, 0.0, 0.0)
-    full = spec.n_layers * layer_mem + 2.0 * spec.edge.weight_bytes * spec.vocab * spec.d_model
-    headroom = jnp.minimum(spec.edge.mem_budget / full, 2.0)
-    scalars = jnp.stack([
-        jnp.log1p(q.q), jnp.log1p(q.z_e), jnp.log1p(q.z_a), jnp.log1p(q.z_c),
-        jnp.log1p(params.slot.V),
-        obs.lam_hat / jnp.maximum(params.lam_mean, 1e-6),
-        jnp.log1p(last.bw_down_mbps / bw_s), jnp.log1p(ewma.bw_down_mbps / bw_s),
-        jnp.log1p(last.bw_down_mbps) / 5.0, jnp.log1p(ewma.bw_down_mbps) / 5.0,
-        last.rtt_ms / rtt_s, ewma.rtt_ms / rtt_s,
-        _log_share(last.cloud_share), _log_share(ewma.cloud_share),
-        last.up.astype(jnp.float32), headroom,
-    ]).astype(jnp.float32)
-    hist = jnp.stack([jnp.log1p(obs.bw_hist / bw_s), _log_share(obs.share_hist),
-                      (obs.bw_hist <= 0).astype(jnp.float32)], axis=-1).astype(jnp.float32)
-    return Features(scalars, hist)
-
-
-def _log_share(share):
-    """1 + ln(share) / 3.5: a contended cloud's share spans decades (0.001 .. 1), and the
-    cloud's speed is proportional to it, so the policy needs its logarithm (-1 .. 1)."""
-    return 1.0 + jnp.log(jnp.maximum(share, 1e-4)) / 3.5
-
-
-def observed_outage(obs):
-    """bool []: the link was down in the last slot."""
-    return ~obs.link_last.up

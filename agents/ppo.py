@@ -1,17 +1,21 @@
-"""PPO for the partitioning policies, purejaxrl style: `make_train(cfg, env) -> train(key)`.
+"""PPO for the partitioning policies, purejaxrl style, generic over the environment.
 
-One update = a rollout of `num_steps` slots in `num_envs` vmapped environments (a `lax.scan`),
+PPO talks to an environment only through an `EnvAdapter` (reset, step, the network features
+of an observation, the outage flag of the action masks, the logged metrics); the slot
+environment's adapter, features and rewards are `agents.slot_env`, and `agents.train` binds a
+`TrainConfig` to them.
+
+One update = a rollout of `num_steps` steps in `num_envs` vmapped environments (a `lax.scan`),
 GAE (`agents.losses.gae`), then `update_epochs` epochs of `num_minibatches` shuffled
 minibatches (nested `lax.scan`s), each an Adam step on the clipped surrogate of the joint
 (high x low) log-probability, the value loss and the entropy bonus, with global-norm gradient
-clipping. The whole update is one traced function of pytrees; `train(key)` runs `num_updates`
-of them in a `lax.scan` under one `jax.jit`, and seeds are `jax.vmap`ped over keys. The
-networks cross the jit boundary as `nnx.split` state and are `nnx.merge`d inside.
+clipping. The whole update is one traced function of pytrees; `make_train(...)(key)` runs
+`num_updates` of them in a `lax.scan` under one `jax.jit`, and seeds are `jax.vmap`ped over
+keys. The networks cross the jit boundary as `nnx.split` state and are `nnx.merge`d inside.
 
 For progress reporting without printing inside compiled code, `make_segments` returns
-`init(keys)` and `segment(runner)`: the same update scanned `cfg.log_every` times under jit
-and vmapped over seeds; the caller loops over segments and prints between them
-(`agents.train`).
+`init(keys)` and `segment(runner)`: the same update scanned `log_every` times under jit and
+vmapped over seeds; the caller loops over segments and prints between them (`agents.train`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx, struct
 
@@ -37,15 +40,7 @@ from agents.actions import (
     to_partition,
 )
 from agents.losses import LossTerms, gae, ppo_loss
-from agents.networks import (
-    ActorCritic,
-    Features,
-    NetConfig,
-    act,
-    evaluate_actions,
-    observe_features,
-    observed_outage,
-)
+from agents.networks import ActorCritic, Features, NetConfig, act, evaluate_actions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,13 +48,13 @@ class PPOConfig:
     """PPO hyper-parameters.
 
     num_envs: environments stepped in parallel (vmapped).
-    num_steps: slots per environment per rollout.
+    num_steps: steps per environment per rollout.
     num_updates: rollout + optimization rounds.
     update_epochs: passes over each rollout.
     num_minibatches: minibatches per epoch (num_envs * num_steps must divide evenly).
-    gamma: discount. 0 (default) makes PPO a contextual bandit on the per-slot drift-plus-penalty,
-      which is exactly the objective the Lyapunov controller minimizes each slot (Neely 2010
-      ch. 4); gamma > 0 optimizes a discounted sum of slot DPPs instead.
+    gamma: discount. 0 (default) makes PPO a contextual bandit on the per-step reward (for the
+      slot environment: the per-slot drift-plus-penalty, docs/design.md §3); gamma > 0
+      optimizes a discounted sum instead.
     gae_lambda: GAE parameter.
     clip_eps: PPO ratio clip.
     vf_coef: weight of the value loss.
@@ -70,19 +65,14 @@ class PPOConfig:
     lr: peak Adam learning rate.
     lr_schedule: "constant", "linear" (to 0) or "cosine" (to 0), over all optimizer steps.
     warmup_frac: fraction of optimizer steps of linear warm-up (0: none).
-    reward_mode: "dpp": the environment's reward (-DPP / its reward_scale); "relative" (needs
-      gamma = 0): -(DPP - DPP_ref) / scale_ref per slot, where DPP_ref is the slot's DPP of
-      the edge-only partition (link-independent, so computable from the queues) with the
-      arrivals' Q A term cancelled, and scale_ref = V l_edge + Q tau / l_edge + sum_i Z_i x_i,edge.
-      Per state, this is -DPP up to a shift and a positive factor that do not depend on the
-      action, so every state's best action is unchanged (the bandit's optimal policy is the
-      DPP minimizer), while the reward no longer grows with the backlog Q and the noise
-      Q (A - E[A]) of the arrivals is removed.
+    reward_mode: "dpp": the environment's reward; "relative" (needs gamma = 0): the adapter's
+      `relative_reward`, a per-step transform that keeps every state's best action (for the
+      slot environment: `agents.slot_env.relative_reward`).
     reward_scale: rewards are divided by this (after the environment's own scale).
     reward_clip: rewards below -reward_clip are clipped there, keeping the environment's large
-      cost of an infeasible slot (an unobserved outage) from swamping the advantage
-      normalization. None: 10 for "relative" (a slot 10 times worse than edge-only), no clip
-      for "dpp".
+      cost of an infeasible step (an unobserved outage) from swamping the advantage
+      normalization. None: 10 for "relative" (in the slot environment: a slot 10 times worse
+      than edge-only), no clip for "dpp".
     norm_adv: normalize advantages per minibatch.
     """
 
@@ -115,7 +105,7 @@ class PPOConfig:
         if self.reward_mode not in ("dpp", "relative"):
             raise ValueError(f"PPOConfig.reward_mode: unknown {self.reward_mode!r}")
         if self.reward_mode == "relative" and self.gamma != 0:
-            raise ValueError("PPOConfig: reward_mode 'relative' is a per-slot (bandit) "
+            raise ValueError("PPOConfig: reward_mode 'relative' is a per-step (bandit) "
                              "transform and needs gamma = 0; use reward_mode 'dpp'")
         if self.lr_schedule not in ("constant", "linear", "cosine"):
             raise ValueError(f"PPOConfig.lr_schedule: unknown {self.lr_schedule!r}")
@@ -137,15 +127,20 @@ class PPOConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EnvAdapter:
-    """How PPO talks to a slot environment (all functions pure, for one environment).
+    """How PPO talks to an environment (all functions pure, for one environment).
 
-    reset(key, params) -> (obs, state); step(key, state, partition, params) -> (obs, state,
-    reward, done, info), resetting itself when done; features(obs, params) -> Features;
-    outage(obs) -> bool [] (the last slot's link was down); spec(params) -> CostSpec;
-    metrics(info) -> dict of float [] (at least "dpp", "backlog", "latency_s") logged per
-    update; precisions(params) -> the allowed activation precisions (static);
+    reset(key, params) -> (obs, state);
+    step(key, state, partition, params) -> (obs, state, reward, done, info), resetting itself
+      when done;
+    features(obs, params) -> Features (the networks' input);
+    outage(obs) -> bool [] (the link was down at the last step: the action masks prefer
+      options without a link crossing);
+    spec(params) -> CostSpec (the model the partitions are of);
+    metrics(info) -> dict of float [], averaged and logged per update;
+    precisions(params) -> the allowed activation precisions (static);
     relative_reward(obs, info, params) -> float [] (PPOConfig.reward_mode "relative"; obs is
-    the observation the action was taken on).
+      the observation the action was taken on).
+    The slot environment's adapter is `agents.slot_env.lyapunov_adapter`.
     """
 
     reset: Callable
@@ -156,53 +151,6 @@ class EnvAdapter:
     metrics: Callable
     precisions: Callable = lambda params: (0, 1, 2)
     relative_reward: Callable | None = None
-
-
-def lyapunov_adapter() -> EnvAdapter:
-    """The adapter of `lyapunov.env` (auto-reset after `episode_slots`)."""
-    from lyapunov import env as E
-
-    def step(key, state, action, params):
-        k_step, k_reset = jax.random.split(key)
-        obs, state, reward, done, info = E.step(k_step, state, action, params)
-        obs0, state0 = E.reset(k_reset, params)
-        obs, state = jax.tree.map(lambda a, b: jnp.where(done, a, b), (obs0, state0),
-                                  (obs, state))
-        return obs, state, reward, done, info
-
-    def metrics(info):
-        ok = info.feasible
-        return {"dpp": info.dpp, "backlog": info.backlog,
-                "latency_s": jnp.where(ok, info.latency_s, 0.0) / jnp.maximum(ok.mean(), 1e-9),
-                "infeasible": 1.0 - ok.astype(jnp.float32)}
-
-    return EnvAdapter(reset=E.reset, step=step, features=observe_features,
-                      outage=observed_outage, spec=lambda p: p.spec, metrics=metrics,
-                      precisions=lambda p: p.precisions, relative_reward=relative_reward)
-
-
-def relative_reward(obs, info, params):
-    """-(DPP - Q A - DPP_ref) / scale_ref of one slot of `lyapunov.env` (PPOConfig docs)."""
-    from costmodel.costs import request_costs
-    from costmodel.link import LinkState
-    from costmodel.partition import edge_only
-    from lyapunov.oracle import slot_dpp
-
-    spec, sp, q = params.spec, params.slot, obs.queues
-    one = jnp.float32(1.0)
-    ref = request_costs(edge_only(spec.n_layers, spec.n_heads), LinkState(one, one, one, one),
-                        spec)
-    ref_dpp = slot_dpp(ref, q, 0.0, sp)  # A = 0: no Q A term
-    l_e = ref.latency_s
-    z = sp.budgets
-    scale = (sp.V * sp.penalty.latency * l_e + q.q * sp.tau / l_e
-             + jnp.where(jnp.isfinite(z.e_bar), q.z_e * ref.energy_j, 0.0)
-             + jnp.where(jnp.isfinite(z.a_bar), q.z_a * ref.accuracy_drop, 0.0)
-             + jnp.where(jnp.isfinite(z.c_bar), q.z_c * ref.cloud_cost, 0.0)
-             + sp.V * (sp.penalty.energy * ref.energy_j + sp.penalty.accuracy
-                       * ref.accuracy_drop + sp.penalty.cloud_cost * ref.cloud_cost))
-    dpp_no_arrivals = info.dpp - q.q * info.arrivals
-    return -(dpp_no_arrivals - ref_dpp) / jnp.maximum(scale, 1e-6)
 
 
 @struct.dataclass
@@ -269,6 +217,9 @@ def policy_loss_fn(model: ActorCritic, batch: Transition, adv, target, cfg: PPOC
 def make_update(cfg: PPOConfig, env: EnvAdapter, env_params, space: ActionSpace, graphdef):
     """update(runner) -> (runner, metrics dict of float []): one rollout and its epochs."""
     spec = env.spec(env_params)
+    if cfg.reward_mode == "relative" and env.relative_reward is None:
+        raise ValueError("PPOConfig.reward_mode 'relative': the environment adapter has no "
+                         "relative_reward; use reward_mode 'dpp'")
 
     def contexts(obs):
         return jax.vmap(lambda o: mask_context(spec, space, env.outage(o)))(obs)
@@ -365,50 +316,6 @@ def make_init(cfg: PPOConfig, env: EnvAdapter, env_params, space: ActionSpace, n
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """A training run.
-
-    scenario: the slot environment (`lyapunov.env.Scenario`).
-    train_traces: bandwidth traces to train on (paths or shipped names); their per-slot
-      values are concatenated and replayed from a random offset, so each environment sees a
-      stretch of one of them. Empty: the scenario's own bandwidth process.
-    ppo, action, net: PPO hyper-parameters, action space, network sizes.
-    num_seeds: independent seeds trained at once (vmapped).
-    seed: base seed; seed k of the run uses jax.random.key(seed + k).
-    log_every: updates per jitted segment (one progress line and one CSV row per segment).
-    """
-
-    scenario: Any = None
-    train_traces: tuple[str, ...] = ()
-    ppo: PPOConfig = PPOConfig()
-    action: ActionConfig = ActionConfig()
-    net: NetConfig = NetConfig()
-    num_seeds: int = 1
-    seed: int = 0
-    log_every: int = 10
-
-
-def build_env_params(cfg: TrainConfig):
-    """EnvParams of the config's scenario (with the training traces concatenated)."""
-    from lyapunov import env as E
-    from lyapunov import processes as pr
-    from lyapunov.traces import SHIPPED_TRACES, load_shipped, load_trace, resample
-
-    sc = cfg.scenario if cfg.scenario is not None else E.Scenario()
-    params = sc.build()
-    if not cfg.train_traces:
-        return params
-    values = []
-    for t in cfg.train_traces:
-        trace = load_shipped(t) if t in SHIPPED_TRACES else load_trace(t)
-        values.append(resample(trace, sc.tau_s))
-    v = np.concatenate(values)
-    bw = pr.make_replay_bandwidth(v, offset=None)
-    return params.replace(link=params.link.replace(bandwidth=bw),
-                          bw_mean_mbps=jnp.float32(v.mean()))
-
-
-@dataclasses.dataclass(frozen=True)
 class TrainSetup:
     """The static pieces of a training run: the action space and the network graph."""
 
@@ -424,45 +331,37 @@ def setup(cfg: PPOConfig, env: EnvAdapter, env_params, action: ActionConfig, net
     return TrainSetup(space, graphdef, feature_shapes(env, env_params)), init, update
 
 
-def _resolve(cfg: TrainConfig, env, env_params):
-    env = env if env is not None else lyapunov_adapter()
-    env_params = env_params if env_params is not None else build_env_params(cfg)
-    return env, env_params
-
-
-def make_train(cfg: TrainConfig, env: EnvAdapter | None = None, env_params=None):
+def make_train(cfg: PPOConfig, env: EnvAdapter, env_params, action: ActionConfig,
+               net: NetConfig):
     """train(key) -> (Runner, metrics dict of float [num_updates]); jit it, vmap it over keys.
 
-    `env`/`env_params` default to `lyapunov.env` and the config's scenario. The returned
-    function carries `train.setup` (TrainSetup: action space, graphdef, feature shapes), what
-    is needed to rebuild the networks from a runner's state, and `train.init` (key -> the
-    initial Runner of that seed: fresh networks, reset environments).
+    The returned function carries `train.setup` (TrainSetup: action space, graphdef, feature
+    shapes), what is needed to rebuild the networks from a runner's state, and `train.init`
+    (key -> the initial Runner of that seed: fresh networks, reset environments).
     """
-    env, env_params = _resolve(cfg, env, env_params)
-    ts, init, update = setup(cfg.ppo, env, env_params, cfg.action, cfg.net)
+    ts, init, update = setup(cfg, env, env_params, action, net)
 
     def train(key):
         runner = init(key)
-        return jax.lax.scan(lambda r, _: update(r), runner, None, cfg.ppo.num_updates)
+        return jax.lax.scan(lambda r, _: update(r), runner, None, cfg.num_updates)
 
     train.setup = ts
     train.init = init
     return train
 
 
-def make_segments(cfg: TrainConfig, env: EnvAdapter | None = None, env_params=None):
+def make_segments(cfg: PPOConfig, env: EnvAdapter, env_params, action: ActionConfig,
+                  net: NetConfig, log_every: int):
     """(init(keys [S]) -> Runner [S], segment(Runner [S]) -> (Runner [S], metrics [S, n]),
-    TrainSetup): the same updates, jitted in segments of n = cfg.log_every and vmapped over
-    S seeds."""
-    env, env_params = _resolve(cfg, env, env_params)
-    ts, init, update = setup(cfg.ppo, env, env_params, cfg.action, cfg.net)
-    seg_len = cfg.log_every
+    TrainSetup): the same updates, jitted in segments of n = log_every and vmapped over S
+    seeds."""
+    ts, init, update = setup(cfg, env, env_params, action, net)
     init_v = jax.jit(jax.vmap(init))
 
     @jax.jit
     @jax.vmap
     def segment(runner):
-        return jax.lax.scan(lambda r, _: update(r), runner, None, seg_len)
+        return jax.lax.scan(lambda r, _: update(r), runner, None, log_every)
 
     return init_v, segment, ts
 

@@ -1,9 +1,12 @@
 """Train a partitioning policy with PPO: progress lines, metrics CSV, checkpoints, resume.
 
+A `TrainConfig` is one run (scenario, training traces, PPO, action space, networks, seeds);
+`make_train` / `make_segments` bind it to `agents.ppo` on the slot environment
+(`agents.slot_env`, with `build_env_params`) unless another `agents.ppo.EnvAdapter` is given.
+
 `run(cfg, out)` trains `cfg.num_seeds` seeds at once (vmapped) in jitted segments of
-`cfg.log_every` updates (`agents.ppo.make_segments`); between segments it prints one line (mean
-reward, DPP, backlog, latency, entropy, KL, environment steps per second) and at the end
-writes
+`cfg.log_every` updates; between segments it prints one line (mean reward, DPP, backlog,
+latency, entropy, KL, environment steps per second) and at the end writes
 
     out/metrics.csv           one row per (seed, update): every logged metric
     out/seed<k>/config.json   the checkpoint of seed k (agents.checkpoint), params.npz,
@@ -29,17 +32,84 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agents import checkpoint
+from agents import checkpoint, ppo
 from agents.actions import ActionConfig
 from agents.networks import NetConfig
-from agents.ppo import PPOConfig, TrainConfig, make_segments, model_from_runner
+from agents.ppo import EnvAdapter, PPOConfig, model_from_runner
+from agents.slot_env import lyapunov_adapter
 
 PROGRESS_KEYS = ("reward", "dpp", "backlog", "latency_s", "entropy", "loss_approx_kl")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A training run.
+
+    scenario: the slot environment (`lyapunov.env.Scenario`; None: its defaults).
+    train_traces: bandwidth traces to train on (paths or shipped names); their per-slot
+      values are concatenated and replayed from a random offset, so each environment sees a
+      stretch of one of them. Empty: the scenario's own bandwidth process.
+    ppo, action, net: PPO hyper-parameters, action space, network sizes.
+    num_seeds: independent seeds trained at once (vmapped).
+    seed: base seed; seed k of the run uses jax.random.key(seed + k).
+    log_every: updates per jitted segment (one progress line and one CSV row per segment).
+    """
+
+    scenario: Any = None
+    train_traces: tuple[str, ...] = ()
+    ppo: PPOConfig = PPOConfig()
+    action: ActionConfig = ActionConfig()
+    net: NetConfig = NetConfig()
+    num_seeds: int = 1
+    seed: int = 0
+    log_every: int = 10
+
+
+def build_env_params(cfg: TrainConfig):
+    """EnvParams of the config's scenario (with the training traces concatenated)."""
+    from lyapunov import env as E
+    from lyapunov import processes as pr
+    from lyapunov.traces import SHIPPED_TRACES, load_shipped, load_trace, resample
+
+    sc = cfg.scenario if cfg.scenario is not None else E.Scenario()
+    params = sc.build()
+    if not cfg.train_traces:
+        return params
+    values = []
+    for t in cfg.train_traces:
+        trace = load_shipped(t) if t in SHIPPED_TRACES else load_trace(t)
+        values.append(resample(trace, sc.tau_s))
+    v = np.concatenate(values)
+    bw = pr.make_replay_bandwidth(v, offset=None)
+    return params.replace(link=params.link.replace(bandwidth=bw),
+                          bw_mean_mbps=jnp.float32(v.mean()))
+
+
+def _env(cfg: TrainConfig, env: EnvAdapter | None, env_params):
+    env = env if env is not None else lyapunov_adapter()
+    env_params = env_params if env_params is not None else build_env_params(cfg)
+    return env, env_params
+
+
+def make_train(cfg: TrainConfig, env: EnvAdapter | None = None, env_params=None):
+    """`agents.ppo.make_train` of the config: train(key) -> (Runner, metrics [num_updates]),
+    with `train.setup` and `train.init`. `env`/`env_params` default to the slot environment
+    (`agents.slot_env.lyapunov_adapter`) and the config's scenario (`build_env_params`)."""
+    env, env_params = _env(cfg, env, env_params)
+    return ppo.make_train(cfg.ppo, env, env_params, cfg.action, cfg.net)
+
+
+def make_segments(cfg: TrainConfig, env: EnvAdapter | None = None, env_params=None):
+    """`agents.ppo.make_segments` of the config (segments of `cfg.log_every` updates, vmapped
+    over seeds); defaults as in `make_train`."""
+    env, env_params = _env(cfg, env, env_params)
+    return ppo.make_segments(cfg.ppo, env, env_params, cfg.action, cfg.net, cfg.log_every)
 
 
 def _take(tree, i):

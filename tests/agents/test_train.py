@@ -15,7 +15,8 @@ from agents import checkpoint
 from agents.actions import ActionConfig
 from agents.evaluate import learned_policy
 from agents.networks import NetConfig
-from agents.ppo import PPOConfig, TrainConfig, make_train, model_from_runner
+from agents.ppo import PPOConfig, model_from_runner
+from agents.train import TrainConfig, make_train
 from costmodel import dp
 from costmodel.cards import ModelCard
 from lyapunov import processes as pr
