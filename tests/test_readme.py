@@ -1,0 +1,132 @@
+"""Every `splitwise ...` command that README.md shows runs as written, with tiny sizes.
+
+The commands are read from README.md itself (indented code lines that start with
+`splitwise `), optional `[...]` parts and trailing comments dropped, and run in order in one
+scratch directory (so `train` leaves the run that `evaluate` and `export` read). Only the flags
+that set a size are replaced (slots, steps, seeds, requests, which figures); a command the README
+adds without an entry in `SIZE` fails `test_every_readme_command_is_covered`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-c", "import sys, splitwise_cli; sys.exit(splitwise_cli.main())"]
+
+# Per command: flags whose value is replaced (tiny sizes) and flags appended.
+SIZE = {
+    "costs": ({}, []),
+    "simulate": ({"--slots": "4"}, []),
+    "train": ({"--steps": "64", "--seeds": "1"},
+              ["--num-envs", "2", "--num-steps", "8", "--log-every", "1"]),
+    "evaluate": ({"--slots": "4", "--seeds": "1"}, []),
+    "figures": ({}, ["--only", "energy"]),
+    "calibrate": ({}, ["--quick"]),
+    "export": ({"--parity": "20"}, []),
+    "serve-cloud": ({}, []),
+    "run-edge": ({"--requests": "2"}, []),
+}
+FAST = ("costs", "simulate")
+
+
+def readme_commands() -> list[list[str]]:
+    """The README's `splitwise` command lines as argv lists (without the program name)."""
+    out = []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if not line.startswith("    splitwise "):
+            continue
+        text = re.sub(r"\s#\s.*$", "", line.strip())
+        text = re.sub(r"\[[^\]]*\]", "", text).replace("&", " ").strip()
+        out.append(shlex.split(text)[1:])
+    return out
+
+
+def tiny(argv: list[str]) -> list[str]:
+    replace, extra = SIZE[argv[0]]
+    argv = list(argv)
+    for i, a in enumerate(argv[:-1]):
+        if a in replace:
+            argv[i + 1] = replace[a]
+    if argv[0] == "evaluate" and "--seeds" not in argv:
+        argv += ["--seeds", "1"]
+    return argv + extra
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _setup(tmp: Path) -> None:
+    (tmp / "lyapunov" / "data").mkdir(parents=True)
+    (tmp / "lyapunov" / "data" / "traces").symlink_to(ROOT / "lyapunov" / "data" / "traces")
+    (tmp / "key.bin").write_bytes(os.urandom(32))
+    (tmp / "key.bin").chmod(0o600)
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _run(argv: list[str], cwd: Path, timeout=900) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*CLI, *argv], cwd=cwd, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"splitwise {shlex.join(argv)}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_every_readme_command_is_covered():
+    cmds = readme_commands()
+    assert {c[0] for c in cmds} == set(SIZE), "README commands and SIZE disagree"
+
+
+@pytest.mark.parametrize("argv", [c for c in readme_commands() if c[0] in FAST],
+                         ids=lambda a: a[0])
+def test_fast_readme_commands(argv, tmp_path):
+    _setup(tmp_path)
+    out = _run(tiny(argv), tmp_path)
+    assert out.stdout.strip()
+
+
+@pytest.mark.slow
+def test_readme_commands_in_order(tmp_path):
+    """The whole README, in order: train -> evaluate -> export use the same run; serve-cloud
+    runs in the background while run-edge sends it requests."""
+    _setup(tmp_path)
+    port = str(_free_port())
+    server = None
+    try:
+        for argv in readme_commands():
+            if argv[0] in FAST:
+                continue
+            argv = [a.replace("7070", port) for a in tiny(argv)]
+            if argv[0] == "serve-cloud":
+                server = subprocess.Popen([*CLI, *argv], cwd=tmp_path, env=_env(),
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True)
+                deadline = time.time() + 120
+                while time.time() < deadline:
+                    assert server.poll() is None, server.stderr.read()[-3000:]
+                    with socket.socket() as s:
+                        if s.connect_ex(("127.0.0.1", int(port))) == 0:
+                            break
+                    time.sleep(0.5)
+                continue
+            _run(argv, tmp_path)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
