@@ -1,4 +1,5 @@
-"""Controllers of the slot environment behind one interface (system-model section 4).
+"""Controllers of the slot environment behind one interface (docs/design.md §4), registered in
+``lyapunov.registry`` (name, label, colour, role) at import.
 
 A :class:`Policy` is ``act(key, x, params) -> Partition`` where ``x`` is what it may see: the
 full ``EnvState`` for a clairvoyant policy (it reads the current slot's link ``state.link_t``),
@@ -9,21 +10,26 @@ calls cvxpy from Python.
 - ``oracle``: the exact slot minimizer (``lyapunov.oracle.solve_slot``) on the slot's link.
 - ``dp-estimate``: the same exact solver on a past-based link estimate: the last measured slot
   (``estimator="last"``, default) or the EWMA of the measurements (``"ewma"``).
+- ``dp-joint``: dp-estimate with the joint penalty ``JOINT_PENALTY`` (latency + 0.05 s/J edge
+  energy + 0.2 s/% accuracy drop) in place of the scenario's.
 - ``cvx``: the cvxpy program (``lyapunov.cvx``), tangent iterations on the concave objective,
   rounded; clairvoyant by default, so that its gap to the oracle is the solver's alone.
 - ``cloud-only``: everything on the cloud (with a privacy floor: the floor's layers on the
   edge, the rest on the cloud, since cloud-only is not allowed).
 - ``edge-only``: everything on the edge (infeasible, hence penalized, where memory forbids).
-- ``best-cut``: Neurosurgeon-style: the single layer cut (and activation precision, and
-  cloud-only) of least latency for the estimated link, memory-feasible.
+- ``best-cut``: the member of the layer-wise family (edge-only, cloud-only, every single cut,
+  at every precision; ``costmodel.strategies.best_layer_cut``) of least latency for the
+  estimated link, memory-feasible.
 - ``static-cut``: the same, designed once for the stationary mean link.
 - ``greedy``: minimizes the penalty alone on the estimated link, ignoring the queues.
+
+The solver-based factories (oracle, dp-estimate, dp-joint, greedy) take the options of
+``solve_slot`` (``max_solves``, ``nu_iters``, ``units``) as keywords.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 from collections.abc import Callable
 from typing import Any
@@ -33,12 +39,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from costmodel import partition as P
-from costmodel.costs import request_costs
 from costmodel.link import LinkState
 from costmodel.partition import Partition
+from costmodel.strategies import best_layer_cut
+from lyapunov import registry
 from lyapunov.env import EnvParams, EnvState, Obs, cost_link
-from lyapunov.oracle import solve_slot
+from lyapunov.oracle import PenaltyWeights, solve_slot
 from lyapunov.queues import Queues
+
+# The joint penalty of dp-joint: latency [s] + 0.05 s/J edge energy + 0.2 s/% accuracy drop.
+JOINT_ENERGY_S_PER_J = 0.05
+JOINT_ACCURACY_S_PER_PCT = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,19 +84,39 @@ def oracle(**solver_kw) -> Policy:
     return Policy("oracle", act, clairvoyant=True)
 
 
-def dp_estimate(estimator: str = "last") -> Policy:
+def dp_estimate(estimator: str = "last", **solver_kw) -> Policy:
     _check_estimator(estimator)
 
     def act(key, obs: Obs, params: EnvParams):
         del key
         link = estimate_link(obs, estimator)
-        return solve_slot(obs.queues, link, params.spec, params.slot,
-                          params.precisions).partition
+        return solve_slot(obs.queues, link, params.spec, params.slot, params.precisions,
+                          **solver_kw).partition
 
     return Policy("dp-estimate", act)
 
 
-def greedy(estimator: str = "last") -> Policy:
+def joint_penalty() -> PenaltyWeights:
+    """The penalty of dp-joint (float32 leaves)."""
+    f = jnp.float32
+    return PenaltyWeights(f(1.0), f(JOINT_ENERGY_S_PER_J), f(JOINT_ACCURACY_S_PER_PCT), f(0.0))
+
+
+def dp_joint(estimator: str = "last", **solver_kw) -> Policy:
+    """dp-estimate minimizing the joint penalty (``joint_penalty``) whatever the scenario's."""
+    _check_estimator(estimator)
+
+    def act(key, obs: Obs, params: EnvParams):
+        del key
+        link = estimate_link(obs, estimator)
+        sp = params.slot.replace(penalty=joint_penalty())
+        return solve_slot(obs.queues, link, params.spec, sp, params.precisions,
+                          **solver_kw).partition
+
+    return Policy("dp-joint", act)
+
+
+def greedy(estimator: str = "last", **solver_kw) -> Policy:
     """Penalty only: the slot objective with empty queues and V = 1 (penalty minimizer)."""
     _check_estimator(estimator)
 
@@ -93,7 +124,8 @@ def greedy(estimator: str = "last") -> Policy:
         del key
         link = estimate_link(obs, estimator)
         sp = params.slot.replace(V=jnp.float32(1.0))
-        return solve_slot(Queues.zeros(), link, params.spec, sp, params.precisions).partition
+        return solve_slot(Queues.zeros(), link, params.spec, sp, params.precisions,
+                          **solver_kw).partition
 
     return Policy("greedy", act)
 
@@ -117,26 +149,10 @@ def edge_only() -> Policy:
     return Policy("edge-only", act)
 
 
-def cut_candidates(params: EnvParams) -> Partition:
-    """Single layer cuts c in [privacy_layers, L] at every allowed precision, plus cloud-only
-    when there is no privacy floor: a batch of partitions (static, built in NumPy)."""
-    spec = params.spec
-    parts = [P.layer_cut(spec.n_layers, spec.n_heads, c, q) for q in params.precisions
-             for c in range(spec.privacy_layers, spec.n_layers + 1)]
-    if not spec.privacy_layers:
-        parts.append(P.cloud_only(spec.n_layers))
-    return jax.tree.map(lambda *x: jnp.stack(x), *parts)
-
-
 def best_cut_for(link: LinkState, params: EnvParams) -> Partition:
-    """The feasible candidate of least latency for ``link`` (edge-only if none is feasible)."""
-    cands = cut_candidates(params)
-    costs = jax.vmap(request_costs, in_axes=(0, None, None))(cands, link, params.spec)
-    score = jnp.where(costs.feasible, costs.latency_s, jnp.inf)
-    i = jnp.argmin(score)
-    best = jax.tree.map(lambda x: x[i], cands)
-    fallback = P.edge_only(params.spec.n_layers, params.spec.n_heads)
-    return jax.tree.map(lambda a, b: jnp.where(jnp.isfinite(score[i]), a, b), best, fallback)
+    """The layer-wise family's member of least latency for ``link`` (edge-only if none is
+    feasible): ``costmodel.strategies.best_layer_cut`` at the scenario's precisions."""
+    return best_layer_cut(link, params.spec, params.precisions)
 
 
 def best_cut(estimator: str = "last") -> Policy:
@@ -190,34 +206,43 @@ def cvx(clairvoyant: bool = True, estimator: str = "last", iters: int = 3,
     return Policy("cvx", act, clairvoyant=clairvoyant, jittable=False)
 
 
-POLICIES: dict[str, Callable[..., Policy]] = {
-    "oracle": oracle,
-    "dp-estimate": dp_estimate,
-    "cvx": cvx,
-    "cloud-only": cloud_only,
-    "edge-only": edge_only,
-    "best-cut": best_cut,
-    "static-cut": static_cut,
-    "greedy": greedy,
-}
-
-
 def get_policy(name: str, **kw) -> Policy:
-    """A policy by name (``POLICIES``); keyword arguments go to its constructor. The same
-    arguments return the same object, so jitted rollouts of it are compiled once."""
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; valid: {', '.join(POLICIES)}")
-    try:
-        return _cached_policy(name, tuple(sorted(kw.items())))
-    except TypeError:  # unhashable argument
-        return POLICIES[name](**kw)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_policy(name: str, kw: tuple) -> Policy:
-    return POLICIES[name](**dict(kw))
+    """A registered model-based policy by name (``lyapunov.registry.resolve``); keyword
+    arguments go to its factory, and the same arguments return the same object."""
+    return registry.resolve(name, **kw)[0]
 
 
 def _check_estimator(estimator: str) -> None:
     if estimator not in ("last", "ewma"):
         raise ValueError(f"estimator must be 'last' or 'ewma', got {estimator!r}")
+
+
+def _register(name, factory, label, color, style, role, help, clairvoyant=False):
+    registry.register(registry.PolicySpec(name, factory, label, color, tuple(style.items()),
+                                          role, help, clairvoyant=clairvoyant))
+
+
+_register("oracle", oracle, "clairvoyant DPP oracle (upper bound)", "#000000",
+          dict(lw=1.1, ls="--"), "reference",
+          "exact slot DPP minimizer on the current slot's link (clairvoyant)", clairvoyant=True)
+_register("dp-estimate", dp_estimate,
+          "ours, model-based: DPP solved exactly on last-slot estimate", "#e7298a",
+          dict(lw=1.3), "ours", "exact slot DPP minimizer on the last measured link")
+_register("dp-joint", dp_joint,
+          "ours, model-based, joint penalty (latency + 0.05 s/J energy + 0.2 s/% accuracy)",
+          "#1b7837", dict(lw=1.3, ls="-."), "ours",
+          "dp-estimate with the joint latency/energy/accuracy penalty")
+_register("cvx", cvx, "cvxpy relaxation, rounded (clairvoyant)", "#7f7f7f", dict(lw=1.1, ls=":"),
+          "reference", "the slot problem as a cvxpy program, rounded (clairvoyant; slow)",
+          clairvoyant=True)
+_register("cloud-only", cloud_only, "cloud-only", "#7570b3", dict(lw=3.0, alpha=0.45),
+          "baseline", "every block on the cloud (the privacy floor's layers on the edge)")
+_register("edge-only", edge_only, "edge-only", "#1b9e77", dict(lw=1.3), "baseline",
+          "every block on the edge")
+_register("best-cut", best_cut, "best layer cut (adaptive, exact cost model)", "#d95f02",
+          dict(lw=3.0, alpha=0.45), "baseline",
+          "fastest of edge-only, cloud-only and every single cut on the last measured link")
+_register("static-cut", static_cut, "static best cut (mean link)", "#a6761d",
+          dict(lw=1.3, ls=":"), "baseline", "the best layer cut for the mean link, fixed")
+_register("greedy", greedy, "greedy penalty-only", "#66a61e", {}, "baseline",
+          "penalty minimizer on the last measured link, ignoring the queues")

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lyapunov import env as E
-from lyapunov.policies import Policy, get_policy
+from lyapunov import registry
+from lyapunov.policies import Policy
 from lyapunov.queues import backlog_growth_rate, is_rate_stable
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,10 @@ def simulate(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: 
              return_trajectory: bool = False) -> dict:
     """Run ``policy`` for ``n_slots`` (>= 4) slots of ``scenario`` and return its metrics.
 
+    ``policy``: a Policy or a policy string of ``lyapunov.registry.resolve`` (a registered
+    name, or ``checkpoint:DIR`` once its loader is imported; a run directory of several seeds
+    runs the first and logs which).
+
     Keys: latency_mean_s, latency_p95_s, energy_mean_j, accuracy_drop_mean, cloud_cost_mean,
     backlog_mean, dpp_mean, penalty_mean, service_mean, arrivals_mean, infeasible_frac,
     decision_time_s (wall time of one decision: the jitted act after warm-up, or the cvx
@@ -108,7 +113,12 @@ def simulate(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: 
     """
     if n_slots < 4:
         raise ValueError(f"n_slots must be >= 4, got {n_slots}")
-    policy = get_policy(policy) if isinstance(policy, str) else policy
+    if isinstance(policy, str):
+        found = registry.resolve(policy)
+        if len(found) > 1:
+            log.info("%s names %d policies (%s); simulating the first", policy, len(found),
+                     ", ".join(p.name for p in found))
+        policy = found[0]
     params = _as_params(scenario)
     key = jax.random.PRNGKey(seed)
     if policy.jittable:

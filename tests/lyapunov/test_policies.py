@@ -15,9 +15,11 @@ import pytest
 from costmodel.cards import ModelCard
 from costmodel.costs import request_costs
 from costmodel.partition import layer_cut
+from costmodel.strategies import layer_wise_candidates
 from lyapunov import env as E
 from lyapunov import policies as P
 from lyapunov import processes as pr
+from lyapunov import registry
 from lyapunov.queues import Queues
 from lyapunov.simulate import rollout, simulate
 
@@ -133,7 +135,8 @@ def test_cvx_policy_runs_in_simulate():
 
 def test_baselines():
     """Known values: cloud-only under a privacy floor keeps the floor on the edge; static-cut is
-    the best cut for the stationary mean link; best-cut is the fastest feasible candidate."""
+    the best cut for the stationary mean link; best-cut is the fastest feasible member of the
+    layer-wise family."""
     priv = dataclasses.replace(SC, privacy_layers=1).build()
     a = P.cloud_only().act(None, None, priv)
     assert bool(a.embed_edge) and int(a.edge_heads[0]) == 3 and int(a.ffn[1]) == 1
@@ -142,11 +145,78 @@ def test_baselines():
     for x, y in zip(jax.tree.leaves(s), jax.tree.leaves(ref), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     link = P.mean_link(PARAMS)
-    cands = P.cut_candidates(PARAMS)
-    lat = jax.vmap(request_costs, in_axes=(0, None, None))(cands, link, PARAMS.spec).latency_s
+    cands = layer_wise_candidates(PARAMS.spec, PARAMS.precisions)
+    costs = jax.vmap(request_costs, in_axes=(0, None, None))(cands, link, PARAMS.spec)
+    lat = jnp.where(costs.feasible, costs.latency_s, jnp.inf)
     best = request_costs(ref, link, PARAMS.spec).latency_s
     assert math.isclose(float(best), float(jnp.min(lat)), rel_tol=1e-6)
     with pytest.raises(ValueError, match="valid"):
         P.get_policy("nope")
     with pytest.raises(ValueError, match="estimator"):
         P.dp_estimate("median")
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+
+def test_registry_resolves_every_model_based_policy_once():
+    """Each registered factory builds a policy of its name; the same name and arguments give the
+    same object (jit caches by identity), other arguments another one."""
+    for name in registry.names(learned=False):
+        (pol,) = registry.resolve(name)
+        assert pol.name == name and pol is registry.resolve(name)[0]
+        assert pol.clairvoyant == registry.get(name).clairvoyant
+    a = registry.resolve("oracle", units=0)[0]
+    assert a is registry.resolve("oracle", units=0)[0] and a is not registry.resolve("oracle")[0]
+    for name in ("oracle", "dp-estimate", "dp-joint", "greedy"):  # solver options accepted
+        assert registry.get(name).factory(units=0).name == name
+    assert {"oracle", "cvx"} <= set(registry.names(role="reference"))
+    assert {"dp-estimate", "dp-joint", "hier"} <= set(registry.names(role="ours"))
+    assert P.get_policy("best-cut") is registry.resolve("best-cut")[0]
+
+
+def test_registry_errors_and_learned_entries():
+    with pytest.raises(ValueError, match=r"unknown policy 'nope'; valid: .*oracle"):
+        registry.resolve("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(registry.get("oracle"))
+    with pytest.raises(ValueError, match="no loader for policy prefix 'zzz'"):
+        registry.resolve("zzz:somewhere")
+    assert set(registry.names(learned=True)) == {"hier", "layerwise", "flat"}
+    for name in registry.names(learned=True):
+        spec = registry.get(name)
+        assert spec.factory is None and spec.label and spec.color
+        with pytest.raises(ValueError, match="checkpoint"):
+            registry.resolve(name)
+    assert registry.label_of("hier") == registry.get("hier").label
+    assert registry.style_of("oracle") == {"lw": 1.1, "ls": "--"}
+    assert registry.label_of("ckpt-x") == "ckpt-x" and registry.style_of("ckpt-x") == {}
+    text = registry.help_text()
+    assert all(n in text for n in registry.names())
+
+
+def test_registry_loader_prefix():
+    """A registered loader resolves PREFIX:ARG to its list; a known prefix that is not
+    registered names the module that registers it."""
+    if "checkpoint" not in registry.loaders():
+        with pytest.raises(ValueError, match="agents.policy_loader"):
+            registry.resolve("checkpoint:runs/x")
+    prefix = "test-loader"
+    if prefix not in registry.loaders():
+        registry.register_loader(prefix, lambda arg, **kw: [P.edge_only()] * int(arg),
+                                 help="test: ARG copies of edge-only")
+    assert len(registry.resolve(f"{prefix}:3")) == 3
+    assert f"{prefix}:ARG" in registry.help_text()
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register_loader(prefix, lambda arg: [], help="again")
+
+
+def test_dp_joint_solves_the_joint_penalty():
+    """dp-joint is dp-estimate on the same observation with the joint penalty in the slot
+    parameters."""
+    obs, state = reset(jax.random.PRNGKey(5), PARAMS)
+    joint = PARAMS.replace(slot=PARAMS.slot.replace(penalty=P.joint_penalty()))
+    a = P.dp_joint().act(None, obs, PARAMS)
+    b = P.dp_estimate().act(None, obs, joint)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
