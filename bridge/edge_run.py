@@ -13,17 +13,19 @@ present, else ``LOCAL_DEFAULT``).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from bridge.blocks import Executor, RunPartition
 from bridge.edge_client import ClientConfig, EdgeClient, RequestResult
-from bridge.runtime_policy import UNLIMITED_MBPS, Observation, Policy, make_policy
+from bridge.runtime_policy import UNLIMITED_MBPS, Observation, make_policy, runtime_params
 from bridge.transport import LinkConfig, LinkEmulator
 from lyapunov.processes import ArrivalConfig
 
@@ -51,8 +53,8 @@ def local_profiles(path: str | Path = "profiles/local.json"):
     else:
         edge = profile_from_dict(dict(LOCAL_DEFAULT), origin="LOCAL_DEFAULT")
         source = "LOCAL_DEFAULT (assumed; no profiles/local.json)"
-    edge = dataclasses.replace(edge, role="edge", name=f"{edge.name}-edge")
     cloud = dataclasses.replace(edge, role="cloud", name=f"{edge.name}-cloud")
+    edge = dataclasses.replace(edge, role="edge", name=f"{edge.name}-edge")
     return edge, cloud, source
 
 
@@ -130,21 +132,23 @@ def arrival_times(n: int, arrival: ArrivalConfig, slot_s: float, seed: int) -> l
 
 
 def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
-             trace=None, policy: str | Policy = "best-cut", config: EdgeConfig = EdgeConfig(),
+             trace=None, policy: str | Callable = "best-cut", config: EdgeConfig = EdgeConfig(),
              executor: Executor | None = None) -> dict:
     """Serve ``requests`` (a count, or the prompts' token ids) through the split runtime.
 
     cloud_addr: (host, port) or "host:port". trace: a ``lyapunov.traces.Trace``, a trace file
-    path, or None (unlimited bandwidth). policy: a ``POLICIES`` name or a function
-    ``Observation -> costmodel Partition``. Returns the JSON-safe summary of
+    path, or None (unlimited bandwidth). policy: a policy string of the registry
+    (``lyapunov.registry``: a name, or ``checkpoint:DIR``; ``bridge.runtime_policy.make_policy``)
+    or a function ``Observation -> costmodel Partition``. Returns the JSON-safe summary of
     ``splitwise run-edge --json`` (keys: answered, failed, lost, duplicated, latency_p50_s,
     latency_p95_s, predicted_p50_s, predicted_p95_s, bytes_sent, retries, fallbacks and more)
     with a ``requests`` list of per-request records.
     """
     from bridge.blocks import make_executor
+    from costmodel.accuracy import accuracy_profile
     from costmodel.costs import request_costs
     from costmodel.link import Workload, make_link
-    from costmodel.spec import edge_head_order, make_spec
+    from costmodel.spec import edge_head_order
 
     if isinstance(cloud_addr, str):
         host, _, port = cloud_addr.rpartition(":")
@@ -165,12 +169,12 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
 
     card = executor_card(ex)
     edge_prof, cloud_prof, prof_source = local_profiles(config.profile_path)
-    spec = make_spec(card, edge_prof, cloud_prof,
-                     Workload(config.prompt_tokens, config.new_tokens))
-    from costmodel.accuracy import accuracy_profile
-
+    params = runtime_params(card, edge_prof, cloud_prof,
+                            Workload(config.prompt_tokens, config.new_tokens), config.slot_s,
+                            config.arrival, config.link.rtt_ms, config.link.up_ratio, trace)
+    spec = params.spec
     order = edge_head_order(accuracy_profile(card).head_w, card.group_size)
-    pol = make_policy(policy, spec) if isinstance(policy, str) else policy
+    pol = make_policy(policy, params, card, config.link.up_ratio, config.seed)
     link_em = LinkEmulator(trace, config.link)
     rtt_ms = config.link.rtt_ms
 
@@ -182,10 +186,16 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
     queue_: deque[int] = deque()
     nxt = 0
     cur_slot, cur_part = None, None
+    measured_upto = 0  # slots < measured_upto were reported to the policy
     t_wall0 = time.monotonic()
 
     def bw(t0: float, t1: float) -> float:
         return link_em.bandwidth_mbps(t0, t1)
+
+    def arrived(j: int) -> int:
+        """Arrivals during slot ``j`` (``arrivals`` is sorted)."""
+        return (bisect.bisect_left(arrivals, (j + 1) * config.slot_s)
+                - bisect.bisect_left(arrivals, j * config.slot_s))
 
     with EdgeClient(cloud_addr, ex, config.client, link_em) as client:
         while len(results) < n_req:
@@ -198,11 +208,15 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
                 continue
             slot = math.floor(now / config.slot_s)
             if slot != cur_slot:
+                for j in range(measured_upto, slot):  # the finished slots, as measured
+                    pol.measured(bw(j * config.slot_s, (j + 1) * config.slot_s), rtt_ms,
+                                 arrived(j))
+                measured_upto = slot
                 s0 = slot * config.slot_s
                 prev = (max(s0 - config.slot_s, 0.0), s0) if slot > 0 else (0.0, config.slot_s)
                 obs = Observation(slot, bw(*prev), bw(s0, s0 + config.slot_s), rtt_ms,
-                                  len(queue_), sum(prev[0] <= a < prev[1] for a in arrivals))
-                cm_part = pol(obs)
+                                  len(queue_), arrived(slot - 1) if slot > 0 else 0)
+                cm_part = pol.decide(obs)
                 if cm_part is None:  # no feasible partition for the policy: stay on the edge
                     from costmodel.partition import edge_only
 
@@ -260,7 +274,8 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
         "replays": stats.get("replays", 0),
         "connections": stats.get("connections", 0),
         "duplicate_results_dropped": stats.get("duplicate_results_dropped", 0),
-        "policy": policy if isinstance(policy, str) else getattr(policy, "__name__", "custom"),
+        "policy": policy if isinstance(policy, str) else pol.name,
+        "policy_name": pol.name,
         "trace": getattr(trace, "name", None),
         "executor": ex.name,
         "profile": prof_source,

@@ -29,7 +29,7 @@ from bridge.blocks import (
 from bridge.cloud_server import CloudServer, ServerConfig
 from bridge.edge_client import ClientConfig, EdgeClient
 from bridge.edge_run import run_edge
-from bridge.runtime_policy import Observation, make_policy
+from bridge.runtime_policy import Observation, PolicyError, make_policy, runtime_params
 from bridge.transport import (
     Connection,
     LinkConfig,
@@ -319,19 +319,58 @@ def test_edge_only_needs_no_cloud():
 # Policies and run_edge
 
 
-def test_policies_return_valid_partitions():
+def _runtime_params():
     from bridge.edge_run import executor_card, local_profiles
     from costmodel.link import Workload
-    from costmodel.partition import check_partition
-    from costmodel.spec import make_spec
+    from lyapunov.processes import ArrivalConfig
 
     edge, cloud, _ = local_profiles("/nonexistent.json")
-    spec = make_spec(executor_card(EX), edge, cloud, Workload(8, 4))
-    obs = Observation(slot=3, bw_mbps=5.0, bw_now_mbps=50.0, rtt_ms=20.0, queue=2, arrivals=1)
+    return runtime_params(executor_card(EX), edge, cloud, Workload(8, 4), 1.0,
+                          ArrivalConfig(rate=1.0), 20.0)
+
+
+def _same_partition(a, b) -> bool:
+    return all(np.array_equal(np.asarray(getattr(a, f)), np.asarray(getattr(b, f)))
+               for f in ("edge_heads", "ffn", "act_prec", "embed_edge"))
+
+
+def test_runtime_policies_decide_the_registry_policies_values():
+    """The runtime resolves names through ``lyapunov.registry`` and acts on the simulator's
+    observation: edge-only / cloud-only are the cost model's partitions; best-cut is
+    ``costmodel.strategies.best_layer_cut`` of the last measured slot; the clairvoyant oracle
+    decides on the slot's own link, where its latency is at most best-cut's (the oracle
+    minimizes latency over all partitions here: latency penalty, no budgets)."""
+    from costmodel import partition as P
+    from costmodel.costs import request_costs
+    from costmodel.link import make_link
+    from costmodel.partition import check_partition
+    from costmodel.strategies import best_layer_cut
+
+    params = _runtime_params()
+
+    def decide(name, bw_past, bw_now):
+        pol = make_policy(name, params)
+        for _ in range(3):
+            pol.measured(bw_past, 20.0, 1)
+        return pol.decide(Observation(slot=3, bw_mbps=bw_past, bw_now_mbps=bw_now, rtt_ms=20.0,
+                                      queue=2, arrivals=1))
+
     for name in ("edge-only", "cloud-only", "best-cut", "oracle"):
-        check_partition(make_policy(name, spec)(obs), L, H)
-    with pytest.raises(ValueError, match="unknown policy"):
-        make_policy("random", spec)
+        check_partition(decide(name, 5.0, 5.0), L, H)
+    assert _same_partition(decide("edge-only", 5.0, 5.0), P.edge_only(L, H))
+    assert _same_partition(decide("cloud-only", 5.0, 5.0), P.cloud_only(L))
+    for bw in (0.5, 5.0, 50.0, 1e4):
+        link = make_link(bw, 20.0)
+        best, oracle = decide("best-cut", bw, bw), decide("oracle", bw, bw)
+        lat_best = float(request_costs(best, link, params.spec).latency_s)
+        lat_oracle = float(request_costs(oracle, link, params.spec).latency_s)
+        assert lat_oracle <= lat_best * (1 + 1e-5), bw
+        assert _same_partition(best, best_layer_cut(link, params.spec, params.precisions))
+        # best-cut sees only the past, the oracle only the slot's own link
+        assert _same_partition(decide("best-cut", bw, 1e3 / bw), best)
+        assert _same_partition(decide("oracle", 1e3 / bw, bw), oracle)
+    with pytest.raises(PolicyError, match="unknown policy"):
+        make_policy("random", params)
 
 
 @pytest.mark.parametrize("policy", ["cloud-only", "edge-only", "best-cut", "oracle"])
@@ -428,5 +467,6 @@ def test_run_edge_unlimited_link_custom_policy_strict_json(server):
     assert [r["tokens"] for r in sorted(out["requests"], key=lambda r: r["index"])] == \
         [greedy(EX, [1, 2, 3], 3), greedy(EX, [4, 5], 3)]
     assert seen and all(math.isinf(o.bw_mbps) for o in seen)
-    with pytest.raises(ValueError, match="checkpoint"):
+    # resolved by agents.policy_loader (no such directory), not refused as unavailable
+    with pytest.raises(PolicyError, match="/nonexistent: no such checkpoint directory"):
         run_edge(("127.0.0.1", server.port), 1, None, "checkpoint:/nonexistent")
