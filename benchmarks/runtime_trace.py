@@ -35,7 +35,8 @@ def _free_port() -> int:
 
 
 def _policy(name: str, n_layers: int):
-    """A POLICIES name, or "cut:C" (a fixed layer cut at C, embedding on the edge)."""
+    """A policy string of ``lyapunov.registry`` (or ``checkpoint:DIR``), or "cut:C" (a fixed
+    layer cut at C, embedding on the edge)."""
     if not name.startswith("cut:"):
         return name
     from costmodel.partition import layer_cut
