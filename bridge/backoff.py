@@ -1,4 +1,4 @@
-"""Exponential backoff with full jitter and a retry budget.
+"""Exponential backoff with full jitter and a retry budget. Design: ``docs/design.md §5``.
 
 The ``n``-th consecutive retry (``n = 0, 1, ...``) sleeps a delay drawn uniformly from
 ``[0, min(cap_s, base_s * factor**n)]`` ("full jitter", M. Brooker, "Exponential Backoff And

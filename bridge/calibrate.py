@@ -1,5 +1,5 @@
 """`splitwise calibrate --device local`: fit this machine's edge profile to SmolLM2's blocks and
-check it on held-out end-to-end requests.
+check it on held-out end-to-end requests. Design: ``docs/design.md §2.1``.
 
 1. Measure (``measure_blocks``): every block type of the real model at several token counts,
    with ``torch.set_num_threads(threads)``, warm-up rounds and the median over repeats: head

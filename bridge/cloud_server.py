@@ -1,5 +1,5 @@
 """The cloud side of the split runtime: serves the cloud blocks of any partition to many edge
-clients at once.
+clients at once. Design: ``docs/design.md §5``.
 
 Concurrency: threads, one per edge connection (plus an accept thread and a sweeper of idle
 request state). The work per message is blocking NumPy/torch compute, which releases the GIL

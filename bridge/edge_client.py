@@ -1,5 +1,5 @@
 """The edge side of the split runtime: runs its own blocks, the cloud's remotely, with partition
-checkpoints, retries with backoff, and fallback to the edge.
+checkpoints, retries with backoff, and fallback to the edge. Design: ``docs/design.md §5``.
 
 ``EdgeClient.run_request(prompt, partition, n_out)`` executes one request for real: the edge
 side of ``blocks.request_program`` runs here; every ``Send`` becomes a STEP frame (after an

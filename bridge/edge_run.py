@@ -1,6 +1,7 @@
 """``splitwise run-edge``: requests arriving by a ``lyapunov.processes`` arrival process,
 served one at a time through a ``bridge.edge_client.EdgeClient``, partitioned per slot by a
 runtime policy, with the cost model's prediction of every request.
+Design: ``docs/design.md §3 and §5``.
 
 ``run_edge(cloud_addr, requests, trace, policy, config)``: at the start of each slot with work,
 the policy (``bridge.runtime_policy``) maps an ``Observation`` (last slot's measured bandwidth,

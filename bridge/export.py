@@ -1,4 +1,5 @@
 """`splitwise export`: a trained Flax policy as a torch module or an ONNX graph, with parity.
+Design: ``docs/design.md §4.5``.
 
 - ``--format torch``: ``torch.save`` of ``{"config": config.json, "state_dict": ...}``; the
   module code is ``bridge.torch_policy.TorchPolicy`` (``torch_policy.load(FILE)``).

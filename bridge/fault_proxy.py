@@ -1,4 +1,5 @@
 """A fault-injecting TCP proxy for the runtime's tests (``tests/bridge/test_faults.py``).
+Design: ``docs/design.md §5 (threat model)``.
 
 ``FaultProxy`` listens on 127.0.0.1 between edge clients and the cloud server, reads whole
 frames (by their length prefix) in both directions and, with seeded per-frame probabilities

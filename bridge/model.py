@@ -1,4 +1,5 @@
 """A plain torch Llama decoder whose attention heads and FFN run as separate blocks.
+Design: ``docs/design.md §1``.
 
 Two code paths over the same weights:
 

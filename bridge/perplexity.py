@@ -1,4 +1,5 @@
 """Accuracy cost of a split, measured as perplexity on real English text.
+Design: ``docs/design.md §2.5``.
 
 Text: the module docstrings of a fixed list of Python standard-library modules
 (``STDLIB_MODULES``, in that order, each ``inspect.cleandoc``-ed and separated by a blank

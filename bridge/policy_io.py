@@ -1,6 +1,7 @@
 """Inputs and outputs of the exported policy (``bridge.torch_policy.TorchPolicy``, its ONNX
 graph from ``bridge.export``), batch first, in argument order. Torch-free, so that the
 exporter, the torch module and their callers share the names without importing each other.
+Design: ``docs/design.md §4.5``.
 
 Inputs: the observation features (``agents.networks.Features``: ``scalars``, ``history``) and
 the mask context (``agents.actions.MaskContext``: ``layer_mem``, ``emb_mem``, ``budget``,

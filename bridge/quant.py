@@ -1,4 +1,5 @@
 """Fake quantization: activations crossing the link, and edge weights.
+Design: ``docs/design.md §2.3``.
 
 - ``cross(x, precision)``: what the receiving side sees after a tensor crosses the link.
   ``fp32`` is the identity, ``fp16`` a round trip through float16, ``int8`` / ``int4``

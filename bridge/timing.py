@@ -1,4 +1,5 @@
 """Wall-clock time of each block type on this machine, for the device-profile fit.
+Design: ``docs/design.md §2.1``.
 
 ``time_blocks`` runs every block of one layer (and the embedding / LM head) at several token
 counts ``T`` (a prefill of ``T`` tokens, attention over those ``T`` positions, causal), with

@@ -1,4 +1,5 @@
 """Byte-level BPE tokenizer built from GGUF metadata with the ``tokenizers`` library.
+Design: ``docs/design.md §5``.
 
 GGUF files carry the vocabulary (``tokenizer.ggml.tokens``), the merge list
 (``tokenizer.ggml.merges``, strings ``"a b"`` in rank order), the token types (3 = control /

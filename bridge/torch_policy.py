@@ -1,4 +1,5 @@
 """The trained partitioning policy (``agents.networks.ActorCritic``) as a torch module.
+Design: ``docs/design.md §4.5``.
 
 ``TorchPolicy`` reproduces the Flax network's forward pass and its greedy decision exactly:
 

@@ -1,5 +1,6 @@
 """The edge's link to the cloud: trace-shaped bandwidth and RTT and framed connections (the
 fault-injecting proxy of the tests is ``bridge.fault_proxy``).
+Design: ``docs/design.md §2.2 and §5``.
 
 Link emulation (``LinkEmulator``). Both directions of the edge's link are shaped inside the
 edge process: a frame of ``n`` bytes handed to the link at time ``t`` is delivered at the far

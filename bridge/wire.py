@@ -1,4 +1,5 @@
 """Wire format of the split runtime: length-prefixed binary frames, no pickle.
+Design: ``docs/design.md §5 (protocol, threat model)``.
 
 A frame on the wire is::
 
