@@ -1,33 +1,78 @@
-"""`splitwise <command>`: a thin mapping from the command line onto the packages' functions."""
+"""`splitwise <command>`: a thin mapping from the command line onto the packages' functions.
+
+Every command registers the model cards and device profiles named by ``--card-file`` /
+``--profile-file`` before it runs, and keeps compiled XLA programs in a persistent cache
+(``$SPLITWISE_JAX_CACHE``, default ``$XDG_CACHE_HOME/splitwise/jax`` or
+``~/.cache/splitwise/jax``; ``off`` disables it), so a repeated command skips compilation.
+A bad input ends the command with one line naming the argument, file and field and exit
+status 2 (``SPLITWISE_DEBUG=1`` shows the traceback instead).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
+
+VERSION = "0.2.0"
 
 
 def _add_scenario_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--model", default="llama-7b")
-    ap.add_argument("--device", default="rpi5")
-    ap.add_argument("--cloud", default="datacenter", help="datacenter or mec (or a loaded one)")
-    ap.add_argument("--prompt-tokens", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--privacy-layers", type=int, default=0)
-    ap.add_argument("--card-file", action="append", default=[], help="extra model card JSON/TOML")
-    ap.add_argument("--profile-file", action="append", default=[], help="extra profile JSON/TOML")
+    ap.add_argument("--model", default="llama-7b", help="model card name (see --card-file)")
+    ap.add_argument("--device", default="rpi5", help="edge device profile name")
+    ap.add_argument("--cloud", default="datacenter",
+                    help="cloud profile name: datacenter, mec, or one from --profile-file")
+    ap.add_argument("--prompt-tokens", type=int, default=128, help="prompt length S, tokens")
+    ap.add_argument("--new-tokens", type=int, default=32, help="decode steps T, tokens")
+    ap.add_argument("--privacy-layers", type=int, default=0,
+                    help="embedding and the first N layers stay on the edge (0: no floor)")
+
+
+def _add_file_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--card-file", action="append", default=[], metavar="PATH",
+                    help="register a model card from a JSON/TOML file (repeatable)")
+    ap.add_argument("--profile-file", action="append", default=[], metavar="PATH",
+                    help="register device profiles from a JSON/TOML file (repeatable)")
+
+
+def load_user_files(args) -> None:
+    """Register the cards and profiles named by --card-file / --profile-file."""
+    from costmodel.cards import load_card
+    from costmodel.profiles import load_profile
+
+    for path in getattr(args, "card_file", []):
+        load_card(path)
+    for path in getattr(args, "profile_file", []):
+        load_profile(path)
+
+
+def enable_compilation_cache() -> str | None:
+    """Point JAX's persistent compilation cache at the per-user directory (see the module
+    docstring); returns the directory, or None when disabled."""
+    where = os.environ.get("SPLITWISE_JAX_CACHE")
+    if where is None:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        where = str(Path(base) / "splitwise" / "jax")
+    if where.lower() in ("off", "0", "none", ""):
+        return None
+    try:
+        Path(where).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return where
 
 
 def _spec(args):
-    from costmodel.cards import load_card
     from costmodel.link import Workload
-    from costmodel.profiles import load_profile
     from costmodel.spec import make_spec
 
-    for path in args.card_file:
-        load_card(path)
-    for path in args.profile_file:
-        load_profile(path)
     return make_spec(args.model, args.device, args.cloud,
                      Workload(args.prompt_tokens, args.new_tokens), args.privacy_layers)
 
@@ -38,23 +83,32 @@ def cmd_costs(args) -> int:
 
     spec = _spec(args)
     link = make_link(args.bandwidth_mbps, args.rtt_ms, cloud_share=args.cloud_share)
-    rows = compare(link, spec)
+    rows = [_finite(r) for r in compare(link, spec)]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows, indent=2, allow_nan=False))
         return 0
     print(f"{args.model} on {args.device}, {args.cloud} cloud, {args.bandwidth_mbps} Mbit/s, "
           f"RTT {args.rtt_ms} ms, cloud share {args.cloud_share}, "
           f"S={args.prompt_tokens} T={args.new_tokens}")
-    print(f"{'strategy':16s} {'latency_s':>10s} {'energy_j':>9s} {'cloud_usd':>10s} "
+    print(f"{'strategy':20s} {'latency_s':>10s} {'energy_j':>9s} {'cloud_usd':>10s} "
           f"{'acc_drop%':>9s} {'mem_GB':>7s} feasible  partition")
     for r in rows:
-        if r["latency_s"] is None:
-            print(f"{r['strategy']:16s} {'-':>10s} {'-':>9s} {'-':>10s} {'-':>9s} {'-':>7s} no")
+        if r["latency_s"] is None or not r["feasible"]:
+            print(f"{r['strategy']:20s} {'-':>10s} {'-':>9s} {'-':>10s} {'-':>9s} {'-':>7s} no")
             continue
-        print(f"{r['strategy']:16s} {r['latency_s']:10.3f} {r['energy_j']:9.2f} "
+        print(f"{r['strategy']:20s} {r['latency_s']:10.3f} {r['energy_j']:9.2f} "
               f"{r['cloud_cost']:10.2e} {r['accuracy_drop']:9.3f} {r['edge_memory_gb']:7.2f} "
               f"{'yes' if r['feasible'] else 'no':8s}  {r['partition']}")
     return 0
+
+
+def _finite(row: dict) -> dict:
+    """A costs row with its non-finite numbers (a partition the link or memory cannot carry)
+    as null, so JSON stays valid and no inf or nan is printed."""
+    import math
+
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in row.items()}
 
 
 def cmd_serve_cloud(args) -> int:
@@ -71,7 +125,8 @@ def cmd_run_edge(args) -> int:
     import dataclasses
 
     from bridge.blocks import make_executor
-    from bridge.edge_client import ClientConfig, EdgeConfig, run_edge
+    from bridge.edge_client import ClientConfig
+    from bridge.edge_run import EdgeConfig, run_edge
     from bridge.transport import LinkConfig
     from bridge.wire import read_key_file
     from lyapunov.processes import ArrivalConfig
@@ -140,40 +195,51 @@ def cmd_bridge(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="splitwise", description=__doc__)
+    from lyapunov import registry
+
+    ap = argparse.ArgumentParser(prog="splitwise", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--version", action="version", version=f"splitwise {VERSION}")
     sub = ap.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("costs", help="compare partitioning strategies for one request")
+    files = argparse.ArgumentParser(add_help=False)
+    _add_file_args(files)
+
+    c = sub.add_parser("costs", parents=[files],
+                       help="compare partitioning strategies for one request")
     _add_scenario_args(c)
-    c.add_argument("--bandwidth-mbps", type=float, default=20.0)
-    c.add_argument("--rtt-ms", type=float, default=40.0)
-    c.add_argument("--cloud-share", type=float, default=1.0)
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--bandwidth-mbps", type=float, default=20.0,
+                   help="uplink and downlink bandwidth, Mbit/s (0: an outage)")
+    c.add_argument("--rtt-ms", type=float, default=40.0, help="round-trip time, ms")
+    c.add_argument("--cloud-share", type=float, default=1.0,
+                   help="fraction of the cloud GPU this client gets, in (0, 1]")
+    c.add_argument("--json", action="store_true", help="print the rows as JSON")
     c.set_defaults(func=cmd_costs)
 
     from agents import evaluate as agents_evaluate
     from agents import train as agents_train
 
-    c = sub.add_parser("simulate", help="run one policy on one scenario of the slot model")
+    c = sub.add_parser("simulate", parents=[files],
+                       help="run one policy on one scenario of the slot model")
     agents_train.add_scenario_args(c)
-    c.add_argument("--policy", default="oracle",
-                   help="oracle, dp-estimate, cvx, cloud-only, edge-only, best-cut, static-cut, "
-                        "greedy")
-    c.add_argument("--slots", type=int, default=1000)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--policy", default="oracle", help=registry.help_text())
+    c.add_argument("--slots", type=_positive_int, default=1000, help="slots to simulate (> 0)")
+    c.add_argument("--seed", type=int, default=0, help="random seed (arrivals, link paths)")
+    c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.set_defaults(func=cmd_simulate)
 
-    c = sub.add_parser("train", help="train the hierarchical (or layer-wise) PPO policy")
+    c = sub.add_parser("train", parents=[files],
+                       help="train the hierarchical (or layer-wise) PPO policy")
     agents_train.add_args(c)
     c.set_defaults(func=cmd_train)
 
-    c = sub.add_parser("evaluate", help="run policies on a scenario grid (one CSV row each)")
+    c = sub.add_parser("evaluate", parents=[files],
+                       help="run policies on a scenario grid (one CSV row each)")
     agents_evaluate.add_args(c)
     c.set_defaults(func=cmd_evaluate)
 
     from experiments.figures import add_arguments as figures_args
 
-    c = sub.add_parser("figures", help="regenerate the figures and the claims table")
+    c = sub.add_parser("figures", parents=[files],
+                       help="regenerate the figures and the claims table")
     figures_args(c)
     c.set_defaults(func=cmd_figures)
 
@@ -187,47 +253,87 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_bridge)
 
     c = sub.add_parser("serve-cloud", help="serve the cloud blocks of split requests (threads)")
-    c.add_argument("--host", default="127.0.0.1")
-    c.add_argument("--port", type=int, default=7070)
-    c.add_argument("--key-file", help="shared HMAC key file")
+    c.add_argument("--host", default="127.0.0.1", help="address to bind")
+    c.add_argument("--port", type=_port, default=7070, help="TCP port to bind (1-65535)")
+    c.add_argument("--key-file", help="shared key file (32+ random bytes, mode 0600)")
     c.add_argument("--model", default="toy", help="toy, smollm2, or a GGUF path")
     c.set_defaults(func=cmd_serve_cloud)
 
-    c = sub.add_parser("run-edge", help="run requests split between this edge and a cloud")
+    c = sub.add_parser("run-edge", parents=[files],
+                       help="run requests split between this edge and a cloud")
     c.add_argument("--cloud", required=True, help="host:port of serve-cloud")
-    c.add_argument("--requests", type=int, default=20)
+    c.add_argument("--requests", type=_positive_int, default=20,
+                   help="requests to run (> 0)")
     c.add_argument("--trace", help="bandwidth trace file (none: unlimited bandwidth)")
-    c.add_argument("--policy", default="best-cut",
-                   help="checkpoint:DIR, oracle, best-cut, cloud-only or edge-only")
+    c.add_argument("--policy", default="best-cut", help=registry.help_text())
     c.add_argument("--model", default="toy", help="toy, smollm2, or a GGUF path (as the cloud)")
-    c.add_argument("--key-file", help="shared HMAC key file")
-    c.add_argument("--rtt-ms", type=float, default=20.0)
-    c.add_argument("--prompt-tokens", type=int, default=16)
-    c.add_argument("--new-tokens", type=int, default=8)
-    c.add_argument("--arrival-rate", type=float, default=1.0, help="requests per slot")
-    c.add_argument("--slot-s", type=float, default=1.0)
-    c.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default=None)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--key-file", help="shared key file (as the cloud's)")
+    c.add_argument("--rtt-ms", type=float, default=20.0, help="emulated round-trip time, ms")
+    c.add_argument("--prompt-tokens", type=_positive_int, default=16,
+                   help="prompt length S, tokens")
+    c.add_argument("--new-tokens", type=_positive_int, default=8, help="decode steps T, tokens")
+    c.add_argument("--arrival-rate", type=float, default=1.0,
+                   help="mean arrivals, requests per slot")
+    c.add_argument("--slot-s", type=float, default=1.0, help="slot length, s (emulated)")
+    c.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default=None,
+                   help="crossing precision override (default: the policy's)")
+    c.add_argument("--seed", type=int, default=0, help="random seed (arrivals, prompts)")
+    c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.set_defaults(func=cmd_run_edge)
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    from costmodel.cards import CardError
-    from costmodel.link import InputError
-    from costmodel.profiles import ProfileError
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("calibrate", "export"):
-        # These live in bridge/ (torch); their flags are parsed there, imported lazily.
-        return cmd_bridge(argparse.Namespace(command=argv[0], rest=argv[1:]))
-    args = build_parser().parse_args(argv)
+def _positive_int(text: str) -> int:
     try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer > 0, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be an integer > 0, got {text!r}")
+    return v
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text!r}") \
+            from None
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text!r}")
+    return v
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.filename is not None:
+        text = f"{err.strerror or text}: {err.filename}"
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else ""
+    try:
+        if command in ("calibrate", "export"):
+            # These live in bridge/ (torch); their flags are parsed there, imported lazily.
+            return cmd_bridge(argparse.Namespace(command=command, rest=argv[1:]))
+        args = build_parser().parse_args(argv)
+        if command not in ("serve-cloud",):
+            enable_compilation_cache()
+        load_user_files(args)
         return args.func(args)
-    except (CardError, ProfileError, InputError) as err:
-        print(f"splitwise {args.command}: error: {err}", file=sys.stderr)
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0
+    except (ValueError, OSError, KeyError) as err:
+        if os.environ.get("SPLITWISE_DEBUG"):
+            raise
+        print(f"splitwise {command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"splitwise {command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
