@@ -55,3 +55,31 @@ def test_bad_files_name_file_and_field(tmp_path, loader, error, base):
     broken.write_text("name = ")
     with pytest.raises(error, match=r"bad\.toml: not valid toml"):
         loader(broken, register=False)
+
+
+def test_booleans_are_strict_and_validation_errors_name_the_file(tmp_path):
+    d = dataclasses.asdict(get_card("smollm2-135m"))
+    bad = tmp_path / "card.json"
+    bad.write_text(json.dumps({**d, "name": "x", "tied_embeddings": "no"}))
+    with pytest.raises(CardError, match=r"card\.json.*'tied_embeddings' must be true or false"):
+        load_card(bad, register=False)
+    bad.write_text(json.dumps({**d, "name": "x", "n_layers": -3}))
+    with pytest.raises(CardError, match=r"card\.json.*n_layers"):
+        load_card(bad, register=False)
+    p = dataclasses.asdict(get_profile("rpi5"))
+    badp = tmp_path / "prof.json"
+    badp.write_text(json.dumps({**p, "name": "y", "eff_memory": 2.0}))
+    with pytest.raises(ProfileError, match=r"prof\.json.*eff_memory"):
+        load_profile(badp, register=False)
+    badp.write_text(json.dumps([1, 2]))
+    with pytest.raises(ProfileError, match=r"prof\.json.*mapping"):
+        load_profile(badp, register=False)
+
+
+@pytest.mark.parametrize("make", ["missing", "directory"])
+def test_unreadable_files_name_the_file(tmp_path, make):
+    path = tmp_path / "p.json"
+    if make == "directory":
+        path.mkdir()
+    with pytest.raises(ProfileError, match=r"p\.json: cannot read"):
+        load_profile(path, register=False)
