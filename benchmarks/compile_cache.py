@@ -24,8 +24,9 @@ def timed(argv: list[str], cache: str) -> float:
     env = dict(os.environ, SPLITWISE_JAX_CACHE=cache)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import sys, splitwise_cli; sys.exit(splitwise_cli.main())",
-                    *argv], env=env, check=True, capture_output=True, cwd=ROOT)
+    code = "import sys, splitwise_cli; sys.exit(splitwise_cli.main())"
+    subprocess.run([sys.executable, "-c", code, *argv], env=env, check=True,
+                   capture_output=True, cwd=ROOT)
     return time.perf_counter() - t0
 
 
