@@ -1,4 +1,5 @@
-"""Action spaces of the learned partitioners and their mapping to `costmodel.partition.Partition`.
+"""Action spaces of the learned partitioners and their mapping to `costmodel.partition.Partition`
+(the partition of docs/design.md §1; the learned policies of §4.5).
 
 Three kinds, one `Action` pytree (fields a kind does not use stay 0):
 

@@ -1,5 +1,6 @@
 """Policy checkpoints: parameters as NumPy arrays in .npz (no pickle) plus a config.json that
-is sufficient to rebuild the networks (brax `training/checkpoint.py` habit).
+is sufficient to rebuild the networks (brax `training/checkpoint.py` habit). The registry
+resolves one as ``checkpoint:DIR`` through `agents.policy_loader` (docs/design.md §4.5).
 
 Layout of a checkpoint directory:
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -93,30 +95,41 @@ def read_config(path: str | Path) -> dict:
         config = json.loads(f.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{f}: not valid JSON: {err}") from None
-    if config.get("format") != FORMAT:
-        raise CheckpointError(f"{f}: unsupported format {config.get('format')!r}")
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise CheckpointError(f"{f}: unsupported format {found!r}")
     return config
 
 
-def space_and_net(config: dict) -> tuple[ActionSpace, NetConfig, tuple[int, int, int]]:
-    sp = dict(config["space"])
-    for k in ("head_counts", "group_of_layer", "precisions"):
-        sp[k] = tuple(sp[k])
-    return ActionSpace(**sp), NetConfig(**config["net"]), tuple(config["shapes"])
+def space_and_net(config: dict, origin: str = "config.json"
+                  ) -> tuple[ActionSpace, NetConfig, tuple[int, int, int]]:
+    """The action space, network sizes and feature shapes a config.json describes."""
+    try:
+        sp = dict(config["space"])
+        for k in ("head_counts", "group_of_layer", "precisions"):
+            sp[k] = tuple(sp[k])
+        shapes = tuple(int(n) for n in config["shapes"])
+        return ActionSpace(**sp), NetConfig(**config["net"]), shapes
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{origin}: malformed checkpoint config "
+                              f"({type(err).__name__}: {err})") from None
 
 
 def _npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise CheckpointError(f"{path}: not a readable .npz archive ({err})") from None
 
 
 def load_model(path: str | Path) -> tuple[ActorCritic, dict]:
     """(ActorCritic with the stored parameters, config dict) of a checkpoint directory."""
     path = Path(path)
     config = read_config(path)
-    space, net, shapes = space_and_net(config)
+    space, net, shapes = space_and_net(config, str(path / "config.json"))
     abstract = nnx.eval_shape(lambda: ActorCritic(space, *shapes, net, nnx.Rngs(0)))
     graphdef, template = nnx.split(abstract)
     state = _from_arrays(template, _npz(path / "params.npz"), str(path / "params.npz"))

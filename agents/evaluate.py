@@ -1,7 +1,8 @@
 """Evaluation harness: any policy on the same scenarios with common random numbers.
 
-Policies are `lyapunov.policies.Policy` objects; a trained checkpoint becomes one with
-`learned_policy` (or the spec string ``checkpoint:DIR``, greedy, or ``checkpoint:DIR:sample``).
+Policies are `lyapunov.policies.Policy` objects or policy strings resolved by the one registry
+(`lyapunov.registry`, docs/design.md §4.5): a registered name, or ``checkpoint:DIR[:sample]``
+(`agents.policy_loader`: a seed directory, or every seed of a training run directory).
 A scenario grid is model x device x (trace or bandwidth process) x arrival rate x V, each a
 `lyapunov.env.Scenario`; seeds give the sample paths. For a seed k every policy runs on the
 paths of `jax.random.PRNGKey(k)` exactly as `lyapunov.simulate.simulate(..., seed=k)` does
@@ -11,7 +12,9 @@ paths of `jax.random.PRNGKey(k)` exactly as `lyapunov.simulate.simulate(..., see
 keys of `simulate --json` (latency_mean_s, latency_p95_s, energy_mean_j, accuracy_drop_mean,
 backlog_mean, dpp_mean, decision_time_s, stable, ...). decision_time_s is the wall time of one
 jitted decision at batch 1 after warm-up (mean of `repeats` calls; the cvx policy: its mean
-solve time). Jittable policies run all seeds of a scenario in one vmapped `lax.scan`.
+solve time). A jittable policy runs all seeds of a scenario in one compiled `lax.map` of
+rollouts (`run_policy` says why not vmapped); the checkpoints of a `CheckpointGroup` are
+vmapped instead (one network, stacked parameters).
 """
 
 from __future__ import annotations
@@ -32,9 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from agents import checkpoint
-from agents.actions import ActionSpace, mask_context, to_partition
-from agents.networks import ActorCritic, act, greedy
-from agents.slot_env import observe_features, observed_outage
+from agents.policy_loader import learned_policy
+from lyapunov import registry
 
 METRIC_KEYS = ("latency_mean_s", "latency_p95_s", "energy_mean_j", "accuracy_drop_mean",
                "cloud_cost_mean", "backlog_mean", "dpp_mean", "penalty_mean", "service_mean",
@@ -42,46 +44,10 @@ METRIC_KEYS = ("latency_mean_s", "latency_p95_s", "energy_mean_j", "accuracy_dro
                "stable")
 
 
-def learned_policy(model: ActorCritic, name: str = "ppo", sample: bool = False):
-    """The trained actor as a `lyapunov.policies.Policy` (causal: it sees the Obs).
-
-    Greedy by default (the most likely option at every step of the masked sequential
-    choice); `sample=True` draws from the policy with the given key.
-    """
-    from lyapunov.policies import Policy
-
-    space: ActionSpace = model.space
-
-    def policy_act(key, obs, params):
-        x = jax.tree.map(lambda v: v[None], observe_features(obs, params))
-        ctx = jax.tree.map(lambda v: v[None],
-                           mask_context(params.spec, space, observed_outage(obs)))
-        if sample:
-            a = act(model, x, ctx, key)[0]
-        else:
-            a = greedy(model, x, ctx)
-        return to_partition(jax.tree.map(lambda v: v[0], a), space)
-
-    return Policy(name, policy_act)
-
-
-def load_policy(path: str | Path, sample: bool = False, name: str | None = None):
-    """A checkpoint directory as a Policy (named after the action kind unless `name`)."""
-    model, config = checkpoint.load_model(path)
-    return learned_policy(model, name or f"ppo-{model.space.kind}", sample=sample)
-
-
-def resolve_policy(spec: str):
-    """A policy from its spec: a name of `lyapunov.policies.POLICIES`, or
-    ``checkpoint:DIR[:sample]``."""
-    from lyapunov.policies import get_policy
-
-    if spec.startswith("checkpoint:"):
-        rest = spec[len("checkpoint:"):]
-        sample = rest.endswith(":sample")
-        path = rest[: -len(":sample")] if sample else rest
-        return load_policy(path, sample=sample)
-    return get_policy(spec)
+def resolve_policy(text: str) -> list:
+    """The policies a policy string names, through the one registry (`lyapunov.registry`):
+    a registered name, or ``checkpoint:DIR[:sample]`` (every seed of a run directory)."""
+    return registry.resolve(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +160,9 @@ def run_checkpoints(group: CheckpointGroup, params, n_slots: int,
     from lyapunov import env as E
     from lyapunov.simulate import rollout, summarize
 
-    models = [checkpoint.load_model(p)[0] for p in group.paths]
+    loaded = [checkpoint.load_model(p) for p in group.paths]
+    models = [m for m, _ in loaded]
+    shapes = tuple(loaded[0][1]["shapes"])
     graphdef, _ = nnx.split(models[0])
     for p, m in zip(group.paths, models, strict=True):
         if m.space != models[0].space or nnx.graphdef(m) != graphdef:
@@ -203,13 +171,13 @@ def run_checkpoints(group: CheckpointGroup, params, n_slots: int,
     keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
 
     def one(state, key):
-        pol = learned_policy(nnx.merge(graphdef, state), sample=group.sample)
+        pol = learned_policy(nnx.merge(graphdef, state), group.paths[0], group.sample, shapes)
         info, _, last = rollout(pol, params, n_slots, key)
         return info, last
 
     info, last = jax.block_until_ready(
         jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))(stacked, keys))
-    pol0 = learned_policy(models[0], sample=group.sample)
+    pol0 = learned_policy(models[0], group.paths[0], group.sample, shapes)
     dt = decision_time(pol0, params, E.observe(jax.tree.map(lambda v: v[0, 0], last)))
     out = []
     for i, name in enumerate(group.names):
@@ -227,9 +195,10 @@ def evaluate(policies: Sequence, cases: Sequence[ScenarioCase], seeds: Sequence[
              n_slots: int, out_csv: str | Path | None = None, log=None) -> list[dict]:
     """Run every policy on every scenario and seed; rows (and the CSV when `out_csv`).
 
-    policies: Policy objects, spec strings (`resolve_policy`) or CheckpointGroups.
+    policies: Policy objects, policy strings (`resolve_policy`; a run directory gives one
+    policy per seed) or CheckpointGroups.
     """
-    pols = [resolve_policy(p) if isinstance(p, str) else p for p in policies]
+    pols = [q for p in policies for q in (resolve_policy(p) if isinstance(p, str) else [p])]
     rows = []
     for case in cases:
         params = case.scenario.build()
@@ -280,9 +249,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     from agents.train import add_scenario_args
 
     add_scenario_args(ap)
-    ap.add_argument("--policy", nargs="+", required=True,
-                    help="oracle, dp-estimate, cvx, cloud-only, edge-only, best-cut, "
-                         "static-cut, greedy, or checkpoint:DIR[:sample]")
+    ap.add_argument("--policy", nargs="+", required=True, help=registry.help_text())
     ap.add_argument("--slots", type=int, default=1000)
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="first seed")

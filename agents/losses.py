@@ -1,4 +1,5 @@
-"""PPO estimators and losses as top-level functions (written for arrays, no closures).
+"""PPO estimators and losses as top-level functions (written for arrays, no closures); the
+training of docs/design.md §4.5.
 
 - GAE: Schulman et al., "High-Dimensional Continuous Control Using Generalized Advantage
   Estimation", ICLR 2016, eq. (16), computed backwards with `lax.scan(reverse=True)`.

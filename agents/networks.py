@@ -1,5 +1,6 @@
 """Flax NNX actor-critic: a shared observation encoder, the high-level actor, the low-level
-actor conditioned on the high-level choice, and the critic.
+actor conditioned on the high-level choice, and the critic (docs/design.md §4.5). The networks
+see only the observation (§4.1).
 
 Encoder. The input (`Features`) is a vector of scalars (normalized queues, arrival-rate estimate,
 memory headroom, V, ...) and a short window of link history (bandwidth up/down, RTT, cloud

@@ -3,6 +3,7 @@
 A `TrainConfig` is one run (scenario, training traces, PPO, action space, networks, seeds);
 `make_train` / `make_segments` bind it to `agents.ppo` on the slot environment
 (`agents.slot_env`, with `build_env_params`) unless another `agents.ppo.EnvAdapter` is given.
+The reward is minus the slot's drift-plus-penalty (docs/design.md §3, §4.5).
 
 `run(cfg, out)` trains `cfg.num_seeds` seeds at once (vmapped) in jitted segments of
 `cfg.log_every` updates; between segments it prints one line (mean reward, DPP, backlog,
@@ -237,6 +238,7 @@ def config_to_json(cfg: TrainConfig) -> dict:
 def config_from_json(d: dict) -> TrainConfig:
     """Inverse of config_to_json (for configs whose scenario uses registered names)."""
     from costmodel.cards import ModelCard
+    from costmodel.outage import RetryConfig
     from costmodel.profiles import DeviceProfile
     from lyapunov import processes as pr
     from lyapunov.env import Scenario
@@ -260,6 +262,8 @@ def config_from_json(d: dict) -> TrainConfig:
         link.update(bandwidth=pr.BandwidthConfig(**bw), share=pr.ShareConfig(**share))
         sc.update(arrival=pr.ArrivalConfig(**sc["arrival"]), link=pr.LinkConfig(**link),
                   precisions=tuple(sc["precisions"]))
+        if "retry" in sc:
+            sc["retry"] = RetryConfig(**sc["retry"])
         if sc.get("accuracy") == "custom":
             raise ValueError("a scenario with a custom accuracy profile cannot be rebuilt "
                              "from JSON")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from agents.evaluate import run_policy
 from lyapunov.policies import get_policy
-from tests.agents.test_train import SCENARIO
+from tests.agents.small import SCENARIO
 
 
 def test_seed_rows_do_not_depend_on_the_batch():

@@ -12,37 +12,14 @@ import pytest
 from flax import nnx
 
 from agents import checkpoint
-from agents.actions import ActionConfig
-from agents.evaluate import learned_policy
-from agents.networks import NetConfig
-from agents.ppo import PPOConfig, model_from_runner
-from agents.train import TrainConfig, make_train
+from agents.policy_loader import learned_policy
+from agents.ppo import model_from_runner
+from agents.train import make_train
 from costmodel import dp
-from costmodel.cards import ModelCard
-from lyapunov import processes as pr
-from lyapunov.env import Scenario, cost_link
+from lyapunov.env import cost_link
 from lyapunov.policies import Policy
 from lyapunov.simulate import rollout
-
-SMALL = ModelCard("small-4x4", 4, 4, 4, 1024, 4096, 32000, "swiglu", False)
-
-# A Pi 5 with a MEC server whose share of its GPU is heavily contended (median 3%): the fastest
-# partition switches between edge-only, cloud-only and splits with the share and bandwidth.
-SCENARIO = Scenario(
-    model=SMALL, device="rpi5", cloud="mec", tau_s=1.0, V=10.0, episode_slots=128,
-    arrival=pr.ArrivalConfig(rate=2.0),
-    link=pr.LinkConfig(
-        bandwidth=pr.BandwidthConfig(kind="ar1", mean_mbps=20.0, std_mbps=15.0, rho=0.9),
-        rtt_ms=5.0, share=pr.ShareConfig(kind="ar1", median_share=0.03, logit_std=1.5,
-                                         rho=0.9, min_share=0.002)))
-
-CFG = TrainConfig(
-    scenario=SCENARIO,
-    ppo=PPOConfig(num_envs=8, num_steps=32, num_updates=60, update_epochs=4,
-                  num_minibatches=4, lr=3e-3, ent_coef=0.01),
-    action=ActionConfig(kind="hier", n_groups=2, head_bins=0),
-    net=NetConfig(hidden=32, low_hidden=32, conv_channels=4),
-    num_seeds=3, log_every=60)
+from tests.agents.small import CFG, SCENARIO
 
 EVAL_SEEDS = (100, 101)
 EVAL_SLOTS = 128
@@ -77,7 +54,8 @@ def trained():
 
 
 def test_training_beats_random_and_approaches_oracle(trained):
-    """In the default run (issue 4): 3 seeds of a small card, trained once by the fixture."""
+    """3 seeds of a small card, trained once by the fixture (not marked slow: it runs in the
+    default test run)."""
     ts, runner, metrics, wall = trained
     params = SCENARIO.build()
     keys = jnp.stack([jax.random.PRNGKey(s) for s in EVAL_SEEDS])
@@ -184,7 +162,10 @@ def test_run_resume_and_evaluate(tmp_path):
 
     # evaluation harness: baselines and the checkpoint on a 2-point V grid, 2 seeds, CRN
     cases = scenario_grid(SCENARIO, Vs=[1.0, 10.0])
-    assert resolve_policy(f"checkpoint:{tmp_path / 'run' / 'seed0'}").name == "ppo-hier"
+    [one] = resolve_policy(f"checkpoint:{tmp_path / 'run' / 'seed0'}")
+    assert one.name == "run/seed0"
+    assert [p.name for p in resolve_policy(f"checkpoint:{tmp_path / 'run'}")] == [
+        "run/seed0", "run/seed1"]
     group = CheckpointGroup(("ppo-s0", "ppo-s1"),
                             (str(tmp_path / "run" / "seed0"), str(tmp_path / "run" / "seed1")))
     rows = evaluate(["edge-only", "cloud-only", group], cases, seeds=[0, 1], n_slots=16,

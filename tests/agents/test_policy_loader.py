@@ -1,0 +1,112 @@
+"""The ``checkpoint:`` loader of the policy registry: a training run directory resolves to one
+policy per seed, a seed directory to itself; the policies act on EnvParams of the
+checkpoint's model and name the mismatch on any other; broken directories are one-line errors
+that name the path and what is missing. The checkpoints are untrained networks (saving and
+resolving do not depend on training)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import agents.policy_loader  # noqa: F401  (registers the checkpoint: loader)
+from agents import checkpoint, evaluate
+from agents.actions import make_space
+from agents.ppo import build_model, feature_shapes
+from agents.slot_env import lyapunov_adapter
+from lyapunov import registry
+from lyapunov.simulate import rollout
+from tests.agents.small import CFG, SCENARIO
+
+
+def _save_seed(directory, seed: int):
+    params = SCENARIO.build()
+    env = lyapunov_adapter()
+    space = make_space(params.spec, CFG.action, params.precisions)
+    shapes = feature_shapes(env, params)
+    model = build_model(space, shapes, CFG.net, jax.random.key(seed))
+    checkpoint.save(directory, model, CFG.net, shapes, meta={"seed": seed})
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A training run's layout: hier/seed0, hier/seed1 (seed directories), hier/metrics.csv."""
+    run = tmp_path_factory.mktemp("runs") / "hier"
+    for s in (1, 0):
+        _save_seed(run / f"seed{s}", s)
+    (run / "metrics.csv").write_text("seed,update\n")
+    return run
+
+
+def test_run_directory_resolves_to_every_seed(run_dir):
+    pols = registry.resolve(f"checkpoint:{run_dir}")
+    assert [p.name for p in pols] == ["hier/seed0", "hier/seed1"]
+    [one] = registry.resolve(f"checkpoint:{run_dir / 'seed1'}")
+    assert one.name == "hier/seed1"
+    [sampled] = registry.resolve(f"checkpoint:{run_dir / 'seed1'}:sample")
+    assert sampled.name == "hier/seed1"
+    # the two seeds are different networks: their decisions along one trajectory differ
+    params = SCENARIO.build()
+    key = jax.random.PRNGKey(3)
+    acts = [jax.jit(lambda k, p=p: rollout(p, params, 16, k)[1])(key) for p in pols]
+    for a in acts:
+        assert a.edge_heads.shape == (16, 4)
+        assert ((a.edge_heads >= 0) & (a.edge_heads <= 4)).all()
+    assert any(not np.array_equal(x, y) for x, y in
+               zip(jax.tree.leaves(acts[0]), jax.tree.leaves(acts[1]), strict=True))
+
+
+def test_seed_policies_name_a_model_mismatch(run_dir):
+    [pol] = registry.resolve(f"checkpoint:{run_dir / 'seed0'}")
+    other = dataclasses.replace(SCENARIO, model="gpt2-xl").build()
+    with pytest.raises(ValueError, match=r"hier/seed0: .*layers 4 vs 48"):
+        jax.jit(lambda k: rollout(pol, other, 2, k)[1])(jax.random.PRNGKey(0))
+
+
+def test_evaluate_resolves_a_run_directory(run_dir, tmp_path):
+    """What `splitwise evaluate --policy cloud-only checkpoint:runs/hier` runs: every seed."""
+    cases = evaluate.scenario_grid(SCENARIO)
+    rows = evaluate.evaluate(["cloud-only", f"checkpoint:{run_dir}"], cases, seeds=[0],
+                             n_slots=4)
+    assert [r["policy"] for r in rows] == ["cloud-only", "hier/seed0", "hier/seed1"]
+
+
+def test_broken_directories_are_named(run_dir, tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match=r"nowhere: no such checkpoint"):
+        registry.resolve(f"checkpoint:{tmp_path / 'nowhere'}")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(checkpoint.CheckpointError, match=r"empty: no config.json and no seed"):
+        registry.resolve(f"checkpoint:{empty}")
+    unfinished = tmp_path / "unfinished"
+    _save_seed(unfinished / "seed0", 0)
+    (unfinished / "seed1").mkdir()
+    with pytest.raises(checkpoint.CheckpointError, match=r"seed1: no config.json"):
+        registry.resolve(f"checkpoint:{unfinished}")
+    corrupt = tmp_path / "corrupt"
+    _save_seed(corrupt, 0)
+    (corrupt / "params.npz").write_bytes(b"not a zip archive")
+    with pytest.raises(checkpoint.CheckpointError, match=r"params.npz: not a readable .npz"):
+        registry.resolve(f"checkpoint:{corrupt}")
+    (corrupt / "params.npz").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match=r"params.npz: missing"):
+        registry.resolve(f"checkpoint:{corrupt}")
+    (corrupt / "config.json").write_text("{")
+    with pytest.raises(checkpoint.CheckpointError, match=r"config.json: not valid JSON"):
+        registry.resolve(f"checkpoint:{corrupt}")
+    with pytest.raises(ValueError, match="needs a directory"):
+        registry.resolve("checkpoint:")
+
+
+def test_loaded_parameters_are_the_saved_ones(run_dir):
+    model, config = checkpoint.load_model(run_dir / "seed1")
+    params = SCENARIO.build()
+    space = make_space(params.spec, CFG.action, params.precisions)
+    fresh = build_model(space, tuple(config["shapes"]), CFG.net, jax.random.key(1))
+    for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(fresh)),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
