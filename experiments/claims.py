@@ -6,8 +6,11 @@ paths) give the numbers with confidence intervals; the request-level cost-model 
 7, 11, 12) are deterministic and give the regime context; figures 4 and 9 the stability and
 robustness claims.
 
-"Ours" is the trained hierarchical policy where figure 3 evaluated a checkpoint, and otherwise
-the model-based DPP controller (dp-estimate); the table says which.
+The groups come from the policy registry (`lyapunov.registry`): "ours" is the first present of
+the learned policies of role "ours" (the trained hierarchical policy, where figure 3 evaluated a
+checkpoint), the joint-penalty variant of the model-based controller, and the model-based
+policies of role "ours" (dp-estimate); the table says which. The "existing partitioners" are the
+policies of role "baseline".
 
 Verdict rules (stated in claims.md too). A claim holds in a condition when the 95% CI of our
 number reaches the paper's range or goes beyond it in the claimed direction (for "up to X%", when
@@ -19,27 +22,29 @@ none, and *pending* when the runs it needs are missing.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
-from experiments.common import read_rows
+from experiments.plotting import policy_label
+from experiments.stats import finite_mean_ci
+from experiments.tables import read_rows
+from lyapunov import registry
 
-EXISTING = ("best-cut", "static-cut", "layerwise")  # layer-wise partitioners
-OURS = ("hier", "dp-joint", "dp-estimate")  # first present is "ours"
+JOINT = "dp-joint"  # the model-based controller with the paper's joint objective
 ACCURACY_MAINTAINED_PCT = 1.0  # "accuracy maintained": mean perplexity increase <= 1 %
 MODEST_MEMORY_FRAC = 0.5  # "modest memory": mean edge memory <= 50 % of the device budget
 
 
-def _ci(x):
-    from experiments.sim import mean_ci
+def ours_order() -> tuple[str, ...]:
+    """Candidates for "ours", most preferred first (the first present in a run is ours)."""
+    return tuple(dict.fromkeys((*registry.names(role="ours", learned=True), JOINT,
+                                *registry.names(role="ours", learned=False))))
 
-    x = np.asarray([v for v in x if v is not None and np.isfinite(v)], float)
-    if x.size == 0:
-        return math.nan, math.nan, 0
-    m, h = mean_ci(x)
-    return float(m), float(h), int(x.size)
+
+def existing() -> tuple[str, ...]:
+    """The existing partitioners a claim compares against: the registry's baselines."""
+    return registry.names(role="baseline")
 
 
 def _fmt(m, h, n, unit="", scale=1.0, digits=3):
@@ -54,9 +59,13 @@ def _load(out: Path, name: str, file: str):
     return read_rows(path) if path.exists() else None
 
 
+def ours_of(policies) -> str:
+    """The policy the claims call "ours" among `policies` (see `ours_order`)."""
+    return next((p for p in ours_order() if p in set(policies)), "dp-estimate")
+
+
 def _ours(rows) -> str:
-    pols = {r["policy"] for r in rows}
-    return next((p for p in OURS if p in pols), "dp-estimate")
+    return ours_of(r["policy"] for r in rows)
 
 
 def _per_condition(rows, fn):
@@ -103,21 +112,21 @@ def _verdict(states: dict, pending: str | None = None):
 
 
 def _claim(key, paper, value_fn, measure, unit, scale, threshold, direction, out,
-           ours_pref=None, context=None):
+           context=None):
     """A claim measured per (model, device, condition) over the seeds of figure 3."""
     rows = _load(out, "trace_latency", "summary.csv")
     if rows is None:
         return {"key": key, "paper": paper, "measure": measure, "verdict": "pending",
-                "regime": "waiting on figure 3 (trace_latency)", "measured": {}, "ours": None,
+                "regime": "needs figure 3 (trace_latency)", "measured": {}, "ours": None,
                 "context": context or []}
     pols = {r["policy"] for r in rows}
-    ours = next((p for p in (ours_pref or OURS) if p in pols), _ours(rows))
+    ours = _ours(rows)
 
     def measure_policy(pol):
         vals = _per_condition(rows, lambda p: value_fn(p, pol))
         measured, states = {}, {}
         for cond, xs in vals.items():
-            m, h, n = _ci(xs)
+            m, h, n = finite_mean_ci(xs)
             st = _state(m, h, threshold, direction)
             measured["/".join(cond)] = {"mean": m, "ci95": h, "n": n, "state": st,
                                         "text": f"{_fmt(m, h, n, unit, scale)} {MARK[st]}"}
@@ -130,20 +139,21 @@ def _claim(key, paper, value_fn, measure, unit, scale, threshold, direction, out
                  "context": context or [], "others": {}}
     # A trained agent runs only where it was trained: the model-based controller with the same
     # objective gives the verdict over every condition beside it.
-    if ours == "hier" and "dp-joint" in pols:
-        m2, (v2, r2) = measure_policy("dp-joint")
+    if ours in registry.names(learned=True) and JOINT in pols:
+        m2, (v2, r2) = measure_policy(JOINT)
         out_claim["model_based"] = {"measured": m2, "verdict": v2, "regime": r2}
-    for alt in ("dp-joint", "dp-estimate", "oracle"):
-        if alt in pols and alt != ours and not (alt == "dp-joint" and "model_based" in out_claim):
+    for alt in dict.fromkeys((JOINT, *registry.names(role="ours", learned=False),
+                              *registry.names(role="reference"))):
+        if alt in pols and alt != ours and not (alt == JOINT and "model_based" in out_claim):
             alt_vals = _per_condition(rows, lambda p, alt=alt: value_fn(p, alt))
-            out_claim["others"][alt] = {"/".join(k): _fmt(*_ci(v), unit, scale)
+            out_claim["others"][alt] = {"/".join(k): _fmt(*finite_mean_ci(v), unit, scale)
                                         for k, v in alt_vals.items()}
     return out_claim
 
 
 def _best_existing(p):
     """The existing (layer-wise) partitioner of least mean latency in this run."""
-    base = [k for k in EXISTING if k in p]
+    base = [k for k in existing() if k in p]
     return min(base, key=lambda k: p[k]["latency_mean_s"]) if base else None
 
 
@@ -243,9 +253,9 @@ def stability_claim(out: Path) -> dict:
     paper = "queue stability guaranteed under stochastic workloads"
     if rows is None:
         return {"key": "stability", "paper": paper, "verdict": "pending",
-                "regime": "waiting on figure 4 (backlog)", "measured": {}, "ours": None,
+                "regime": "needs figure 4 (backlog)", "measured": {}, "ours": None,
                 "context": []}
-    ours = "hier" if any(r["policy"] == "hier" for r in rows) else "dp-estimate"
+    ours = _ours(rows)
     measured, holds = {}, {}
     for kind in dict.fromkeys(r["arrivals"] for r in rows):
         def cap(p, kind=kind):
@@ -272,7 +282,8 @@ def robustness_claim(out: Path) -> dict:
     paper = "robust to communication failures (partition checkpoints, exponential backoff)"
     if rows is None:
         return {"key": "robustness", "paper": paper, "verdict": "pending",
-                "regime": "waiting on figure 9", "measured": {}, "ours": None, "context": []}
+                "regime": "needs figure 9 (robustness)", "measured": {}, "ours": None,
+                "context": []}
     measured, holds = {}, {}
     for q in sorted({r["outage_frac"] for r in rows}):
         if q == 0:
@@ -280,8 +291,8 @@ def robustness_claim(out: Path) -> dict:
         ck = [r["completion"] for r in rows if r["outage_frac"] == q
               and r["policy"] == "checkpoint-resume"]
         rs = [r["completion"] for r in rows if r["outage_frac"] == q and r["policy"] == "restart"]
-        m1, h1, n1 = _ci(ck)
-        m2, h2, n2 = _ci(rs)
+        m1, h1, n1 = finite_mean_ci(ck)
+        m2, h2, n2 = finite_mean_ci(rs)
         measured[f"outage {100 * q:g}%"] = {
             "mean": m1, "ci95": h1, "n": n1,
             "text": f"completed {_fmt(m1, h1, n1, '%', 100)} vs restart "
@@ -332,13 +343,11 @@ def build_claims(out: Path) -> list[dict]:
         ours = _ours(rows)
         vals = _per_condition(rows, lambda p: _ratio_vs_static(p, ours))
         claims[0]["also_vs_static_cut"] = {
-            "/".join(k): _fmt(*_ci(v), "x") for k, v in vals.items()}
+            "/".join(k): _fmt(*finite_mean_ci(v), "x") for k, v in vals.items()}
     return claims
 
 
 def _md(claims: list[dict], out: Path) -> str:
-    from experiments.sim import POLICY_LABEL
-
     lines = ["# Claims of the paper against our runs", "",
              "Generated by `experiments/claims.py` from the runs in this folder; do not edit.", ""]
     summary = out / "summary.json"
@@ -354,7 +363,7 @@ def _md(claims: list[dict], out: Path) -> str:
                   f"(0.6-4.4 Mbit/s), Poisson arrivals {cc['rate']:g} per {cc['tau_s']:g} s "
                   f"slot, V = {cc['V']:g}, {cc['n_slots']} slots x {cc['seeds']} seeds (trace "
                   f"offset, arrival and cloud-share paths). Conditions: {conds}. "
-                  f"Ours: {POLICY_LABEL.get(c3['ours'], c3['ours'])}"
+                  f"Ours: {policy_label(c3['ours'])}"
                   + (" (no trained checkpoint was found)." if c3["ours"] != "hier" else
                      " from the checkpoint " + ", ".join(
                          f"{k}: {v['path']} (trained for {v['model']} on {v['device']}"
@@ -369,11 +378,11 @@ def _md(claims: list[dict], out: Path) -> str:
               "|---|---|---|---|---|"]
     for c in claims:
         meas = "<br>".join(f"{k}: {v['text']}" for k, v in c["measured"].items()) or "-"
-        who = POLICY_LABEL.get(c["ours"], c["ours"] or "-")
+        who = policy_label(c["ours"]) if c["ours"] else "-"
         verdict, regime = f"**{c['verdict']}**", c["regime"]
         mb = c.get("model_based")
         if mb:
-            who += f"<br>*then:* {POLICY_LABEL['dp-joint']}"
+            who += f"<br>*then:* {policy_label(JOINT)}"
             meas += "<br>*model-based:*<br>" + "<br>".join(
                 f"{k}: {v['text']}" for k, v in mb["measured"].items())
             verdict += f"<br>*model-based:* **{mb['verdict']}**"
@@ -383,7 +392,7 @@ def _md(claims: list[dict], out: Path) -> str:
     for c in claims:
         lines.append(f"**{c['paper']}**. Measure: {c.get('measure', '-')}.")
         for alt, vals in (c.get("others") or {}).items():
-            lines.append(f"Same measure for {POLICY_LABEL.get(alt, alt)}: " + "; ".join(
+            lines.append(f"Same measure for {policy_label(alt)}: " + "; ".join(
                 f"{k}: {v}" for k, v in vals.items()) + ".")
         if c.get("also_vs_static_cut"):
             lines.append("Against the static best cut alone: " + "; ".join(

@@ -1,6 +1,7 @@
 """Figure 1: end-to-end request latency versus bandwidth (1-200 Mbit/s) for every strategy,
-per model x edge device, in each static scenario (idle datacenter, contended datacenter,
-contended MEC server). Cost model only; uplink = downlink bandwidth."""
+per model x edge device, in each condition (idle datacenter, contended datacenter, contended
+MEC server; `experiments.conditions`, at the median share). Cost model only; uplink = downlink
+bandwidth."""
 
 from __future__ import annotations
 
@@ -10,38 +11,33 @@ from pathlib import Path
 import numpy as np
 
 from costmodel.strategies import STRATEGIES
-from experiments.common import (
+from experiments.catalog import Experiment
+from experiments.common import DEVICES, MODELS
+from experiments.conditions import NAMES, condition
+from experiments.plotting import (
     DEVICE_LABEL,
-    DEVICES,
     MODEL_LABEL,
-    MODELS,
-    STRATEGY_COLOR,
     STRATEGY_LABEL,
     STRATEGY_STYLE,
-    column,
-    fig_legend,
+    finish,
     log_axis,
     pyplot,
-    read_rows,
-    save,
-    scenario,
-    write_config,
-    write_rows,
+    strategy_color,
 )
-from experiments.registry import Experiment
-from experiments.sweeps import request_sweep
+from experiments.sweeps import request_sweep, write_table
+from experiments.tables import column, read_rows
 
 NAME = "latency_vs_bandwidth"
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """models, devices: cards and edge profiles; scenarios: experiments.common.SCENARIOS names;
+    """models, devices: cards and edge profiles; conditions: experiments.conditions names;
     bw_lo_mbps, bw_hi_mbps, n_bw: log-spaced bandwidth grid (Mbit/s)."""
 
     models: tuple[str, ...] = MODELS
     devices: tuple[str, ...] = DEVICES
-    scenarios: tuple[str, ...] = ("dc-idle", "dc-contended", "mec-contended")
+    conditions: tuple[str, ...] = NAMES
     bw_lo_mbps: float = 1.0
     bw_hi_mbps: float = 200.0
     n_bw: int = 64
@@ -55,21 +51,19 @@ FULL = Config(n_bw=64)
 
 
 def run(cfg: Config, out_dir: Path, progress) -> None:
-    rows = request_sweep(cfg.models, cfg.devices, cfg.scenarios, tuple(cfg.bandwidths()),
+    rows = request_sweep(cfg.models, cfg.devices, cfg.conditions, tuple(cfg.bandwidths()),
                          progress=progress)
-    write_rows(out_dir / "latency.csv", rows)
-    write_config(out_dir, cfg, experiment=NAME, scenarios={
-        s: dataclasses.asdict(scenario(s)) for s in cfg.scenarios})
+    write_table(out_dir, "latency.csv", rows, cfg, NAME)
 
 
 def plot(run_dir: Path) -> list[Path]:
     plt = pyplot()
     rows = read_rows(Path(run_dir) / "latency.csv")
-    scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
+    conds = list(dict.fromkeys(r["condition"] for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
     devices = list(dict.fromkeys(r["device"] for r in rows))
     out = []
-    for sname in scenarios:
+    for cname in conds:
         fig, axes = plt.subplots(len(models), len(devices), squeeze=False, sharex=True,
                                  figsize=(3.3 * len(devices), 2.6 * len(models)))
         for i, model in enumerate(models):
@@ -77,19 +71,19 @@ def plot(run_dir: Path) -> list[Path]:
                 ax = axes[i, j]
                 missing = []
                 for s in STRATEGIES:
-                    sel = dict(scenario=sname, model=model, device=device, strategy=s)
+                    sel = dict(condition=cname, model=model, device=device, strategy=s)
                     bw = column(rows, "bw_mbps", **sel)
                     lat = column(rows, "latency_s", **sel)
                     ok = column(rows, "feasible", **sel) > 0
                     if not ok.any():
                         missing.append(STRATEGY_LABEL[s])
                     lat = np.where(ok, lat, np.nan)
-                    ax.plot(bw, lat, color=STRATEGY_COLOR[s], label=STRATEGY_LABEL[s],
+                    ax.plot(bw, lat, color=strategy_color(s), label=STRATEGY_LABEL[s],
                             **STRATEGY_STYLE[s])
                     if s == "best-headwise":
                         split = column(rows, "is_split", **sel) > 0
                         if split.any():
-                            ax.plot(bw[split], lat[split], "o", ms=3, color=STRATEGY_COLOR[s],
+                            ax.plot(bw[split], lat[split], "o", ms=3, color=strategy_color(s),
                                     label="head/FFN split chosen")
                 if missing:
                     ax.text(0.98, 0.97, "infeasible (memory): " + ", ".join(missing),
@@ -102,10 +96,9 @@ def plot(run_dir: Path) -> list[Path]:
                     ax.set_xlabel("bandwidth (Mbit/s)")
                 if j == 0:
                     ax.set_ylabel("request latency (s)")
-        fig.suptitle(f"Latency vs bandwidth: {scenario(sname).label}; prompt 128, 32 new tokens")
-        fig.tight_layout()
-        fig_legend(fig, axes, y=0.99)
-        out.append(save(fig, Path(run_dir) / f"latency_vs_bandwidth_{sname}.png"))
+        out.append(finish(fig, axes, Path(run_dir) / f"latency_vs_bandwidth_{cname}.png",
+                          f"Latency vs bandwidth: {condition(cname).describe()}; prompt 128, "
+                          "32 new tokens"))
     return out
 
 

@@ -4,15 +4,16 @@ the static best cut, and (when trained checkpoints exist) the layer-wise DRL bas
 
 The slot environment (lyapunov.env) replays the four shipped Norway traces concatenated, from a
 random offset per seed; arrivals are Poisson; the cloud share follows an AR(1) on its logit per
-condition (experiments.sim.CONDITIONS). Every policy sees the same arrival, bandwidth and share
+condition (`experiments.conditions`). Every policy sees the same arrival, bandwidth and share
 paths for a given seed (common random numbers). Per slot, the latency is that of one request
 under the slot's partition in the slot's link (the cost model); the queueing delay is reported
 separately by Little's law (time-average backlog / arrival rate).
 
-"Ours" is the hierarchical PPO policy when a trained checkpoint is configured; until then the
-model-based DPP controller (`dp-estimate`, Splitwise's per-slot objective solved exactly on the
-last slot's measurements) stands in, labelled as such, and the clairvoyant oracle is drawn as the
-bound no causal controller can beat.
+The policies are every jittable one of the policy registry (`lyapunov.registry`) and the
+trained checkpoints. "Ours" is the hierarchical PPO policy where a trained checkpoint exists,
+else the model-based DPP controller with the paper's joint objective (`dp-joint`: the per-slot
+objective solved exactly on the last slot's measurements), labelled as such; the clairvoyant
+oracle is the bound no causal controller can beat.
 """
 
 from __future__ import annotations
@@ -26,58 +27,49 @@ import numpy as np
 
 from costmodel.costs import request_costs
 from costmodel.link import LinkState
-from experiments.common import (
+from experiments.catalog import Experiment
+from experiments.claims import ours_of
+from experiments.conditions import CONDITIONS, NAMES
+from experiments.plotting import (
     DEVICE_LABEL,
-    JOINT_ACCURACY_S_PER_PCT,
-    JOINT_ENERGY_S_PER_J,
     MODEL_LABEL,
-    fig_legend,
+    finish,
+    grouped_bars,
     log_axis,
+    policy_line,
     pyplot,
-    read_rows,
-    save,
-    write_config,
-    write_rows,
 )
-from experiments.registry import Experiment
 from experiments.sim import (
-    CONDITIONS,
-    POLICY_COLOR,
-    POLICY_LABEL,
-    POLICY_STYLE,
-    REFERENCE_POLICIES,
-    mean_ci,
     norway_trace,
     policy,
-    require_lyapunov,
     rollouts,
-    scenario,
     seed_keys,
+    slot_policies,
+    slot_scenario,
     stack,
 )
+from experiments.stats import finite_mean_ci
+from experiments.tables import read_rows, write_config, write_rows
 from experiments.training import FULL_TRAIN, QUICK_TRAIN, TrainSpec, ensure_runs
 
 NAME = "trace_latency"
-JOINT = {"pen_energy": JOINT_ENERGY_S_PER_J, "pen_accuracy": JOINT_ACCURACY_S_PER_PCT}
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """models, devices: cards and edge profiles; conditions: keys of experiments.sim.CONDITIONS;
-    policies: lyapunov policy names, and "dp-joint": dp-estimate with the joint penalty
-    latency + JOINT_ENERGY_S_PER_J x edge energy + JOINT_ACCURACY_S_PER_PCT x accuracy drop
-    (experiments.common; the paper's joint objective); checkpoints: (label,
-    directory) of trained agents (agents.checkpoint; relative to the results folder, then the
-    working directory) evaluated beside them on their training model and device (all
-    conditions), skipped when absent; rate: Poisson arrivals per slot; V: DPP weight;
-    tau_s: slot length (s); n_slots: slots per run; seeds: runs (trace offset, arrival and
-    share paths); train: the agents trained into <out>/train when no run is there (None: do
-    not train)."""
+    """models, devices: cards and edge profiles; conditions: names of
+    experiments.conditions.CONDITIONS; policies: registered policy names (default: every
+    jittable one); checkpoints: (label, directory) of trained agents (relative to the results
+    folder, then the working directory) evaluated beside them on their training model and
+    device (all conditions of that training), skipped when absent; rate: Poisson arrivals per
+    slot; V: DPP weight; tau_s: slot length (s); n_slots: slots per run; seeds: runs (trace
+    offset, arrival and share paths); train: the agents trained into <out>/train when no run
+    is there (None: do not train)."""
 
     models: tuple[str, ...] = ("llama-7b",)
     devices: tuple[str, ...] = ("orin-nx", "galaxy-s23", "rpi5")
-    conditions: tuple[str, ...] = ("dc-idle", "dc-contended", "mec-contended")
-    policies: tuple[str, ...] = REFERENCE_POLICIES + ("dp-joint",)
+    conditions: tuple[str, ...] = NAMES
+    policies: tuple[str, ...] = dataclasses.field(default_factory=slot_policies)
     checkpoints: tuple[tuple[str, str], ...] = (("hier", "train/hier/seed0"),
                                                  ("layerwise", "train/layerwise/seed0"))
     rate: float = 0.3
@@ -105,7 +97,8 @@ def _edge_memory(actions, spec):
 
 
 def run(cfg: Config, out_dir: Path, progress) -> None:
-    _, _, simulate = require_lyapunov()
+    from lyapunov import registry, simulate
+
     trace = norway_trace(out_dir)
     rows, lat_arrays = [], {}
     combos = [(d, c) for d in cfg.devices for c in cfg.conditions]
@@ -116,20 +109,17 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     jobs += [(c[0], label) for label, c in ckpts.items() if c[0] in cfg.models]
     params_by_model = {}
     for model, pname in progress(jobs, desc="policies", total=len(jobs)):
-        joint = pname == "dp-joint"
-        if (model, joint) not in params_by_model:
-            built = [scenario(model, d, CONDITIONS[c], trace, rate=cfg.rate, V=cfg.V,
-                              tau_s=cfg.tau_s, **(JOINT if joint else {})).build()
-                     for d, c in combos]
-            params_by_model[(model, joint)] = (
-                built, stack([b for b in built for _ in range(cfg.seeds)]))
-        built, batch = params_by_model[(model, joint)]
+        if model not in params_by_model:
+            built = [slot_scenario(model, d, CONDITIONS[c], trace, rate=cfg.rate, V=cfg.V,
+                                   tau_s=cfg.tau_s).build() for d, c in combos]
+            params_by_model[model] = built, stack([b for b in built for _ in range(cfg.seeds)])
+        built, batch = params_by_model[model]
         if pname in ckpts:
-            from agents.evaluate import load_policy
+            import agents.policy_loader  # noqa: F401  (registers the checkpoint: loader)
 
-            pol = load_policy(ckpts[pname][2], name=pname)
+            (pol,) = registry.resolve(f"checkpoint:{ckpts[pname][2]}")
         else:
-            pol = policy("dp-estimate" if joint else pname)
+            pol = policy(pname)
         info, actions = rollouts(pol, batch, cfg.n_slots, jax.numpy.tile(keys, (len(combos), 1)))
         mem = np.asarray(_edge_memory(actions, batch.spec))
         for i, (device, cond) in enumerate(combos):
@@ -158,14 +148,13 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
                  conditions={c: dataclasses.asdict(CONDITIONS[c]) for c in cfg.conditions},
                  checkpoints={k: {"model": v[0], "device": v[1], "path": str(v[2]),
                                   "condition": v[3]} for k, v in ckpts.items()},
-                 ours="hier" if "hier" in ckpts else
-                 "dp-joint" if "dp-joint" in cfg.policies else "dp-estimate")
+                 ours=ours_of([*cfg.policies, *ckpts]))
 
 
 def find_checkpoints(cfg: Config, out: Path) -> dict[str, tuple]:
     """{label: (training model, training device, directory, training condition or None)} of
-    the configured checkpoints that exist (the condition is the key of experiments.sim.
-    CONDITIONS whose cloud, RTT and share process match the training scenario)."""
+    the configured checkpoints that exist (the condition is the name in
+    experiments.conditions whose cloud, RTT and share process match the training scenario)."""
     found = {}
     for label, d in cfg.checkpoints:
         for base in (Path(out), Path.cwd()):
@@ -211,11 +200,8 @@ def plot(run_dir: Path) -> list[Path]:
                         continue  # a trained policy runs only on its training device
                     x = lats[f"{model}|{d}|{c}|{p}"].ravel()
                     x = np.sort(x[np.isfinite(x)])
-                    if x.size == 0:
-                        continue
-                    y = np.arange(1, x.size + 1) / x.size
-                    ax.plot(x, y, color=POLICY_COLOR.get(p, None), label=POLICY_LABEL.get(p, p),
-                            **POLICY_STYLE.get(p, {}))
+                    if x.size:
+                        ax.plot(x, np.arange(1, x.size + 1) / x.size, **policy_line(p))
                 ax.axhline(0.95, color="grey", lw=0.6, ls=":")
                 log_axis(ax, "x")
                 ax.set_title(f"{DEVICE_LABEL.get(d, d)}; {c}")
@@ -223,39 +209,25 @@ def plot(run_dir: Path) -> list[Path]:
                     ax.set_xlabel("request latency (s)")
                 if j == 0:
                     ax.set_ylabel("CDF over slots")
-        fig.suptitle(f"{MODEL_LABEL.get(model, model)} on the Norway traces: latency CDF "
-                     "(dotted line: p95)")
-        fig.tight_layout()
-        fig_legend(fig, axes, ncol=3, y=0.99)
-        out.append(save(fig, run_dir / f"latency_cdf_{model}.png"))
-        # p95 with 95% CI over seeds.
+        out.append(finish(fig, axes, run_dir / f"latency_cdf_{model}.png",
+                          f"{MODEL_LABEL.get(model, model)} on the Norway traces: latency CDF "
+                          "(dotted line: p95)", ncol=3))
+        # p95 with 95% CI over seeds: groups conditions, bars policies.
         fig, axes = plt.subplots(1, len(devices), squeeze=False, figsize=(5.6 * len(devices), 3.4))
-        width = 0.8 / len(pols)
         for j, d in enumerate(devices):
-            ax = axes[0, j]
-            for k, p in enumerate(pols):
-                m, h = [], []
-                for c in conds:
-                    v = [r["latency_p95_s"] for r in rows if r["model"] == model
-                         and r["device"] == d and r["condition"] == c and r["policy"] == p
-                         and r["latency_p95_s"] is not None]
-                    mm, hh = mean_ci(v) if v else (np.nan, np.nan)
-                    m.append(mm)
-                    h.append(hh)
-                x = np.arange(len(conds)) - 0.4 + width * (k + 0.5)
-                ax.bar(x, m, width, yerr=h, color=POLICY_COLOR.get(p), capsize=2,
-                       label=POLICY_LABEL.get(p, p))
-            ax.set_xticks(np.arange(len(conds)), conds)
-            log_axis(ax, "y")
-            ax.grid(axis="x", visible=False)
-            ax.set_title(DEVICE_LABEL.get(d, d))
+            ci = np.array([[finite_mean_ci([r["latency_p95_s"] for r in rows
+                                            if (r["model"], r["device"], r["condition"],
+                                                r["policy"]) == (model, d, c, p)])[:2]
+                            for p in pols] for c in conds])  # [condition, policy, (m, h)]
+            grouped_bars(axes[0, j], conds, [policy_line(p)["label"] for p in pols], ci[..., 0],
+                         [policy_line(p)["color"] for p in pols], log=True,
+                         errors=np.nan_to_num(ci[..., 1]))
+            axes[0, j].set_title(DEVICE_LABEL.get(d, d))
             if j == 0:
-                ax.set_ylabel("p95 request latency (s)")
-        fig.suptitle(f"{MODEL_LABEL.get(model, model)}: p95 latency on the Norway traces "
-                     "(mean and 95% CI over seeds)")
-        fig.tight_layout()
-        fig_legend(fig, axes, ncol=3, y=0.99)
-        out.append(save(fig, run_dir / f"latency_p95_{model}.png"))
+                axes[0, j].set_ylabel("p95 request latency (s)")
+        out.append(finish(fig, axes, run_dir / f"latency_p95_{model}.png",
+                          f"{MODEL_LABEL.get(model, model)}: p95 latency on the Norway traces "
+                          "(mean and 95% CI over seeds)", ncol=3))
     return out
 
 

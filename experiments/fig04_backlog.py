@@ -12,33 +12,20 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.common import (
-    DEVICE_LABEL,
-    MODEL_LABEL,
-    fig_legend,
-    log_axis,
-    pyplot,
-    read_rows,
-    save,
-    write_config,
-    write_rows,
-)
-from experiments.registry import Experiment
+from experiments.catalog import Experiment
+from experiments.conditions import Condition, condition
+from experiments.plotting import DEVICE_LABEL, MODEL_LABEL, finish, log_axis, policy_line, pyplot
 from experiments.sim import (
     BURST,
-    CONDITIONS,
-    POLICY_COLOR,
-    POLICY_LABEL,
-    POLICY_STYLE,
-    REFERENCE_POLICIES,
     norway_trace,
     policy,
-    require_lyapunov,
     rollouts,
-    scenario,
     seed_keys,
+    slot_policies,
+    slot_scenario,
     stack,
 )
+from experiments.tables import read_config, read_rows, write_config, write_rows
 
 NAME = "backlog"
 KINDS = ("poisson", "bursty")
@@ -46,14 +33,15 @@ KINDS = ("poisson", "bursty")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """model, device, condition: the setting (experiments.sim.CONDITIONS); policies: lyapunov
-    policy names; rates: mean arrivals per slot swept (for both kinds); show_rate: the rate of
-    the backlog-over-time panels; V, tau_s: DPP weight and slot length (s); n_slots, seeds."""
+    """model, device, condition: the setting (a name of experiments.conditions); policies:
+    registered policy names (default: every jittable one); rates: mean arrivals per slot
+    swept (for both kinds); show_rate: the rate of the backlog-over-time panels; V, tau_s: DPP
+    weight and slot length (s); n_slots, seeds."""
 
     model: str = "llama-7b"
     device: str = "orin-nx"
     condition: str = "dc-contended"
-    policies: tuple[str, ...] = REFERENCE_POLICIES
+    policies: tuple[str, ...] = dataclasses.field(default_factory=slot_policies)
     rates: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
     show_rate: float = 0.4
     V: float = 10.0
@@ -68,12 +56,13 @@ FULL = Config(seeds=5)
 
 
 def run(cfg: Config, out_dir: Path, progress) -> None:
-    _, _, simulate = require_lyapunov()
+    from lyapunov import simulate
+
     trace = norway_trace(out_dir)
-    cond = CONDITIONS[cfg.condition]
+    cond = condition(cfg.condition)
     combos = [(k, r) for k in KINDS for r in cfg.rates]
-    built = [scenario(cfg.model, cfg.device, cond, trace, rate=r, arrival_kind=k, V=cfg.V,
-                      tau_s=cfg.tau_s).build() for k, r in combos]
+    built = [slot_scenario(cfg.model, cfg.device, cond, trace, rate=r, arrival_kind=k,
+                           V=cfg.V, tau_s=cfg.tau_s).build() for k, r in combos]
     batch = stack([b for b in built for _ in range(cfg.seeds)])
     keys = jax.numpy.tile(seed_keys(cfg.seeds), (len(combos), 1))
     rows, traj = [], {}
@@ -99,13 +88,11 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
 
 
 def plot(run_dir: Path) -> list[Path]:
-    import json
-
     plt = pyplot()
     run_dir = Path(run_dir)
     rows = read_rows(run_dir / "stability.csv")
     traj = np.load(run_dir / "backlog_traces.npz")
-    meta = json.loads((run_dir / "config.json").read_text())
+    meta = read_config(run_dir)
     cfg = meta["config"]
     show = cfg["show_rate"] if cfg["show_rate"] in cfg["rates"] else cfg["rates"][
         len(cfg["rates"]) // 2]
@@ -117,8 +104,7 @@ def plot(run_dir: Path) -> list[Path]:
             q = traj[f"{kind}|{show:g}|{p}"]
             t = np.arange(q.shape[1]) * cfg["tau_s"]
             m = q.mean(0)
-            ax.plot(t, m, color=POLICY_COLOR.get(p), label=POLICY_LABEL.get(p, p),
-                    **POLICY_STYLE.get(p, {}))
+            ax.plot(t, m, **policy_line(p))
         ax.set_yscale("symlog", linthresh=1.0)
         ax.set_xlabel("time (s)")
         ax.set_ylabel("backlog Q(t) (requests)")
@@ -134,21 +120,20 @@ def plot(run_dir: Path) -> list[Path]:
                 m.append(np.mean([r["backlog_mean"] for r in sel]))
                 st.append(np.mean([r["stable"] for r in sel]) >= 0.5)
             m, st = np.array(m), np.array(st)
-            ax.plot(rates, m, color=POLICY_COLOR.get(p), **POLICY_STYLE.get(p, {}))
-            ax.plot(np.array(rates)[st], m[st], "o", color=POLICY_COLOR.get(p), ms=4)
-            ax.plot(np.array(rates)[~st], m[~st], "o", mfc="white", color=POLICY_COLOR.get(p),
-                    ms=4)
+            line = policy_line(p)
+            ax.plot(rates, m, **line)
+            ax.plot(np.array(rates)[st], m[st], "o", color=line["color"], ms=4)
+            ax.plot(np.array(rates)[~st], m[~st], "o", mfc="white", color=line["color"], ms=4)
         ax.set_xlabel("mean arrival rate (requests per slot)")
         ax.set_ylabel("time-average backlog (requests)")
         log_axis(ax, "y")
         ax.set_title(f"stability region, {kind} arrivals (filled: rate-stable in most seeds, "
                      "hollow: not)", fontsize=8)
-    fig.suptitle(f"Backlog: {MODEL_LABEL.get(cfg['model'], cfg['model'])} on "
-                 f"{DEVICE_LABEL.get(cfg['device'], cfg['device'])}, "
-                 f"{meta['condition']['label']}, Norway traces, V={cfg['V']:g}")
-    fig.tight_layout()
-    fig_legend(fig, axes, ncol=3, y=0.99)
-    return [save(fig, run_dir / "backlog.png")]
+    return [finish(fig, axes, run_dir / "backlog.png",
+                   f"Backlog: {MODEL_LABEL.get(cfg['model'], cfg['model'])} on "
+                   f"{DEVICE_LABEL.get(cfg['device'], cfg['device'])}, "
+                   f"{Condition(**meta['condition']).describe(slot_level=True)}, Norway traces, "
+                   f"V={cfg['V']:g}", ncol=3)]
 
 
 EXPERIMENT = Experiment(NAME, 4, "Backlog over time and the stability region", QUICK, FULL, run,

@@ -1,6 +1,6 @@
 """Figure 5: the V trade-off of the drift-plus-penalty controller: time-average penalty against
-time-average backlog over a sweep of V, with the bounds of proofs/performance.md (Theorem 1)
-drawn on the same axes:
+time-average backlog over a sweep of V (docs/design.md §3), with the bounds of
+proofs/performance.md (Theorem 1) drawn on the same axes:
 
     penalty <= p* + (B + C) / V            (O(1/V))
     backlog <= (B + C + V (p_max - p*)) / eps   (O(V))
@@ -31,17 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import log_axis, pyplot, read_rows, save, write_config, write_rows
-from experiments.registry import Experiment
-from experiments.sim import (
-    SOLVER_KW,
-    arrivals,
-    policy,
-    require_lyapunov,
-    rollouts,
-    seed_keys,
-    stack,
-)
+from experiments.catalog import Experiment
+from experiments.plotting import finish, log_axis, policy_line, pyplot
+from experiments.sim import SOLVER_KW, arrivals, policy, rollouts, seed_keys, stack
+from experiments.tables import read_config, read_rows, write_config, write_rows
 from proofs import bounds
 
 NAME = "v_tradeoff"
@@ -153,7 +146,6 @@ def constants(cfg: Config, params) -> dict:
 
 
 def run(cfg: Config, out_dir: Path, progress) -> None:
-    require_lyapunov()
     built = [_scenario(cfg, V).build() for V in cfg.Vs]
     k = constants(cfg, built[0])
     batch = stack([b for b in built for _ in range(cfg.seeds)])
@@ -181,12 +173,10 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
 
 
 def plot(run_dir: Path) -> list[Path]:
-    import json
-
     plt = pyplot()
     run_dir = Path(run_dir)
     rows = read_rows(run_dir / "v_tradeoff.csv")
-    meta = json.loads((run_dir / "config.json").read_text())
+    meta = read_config(run_dir)
     k = meta["constants"]
     Vs = sorted({r["V"] for r in rows})
     pen = np.array([[r["penalty_mean"] for r in rows if r["V"] == V] for V in Vs])
@@ -194,9 +184,10 @@ def plot(run_dir: Path) -> list[Path]:
     vv = np.geomspace(min(Vs) / 2, max(Vs) * 2, 100)
     pb = [bounds.penalty_bound(k["B"], 0.0, v, k["p_star"]) for v in vv]
     bb = [bounds.backlog_bound(k["B"], 0.0, v, k["eps"], k["p_max"], k["p_star"]) for v in vv]
+    oracle_color = policy_line("oracle")["color"]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     ax = axes[0]
-    ax.errorbar(Vs, pen.mean(1), yerr=pen.std(1), fmt="o-", color="#e7298a", ms=4,
+    ax.errorbar(Vs, pen.mean(1), yerr=pen.std(1), fmt="o-", color=oracle_color, ms=4,
                 label="oracle DPP controller (mean, sd over seeds)")
     ax.plot(vv, pb, "k--", lw=1, label="bound p* + B/V (O(1/V))")
     ax.axhline(k["p_star"], color="grey", lw=1, ls=":", label="p* (optimal, LP dual)")
@@ -207,14 +198,14 @@ def plot(run_dir: Path) -> list[Path]:
     ax.set_xlabel("V")
     ax.set_ylabel("time-average penalty (1e-4 USD per request)")
     ax = axes[1]
-    ax.errorbar(Vs, blg.mean(1), yerr=blg.std(1), fmt="o-", color="#e7298a", ms=4)
+    ax.errorbar(Vs, blg.mean(1), yerr=blg.std(1), fmt="o-", color=oracle_color, ms=4)
     ax.plot(vv, bb, "k-.", lw=1, label="bound (B + V (p_max - p*)) / eps (O(V))")
     ax.set_xscale("log")
     log_axis(ax, "y")
     ax.set_xlabel("V")
     ax.set_ylabel("time-average backlog (requests)")
     ax = axes[2]
-    ax.plot(blg.mean(1), pen.mean(1), "o-", color="#e7298a", ms=4)
+    ax.plot(blg.mean(1), pen.mean(1), "o-", color=oracle_color, ms=4)
     for V, x, y in zip(Vs, blg.mean(1), pen.mean(1), strict=True):
         ax.annotate(f"V={V:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.plot(bb, pb, "k:", lw=1, label="bound pair (backlog bound, penalty bound) over V")
@@ -225,23 +216,18 @@ def plot(run_dir: Path) -> list[Path]:
     ax.set_xlabel("time-average backlog (requests)")
     ax.set_ylabel("time-average penalty (1e-4 USD per request)")
     cfg = meta["config"]
-    fig.suptitle(f"V trade-off: {cfg['model']} on {cfg['device']}, {cfg['cloud']} cloud, "
-                 f"Poisson {cfg['rate']:g} requests per {cfg['tau_s']:g} s slot, i.i.d. link; "
-                 f"B={k['B']:.3g}, p*={k['p_star']:.3g}, eps={k['eps']:.3g}")
-    fig.tight_layout()
-    from experiments.common import fig_legend
-
-    fig_legend(fig, axes, ncol=3, y=0.99)
     transient = [f"{V:g}" for V, p in zip(Vs, pen.mean(1), strict=True)
                  if p < k["p_star"] * 0.98]
-    fig.text(0.5, -0.02, f"Time averages from slot 0 over {cfg['n_slots']} slots, "
-             f"{len(pen[0])} seeds; C = 0 (exact oracle). "
-             + (f"At V = {', '.join(transient)} the penalty is below p*, impossible in steady "
-                "state: the backlog is still building up (the controller idles on the free "
-                "edge meanwhile), so the horizon is too short for that V." if transient else
-                "Every V's time-average penalty is at or above p*."),
-             ha="center", va="top", fontsize=7)
-    return [save(fig, run_dir / "v_tradeoff.png")]
+    return [finish(fig, axes, run_dir / "v_tradeoff.png",
+                   f"V trade-off: {cfg['model']} on {cfg['device']}, {cfg['cloud']} cloud, "
+                   f"Poisson {cfg['rate']:g} requests per {cfg['tau_s']:g} s slot, i.i.d. link; "
+                   f"B={k['B']:.3g}, p*={k['p_star']:.3g}, eps={k['eps']:.3g}", ncol=3,
+                   note=f"Time averages from slot 0 over {cfg['n_slots']} slots, "
+                   f"{len(pen[0])} seeds; C = 0 (exact oracle). "
+                   + (f"At V = {', '.join(transient)} the penalty is below p*, impossible in "
+                      "steady state: the backlog is still building up (the controller idles "
+                      "on the free edge meanwhile), so the horizon is too short for that V."
+                      if transient else "Every V's time-average penalty is at or above p*."))]
 
 
 EXPERIMENT = Experiment(NAME, 5, "V trade-off with the O(1/V) and O(V) bounds", QUICK, FULL, run,

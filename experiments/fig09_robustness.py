@@ -6,8 +6,9 @@ The model (a small request-level simulation on top of the cost model and the out
 
 - The link is up/down following `lyapunov.processes` (two-state Markov chain at `dt_s`
   resolution; stationary outage fraction q, mean outage length `mean_outage_s`).
-- One request under a fixed split partition (the best single layer cut that keeps the first
-  `privacy_layers` layers on the edge: every pass crosses the link) is K = 1 + T segments:
+- One request under a fixed split partition (the best layer cut of the layer-wise family with
+  the first `privacy_layers` layers pinned to the edge; it must be a proper cut, so that every
+  pass crosses the link) is K = 1 + T segments:
   the prefill pass, then T decode steps. Segment times come from the cost model: the decode
   step t_step = (L(T) - L(T/2)) / (T/2) (the mean step at this context), prefill = L(T) - T
   t_step. A segment needs the link up for its whole duration.
@@ -36,16 +37,12 @@ import numpy as np
 from costmodel import partition as P
 from costmodel.costs import decode_token_time, prefill_time, request_costs
 from costmodel.link import make_link
-from experiments.common import (
-    fig_legend,
-    get_spec,
-    pyplot,
-    read_rows,
-    save,
-    write_config,
-    write_rows,
-)
-from experiments.registry import Experiment
+from costmodel.strategies import best_layer_cut
+from experiments.catalog import Experiment
+from experiments.common import get_spec
+from experiments.plotting import finish, pyplot
+from experiments.stats import finite_mean_ci
+from experiments.tables import read_config, read_rows, write_config, write_rows
 from lyapunov.processes import make_outage, sample_path
 
 NAME = "robustness"
@@ -89,25 +86,24 @@ FULL = Config()
 
 
 def segment_times(cfg: Config):
-    """(prefill_s, step_s, T, edge_prefill_s, edge_step_s, partition name)."""
+    """(prefill_s, step_s, T, edge_prefill_s, edge_step_s, partition name) of the best layer
+    cut (`costmodel.strategies.best_layer_cut`, least latency) at the configured link."""
     spec = get_spec(cfg.model, cfg.device, cfg.cloud, cfg.privacy_layers)
     link = make_link(cfg.bw_mbps, cfg.rtt_ms, cloud_share=cfg.cloud_share)
-    n_l, n_h = spec.n_layers, spec.n_heads
-    cands = [P.layer_cut(n_l, n_h, c, q) for q in range(3)
-             for c in range(cfg.privacy_layers, n_l)]
-    batch = jax.tree.map(lambda *x: np.stack(x), *cands)
-    costs_fn = jax.jit(jax.vmap(request_costs, in_axes=(0, None, None)))
-    full = costs_fn(batch, link, spec)
-    lat = np.where(np.asarray(full.feasible), np.asarray(full.latency_s), np.inf)
-    best = int(np.argmin(lat))
+    cut = best_layer_cut(link, spec)
+    on_edge = int(np.sum(np.asarray(cut.ffn) == P.EDGE))
+    if not bool(cut.embed_edge) or on_edge == spec.n_layers:
+        raise ValueError(f"the best layer cut at {cfg.bw_mbps} Mbit/s is "
+                         f"{'cloud-only' if not bool(cut.embed_edge) else 'edge-only'}: no "
+                         f"request crosses the link, nothing for an outage to hit")
     t = int(spec.new_tokens)
+    lat = float(request_costs(cut, link, spec).latency_s)
     half = spec.replace(new_tokens=spec.new_tokens * 0 + t // 2)
-    lat_half = float(np.asarray(costs_fn(batch, link, half).latency_s)[best])
-    step = (float(lat[best]) - lat_half) / (t - t // 2)
-    prefill = float(lat[best]) - t * step
-    cut = cands[best]
-    name = (f"layer cut after layer {int(np.sum(np.asarray(cut.ffn) == P.EDGE))}, "
-            f"{P.ACT_PRECISIONS[int(cut.act_prec)]} activations")
+    lat_half = float(request_costs(cut, link, half).latency_s)
+    step = (lat - lat_half) / (t - t // 2)
+    prefill = lat - t * step
+    name = (f"layer cut after layer {on_edge}, {P.ACT_PRECISIONS[int(cut.act_prec)]} "
+            "activations")
     return (prefill, step, t, float(prefill_time(spec)), float(decode_token_time(spec)), name)
 
 
@@ -199,29 +195,22 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
 
 
 def plot(run_dir: Path) -> list[Path]:
-    import json
-
     plt = pyplot()
     rows = read_rows(Path(run_dir) / "robustness.csv")
-    meta = json.loads((Path(run_dir) / "config.json").read_text())
+    meta = read_config(run_dir)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     colors = {"checkpoint-resume": "#e7298a", "restart": "#666666"}
     for policy in POLICIES:
         qs = sorted({r["outage_frac"] for r in rows})
         for ax, key, scale in ((axes[0], "completion", 100.0), (axes[1], "latency_mean_s", 1.0),
                                (axes[2], "latency_p95_s", 1.0)):
-            m, lo, hi = [], [], []
-            for q in qs:
-                v = np.array([r[key] for r in rows if r["policy"] == policy
-                              and r["outage_frac"] == q and r[key] is not None], float) * scale
-                mean = v.mean() if v.size else np.nan
-                half = 1.96 * v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else 0.0
-                m.append(mean)
-                lo.append(mean - half)
-                hi.append(mean + half)
+            m, h = np.array([finite_mean_ci([r[key] for r in rows if r["policy"] == policy
+                                             and r["outage_frac"] == q])[:2]
+                             for q in qs]).T * scale
+            h = np.nan_to_num(h)
             x = 100 * np.asarray(qs)
             ax.plot(x, m, "o-", color=colors[policy], label=policy, ms=3)
-            ax.fill_between(x, lo, hi, color=colors[policy], alpha=0.2)
+            ax.fill_between(x, m - h, m + h, color=colors[policy], alpha=0.2)
     nominal = meta["nominal_latency_s"]
     for ax in axes[1:]:
         ax.axhline(nominal, color="k", ls=":", lw=0.8, label="no outage")
@@ -231,19 +220,17 @@ def plot(run_dir: Path) -> list[Path]:
     for ax in axes:
         ax.set_xlabel("link outage fraction (% of time)")
     cfg = meta["config"]
-    fig.suptitle(f"Link outages (mean {cfg['mean_outage_s']:g} s): {cfg['model']} on "
-                 f"{cfg['device']}, {meta['partition']};\ndeadline {meta['deadline_s']:.3g} s "
-                 f"({cfg['deadline_factor']:g}x outage-free latency); "
-                 "mean and 95% CI over seeds")
-    fig.tight_layout()
-    fig_legend(fig, axes, ncol=3, y=0.98)
     fb = [r["fallback_frac"] for r in rows if r["policy"] == "checkpoint-resume"
           and r["outage_frac"] == max(r["outage_frac"] for r in rows)]
-    fig.text(0.5, -0.02, "Latencies are over completed requests only (restart's failures are "
-             f"excluded). Checkpoint-resume finished {100 * np.mean(fb):.0f}% of requests on the "
-             "edge (retry budget spent) at the highest outage fraction.", ha="center", va="top",
-             fontsize=7)
-    return [save(fig, Path(run_dir) / "robustness.png")]
+    return [finish(fig, axes, Path(run_dir) / "robustness.png",
+                   f"Link outages (mean {cfg['mean_outage_s']:g} s): {cfg['model']} on "
+                   f"{cfg['device']}, {meta['partition']};\ndeadline {meta['deadline_s']:.3g} s "
+                   f"({cfg['deadline_factor']:g}x outage-free latency); mean and 95% CI over "
+                   "seeds", ncol=3,
+                   note="Latencies are over completed requests only (restart's failures are "
+                        f"excluded). Checkpoint-resume finished {100 * np.mean(fb):.0f}% of "
+                        "requests on the edge (retry budget spent) at the highest outage "
+                        "fraction.")]
 
 
 EXPERIMENT = Experiment(NAME, 9, "Robustness under link outages: checkpoint resume vs restart",

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import fig_legend, pyplot, read_rows, save, write_config, write_rows
-from experiments.registry import Experiment, Unavailable
-from experiments.sim import POLICY_COLOR, policy, require_lyapunov, rollouts, seed_keys, stack
+from experiments.catalog import Experiment, Unavailable
+from experiments.plotting import finish, policy_line, pyplot
+from experiments.sim import policy, rollouts, seed_keys, stack
+from experiments.tables import read_rows, write_config, write_rows
 from experiments.training import FULL_TRAIN, QUICK_TRAIN, TrainSpec, ensure_runs
 
 NAME = "training_curves"
@@ -54,15 +55,13 @@ def find_runs(cfg: Config, out: Path) -> dict[str, Path]:
 
 
 def run(cfg: Config, out_dir: Path, progress) -> None:
-    require_lyapunov()
     ensure_runs(Path(out_dir).parent, cfg.train, progress)
     runs = find_runs(cfg, Path(out_dir).parent)
     if not runs:
         raise Unavailable("no training run found (metrics.csv + train_config.json) under "
                           + ", ".join(d for _, d in cfg.runs) + "; produce one with "
                           "`splitwise train ... --out results/train/hier` (and --layerwise)")
-    from agents.ppo import build_env_params
-    from agents.train import config_from_json
+    from agents.train import build_env_params, config_from_json
 
     rows, refs = [], []
     for label, path in progress(list(runs.items()), desc="runs", total=len(runs)):
@@ -91,7 +90,6 @@ def plot(run_dir: Path) -> list[Path]:
     labels = list(dict.fromkeys(r["run"] for r in rows))
     fig, axes = plt.subplots(len(labels), len(METRICS), squeeze=False,
                              figsize=(3.8 * len(METRICS), 2.7 * len(labels)))
-    colors = {"hier": "#e6ab02", "layerwise": "#1f78b4"}
     for i, label in enumerate(labels):
         sel = [r for r in rows if r["run"] == label]
         seeds = sorted({r["seed"] for r in sel})
@@ -103,22 +101,21 @@ def plot(run_dir: Path) -> list[Path]:
             for s in seeds:
                 u = [r["update"] for r in sel if r["seed"] == s]
                 v = [r[key] for r in sel if r["seed"] == s]
-                ax.plot(u, v, color=colors.get(label, "C0"), lw=1, alpha=0.8,
+                ax.plot(u, v, color=policy_line(label)["color"] or "C0", lw=1, alpha=0.8,
                         label=f"{label} PPO (one line per seed)")
             for pname, ls in (("oracle", "--"), ("dp-estimate", ":")):
                 ref = [r[key] for r in refs if r["run"] == label and r["policy"] == pname]
                 if ref:
-                    ax.axhline(np.mean(ref), color=POLICY_COLOR[pname], ls=ls, lw=1.2,
+                    ax.axhline(np.mean(ref), color=policy_line(pname)["color"], ls=ls, lw=1.2,
                                label=f"{pname} (mean over {len(ref)} rollouts)")
             if key != "backlog":  # early updates are orders of magnitude above the oracle
                 ax.set_yscale("log")
             ax.set_xlabel("PPO update")
             ax.set_ylabel(name)
             ax.set_title(f"{label}: {name}")
-    fig.suptitle("Training curves against the oracle and dp-estimate on the training scenario")
-    fig.tight_layout()
-    fig_legend(fig, axes, ncol=4, y=0.99)
-    return [save(fig, run_dir / "training_curves.png")]
+    return [finish(fig, axes, run_dir / "training_curves.png",
+                   "Training curves against the oracle and dp-estimate on the training "
+                   "scenario", ncol=4)]
 
 
 EXPERIMENT = Experiment(NAME, 10, "Training curves of the agents vs the oracle", QUICK, FULL,

@@ -6,53 +6,42 @@ activations for a marginal latency gain, which the measured per-crossing cost ma
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from costmodel.accuracy import accuracy_profile
 from costmodel.cards import get_card
 from costmodel.strategies import STRATEGIES
-from experiments.common import (
-    JOINT_ACCURACY_S_PER_PCT,
-    JOINT_ENERGY_S_PER_J,
-    STRATEGY_COLOR,
-    STRATEGY_LABEL,
-    panel_bars,
-    read_rows,
-    scenario,
-    write_config,
-    write_rows,
+from experiments.catalog import Experiment
+from experiments.plotting import panel_bars, strategy_series
+from experiments.sweeps import (
+    FULL_POINT,
+    QUICK_POINT,
+    TUNED,
+    PointConfig,
+    point_rows,
+    read_lowest_bandwidth,
+    write_table,
 )
-from experiments.registry import Experiment
-from experiments.sweeps import PointConfig, point_rows
+from lyapunov.policies import JOINT_ACCURACY_S_PER_PCT, JOINT_ENERGY_S_PER_J
 
 NAME = "accuracy"
-QUICK = PointConfig()
-FULL = PointConfig(bw_mbps=(5.0, 20.0, 100.0))
 
 
 def run(cfg: PointConfig, out_dir: Path, progress) -> None:
     sources = {m: accuracy_profile(get_card(m)).source for m in cfg.models}
-    rows = [{k: r[k] for k in ("model", "device", "scenario", "bw_mbps", "strategy",
-                               "accuracy_drop", "n_crossings", "feasible")}
-            | {"objective": r["objective"], "accuracy_source": sources[r["model"]]}
+    rows = [{k: r[k] for k in ("model", "device", "condition", "bw_mbps", "strategy",
+                               "accuracy_drop", "n_crossings", "feasible", "objective")}
+            | {"accuracy_source": sources[r["model"]]}
             for r in point_rows(cfg, progress) + [
-                x for x in point_rows(cfg, progress, "joint")
-                if x["strategy"] in ("best-layer-cut", "best-headwise")]]
-    write_rows(out_dir / "accuracy.csv", rows)
-    write_config(out_dir, cfg, experiment=NAME, accuracy_sources=sources,
-                 scenarios={s: dataclasses.asdict(scenario(s)) for s in cfg.scenarios})
+                x for x in point_rows(cfg, progress, "joint") if x["strategy"] in TUNED]]
+    write_table(out_dir, "accuracy.csv", rows, cfg, NAME, accuracy_sources=sources)
 
 
 def plot(run_dir: Path) -> list[Path]:
-    rows = read_rows(Path(run_dir) / "accuracy.csv")
-    bw = min(r["bw_mbps"] for r in rows)
-    rows = [r for r in rows if r["bw_mbps"] == bw]
+    rows, bw = read_lowest_bandwidth(run_dir, "accuracy.csv")
     sources = sorted({f"{r['model']}: {r['accuracy_source']}" for r in rows})
-    series = [(STRATEGY_LABEL[s], STRATEGY_COLOR[s], None,
-               {"strategy": s, "objective": "latency"}) for s in STRATEGIES] + [
-        (STRATEGY_LABEL[s] + " (joint objective)", STRATEGY_COLOR[s], "///",
-         {"strategy": s, "objective": "joint"}) for s in ("best-layer-cut", "best-headwise")]
+    series = (strategy_series(STRATEGIES, "latency")
+              + strategy_series(TUNED, "joint", " (joint objective)", "///"))
     return [panel_bars(rows, "accuracy_drop", "perplexity increase (%)",
                        f"Accuracy degradation of each strategy at {bw:g} Mbit/s",
                        Path(run_dir) / "accuracy.png", series, log=False,
@@ -63,4 +52,5 @@ def plot(run_dir: Path) -> list[Path]:
                             + ". No bar: 0%; x: infeasible.")]
 
 
-EXPERIMENT = Experiment(NAME, 11, "Accuracy degradation per strategy", QUICK, FULL, run, plot)
+EXPERIMENT = Experiment(NAME, 11, "Accuracy degradation per strategy", QUICK_POINT, FULL_POINT,
+                        run, plot)

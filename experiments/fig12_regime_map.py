@@ -1,4 +1,4 @@
-"""Figure 12: the regime map (system-model section 2). Over RTT x bandwidth x cloud share, for
+"""Figure 12: the regime map (docs/design.md §2). Over RTT x bandwidth x cloud share, for
 a datacenter and a MEC cloud, with and without a privacy floor, which strategy gives the
 lowest request latency and by how much.
 
@@ -21,25 +21,22 @@ import numpy as np
 
 from costmodel.link import make_link
 from costmodel.strategies import strategy_partition
-from experiments.common import (
+from experiments.catalog import Experiment
+from experiments.common import evaluate_links, get_spec, links, stack
+from experiments.plotting import (
     DEVICE_LABEL,
     MODEL_LABEL,
-    evaluate_links,
-    get_spec,
-    links,
     log_axis,
     pyplot,
-    read_rows,
     save,
-    stack,
-    write_config,
-    write_rows,
+    strategy_color,
 )
-from experiments.registry import Experiment
+from experiments.tables import read_rows, write_config, write_rows
 
 NAME = "regime_map"
 CLASSES = ("cloud-only", "edge-only", "best-layer-cut", "head-level split")
-CLASS_COLOR = ("#7570b3", "#1b9e77", "#d95f02", "#e7298a")
+CLASS_COLOR = tuple(strategy_color(s) for s in ("cloud-only", "edge-only", "best-layer-cut",
+                                                 "best-headwise"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 plot them and write the claims table (also `python -m experiments.figures`).
 
 Quick mode runs every experiment at reduced size (measured wall time in README); full mode at
-the sizes of the figures in the README (see `experiments.registry` and each module's FULL
+the sizes of the figures in the README (see `experiments.catalog` and each module's FULL
 config).
 """
 
@@ -29,10 +29,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def main_figures(args: argparse.Namespace) -> int:
     """Entry point for the CLI: run, print one line per experiment, return an exit code."""
-    from experiments.registry import registry, run_figures
+    from experiments.catalog import catalog, run_figures
 
     if args.list:
-        for name, exp in registry().items():
+        for name, exp in catalog().items():
             print(f"{exp.number:2d}  {name:22s} {exp.title}")
         return 0
     try:

@@ -2,11 +2,12 @@
 agents on one queue-level condition, trained with `agents.train.run` when no run exists in
 `<out>/train/<kind>/` (a run put there by hand, e.g. a longer one, is used as it is).
 
-The same is available from the command line:
+A run of the same kind from the command line (its share floor and RTT jitter are the CLI's):
 
     splitwise train --model llama-7b --device orin-nx --trace norway_bus_1 norway_car_1 \
-        norway_ferry_1 norway_metro_1 --share 0.1 --arrival-rate 0.3 --steps 8192 \
-        --num-envs 8 --num-steps 32 --log-every 4 --out results/train/hier   # (--layerwise)
+        norway_ferry_1 norway_metro_1 --share 0.02 --share-logit-std 1.5 --arrival-rate 0.3 \
+        --steps 8192 --num-envs 8 --num-steps 32 --log-every 4 --out results/train/hier
+        # (and --layerwise --out results/train/layerwise)
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from experiments.sim import CONDITIONS, require_lyapunov, scenario
+from experiments.conditions import condition
+from experiments.sim import slot_scenario
 
 KINDS = ("hier", "layerwise")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
-    """model, device, condition: the training scenario (experiments.sim.CONDITIONS, the four
-    Norway traces); rate, V, tau_s: arrivals per slot, DPP weight, slot length (s);
+    """model, device, condition: the training scenario (a name of experiments.conditions; the
+    four Norway traces); rate, V, tau_s: arrivals per slot, DPP weight, slot length (s);
     steps: environment steps per seed; num_envs, num_steps: PPO rollout shape; log_every:
     updates per logged segment; seeds: seeds trained at once."""
 
@@ -49,24 +51,21 @@ def has_run(d: Path) -> bool:
 
 
 def ensure_runs(out: Path, spec: TrainSpec | None, progress) -> dict[str, Path]:
-    """{kind: run directory} under <out>/train, training the missing ones when `spec` is given
-    (and agents is importable); returns only the runs that exist afterwards."""
+    """{kind: run directory} under <out>/train, training the missing ones when `spec` is given;
+    only the runs that exist afterwards."""
     out = Path(out)
     runs = {k: out / "train" / k for k in KINDS}
     missing = [k for k, d in runs.items() if not has_run(d)]
     if missing and spec is not None:
-        try:
-            from agents.actions import ActionConfig
-            from agents.ppo import PPOConfig, TrainConfig
-            from agents.train import run as train_run
-        except ImportError:
-            missing = []
-        require_lyapunov()
+        from agents.actions import ActionConfig
+        from agents.ppo import PPOConfig
+        from agents.train import TrainConfig
+        from agents.train import run as train_run
         from lyapunov.traces import SHIPPED_TRACES
 
-        sc = scenario(spec.model, spec.device, CONDITIONS[spec.condition], None,
-                      rate=spec.rate, V=spec.V, tau_s=spec.tau_s,
-                      bw=_trace_bandwidth(SHIPPED_TRACES[0]))
+        sc = slot_scenario(spec.model, spec.device, condition(spec.condition), None,
+                           rate=spec.rate, V=spec.V, tau_s=spec.tau_s,
+                           bw=_trace_bandwidth(SHIPPED_TRACES[0]))
         per_update = spec.num_envs * spec.num_steps
         n = max(1, round(spec.steps / per_update / spec.log_every)) * spec.log_every
         for kind in progress(missing, desc="training agents", total=len(missing)):

@@ -12,14 +12,18 @@ import pytest
 from costmodel import partition as P
 from costmodel.costs import request_costs
 from costmodel.link import make_link
+from costmodel.strategies import strategy_partition
 from experiments import fig01_latency_bandwidth as fig01
 from experiments import fig09_robustness as fig09
-from experiments.common import get_spec, identity_progress, read_rows, scenario
-from experiments.registry import MODES, registry
+from experiments.catalog import MODES, catalog, identity_progress
+from experiments.common import evaluate_links, get_spec, links
+from experiments.conditions import CONDITIONS, condition
+from experiments.tables import read_rows, write_config, write_rows
+from lyapunov import registry
 
 
-def test_registry_configs_are_frozen_and_named():
-    reg = registry()
+def test_catalog_configs_are_frozen_and_named():
+    reg = catalog()
     assert len(reg) == len(set(reg))
     numbers = [e.number for e in reg.values()]
     assert numbers == sorted(numbers)
@@ -33,7 +37,7 @@ def test_registry_configs_are_frozen_and_named():
 
 def test_latency_vs_bandwidth_end_to_end(tmp_path):
     cfg = fig01.Config(models=("gpt2-xl",), devices=("orin-nx",),
-                       scenarios=("dc-contended",), n_bw=3)
+                       conditions=("dc-contended",), n_bw=3)
     fig01.run(cfg, tmp_path, identity_progress)
     pngs = fig01.plot(tmp_path)
     assert pngs and all(p.exists() and p.stat().st_size > 0 for p in pngs)
@@ -41,10 +45,10 @@ def test_latency_vs_bandwidth_end_to_end(tmp_path):
     assert meta["config"]["n_bw"] == 3
     rows = read_rows(tmp_path / "latency.csv")
     assert len(rows) == 3 * 4  # bandwidths x strategies
-    sc = scenario("dc-contended")
-    spec = get_spec("gpt2-xl", "orin-nx", sc.cloud)
+    cond = condition("dc-contended")
+    spec = get_spec("gpt2-xl", "orin-nx", cond.cloud)
     for r in rows:
-        link = make_link(r["bw_mbps"], sc.rtt_ms, cloud_share=sc.cloud_share)
+        link = make_link(r["bw_mbps"], cond.rtt_ms, cloud_share=cond.share_median)
         if r["strategy"] == "cloud-only":
             ref = request_costs(P.cloud_only(spec.n_layers), link, spec)
             np.testing.assert_allclose(r["latency_s"], float(ref.latency_s), rtol=1e-5)
@@ -78,16 +82,25 @@ def test_robustness_without_outages_is_nominal(tmp_path):
 
 
 def test_segment_times_add_up():
+    """Prefill + T decode steps is the latency of the best layer cut (found here with the
+    cost model's own strategy), and a step is the latency added per token."""
     cfg = fig09.QUICK
-    prefill, step, t, _, _, _ = fig09.segment_times(cfg)
+    prefill, step, t, _, _, name = fig09.segment_times(cfg)
     spec = get_spec(cfg.model, cfg.device, cfg.cloud, cfg.privacy_layers)
+    link = make_link(cfg.bw_mbps, cfg.rtt_ms, cloud_share=cfg.cloud_share)
+    cut, costs = strategy_partition("best-layer-cut", link, spec)
     assert t == int(spec.new_tokens) and prefill > 0 and step > 0
+    np.testing.assert_allclose(prefill + t * step, float(costs.latency_s), rtol=1e-5)
+    on_edge = int(np.sum(np.asarray(cut.ffn) == P.EDGE))
+    assert cfg.privacy_layers <= on_edge < spec.n_layers  # a proper cut: every pass crosses
+    assert name.startswith(f"layer cut after layer {on_edge},")
+    fewer = spec.replace(new_tokens=spec.new_tokens * 0 + t - 4)
+    np.testing.assert_allclose(float(request_costs(cut, link, fewer).latency_s),
+                               prefill + (t - 4) * step, rtol=0.02)
 
 
 def _fake_trace_run(out, ratios):
     """A figure-3 summary with a known latency ratio best-cut / ours per condition."""
-    from experiments.common import write_config, write_rows
-
     rows = []
     for cond, ratio in ratios.items():
         for seed in range(5):
@@ -137,3 +150,59 @@ def test_figures_cli_lists_experiments(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "latency_vs_bandwidth" in out and "regime_map" in out
+
+
+def test_conditions_keep_their_regimes():
+    """One set of condition numbers serves every figure: at the median share, cloud-only is the
+    fastest strategy on the idle datacenter for every model and device, and on the contended
+    ones some device beats it with a layer-wise choice (LLaMA-7B, 20 Mbit/s)."""
+    for name, cond in CONDITIONS.items():
+        beaten = []
+        for device in ("rpi5", "orin-nx", "galaxy-s23"):
+            costs, _ = evaluate_links(get_spec("llama-7b", device, cond.cloud),
+                                      links([20.0], cond.rtt_ms, cond.share_median))
+            lat = {s: float(c.latency_s[0]) if c.feasible[0] else np.inf
+                   for s, c in costs.items()}
+            beaten.append(min(lat["edge-only"], lat["best-layer-cut"]) < lat["cloud-only"])
+        assert any(beaten) == (name != "dc-idle"), (name, beaten)
+
+
+def test_tables_derive_from_the_policy_registry():
+    from experiments.claims import existing, ours_of
+    from experiments.plotting import STRATEGY_POLICY, policy_line, strategy_color
+
+    for name in registry.names():
+        line = policy_line(name)
+        assert line["label"] == registry.label_of(name)
+        assert line["color"] == registry.color_of(name)
+        assert policy_line(f"{name}/seed0") == line  # a checkpoint's seeds draw as their kind
+    for strategy, pol in STRATEGY_POLICY.items():
+        assert strategy_color(strategy) == registry.color_of(pol)
+    assert existing() == registry.names(role="baseline")
+    assert ours_of(["oracle", "dp-estimate", "dp-joint", "hier"]) == "hier"
+    assert ours_of(["oracle", "dp-estimate", "dp-joint"]) == "dp-joint"
+
+
+def test_batched_rollout_vectorized_equals_one_by_one():
+    """The batcher's two modes run the same rollouts (cheap policy, tiny scenario)."""
+    import jax
+
+    from experiments.sim import batched_rollout, policy, seed_keys, slot_scenario, stack
+
+    built = [slot_scenario("gpt2-xl", "orin-nx", CONDITIONS[c], None, bw=_constant_bw())
+             .build() for c in ("dc-idle", "mec-contended")]
+    params, keys = stack(built), seed_keys(2)
+    pol = policy("best-cut")
+    vec = batched_rollout(pol, params, 6, keys, vectorize=True)
+    seq = batched_rollout(pol, params, 6, keys, vectorize=False)
+    for a, b in zip(jax.tree.leaves(vec[0]), jax.tree.leaves(seq[0]), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    shared = batched_rollout(pol, built[1], 6, keys, shared_params=True)
+    np.testing.assert_allclose(np.asarray(shared[0].latency_s[1]),
+                               np.asarray(vec[0].latency_s[1]), rtol=1e-6)
+
+
+def _constant_bw():
+    from lyapunov import processes as proc
+
+    return proc.BandwidthConfig(kind="markov", levels_mbps=(20.0,), transition=((1.0,),))

@@ -1,14 +1,14 @@
-"""The experiment registry and the `run_figures` driver.
+"""The catalog of experiments (one per figure) and the `run_figures` driver.
 
 An experiment is a frozen config dataclass (a `quick` and a `full` instance), a
 `run(cfg, out_dir, progress)` that writes arrays (CSV) with `config.json` beside them into
 `out_dir = <out>/<name>/`, and a separate `plot(run_dir) -> list[Path]` that reads only the
 arrays and writes PNGs next to them. `progress(iterable, desc, total)` wraps inner loops (a tqdm
-bar in `run_figures`, the identity otherwise).
+bar in `run_figures`, `identity_progress` otherwise).
 
-An experiment whose inputs are not available yet (a module that has not landed, a checkpoint
-that does not exist) raises `Unavailable` from `run`; `run_figures` records it as skipped with
-the reason, and the claims table says which claims are waiting on it.
+An experiment whose input does not exist (figure 10 without a training run) raises
+`Unavailable` from `run`; `run_figures` records it as skipped with the reason, and the claims
+that need it are marked pending. (Policies are catalogued elsewhere: `lyapunov.registry`.)
 """
 
 from __future__ import annotations
@@ -29,7 +29,12 @@ MODES = ("quick", "full")
 
 
 class Unavailable(RuntimeError):
-    """An experiment cannot run yet; the message says what it waits on."""
+    """An experiment's input does not exist; the message says which and how to make it."""
+
+
+def identity_progress(iterable, desc: str = "", total: int | None = None):
+    """The `progress` of a run without progress bars."""
+    return iterable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +42,7 @@ class Experiment:
     """One figure.
 
     name: key for --only and the results folder.
-    number: figure number in issue 5.
+    number: figure number.
     title: one line.
     quick, full: the frozen configs of the two modes.
     run: run(cfg, out_dir, progress) writes the arrays and config.json.
@@ -75,19 +80,10 @@ _MODULES = (
 )
 
 
-def registry() -> dict[str, Experiment]:
-    """All experiments by name, in figure order (modules that fail to import are skipped
-    by `run_figures` with the import error as the reason)."""
-    out = {}
-    for mod in _MODULES:
-        try:
-            exp = importlib.import_module(mod).EXPERIMENT
-        except ModuleNotFoundError as err:
-            if not err.name or not err.name.startswith(mod):
-                raise
-            continue
-        out[exp.name] = exp
-    return dict(sorted(out.items(), key=lambda kv: kv[1].number))
+def catalog() -> dict[str, Experiment]:
+    """All experiments by name, in figure order."""
+    exps = [importlib.import_module(mod).EXPERIMENT for mod in _MODULES]
+    return {e.name: e for e in sorted(exps, key=lambda e: e.number)}
 
 
 def _git_commit() -> str:
@@ -108,8 +104,6 @@ def enable_compilation_cache(out: Path) -> None:
 
 def run_one(exp: Experiment, mode: str, out: Path, progress=None) -> dict:
     """Run and plot one experiment; returns its status record."""
-    from experiments.common import identity_progress
-
     out_dir = Path(out) / exp.name
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -141,7 +135,7 @@ def run_figures(mode: str = "quick", only: Sequence[str] | None = None, out: str
     out.mkdir(parents=True, exist_ok=True)
     if cache:
         enable_compilation_cache(out)
-    reg = registry()
+    reg = catalog()
     names = list(reg) if not only else list(only)
     unknown = [n for n in names if n not in reg]
     if unknown:
