@@ -1,4 +1,4 @@
-"""How close the trained agents get to the clairvoyant oracle (issue 4's targets), measured.
+"""How close the trained agents get to the clairvoyant oracle, measured.
 
 Per case (model x edge device x cloud x share process x arrival rate x V): trains the
 hierarchical and the layer-wise PPO agents on some Norway traces (``splitwise train``), then
@@ -39,7 +39,7 @@ from agents import train as tr  # noqa: E402
 TRAIN_TRACES = ("norway_bus_1", "norway_car_1")
 TEST_TRACES = ("norway_ferry_1", "norway_metro_1")
 
-# Regimes where the partition must change with the cloud's share (system-model section 2):
+# Regimes where the partition must change with the cloud's share (docs/design.md §2):
 # the Pi 5 runs LLaMA-7B in 27.5 s, a datacenter GPU share of ~1% takes as long, and the share
 # varies over decades (AR(1) logit, sd 1.5); the Orin NX runs GPT-2 XL in 1.55 s, and a MEC
 # server's share crosses ~0.15 around a median of 0.2.

@@ -248,14 +248,18 @@ def request_level_context(out: Path) -> dict:
     return ctx
 
 
+def _pending(key: str, paper: str, regime: str) -> dict:
+    return {"key": key, "paper": paper, "verdict": "pending", "regime": regime,
+            "measured": {}, "ours": None, "context": []}
+
+
 def stability_claim(out: Path) -> dict:
     rows = _load(out, "backlog", "stability.csv")
     paper = "queue stability guaranteed under stochastic workloads"
     if rows is None:
-        return {"key": "stability", "paper": paper, "verdict": "pending",
-                "regime": "needs figure 4 (backlog)", "measured": {}, "ours": None,
-                "context": []}
+        return _pending("stability", paper, "needs figure 4 (backlog)")
     ours = _ours(rows)
+    clairvoyant = {n for n in registry.names() if registry.get(n).clairvoyant}
     measured, holds = {}, {}
     for kind in dict.fromkeys(r["arrivals"] for r in rows):
         def cap(p, kind=kind):
@@ -267,7 +271,7 @@ def stability_claim(out: Path) -> dict:
         caps = {p: cap(p) for p in dict.fromkeys(r["policy"] for r in rows)}
         measured[kind] = {"text": "largest stable rate (requests/slot): " + ", ".join(
             f"{p} {c:g}" for p, c in caps.items()), "caps": caps}
-        best = max(v for k, v in caps.items() if k != "oracle")
+        best = max(v for k, v in caps.items() if k not in clairvoyant)
         holds[(kind,)] = "holds" if caps.get(ours, 0) >= best else "fails"
     verdict, regime = _verdict(holds)
     return {"key": "stability", "paper": paper, "ours": ours, "measured": measured,
@@ -281,9 +285,7 @@ def robustness_claim(out: Path) -> dict:
     rows = _load(out, "robustness", "robustness.csv")
     paper = "robust to communication failures (partition checkpoints, exponential backoff)"
     if rows is None:
-        return {"key": "robustness", "paper": paper, "verdict": "pending",
-                "regime": "needs figure 9 (robustness)", "measured": {}, "ours": None,
-                "context": []}
+        return _pending("robustness", paper, "needs figure 9 (robustness)")
     measured, holds = {}, {}
     for q in sorted({r["outage_frac"] for r in rows}):
         if q == 0:

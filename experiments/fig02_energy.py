@@ -7,33 +7,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from costmodel.strategies import STRATEGIES
+from experiments import sweeps
 from experiments.catalog import Experiment
 from experiments.plotting import panel_bars, strategy_series
-from experiments.sweeps import (
-    FULL_POINT,
-    QUICK_POINT,
-    TUNED,
-    PointConfig,
-    point_rows,
-    read_lowest_bandwidth,
-    write_table,
-)
 
 NAME = "energy"
 
 
-def run(cfg: PointConfig, out_dir: Path, progress) -> None:
-    rows = point_rows(cfg, progress) + [r for r in point_rows(cfg, progress, "energy")
-                                        if r["strategy"] in TUNED]
-    write_table(out_dir, "energy.csv", rows, cfg, NAME)
+def run(cfg: sweeps.PointConfig, out_dir: Path, progress) -> None:
+    rows = sweeps.point_rows(cfg, progress) + [
+        r for r in sweeps.point_rows(cfg, progress, "energy") if r["strategy"] in sweeps.TUNED]
+    sweeps.write_table(out_dir, "energy.csv", rows, cfg, NAME)
 
 
 SERIES = (strategy_series(STRATEGIES, "latency")
-          + strategy_series(TUNED, "energy", " (energy-optimal)", "///"))
+          + strategy_series(sweeps.TUNED, "energy", " (energy-optimal)", "///"))
 
 
 def plot(run_dir: Path) -> list[Path]:
-    rows, bw = read_lowest_bandwidth(run_dir, "energy.csv")
+    rows, bw = sweeps.read_lowest_bandwidth(run_dir, "energy.csv")
     return [panel_bars(rows, "energy_j", "edge energy per request (J)",
                        f"Edge energy per request at {bw:g} Mbit/s (prompt 128, 32 new tokens)",
                        Path(run_dir) / "energy.png", SERIES, log=True,
@@ -42,4 +34,4 @@ def plot(run_dir: Path) -> list[Path]:
 
 
 EXPERIMENT = Experiment(NAME, 2, "Edge energy per request per strategy and device",
-                        QUICK_POINT, FULL_POINT, run, plot)
+                        sweeps.QUICK_POINT, sweeps.FULL_POINT, run, plot)

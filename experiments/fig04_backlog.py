@@ -12,19 +12,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from experiments import sim
 from experiments.catalog import Experiment
 from experiments.conditions import Condition, condition
 from experiments.plotting import DEVICE_LABEL, MODEL_LABEL, finish, log_axis, policy_line, pyplot
-from experiments.sim import (
-    BURST,
-    norway_trace,
-    policy,
-    rollouts,
-    seed_keys,
-    slot_policies,
-    slot_scenario,
-    stack,
-)
 from experiments.tables import read_config, read_rows, write_config, write_rows
 
 NAME = "backlog"
@@ -41,7 +32,7 @@ class Config:
     model: str = "llama-7b"
     device: str = "orin-nx"
     condition: str = "dc-contended"
-    policies: tuple[str, ...] = dataclasses.field(default_factory=slot_policies)
+    policies: tuple[str, ...] = dataclasses.field(default_factory=sim.slot_policies)
     rates: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
     show_rate: float = 0.4
     V: float = 10.0
@@ -58,16 +49,16 @@ FULL = Config(seeds=5)
 def run(cfg: Config, out_dir: Path, progress) -> None:
     from lyapunov import simulate
 
-    trace = norway_trace(out_dir)
+    trace = sim.norway_trace(out_dir)
     cond = condition(cfg.condition)
     combos = [(k, r) for k in KINDS for r in cfg.rates]
-    built = [slot_scenario(cfg.model, cfg.device, cond, trace, rate=r, arrival_kind=k,
+    built = [sim.slot_scenario(cfg.model, cfg.device, cond, trace, rate=r, arrival_kind=k,
                            V=cfg.V, tau_s=cfg.tau_s).build() for k, r in combos]
-    batch = stack([b for b in built for _ in range(cfg.seeds)])
-    keys = jax.numpy.tile(seed_keys(cfg.seeds), (len(combos), 1))
+    batch = sim.stack([b for b in built for _ in range(cfg.seeds)])
+    keys = jax.numpy.tile(sim.seed_keys(cfg.seeds), (len(combos), 1))
     rows, traj = [], {}
     for pname in progress(cfg.policies, desc="policies", total=len(cfg.policies)):
-        info, _ = rollouts(policy(pname), batch, cfg.n_slots, keys)
+        info, _ = sim.rollouts(sim.policy(pname), batch, cfg.n_slots, keys)
         for i, (kind, rate) in enumerate(combos):
             q = info.backlog[i * cfg.seeds:(i + 1) * cfg.seeds]
             traj[f"{kind}|{rate:g}|{pname}"] = q.astype(np.float32)
@@ -84,7 +75,7 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     write_rows(out_dir / "stability.csv", rows)
     np.savez_compressed(out_dir / "backlog_traces.npz", **traj)
     write_config(out_dir, cfg, experiment=NAME, condition=dataclasses.asdict(cond),
-                 burst={"p_lo_to_hi": BURST[0], "p_hi_to_lo": BURST[1], "ratio": BURST[2]})
+                 burst=dict(zip(("p_lo_to_hi", "p_hi_to_lo", "ratio"), sim.BURST, strict=True)))
 
 
 def plot(run_dir: Path) -> list[Path]:

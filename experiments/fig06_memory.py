@@ -9,28 +9,21 @@ import numpy as np
 
 from costmodel.profiles import get_profile
 from costmodel.strategies import STRATEGIES
+from experiments import sweeps
 from experiments.catalog import Experiment
 from experiments.plotting import panel_bars, strategy_series
-from experiments.sweeps import (
-    FULL_POINT,
-    QUICK_POINT,
-    PointConfig,
-    point_rows,
-    read_lowest_bandwidth,
-    write_table,
-)
 
 NAME = "memory"
 
 
-def run(cfg: PointConfig, out_dir: Path, progress) -> None:
+def run(cfg: sweeps.PointConfig, out_dir: Path, progress) -> None:
     rows = [dict(r, budget_gb=get_profile(r["device"]).mem_budget_gb)
-            for r in point_rows(cfg, progress)]
-    write_table(out_dir, "memory.csv", rows, cfg, NAME)
+            for r in sweeps.point_rows(cfg, progress)]
+    sweeps.write_table(out_dir, "memory.csv", rows, cfg, NAME)
 
 
 def plot(run_dir: Path) -> list[Path]:
-    rows, bw = read_lowest_bandwidth(run_dir, "memory.csv")
+    rows, bw = sweeps.read_lowest_bandwidth(run_dir, "memory.csv")
     # Memory is shown even where it exceeds the budget (that is the point of the figure).
     rows = [dict(r, feasible=1) for r in rows]
     budgets = {r["device"]: r["budget_gb"] for r in rows}
@@ -48,5 +41,5 @@ def plot(run_dir: Path) -> list[Path]:
                             "x = no edge memory (cloud-only or all layers on the cloud).")]
 
 
-EXPERIMENT = Experiment(NAME, 6, "Edge memory per model x device vs budget", QUICK_POINT,
-                        FULL_POINT, run, plot)
+EXPERIMENT = Experiment(NAME, 6, "Edge memory per model x device vs budget",
+                        sweeps.QUICK_POINT, sweeps.FULL_POINT, run, plot)

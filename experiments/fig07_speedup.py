@@ -5,24 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from experiments import sweeps
 from experiments.catalog import Experiment
 from experiments.plotting import panel_bars, strategy_series
-from experiments.sweeps import (
-    FULL_POINT,
-    QUICK_POINT,
-    PointConfig,
-    point_rows,
-    read_lowest_bandwidth,
-    write_table,
-)
 from experiments.tables import by_key
 
 NAME = "speedup"
 KEYS = ("model", "device", "condition", "bw_mbps")
 
 
-def run(cfg: PointConfig, out_dir: Path, progress) -> None:
-    rows = point_rows(cfg, progress)
+def run(cfg: sweeps.PointConfig, out_dir: Path, progress) -> None:
+    rows = sweeps.point_rows(cfg, progress)
     cloud = by_key([r for r in rows if r["strategy"] == "cloud-only"], *KEYS)
     out = []
     for r in rows:
@@ -32,11 +25,11 @@ def run(cfg: PointConfig, out_dir: Path, progress) -> None:
                                       "latency_s", "feasible")}
                    | {"cloud_only_latency_s": c["latency_s"],
                       "speedup": c["latency_s"] / r["latency_s"] if ok else float("nan")})
-    write_table(out_dir, "speedup.csv", out, cfg, NAME)
+    sweeps.write_table(out_dir, "speedup.csv", out, cfg, NAME)
 
 
 def plot(run_dir: Path) -> list[Path]:
-    rows, bw = read_lowest_bandwidth(run_dir, "speedup.csv")
+    rows, bw = sweeps.read_lowest_bandwidth(run_dir, "speedup.csv")
 
     def hline(ax, model, cname, devices):
         ax.axhline(1.0, color="k", lw=0.8, ls=":", label="cloud-only (1x)")
@@ -48,5 +41,5 @@ def plot(run_dir: Path) -> list[Path]:
                        log=True, hline=hline, note="x = infeasible (edge memory budget).")]
 
 
-EXPERIMENT = Experiment(NAME, 7, "Speedup vs cloud-only across models and devices", QUICK_POINT,
-                        FULL_POINT, run, plot)
+EXPERIMENT = Experiment(NAME, 7, "Speedup vs cloud-only across models and devices",
+                        sweeps.QUICK_POINT, sweeps.FULL_POINT, run, plot)

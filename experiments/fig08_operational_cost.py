@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from costmodel.strategies import STRATEGIES
+from experiments import sweeps
 from experiments.catalog import Experiment
 from experiments.conditions import condition
 from experiments.plotting import (
@@ -21,14 +22,6 @@ from experiments.plotting import (
     pyplot,
     strategy_color,
 )
-from experiments.sweeps import (
-    FULL_POINT,
-    QUICK_POINT,
-    PointConfig,
-    point_rows,
-    read_lowest_bandwidth,
-    write_table,
-)
 
 NAME = "operational_cost"
 PLOT_DEVICE = "rpi5"
@@ -37,17 +30,19 @@ METRICS = (("cloud_gpu_s", "cloud GPU-seconds\nper request", 1.0),
            ("cloud_cost", "cloud cost per\nrequest (USD)", 1.0))
 
 
-def run(cfg: PointConfig, out_dir: Path, progress) -> None:
+def run(cfg: sweeps.PointConfig, out_dir: Path, progress) -> None:
     rows = [{k: r[k] for k in ("model", "device", "condition", "cloud", "bw_mbps", "strategy",
                                "cloud_gpu_s", "bytes_up", "bytes_down", "cloud_cost",
                                "latency_s", "feasible")}
-            | {"bytes_total": r["bytes_up"] + r["bytes_down"]} for r in point_rows(cfg, progress)]
-    write_table(out_dir, "operational_cost.csv", rows, cfg, NAME, plot_device=PLOT_DEVICE)
+            | {"bytes_total": r["bytes_up"] + r["bytes_down"]}
+            for r in sweeps.point_rows(cfg, progress)]
+    sweeps.write_table(out_dir, "operational_cost.csv", rows, cfg, NAME,
+                       plot_device=PLOT_DEVICE)
 
 
 def plot(run_dir: Path) -> list[Path]:
     plt = pyplot()
-    rows, bw = read_lowest_bandwidth(run_dir, "operational_cost.csv")
+    rows, bw = sweeps.read_lowest_bandwidth(run_dir, "operational_cost.csv")
     device = PLOT_DEVICE if any(r["device"] == PLOT_DEVICE for r in rows) else rows[0]["device"]
     rows = [r for r in rows if r["device"] == device]
     conds = list(dict.fromkeys(r["condition"] for r in rows))
@@ -78,4 +73,4 @@ def plot(run_dir: Path) -> list[Path]:
 
 
 EXPERIMENT = Experiment(NAME, 8, "Operational cost: cloud GPU-seconds and bytes per request",
-                        QUICK_POINT, FULL_POINT, run, plot)
+                        sweeps.QUICK_POINT, sweeps.FULL_POINT, run, plot)

@@ -11,37 +11,30 @@ from pathlib import Path
 from costmodel.accuracy import accuracy_profile
 from costmodel.cards import get_card
 from costmodel.strategies import STRATEGIES
+from experiments import sweeps
 from experiments.catalog import Experiment
 from experiments.plotting import panel_bars, strategy_series
-from experiments.sweeps import (
-    FULL_POINT,
-    QUICK_POINT,
-    TUNED,
-    PointConfig,
-    point_rows,
-    read_lowest_bandwidth,
-    write_table,
-)
 from lyapunov.policies import JOINT_ACCURACY_S_PER_PCT, JOINT_ENERGY_S_PER_J
 
 NAME = "accuracy"
 
 
-def run(cfg: PointConfig, out_dir: Path, progress) -> None:
+def run(cfg: sweeps.PointConfig, out_dir: Path, progress) -> None:
     sources = {m: accuracy_profile(get_card(m)).source for m in cfg.models}
     rows = [{k: r[k] for k in ("model", "device", "condition", "bw_mbps", "strategy",
                                "accuracy_drop", "n_crossings", "feasible", "objective")}
             | {"accuracy_source": sources[r["model"]]}
-            for r in point_rows(cfg, progress) + [
-                x for x in point_rows(cfg, progress, "joint") if x["strategy"] in TUNED]]
-    write_table(out_dir, "accuracy.csv", rows, cfg, NAME, accuracy_sources=sources)
+            for r in sweeps.point_rows(cfg, progress) + [
+                x for x in sweeps.point_rows(cfg, progress, "joint")
+                if x["strategy"] in sweeps.TUNED]]
+    sweeps.write_table(out_dir, "accuracy.csv", rows, cfg, NAME, accuracy_sources=sources)
 
 
 def plot(run_dir: Path) -> list[Path]:
-    rows, bw = read_lowest_bandwidth(run_dir, "accuracy.csv")
+    rows, bw = sweeps.read_lowest_bandwidth(run_dir, "accuracy.csv")
     sources = sorted({f"{r['model']}: {r['accuracy_source']}" for r in rows})
     series = (strategy_series(STRATEGIES, "latency")
-              + strategy_series(TUNED, "joint", " (joint objective)", "///"))
+              + strategy_series(sweeps.TUNED, "joint", " (joint objective)", "///"))
     return [panel_bars(rows, "accuracy_drop", "perplexity increase (%)",
                        f"Accuracy degradation of each strategy at {bw:g} Mbit/s",
                        Path(run_dir) / "accuracy.png", series, log=False,
@@ -52,5 +45,5 @@ def plot(run_dir: Path) -> list[Path]:
                             + ". No bar: 0%; x: infeasible.")]
 
 
-EXPERIMENT = Experiment(NAME, 11, "Accuracy degradation per strategy", QUICK_POINT, FULL_POINT,
-                        run, plot)
+EXPERIMENT = Experiment(NAME, 11, "Accuracy degradation per strategy", sweeps.QUICK_POINT,
+                        sweeps.FULL_POINT, run, plot)
