@@ -21,6 +21,9 @@ calls cvxpy from Python.
   at every precision; ``costmodel.strategies.best_layer_cut``) of least latency for the
   estimated link, memory-feasible.
 - ``static-cut``: the same, designed once for the stationary mean link.
+- ``neurosurgeon``: Neurosurgeon-style (Kang et al., ASPLOS 2017): the same family, the cut
+  chosen by per-layer latency regressions fitted to a few profiled samples, not the exact
+  model.
 - ``greedy``: minimizes the penalty alone on the estimated link, ignoring the queues.
 
 The solver-based factories (oracle, dp-estimate, dp-joint, greedy) take the options of
@@ -39,9 +42,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from costmodel import partition as P
+from costmodel.costs import TOKEN_BYTES, pass_terms, request_costs, xfer_time
 from costmodel.link import LinkState
 from costmodel.partition import Partition
-from costmodel.strategies import best_layer_cut
+from costmodel.strategies import best_layer_cut, layer_wise_candidates
 from lyapunov import registry
 from lyapunov.env import EnvParams, EnvState, Obs, cost_link
 from lyapunov.oracle import PenaltyWeights, solve_slot
@@ -246,3 +250,85 @@ _register("static-cut", static_cut, "static best cut (mean link)", "#a6761d",
           dict(lw=1.3, ls=":"), "baseline", "the best layer cut for the mean link, fixed")
 _register("greedy", greedy, "greedy penalty-only", "#66a61e", {}, "baseline",
           "penalty minimizer on the last measured link, ignoring the queues")
+
+
+# --- neurosurgeon: a layer cut from fitted per-layer latency models ------------------------
+
+NS_PROFILE_TOKENS = (1.0, 4.0, 16.0, 64.0, 256.0)  # tokens per pass of the profiled samples
+
+
+def fit_layer_latency(spec) -> jnp.ndarray:
+    """float [2, 2]: per-layer latency models ``t(n) = a + b n`` of a pass over ``n`` tokens,
+    row 0 the edge, row 1 the cloud (unloaded, share 1), fitted by least squares in relative
+    error to the cost model's time of one whole layer at ``NS_PROFILE_TOKENS`` (the profiling
+    step of Neurosurgeon, Kang et al., ASPLOS 2017: a regression per layer type from a handful
+    of measurements; here every layer is one type). The fit misses what a two-parameter line
+    cannot hold: the roofline's kink between memory- and compute-bound passes and the KV-cache
+    reads of decoding."""
+    n = jnp.asarray(NS_PROFILE_TOKENS, jnp.float32)
+    unloaded = LinkState(jnp.float32(1.0), jnp.float32(1.0), jnp.float32(0.0), jnp.float32(1.0))
+    ctx = (n + 1.0) / 2.0
+    i32 = jnp.int32
+    edge = pass_terms(i32(P.EDGE), i32(spec.n_heads), i32(P.EDGE), 0, unloaded, spec, n, ctx,
+                      0.0).latency
+    cloud = pass_terms(i32(P.CLOUD), i32(0), i32(P.CLOUD), 0, unloaded, spec, n, ctx,
+                       0.0).latency
+
+    def fit(t):
+        x = jnp.stack([jnp.ones_like(n), n], 1) / t[:, None]
+        return jnp.linalg.lstsq(x, jnp.ones_like(t))[0]
+
+    return jnp.stack([fit(edge), fit(cloud)])
+
+
+def neurosurgeon_latency(coef, cands: Partition, link: LinkState, spec) -> jnp.ndarray:
+    """float [K]: latency the fitted models predict for each layer-wise candidate (a prefill
+    pass over the prompt and one pass per new token): the edge's layers at ``coef[0]``, the
+    cloud's at ``coef[1]`` divided by the cloud share, and per pass one crossing of the cut's
+    activation up and a round trip (the sampled token comes back); for cloud-only the prompt's
+    token ids and one round trip (the new tokens stream back)."""
+    s, t, n_l = spec.prompt_tokens, spec.new_tokens, spec.n_layers
+    n_edge = (cands.ffn == P.EDGE).sum(-1).astype(jnp.float32)
+    per_request = coef[:, 0] * (1.0 + t) + coef[:, 1] * (s + t)  # [side]
+    compute = (n_edge * per_request[0]
+               + (n_l - n_edge) * per_request[1] / jnp.maximum(link.cloud_share, 1e-6))
+    bw_up = link.bw_up_mbps * 1e6 / 8.0
+    rtt = link.rtt_ms * 1e-3
+    act = (s + t) * spec.d_model * spec.act_bytes[cands.act_prec]
+    crossing = jnp.where(cands.embed_edge, (1.0 + t) * rtt + xfer_time(act, bw_up),
+                         rtt + xfer_time(s * TOKEN_BYTES, bw_up))
+    return compute + jnp.where(n_edge < n_l, crossing, 0.0)
+
+
+def neurosurgeon_cut(link: LinkState, params: EnvParams) -> Partition:
+    """The layer-wise candidate of least *predicted* latency (``neurosurgeon_latency``) among
+    the memory-feasible ones; edge-only if none is."""
+    spec = params.spec
+    cands = jax.tree.map(jnp.asarray, layer_wise_candidates(spec, params.precisions))
+    pred = neurosurgeon_latency(fit_layer_latency(spec), cands, link, spec)
+    mem_ok = jax.vmap(request_costs, in_axes=(0, None, None))(cands, link, spec).memory_ok
+    score = jnp.where(mem_ok & jnp.isfinite(pred), pred, jnp.inf)
+    i = jnp.argmin(score)
+    i = jnp.where(jnp.isfinite(score[i]), i, 0)  # candidate 0 is edge-only
+    return jax.tree.map(lambda x: x[i], cands)
+
+
+def neurosurgeon(estimator: str = "last") -> Policy:
+    """Neurosurgeon-style baseline: the layer cut chosen from fitted per-layer latency models
+    (``fit_layer_latency``) for the estimated bandwidth, RTT and cloud share, instead of the
+    exact cost model that best-cut uses. The fit depends on the spec only, so it runs inside
+    ``act`` (pure JAX, five profiled samples per side): the same as profiling once at
+    deployment, and the policy stays jittable and vmappable over scenarios."""
+    _check_estimator(estimator)
+
+    def act(key, obs: Obs, params: EnvParams):
+        del key
+        return neurosurgeon_cut(estimate_link(obs, estimator), params)
+
+    return Policy("neurosurgeon", act)
+
+
+_register("neurosurgeon", neurosurgeon,
+          "Neurosurgeon-style cut (fitted per-layer latency regression)", "#a6cee3",
+          dict(lw=1.3, ls="--"), "baseline",
+          "layer cut of least latency under fitted per-layer regressions (Kang et al. 2017)")
