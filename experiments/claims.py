@@ -216,10 +216,10 @@ def request_level_context(out: Path) -> dict:
     en = _load(out, "energy", "energy.csv")
     if en:
         cuts = []
-        keys = dict.fromkeys((r["model"], r["device"], r["scenario"], r["bw_mbps"]) for r in en)
+        keys = dict.fromkeys((r["model"], r["device"], r["condition"], r["bw_mbps"]) for r in en)
         for k in keys:
             sel = {(r["strategy"], r["objective"]): r for r in en
-                   if (r["model"], r["device"], r["scenario"], r["bw_mbps"]) == k
+                   if (r["model"], r["device"], r["condition"], r["bw_mbps"]) == k
                    and r["feasible"]}
             lw = [sel[s]["energy_j"] for s in (("best-layer-cut", "energy"),
                                                ("cloud-only", "latency"),

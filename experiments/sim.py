@@ -124,14 +124,17 @@ def batched_rollout(pol, params, n_slots: int, keys, vectorize: bool = True,
 
     vectorize: run all B rollouts as one vmapped batch (`batch_size=B`), or one after another
     (`batch_size=None`). The choice depends on the policy. In a batch, `lax.cond` and
-    `lax.switch` become selects that run every branch and a `while_loop` runs until its slowest
-    member ends. For the cheap policies (fixed partitions, best cut) that costs nothing, and for
-    the slot oracle without its memory-resource sweep (`units=0`, as SOLVER_KW) the batch wins:
-    measured on 2 CPU cores, LLaMA-7B / Orin NX, 8 rollouts x 200 slots: 0.31 ms per
-    rollout-slot batched against 7.7 ms one after another (per-iteration overhead is shared by
-    the batch). With the sweep (`units > 0`) the resource DP runs on every bisection step of
-    every slot of every member and the batch loses by far (over 8 minutes against 1.3 s), so
-    a caller that keeps the sweep sets `vectorize=False`.
+    `lax.switch` become selects that run every branch, and a `while_loop` runs until its slowest
+    member ends. For the cheap policies (fixed partitions, best cut) that costs nothing (best-cut:
+    0.028 ms per rollout-slot either way), and for the slot oracle without its memory-resource
+    sweep (`units=0`, as SOLVER_KW) the batch wins because the solver's per-iteration overhead is
+    shared: 1.8 ms per rollout-slot batched against 3.9 ms one after another (0.31 against 7.7 ms
+    in an earlier run on a quieter machine). With the sweep (the default `units`) the resource
+    DP runs on every bisection step of every slot of every member: one after another took
+    6.1 ms per rollout-slot, the batch had not finished after 10 minutes. So a caller that keeps
+    the sweep (`agents.evaluate`) sets `vectorize=False`; the experiments batch. (Measured on
+    this repository's 2 shared CPU cores: LLaMA-7B / Orin NX, 8 rollouts x 200 slots on the
+    Norway traces, second call after compilation.)
     """
     n = int(keys.shape[0])
     return _batched(pol, params, n_slots, keys, n if vectorize else None, shared_params)

@@ -119,7 +119,7 @@ def _fake_trace_run(out, ratios):
 
 
 def test_claims_verdicts_from_a_known_run(tmp_path):
-    from experiments.claims import _state, build_claims, write_claims
+    from experiments.claims import _state, build_claims, request_level_context, write_claims
 
     # Hand-worked states: mean 1.5 +- 0.05 vs a threshold of 1.4 ("ge") holds; 1.42 +- 0.05
     # straddles it; 1.3 +- 0.05 fails. For "le" (at most 1.0): 0.9 +- 0.05 holds.
@@ -139,6 +139,14 @@ def test_claims_verdicts_from_a_known_run(tmp_path):
     assert claims["p95"]["verdict"] == "reproduced"
     assert claims["memory"]["verdict"] == "reproduced"  # 1 GB of 8 GB
     assert claims["stability"]["verdict"] == "pending"
+    # Request-level context from figure 2's table: the head/FFN split's 10 J against the best
+    # layer-wise 12.5 J (the cut; edge-only 20 J) is 1 - 10 / 12.5 = 20% less energy.
+    energy = [{"model": "m", "device": "d", "condition": "c", "bw_mbps": 20.0, "strategy": s,
+               "objective": o, "feasible": 1, "energy_j": e}
+              for s, o, e in (("best-headwise", "energy", 10.0), ("best-layer-cut", "energy", 12.5),
+                              ("edge-only", "latency", 20.0), ("cloud-only", "latency", 30.0))]
+    write_rows(tmp_path / "energy" / "energy.csv", energy)
+    assert "at most 20% less edge energy" in request_level_context(tmp_path)["energy_request_level"]
     md, js = write_claims(tmp_path)
     assert "reproduced under stated conditions" in md.read_text()
     assert json.loads(js.read_text())[0]["key"] == "latency"
