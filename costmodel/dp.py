@@ -4,9 +4,9 @@ Any weighted sum of latency, edge energy, cloud cost, accuracy drop and edge mem
 over layers with the residual stream's side as the only state carried from layer to layer
 (costmodel.costs), plus endpoint terms that depend on the embedding side s0 and the final side
 s_L. For each s0 a two-state Viterbi recursion with an inner minimum over (k_l, f_l) finds the
-exact minimizer in O(L * H) per activation precision (proofs/oracle.md). The edge memory budget
-couples layers; it is relaxed with a multiplier nu (bisection), and the result reports the
-duality gap, zero when the unconstrained minimizer already fits.
+exact minimizer in O(L * H) per activation precision (docs/design.md §4, proofs/oracle.md).
+The edge memory budget couples layers; it is relaxed with a multiplier nu (bisection), and the
+result reports the duality gap, zero when the unconstrained minimizer already fits.
 """
 
 from __future__ import annotations

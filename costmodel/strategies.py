@@ -44,15 +44,6 @@ OBJECTIVES = {"latency": "latency_s", "energy": "energy_j", "cloud_cost": "cloud
 _batched_costs = jax.jit(jax.vmap(request_costs, in_axes=(0, None, None)))
 
 
-def layer_cut_candidates(spec: CostSpec) -> P.Partition:
-    """All single cut points c in [0, L] at every activation precision, embedding on the edge
-    (a batch of (L + 1) * 3 partitions, indexed q * (L + 1) + c). c = L is edge-only. Not the
-    layer-wise family (no cloud-only, cut 0, no privacy floor): see `layer_wise_candidates`."""
-    parts = [P.layer_cut(spec.n_layers, spec.n_heads, c, q)
-             for q in range(len(P.ACT_PRECISIONS)) for c in range(spec.n_layers + 1)]
-    return jax.tree.map(lambda *x: jnp.stack(x), *parts)
-
-
 def layer_wise_candidates(spec: CostSpec, precisions=(0, 1, 2)) -> P.Partition:
     """The layer-wise family as a batch (built in NumPy from the spec's static sizes):
     edge-only, cloud-only when ``spec.privacy_layers == 0``, then every single cut ``c`` in

@@ -1,6 +1,6 @@
 """Exact per-slot oracle: the partition that minimizes the slot's drift-plus-penalty expression.
 
-The slot problem (system-model sections 3-4) for queues ``(Q, Z_E, Z_A, Z_C)``, weight ``V``,
+The slot problem (docs/design.md §3-4) for queues ``(Q, Z_E, Z_A, Z_C)``, weight ``V``,
 slot length ``tau`` and one link state is
 
     min_p  V pen(p) + Q (A - tau / l(p)) + sum_i Z_i (x_i(p) - x_bar_i)
