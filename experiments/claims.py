@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.conditions import Condition
 from experiments.plotting import policy_label
 from experiments.stats import finite_mean_ci
 from experiments.tables import read_rows
@@ -359,7 +360,8 @@ def _md(claims: list[dict], out: Path) -> str:
     cfg3 = Path(out) / "trace_latency" / "config.json"
     if cfg3.exists():
         c3 = json.loads(cfg3.read_text())
-        conds = "; ".join(f"{k} = {v['label']}" for k, v in c3["conditions"].items())
+        conds = "; ".join(f"{k} = {Condition(**v).describe(slot_level=True)}"
+                          for k, v in c3["conditions"].items())
         cc = c3["config"]
         lines += [f"Queue-level runs (figure 3): the four Norway HSDPA traces concatenated "
                   f"(0.6-4.4 Mbit/s), Poisson arrivals {cc['rate']:g} per {cc['tau_s']:g} s "
