@@ -112,32 +112,61 @@ def _finite(row: dict) -> dict:
 
 
 def cmd_serve_cloud(args) -> int:
+    from pathlib import Path
+
     from bridge.blocks import make_executor
-    from bridge.cloud_server import serve_cloud
+    from bridge.cloud_server import ServerConfig, ServerLimits, serve_cloud, setup_logging
     from bridge.wire import read_key_file
 
+    setup_logging()
     key = read_key_file(args.key_file) if args.key_file else None
-    serve_cloud(args.host, args.port, key, make_executor(args.model))
+    if args.model not in ("toy", "smollm2"):
+        m = Path(args.model)
+        if not m.is_file():
+            raise ValueError(f"--model {args.model}: no such model file (expected toy, "
+                             "smollm2, or a .gguf / .safetensors file)")
+    limits = ServerLimits(max_prompt_tokens=args.max_prompt_tokens,
+                          max_new_tokens=args.max_new_tokens,
+                          max_connections=args.max_connections, max_requests=args.max_requests,
+                          idle_timeout_s=args.idle_timeout, read_timeout_s=args.read_timeout)
+    executor = make_executor(args.model)
+    try:
+        serve_cloud(args.host, args.port, key, executor, ServerConfig(limits=limits))
+    except OSError as err:
+        raise ValueError(f"--host {args.host} --port {args.port}: {err.strerror or err}") \
+            from None
     return 0
 
 
 def cmd_run_edge(args) -> int:
     import dataclasses
 
+    from bridge.backoff import BackoffConfig
     from bridge.blocks import make_executor
     from bridge.edge_client import ClientConfig
-    from bridge.edge_run import EdgeConfig, run_edge
+    from bridge.edge_run import EdgeConfig, parse_addr, run_edge
     from bridge.transport import LinkConfig
     from bridge.wire import read_key_file
     from lyapunov.processes import ArrivalConfig
 
+    cloud = parse_addr(args.cloud, resolve=True)
     key = read_key_file(args.key_file) if args.key_file else None
+    b0, c0 = BackoffConfig(), ClientConfig()
+
+    def pick(value, default):
+        return default if value is None else value
+
+    backoff = BackoffConfig(base_s=pick(args.backoff_base, b0.base_s), factor=b0.factor,
+                            cap_s=pick(args.backoff_cap, max(b0.cap_s, args.backoff_base or 0)),
+                            max_retries=pick(args.retries, b0.max_retries), jitter=b0.jitter)
+    client = dataclasses.replace(c0, key=key, timeout_s=pick(args.timeout, c0.timeout_s),
+                                 backoff=backoff)
     cfg = EdgeConfig(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                      arrival=ArrivalConfig(kind="poisson", rate=args.arrival_rate),
                      slot_s=args.slot_s, link=LinkConfig(rtt_ms=args.rtt_ms),
-                     client=dataclasses.replace(ClientConfig(), key=key), seed=args.seed,
-                     precision=args.precision)
-    result = run_edge(args.cloud, args.requests, args.trace, args.policy, cfg,
+                     client=client, seed=args.seed, precision=args.precision,
+                     allow_edge_fallback=args.allow_edge_fallback)
+    result = run_edge(cloud, args.requests, args.trace, args.policy, cfg,
                       executor=make_executor(args.model))
     summary = {k: v for k, v in result.items() if k != "requests"}
     if args.json:
@@ -145,6 +174,14 @@ def cmd_run_edge(args) -> int:
     else:
         for k, v in summary.items():
             print(f"{k:18s} {v}")
+    bad = result["cloud_unusable"]
+    if bad is not None and not args.allow_edge_fallback:
+        why = {"auth": "wrong or missing key", "unreachable": "cloud unreachable",
+               "model_mismatch": "model mismatch"}.get(bad["reason"], bad["reason"])
+        print(f"splitwise run-edge: error: the policy needed the cloud at {args.cloud} and it "
+              f"could never be used ({why}): {' '.join(str(bad['error']).split())}; "
+              "--allow-edge-fallback runs on the edge instead", file=sys.stderr)
+        return 3
     return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1
 
 
@@ -252,11 +289,43 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("rest", nargs=argparse.REMAINDER)
     c.set_defaults(func=cmd_bridge)
 
+    def _bounded(kind, lowest: float, strict: bool):
+        """argparse type: a finite number of ``kind`` above ``lowest``."""
+        import math
+
+        what = f"{'an integer' if kind is int else 'a number'} {'>' if strict else '>='} {lowest:g}"
+
+        def parse(text: str):
+            try:
+                v = kind(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+            if not math.isfinite(v) or (v <= lowest if strict else v < lowest):
+                raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+            return v
+
+        return parse
+
+    _positive_float, _nonneg_int = _bounded(float, 0, True), _bounded(int, 0, False)
+
     c = sub.add_parser("serve-cloud", help="serve the cloud blocks of split requests (threads)")
     c.add_argument("--host", default="127.0.0.1", help="address to bind")
     c.add_argument("--port", type=_port, default=7070, help="TCP port to bind (1-65535)")
     c.add_argument("--key-file", help="shared key file (32+ random bytes, mode 0600)")
     c.add_argument("--model", default="toy", help="toy, smollm2, or a GGUF path")
+    c.add_argument("--max-prompt-tokens", type=_positive_int, default=None,
+                   help="longest prompt a request may have, tokens (default: the model's "
+                        "context)")
+    c.add_argument("--max-new-tokens", type=_positive_int, default=None,
+                   help="most tokens a request may generate (default: the model's context)")
+    c.add_argument("--max-connections", type=_positive_int, default=64,
+                   help="open connections at once (more are refused as busy)")
+    c.add_argument("--max-requests", type=_positive_int, default=256,
+                   help="requests in progress at once (more are told to back off)")
+    c.add_argument("--idle-timeout", type=_positive_float, default=120.0,
+                   help="close a connection silent this long, s")
+    c.add_argument("--read-timeout", type=_positive_float, default=30.0,
+                   help="a frame must arrive within this of its first byte, s")
     c.set_defaults(func=cmd_serve_cloud)
 
     c = sub.add_parser("run-edge", parents=[files],
@@ -279,6 +348,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crossing precision override (default: the policy's)")
     c.add_argument("--seed", type=int, default=0, help="random seed (arrivals, prompts)")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
+    runtime = "default: costmodel.outage.RetryConfig's"
+    c.add_argument("--retries", type=_nonneg_int, default=None,
+                   help=f"retries without progress before a request falls back to the edge "
+                        f"({runtime} max_retries)")
+    c.add_argument("--backoff-base", type=_positive_float, default=None,
+                   help=f"ceiling of the first retry's delay, s ({runtime} base_s)")
+    c.add_argument("--backoff-cap", type=_positive_float, default=None,
+                   help=f"largest retry delay ceiling, s ({runtime} cap_s)")
+    c.add_argument("--timeout", type=_positive_float, default=None,
+                   help=f"wait for the cloud's next frame before retrying, s ({runtime} "
+                        "timeout_s)")
+    c.add_argument("--allow-edge-fallback", action="store_true",
+                   help="when the cloud can never be used (wrong key, unreachable, model "
+                        "mismatch), run every request on the edge and exit 0 instead of "
+                        "failing")
     c.set_defaults(func=cmd_run_edge)
     return ap
 

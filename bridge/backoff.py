@@ -18,6 +18,10 @@ import dataclasses
 import math
 import random
 
+from costmodel.outage import RetryConfig
+
+_RETRY = RetryConfig()  # the runtime's defaults, one source for the runtime and the slot model
+
 
 class BackoffConfigError(ValueError):
     """An invalid backoff configuration; the message names the field."""
@@ -25,7 +29,8 @@ class BackoffConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class BackoffConfig:
-    """Retry policy of the edge client.
+    """Retry policy of the edge client; the defaults are ``costmodel.outage.RetryConfig``'s
+    (the slot model prices a request caught by an outage with the same schedule).
 
     base_s: ceiling of the first retry's delay, seconds (> 0).
     factor: growth of the ceiling per consecutive retry (>= 1).
@@ -34,11 +39,16 @@ class BackoffConfig:
     jitter: "full" (uniform in [0, ceiling]) or "none" (the ceiling).
     """
 
-    base_s: float = 0.05
-    factor: float = 2.0
-    cap_s: float = 1.0
-    max_retries: int = 5
-    jitter: str = "full"
+    base_s: float = _RETRY.base_s
+    factor: float = _RETRY.factor
+    cap_s: float = _RETRY.cap_s
+    max_retries: int = _RETRY.max_retries
+    jitter: str = _RETRY.jitter
+
+    @classmethod
+    def from_retry(cls, retry: RetryConfig) -> BackoffConfig:
+        """The schedule of a ``costmodel.outage.RetryConfig``."""
+        return cls(retry.base_s, retry.factor, retry.cap_s, retry.max_retries, retry.jitter)
 
     def __post_init__(self):
         def number(name: str) -> float:

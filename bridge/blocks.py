@@ -70,11 +70,14 @@ class Executor(abc.ABC):
     """Interface of a model's blocks on one side. Tensors are the executor's own type
     (``from_numpy`` / ``to_numpy`` convert at the crossings); shapes ``[1, T, d]``.
 
-    cfg: the model's ``LlamaConfig``; name: short name (``toy``, ``smollm2``).
+    cfg: the model's ``LlamaConfig``; name: short name (``toy``, ``smollm2``);
+    context_length: longest sequence (prompt + generated tokens) a request may have, tokens
+    (SmolLM2's 8192 by default; the cloud's ``ServerLimits`` derive from it).
     """
 
     cfg: LlamaConfig
     name: str
+    context_length: int = 8192
 
     @abc.abstractmethod
     def fingerprint(self) -> int:
@@ -264,8 +267,10 @@ def toy_weights(cfg: LlamaConfig = TOY_CONFIG, seed: int = 0) -> LlamaWeights:
 
 
 def toy_executor(seed: int = 0, cfg: LlamaConfig = TOY_CONFIG) -> NumpyLlamaExecutor:
-    """The tiny deterministic NumPy model the runtime tests use."""
-    return NumpyLlamaExecutor(cfg, toy_weights(cfg, seed), name="toy")
+    """The tiny deterministic NumPy model the runtime tests use (context: 256 tokens)."""
+    ex = NumpyLlamaExecutor(cfg, toy_weights(cfg, seed), name="toy")
+    ex.context_length = 256
+    return ex
 
 
 class TorchLlamaExecutor(Executor):

@@ -38,7 +38,7 @@ from collections import Counter, deque
 import numpy as np
 
 from bridge import wire
-from bridge.backoff import Backoff, BackoffConfig, Retry
+from bridge.backoff import _RETRY, Backoff, BackoffConfig, Retry
 from bridge.blocks import (
     EDGE,
     TOKEN_OUT,
@@ -52,7 +52,7 @@ from bridge.blocks import (
     request_program,
     run_local,
 )
-from bridge.cloud_server import RETRYABLE, ErrorCode
+from bridge.cloud_server import LEDGER_FIELDS, RETRYABLE, ErrorCode
 from bridge.transport import Connection, ConnectionBroken, LinkConfig, LinkEmulator, LinkTimeout
 from bridge.wire import MsgType
 
@@ -60,44 +60,76 @@ log = logging.getLogger(__name__)
 
 
 class CloudUnavailable(RuntimeError):
-    """The retry budget is spent without progress; the message gives the last reason."""
+    """The retry budget is spent without progress; the message gives the last reason and
+    ``kind`` its class: "unreachable" (no connection), "timeout", "connection_lost", "busy",
+    "state_lost"."""
+
+    def __init__(self, message: str, kind: str = "unreachable"):
+        self.kind = kind
+        super().__init__(message)
 
 
 class CloudRejected(RuntimeError):
-    """The cloud refused the request for good (model mismatch, protocol violation, executor
-    failure)."""
+    """The cloud refused the request for good; ``kind``: "auth" (wrong or missing key),
+    "model_mismatch", "limit" (over the server's limits), "protocol", "cloud_error" (its
+    executor failed), "rejected" (any other protocol violation)."""
+
+    def __init__(self, message: str, kind: str = "rejected"):
+        self.kind = kind
+        super().__init__(message)
+
+
+class _Busy(ConnectionError):
+    """The cloud is at its connection limit (retry after a backoff)."""
+
+
+def _bad_request_kind(text: str) -> str:
+    if "model mismatch" in text:
+        return "model_mismatch"
+    if "ServerLimits" in text or "context" in text:
+        return "limit"
+    return "rejected"
 
 
 @dataclasses.dataclass(frozen=True)
 class ClientConfig:
     """Edge client settings.
 
-    key: shared HMAC key (None: frames unauthenticated).
-    timeout_s: longest wait for the next frame before a retry.
-    connect_timeout_s: TCP connect timeout.
-    backoff: retry schedule and budget.
+    key: shared key (None: sessions unauthenticated).
+    timeout_s: longest wait for the next frame before a retry, s (default: the runtime's
+      ``costmodel.outage.RetryConfig``, shared with the slot model's outage pricing).
+    connect_timeout_s: TCP connect and session handshake timeout, s.
+    backoff: retry schedule and budget (default: ``RetryConfig``'s, via ``bridge.backoff``).
     seed: of the backoff's random generator (the schedule is reproducible).
     edge_mem_budget_bytes: memory the edge may use to finish a request alone (None: no
       limit); a fallback that does not fit fails the request.
     max_frame: largest accepted frame, bytes.
     max_replays: log replays (cloud state lost) per request before giving up.
+    first_contact_retries: retries of a cloud this client has never reached (no session
+      yet: a wrong address fails within a few seconds); once a session was accepted, the
+      full ``backoff`` budget applies (it outlasts a cloud restart).
     """
 
     key: bytes | None = None
-    timeout_s: float = 5.0
+    timeout_s: float = _RETRY.timeout_s
     connect_timeout_s: float = 2.0
     backoff: BackoffConfig = BackoffConfig()
     seed: int = 0
     edge_mem_budget_bytes: float | None = None
     max_frame: int = wire.DEFAULT_MAX_FRAME
     max_replays: int = 8
+    first_contact_retries: int = 3
 
 
 @dataclasses.dataclass
 class RequestResult:
     """How one request ended.
 
-    status: "answered" or "failed"; error: why it failed (or why it fell back).
+    status: "answered" or "failed"; error: why it failed (or why it fell back);
+    fallback_reason: the class of that reason (``CloudRejected.kind`` /
+    ``CloudUnavailable.kind``; None without fallback).
+    ledger: the cloud's execution ledger of the request from the CLOSE reply (dict of
+      ``cloud_server.LEDGER_FIELDS``; None when the edge did not get it).
     tokens / logits: the edge's ``Output`` (logits None where the LM head ran on the cloud).
     fallback_at: number of tokens produced by the split before the edge finished alone
       (None: no fallback). retries: backoff sleeps. latency_s: service time, wall seconds.
@@ -111,8 +143,10 @@ class RequestResult:
     tokens: list[int] = dataclasses.field(default_factory=list)
     logits: list[np.ndarray | None] = dataclasses.field(default_factory=list)
     fallback_at: int | None = None
+    fallback_reason: str | None = None
     retries: int = 0
     latency_s: float = math.nan
+    ledger: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +167,7 @@ class _Session:
                  n_out: int):
         self.client, self.rid, self.rp = client, rid, rp
         open_vec = encode_open(rp, prompt_len, n_out, client.executor.fingerprint())
-        self.log: list[bytes] = [self._encode(MsgType.OPEN, 0, array=open_vec)]
+        self.log: list[wire.Frame] = [wire.make_frame(MsgType.OPEN, rid, 0, array=open_vec)]
         self.sent_upto = 0  # log[:sent_upto] went out on ``sent_conn``
         self.sent_conn: Connection | None = None
         self.acked = -1  # highest seq the cloud acknowledged
@@ -144,14 +178,10 @@ class _Session:
         self.replays = 0
         self.retries = 0
 
-    def _encode(self, mtype: MsgType, seq: int, **kw) -> bytes:
-        return wire.encode_frame(wire.make_frame(mtype, self.rid, seq, **kw),
-                                 self.client.config.key)
-
     def send(self, ev: Send) -> None:
         seq = len(self.log)
-        self.log.append(self._encode(MsgType.STEP, seq, layer=ev.layer, tag=ev.tag,
-                                     array=ev.value, precision=ev.precision))
+        self.log.append(wire.make_frame(MsgType.STEP, self.rid, seq, layer=ev.layer,
+                                        tag=ev.tag, array=ev.value, precision=ev.precision))
         if self.client.conn is None:
             try:
                 self.client.connect()
@@ -174,8 +204,9 @@ class _Session:
         conn = self._adopt()
         if conn is None:
             return
-        for data in self.log[self.sent_upto :]:
-            conn.send(data)
+        for f in self.log[self.sent_upto :]:
+            # A STEP tells the cloud which RESULTs the edge still needs (it frees the rest).
+            conn.send(dataclasses.replace(f, aux=self.next_down) if f.seq else f)
         self.sent_upto = len(self.log)
 
     def recv(self, ev: Recv) -> np.ndarray:
@@ -196,21 +227,22 @@ class _Session:
         """Wait for one frame and handle it; on any failure, back off and resume."""
         conn = self.client.conn
         if conn is not None and conn.broken:
-            self._recover(conn.broken)
+            self._recover(conn.broken, "connection_lost")
             return
         try:
             conn = self.client.connect()
         except OSError as err:
-            self._recover(f"connect failed: {err}")
+            self._recover(f"connect failed: {err}", "busy" if isinstance(err, _Busy)
+                          else "unreachable")
             return
         self._flush()
         try:
             frame = conn.recv(self.client.config.timeout_s)
         except LinkTimeout as err:
-            self._recover(f"timeout: {err}")
+            self._recover(f"timeout: {err}", "timeout")
             return
         except ConnectionBroken as err:
-            self._recover(err.reason)
+            self._recover(err.reason, "connection_lost")
             return
         self._handle(frame)
 
@@ -231,7 +263,8 @@ class _Session:
                 stats["duplicate_results_dropped"] += 1
             else:
                 self.client.drop_connection()
-                self._recover(f"RESULT seq {f.seq} ahead of the expected {self.next_down}")
+                self._recover(f"RESULT seq {f.seq} ahead of the expected {self.next_down}",
+                              "connection_lost")
         elif f.msg_type == MsgType.ACK:
             if f.seq > self.acked:
                 self.acked = f.seq
@@ -243,13 +276,19 @@ class _Session:
             except ValueError:
                 code = ErrorCode.INTERNAL
             if code not in RETRYABLE:
-                raise CloudRejected(f"cloud error {code.name}: {f.text()}")
+                kind = "cloud_error" if code == ErrorCode.INTERNAL else _bad_request_kind(
+                    f.text())
+                raise CloudRejected(f"cloud error {code.name}: {f.text()}", kind)
+            if code == ErrorCode.BUSY:
+                self._recover(f"cloud busy: {f.text()}", "busy")
+                return
             if self.replaying:
                 return  # answers a transmission from before the replay already under way
             self.replays += 1
             stats["replays"] += 1
             if self.replays > self.client.config.max_replays:
-                raise CloudUnavailable(f"cloud lost the request's state {self.replays} times")
+                raise CloudUnavailable(f"cloud lost the request's state {self.replays} times",
+                                       "state_lost")
             log.info("edge: request %d: %s; replaying the log from seq %d", self.rid,
                      f.text(), f.aux)
             self.sent_upto = min(f.aux, len(self.log))
@@ -257,11 +296,16 @@ class _Session:
         else:
             stats["unexpected_frames"] += 1
 
-    def _recover(self, reason: str) -> None:
+    def _recover(self, reason: str, kind: str) -> None:
+        never = self.client.sessions == 0 and kind == "unreachable"
+        if never and self.retries >= self.client.config.first_contact_retries:
+            raise CloudUnavailable(f"the cloud at {self.client.addr[0]}:{self.client.addr[1]} "
+                                   f"was never reachable ({self.retries} retries); last "
+                                   f"failure: {reason}", kind)
         delay = self.backoff.next_delay()
         if delay is None:
             raise CloudUnavailable(f"no progress after {self.client.config.backoff.max_retries}"
-                                   f" retries; last failure: {reason}")
+                                   f" retries; last failure: {reason}", kind)
         retry = self.backoff.history[-1]
         t0 = time.monotonic()
         time.sleep(delay)
@@ -275,11 +319,26 @@ class _Session:
         self.sent_upto = self.acked + 1
         self.replaying = False
 
-    def close(self) -> None:
-        """Tell the cloud to free the request's state (best effort, no wait)."""
+    def close(self) -> dict | None:
+        """Tell the cloud to free the request's state and return its execution ledger from
+        the CLOSE reply (None when no reply came within the timeout; best effort)."""
         conn = self.client.conn
-        if conn is not None and not conn.broken:
-            conn.send(self._encode(MsgType.CLOSE, len(self.log)))
+        if conn is None or conn.broken:
+            return None
+        seq = len(self.log)
+        conn.send(wire.make_frame(MsgType.CLOSE, self.rid, seq))
+        deadline = time.monotonic() + self.client.config.timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                f = conn.recv(left)
+            except (LinkTimeout, ConnectionBroken):
+                return None
+            if (f.msg_type, f.request_id, f.seq) == (MsgType.ACK, self.rid, seq):
+                v = f.array()
+                if v is None or v.dtype != np.int64 or v.shape != (len(LEDGER_FIELDS),):
+                    return None
+                return dict(zip(LEDGER_FIELDS, (int(x) for x in v), strict=True))
+        return None
 
 
 class EdgeClient:
@@ -298,16 +357,29 @@ class EdgeClient:
         self.retry_log: list[RetryRecord] = []
         self.conn: Connection | None = None
         self._client_id = secrets.randbits(39)
+        self.sessions = 0  # sessions the cloud accepted (0: it was never usable)
         self._n = 0
         self.bytes_sent = self.bytes_received = 0
 
     def connect(self) -> Connection:
+        """The live connection, or a new one with a fresh session. ``OSError`` when the
+        cloud cannot be reached (or is busy: retry), ``CloudRejected`` when it refuses the
+        session for good (wrong or missing key, protocol)."""
         if self.conn is not None and not self.conn.broken:
             return self.conn
         self.drop_connection()
-        self.conn = Connection(self.addr, self.link, self.config.key, self.config.max_frame,
-                               self.config.connect_timeout_s)
+        try:
+            self.conn = Connection(self.addr, self.link, self.config.key, self.config.max_frame,
+                                   self.config.connect_timeout_s, self.config.connect_timeout_s)
+        except wire.HandshakeRefused as err:
+            if err.kind == "busy":
+                raise _Busy(err.reason) from None
+            self.stats["sessions_refused"] += 1
+            raise CloudRejected(err.reason, err.kind) from None
+        except wire.WireError as err:
+            raise ConnectionError(f"handshake failed: {err.reason}") from None
         self.stats["connections"] += 1
+        self.sessions += 1
         return self.conn
 
     def drop_connection(self) -> None:
@@ -342,6 +414,7 @@ class EdgeClient:
         res = RequestResult(rid, list(prompt), rp)
         out = Output([], [])
         t0 = time.monotonic()
+        session = None
         try:
             if rp.uses_cloud:
                 session = _Session(self, rid, rp, len(prompt), n_out)
@@ -350,13 +423,14 @@ class EdgeClient:
                                                 prompt, out), session)
                 finally:
                     res.retries = session.retries
-                    session.close()
             else:
                 out, _ = run_local(self.executor, rp, list(prompt), n_out)
             res.status = "answered"
         except (CloudUnavailable, CloudRejected) as err:
             self.stats["fallbacks"] += 1
+            self.stats[f"fallback_{err.kind}"] += 1
             res.fallback_at = len(out.tokens)
+            res.fallback_reason = err.kind
             res.error = f"{type(err).__name__}: {err}"
             log.warning("edge: request %d falls back to the edge after %d tokens: %s", rid,
                         len(out.tokens), err)
@@ -376,6 +450,11 @@ class EdgeClient:
             self.stats["failed"] += 1
         res.tokens, res.logits = out.tokens, out.logits
         res.latency_s = time.monotonic() - t0
+        if session is not None:
+            try:
+                res.ledger = session.close()
+            except Exception:  # the ledger is best effort; the request has ended
+                log.exception("edge: request %d: closing failed", rid)
         return res
 
     def _drive(self, program, session: _Session) -> Output:

@@ -87,6 +87,10 @@ class EdgeConfig:
       policy's ``act_prec``.
     profile_path: device profile of this machine for the predictions.
     seed: arrivals, prompts and backoff jitter.
+    allow_edge_fallback: when the cloud was never usable (no session ever accepted: wrong
+      key, unreachable, model mismatch) and the policy needed it, keep running every request
+      on the edge; False: stop after the first such request and report why
+      (``cloud_unusable`` in the summary).
     """
 
     prompt_tokens: int = 16
@@ -98,6 +102,7 @@ class EdgeConfig:
     precision: str | None = None
     profile_path: str = "profiles/local.json"
     seed: int = 0
+    allow_edge_fallback: bool = True
 
 
 def _percentile(xs, q) -> float | None:
@@ -141,19 +146,28 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
     path, or None (unlimited bandwidth). policy: a policy string of the registry
     (``lyapunov.registry``: a name, or ``checkpoint:DIR``; ``bridge.runtime_policy.make_policy``)
     or a function ``Observation -> costmodel Partition``. Returns the JSON-safe summary of
-    ``splitwise run-edge --json`` (keys: answered, failed, lost, duplicated, latency_p50_s,
-    latency_p95_s, predicted_p50_s, predicted_p95_s, bytes_sent, retries, fallbacks and more)
-    with a ``requests`` list of per-request records.
+    ``splitwise run-edge --json`` (keys: submitted, answered, failed, lost, duplicated,
+    latency_p50_s, latency_p95_s, predicted_p50_s, predicted_p95_s, bytes_sent, retries,
+    fallbacks, fallback_reasons, cloud_steps_executed, cloud_unusable and more) with a
+    ``requests`` list of per-request records.
+
+    Accounting: ``lost`` = submitted - answered - failed - not_run, where a request counts as
+    answered or failed only once its ``run_request`` returned an outcome; ``duplicated`` =
+    outcomes recorded twice for one request + cloud steps executed more than once, from the
+    cloud's execution ledger (returned in each CLOSE reply); ``ledger_missing`` counts split
+    requests whose ledger the cloud could not report (its state was lost or the reply did
+    not come). A request's prediction is ``costmodel.outage.with_outage`` of its partition on
+    its slot's link with this client's retry schedule: a partition that crosses a link that
+    is down is priced as the runtime handles it (waits, then the edge).
     """
     from bridge.blocks import make_executor
     from costmodel.accuracy import accuracy_profile
-    from costmodel.costs import request_costs
     from costmodel.link import Workload, make_link
+    from costmodel.outage import RetryConfig, with_outage
     from costmodel.spec import edge_head_order
 
     if isinstance(cloud_addr, str):
-        host, _, port = cloud_addr.rpartition(":")
-        cloud_addr = (host, int(port))
+        cloud_addr = parse_addr(cloud_addr)
     if isinstance(trace, str | Path):
         from lyapunov.traces import load_trace
 
@@ -183,6 +197,12 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
     results: dict[int, RequestResult] = {}
     records: list[dict] = []
     duplicated = 0
+    lost_errors: list[str] = []
+    not_run = 0
+    unusable: dict | None = None
+    cc = config.client
+    wait_s = RetryConfig(cc.timeout_s, cc.backoff.base_s, cc.backoff.factor, cc.backoff.cap_s,
+                         cc.backoff.max_retries, cc.backoff.jitter).expected_wait_s()
     partitions: Counter = Counter()
     queue_: deque[int] = deque()
     nxt = 0
@@ -199,7 +219,7 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
                 - bisect.bisect_left(arrivals, j * config.slot_s))
 
     with EdgeClient(cloud_addr, ex, config.client, link_em) as client:
-        while len(results) < n_req:
+        while len(results) + len(lost_errors) + not_run < n_req:
             now = link_em.emulated_now()
             while nxt < n_req and arrivals[nxt] <= now:
                 queue_.append(nxt)
@@ -229,7 +249,11 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
             bw_slot = bw(s0, s0 + config.slot_s)
             start = link_em.emulated_now()
             sent0, recv0 = client.traffic()
-            res = client.run_request(prompts[i], cur_part, n_out)
+            try:
+                res = client.run_request(prompts[i], cur_part, n_out)
+            except Exception as err:  # no outcome: the request is lost, and counted so
+                lost_errors.append(f"request {i}: {err!r}")
+                continue
             sent1, recv1 = client.traffic()
             if i in results:
                 duplicated += 1
@@ -241,7 +265,8 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
                 cm_spec = spec.replace(act_bytes=spec.act_bytes.at[0].set(4.0))
             lk = make_link(min(bw_slot * config.link.up_ratio, UNLIMITED_MBPS), rtt_ms,
                            min(bw_slot, UNLIMITED_MBPS))
-            pred = float(request_costs(cm, lk, cm_spec).latency_s)
+            caught = with_outage(cm, lk, cm_spec, wait_s)
+            pred = float(caught.costs.latency_s)
             partitions[cur_part.describe()] += 1
             records.append({
                 "index": i, "request_id": res.request_id, "status": res.status,
@@ -250,18 +275,41 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
                 "sojourn_s": start - arrivals[i] + res.latency_s / config.link.time_scale,
                 "predicted_s": pred if math.isfinite(pred) else None,
                 "bw_mbps": bw_slot if math.isfinite(bw_slot) else None,
-                "partition": cur_part.describe(), "retries": res.retries,
-                "fallback_at": res.fallback_at, "tokens": res.tokens,
-                "bytes_sent": sent1 - sent0, "bytes_received": recv1 - recv0})
+                "predicted_caught": bool(caught.caught),
+                "partition": cur_part.describe(), "uses_cloud": cur_part.uses_cloud,
+                "retries": res.retries, "fallback_at": res.fallback_at,
+                "fallback_reason": res.fallback_reason, "ledger": res.ledger,
+                "tokens": res.tokens, "bytes_sent": sent1 - sent0,
+                "bytes_received": recv1 - recv0})
+            if (cur_part.uses_cloud and res.fallback_reason is not None
+                    and client.sessions == 0 and unusable is None):
+                unusable = {"reason": res.fallback_reason, "error": res.error}
+                if not config.allow_edge_fallback:
+                    not_run = n_req - len(results) - len(lost_errors)
         sent, received = client.traffic()
         stats = dict(client.stats)
 
     answered = [r for r in records if r["status"] == "answered"]
+    n_failed = sum(r["status"] == "failed" for r in records)
+    split = [r for r in records if r["uses_cloud"] and r["fallback_at"] is None]
+    ledgers = [r["ledger"] for r in records if r["ledger"] is not None]
+    cloud_dup = sum(lg["duplicated"] for lg in ledgers)
+    reasons = Counter(r["fallback_reason"] for r in records if r["fallback_reason"])
+    if unusable is not None and client.sessions > 0:
+        unusable = None  # the cloud was used later in the run
     return {
+        "submitted": n_req,
         "answered": len(answered),
-        "failed": sum(r["status"] == "failed" for r in records),
-        "lost": n_req - len(results),
-        "duplicated": duplicated,
+        "failed": n_failed,
+        "not_run": not_run,
+        "lost": n_req - len(answered) - n_failed - not_run,
+        "lost_errors": lost_errors,
+        "duplicated": duplicated + cloud_dup,
+        "cloud_steps_executed": sum(lg["executed"] for lg in ledgers),
+        "cloud_steps_duplicated": cloud_dup,
+        "ledger_missing": sum(r["ledger"] is None or not r["ledger"]["held"] for r in split),
+        "cloud_sessions": client.sessions,
+        "cloud_unusable": unusable,
         "latency_p50_s": _percentile([r["latency_s"] for r in answered], 50),
         "latency_p95_s": _percentile([r["latency_s"] for r in answered], 95),
         "predicted_p50_s": _percentile([r["predicted_s"] for r in answered], 50),
@@ -272,6 +320,8 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
         "bytes_received": received,
         "retries": stats.get("retries", 0),
         "fallbacks": stats.get("fallbacks", 0),
+        "fallback_reasons": dict(reasons),
+        "predicted_caught": sum(r["predicted_caught"] for r in records),
         "replays": stats.get("replays", 0),
         "connections": stats.get("connections", 0),
         "duplicate_results_dropped": stats.get("duplicate_results_dropped", 0),
@@ -288,9 +338,20 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
     }
 
 
-def parse_addr(text: str) -> tuple[str, int]:
-    """"host:port" -> (host, port)."""
+def parse_addr(text: str, resolve: bool = False) -> tuple[str, int]:
+    """"host:port" -> (host, port); ``ValueError`` naming ``--cloud`` when it is not
+    HOST:PORT with a port 1-65535 (or, with ``resolve``, when the host does not resolve)."""
+    import socket
+
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    if not sep or not host:
+        raise ValueError(f"--cloud: expected HOST:PORT, got {text!r}")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"--cloud: port must be a number 1-65535, got {port!r} in {text!r}")
+    if resolve:
+        try:
+            socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except OSError as err:
+            raise ValueError(f"--cloud: cannot resolve host {host!r} ({err.strerror or err})") \
+                from None
     return host, int(port)

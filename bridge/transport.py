@@ -204,7 +204,10 @@ class ConnectionBroken(ConnectionError):
 class Connection:
     """One TCP connection from the edge to the cloud through a ``LinkEmulator``.
 
-    ``send(data)`` hands encoded frame bytes to the uplink (written at their delivery time by
+    The constructor connects and runs the session handshake (``bridge.wire.client_handshake``:
+    ``HandshakeRefused`` when the cloud refuses the session, e.g. a wrong key); frames are
+    then encoded and decoded with the session's ``wire.Channel``.
+    ``send(frame)`` encodes a frame and hands its bytes to the uplink (written at their delivery time by
     a sender thread, or at once when already due); ``recv(timeout)`` returns the next decoded
     frame once the downlink delivers it (a reader thread stamps each frame's arrival). Over a
     transparent link (no trace, no RTT) there are no threads: frames are written and read in
@@ -214,11 +217,18 @@ class Connection:
     """
 
     def __init__(self, addr: tuple[str, int], link: LinkEmulator, key: bytes | None = None,
-                 max_frame: int = wire.DEFAULT_MAX_FRAME, connect_timeout_s: float = 2.0):
+                 max_frame: int = wire.DEFAULT_MAX_FRAME, connect_timeout_s: float = 2.0,
+                 handshake_timeout_s: float = 5.0):
         self.link, self.key, self.max_frame = link, key, max_frame
         self.sock = socket.create_connection(addr, timeout=connect_timeout_s)
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.channel = wire.client_handshake(self.sock, key, handshake_timeout_s)
+        except BaseException:
+            self.sock.close()
+            raise
         self.sock.settimeout(None)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._send_lock = threading.Lock()
         self.bytes_sent = self.bytes_received = 0
         self._inbox: queue.Queue = queue.Queue()
         self._held = None
@@ -243,7 +253,7 @@ class Connection:
     def _read_loop(self) -> None:
         while not self.closed.is_set():
             try:
-                frame, n = wire.read_frame(self.sock, self.key, self.max_frame)
+                frame, n = self.channel.read(self.sock, self.max_frame)
             except wire.WireError as err:
                 log.warning("edge: rejected frame from the cloud: %s", err.reason)
                 self._fail(f"rejected frame: {err.reason}")
@@ -279,14 +289,20 @@ class Connection:
                 self._outbox.pop(0)
             self._write(data)
 
-    def send(self, data: bytes) -> None:
-        """Hand one encoded frame to the uplink (counted in ``bytes_sent``)."""
+    def send(self, frame: wire.Frame) -> None:
+        """Encode one frame for this session and hand it to the uplink (counted in
+        ``bytes_sent``)."""
         if self.broken or self.closed.is_set():
             return
-        self.bytes_sent += len(data)
-        if self.direct:
-            self._write(data)
-            return
+        with self._send_lock:  # the session's counter order is the wire order
+            data = self.channel.encode(frame)
+            self.bytes_sent += len(data)
+            if self.direct:
+                self._write(data)
+                return
+            self._queue(data)
+
+    def _queue(self, data: bytes) -> None:
         due = self.link.deliver_at(UP, len(data))
         with self._cv:
             if not self._outbox and due <= time.monotonic():
@@ -329,8 +345,8 @@ class Connection:
         end = wire.LENGTH.size + length
         if len(self._buf) < end:
             return None
-        frame = wire.decode_body(bytes(self._buf[: wire.LENGTH.size]),
-                                 bytes(self._buf[wire.LENGTH.size : end]), self.key)
+        frame = self.channel.decode(bytes(self._buf[: wire.LENGTH.size]),
+                                    bytes(self._buf[wire.LENGTH.size : end]))
         del self._buf[:end]
         self.bytes_received += end
         return frame

@@ -3,12 +3,12 @@ Design: ``docs/design.md §5 (protocol, threat model)``.
 
 A frame on the wire is::
 
-    u32 length                      bytes that follow (header + payload + crc + tag)
+    u32 length                      bytes that follow (header + [htag] + payload + crc + [tag])
     header (HEADER, 48 bytes, network byte order)
         4s  magic       b"SPWR"
         B   version     WIRE_VERSION
-        B   msg_type    OPEN, STEP, CLOSE, RESULT, ACK, ERROR (MsgType)
-        B   flags       bit 0: an HMAC-SHA256 tag follows the crc
+        B   msg_type    HELLO, WELCOME, OPEN, STEP, CLOSE, RESULT, ACK, ERROR (MsgType)
+        B   flags       bit 0: the frame is authenticated (htag and tag present)
         B   dtype       tensor dtype code (DType), NONE for no tensor
         Q   request_id
         I   seq         sequence number (see the runtime modules for each direction's meaning)
@@ -18,9 +18,26 @@ A frame on the wire is::
         B   ndim        0..MAX_NDIM
         4I  shape       dims; the ones beyond ndim are 0
         I   payload_len
+    [16 bytes htag = HMAC-SHA256(key, "H" + counter + length + header)[:16]]   when keyed
     payload                          raw tensor bytes (C order, little endian)
     u32 crc32                        zlib.crc32 of header + payload (accidental corruption)
-    [32 bytes HMAC-SHA256(key, length + header + payload + crc)]   when flags bit 0 is set
+    [32 bytes tag = HMAC-SHA256(key, "F" + counter + length + header + htag + payload + crc)]
+
+``key`` is the sending direction's session key and ``counter`` (u64, big endian, never sent)
+the number of frames this direction has carried on the connection before this one, so every
+frame is bound to its session, its direction and its position: a frame replayed, reordered,
+dropped or moved to another connection fails its tag. The header tag lets a receiver check
+the header, and so the message type and the payload size it announces, against a
+per-message-type limit before it buffers the payload (``read_frame``'s ``limits``).
+
+Sessions (``client_handshake`` / ``server_handshake``, ``Channel``): the edge sends ``HELLO``
+with a fresh 32-byte nonce ``nc``, the cloud answers ``WELCOME`` with its own fresh nonce
+``ns`` and ``nc`` echoed; both frames are tagged (counter 0) with handshake keys derived from
+the shared key (HKDF-SHA256, RFC 5869, ``hkdf``). The session keys are
+``HKDF(shared key, salt = nc + ns, info = "splitwise/2 c2s" | "splitwise/2 s2c")``, one per
+direction, and counters continue from 1. A recorded session replayed to a cloud meets a new
+``ns``, so its first replayed frame fails its tag. Without a shared key the same handshake
+runs unauthenticated (nonces only; no protection against an active attacker).
 
 Tensor encodings (``DType``): F32, F16, I8, U8, I32, I64 are the raw numpy dtypes; I4 is
 signed 4-bit integers in ``[-8, 7]`` packed two per byte (low nibble first, a final half-byte
@@ -34,30 +51,38 @@ Every check that fails raises a subclass of :class:`WireError` whose ``reason`` 
 wrong: :class:`OversizedFrame` (length over the limit, checked before the body is read),
 :class:`TruncatedFrame` (the stream ended inside a frame), :class:`MalformedFrame` (bad magic,
 version, type, dtype, shape, lengths or crc), :class:`AuthError` (missing, unexpected or wrong
-HMAC tag; compared with ``hmac.compare_digest``), :class:`OutOfOrderFrame` (a sequence number
+HMAC tag; compared with ``hmac.compare_digest``), :class:`HandshakeRefused` (the peer refused
+the session: wrong or missing key, busy), :class:`OutOfOrderFrame` (a sequence number
 other than the one expected). :class:`PeerClosed` is a clean end of stream between frames.
 Only numpy is needed here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
 import hmac
+import math
+import os
 import socket
+import time
 import struct
 import zlib
 
 import numpy as np
 
 MAGIC = b"SPWR"
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 MAX_NDIM = 4
 HEADER = struct.Struct("!4sBBBBQIIhBB4II")
 LENGTH = struct.Struct("!I")
 CRC = struct.Struct("!I")
 TAG_BYTES = hashlib.sha256().digest_size
+HTAG_BYTES = 16
+COUNTER = struct.Struct("!Q")
+NONCE_BYTES = 32
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 FLAG_HMAC = 0x01
 
@@ -72,6 +97,8 @@ class MsgType(enum.IntEnum):
     RESULT = 4
     ACK = 5
     ERROR = 6
+    HELLO = 7
+    WELCOME = 8
 
 
 class DType(enum.IntEnum):
@@ -126,6 +153,15 @@ class AuthError(WireError):
     """The HMAC tag is missing, unexpected, or does not match the shared key."""
 
 
+class HandshakeRefused(WireError):
+    """The peer refused the session (``kind``: "auth" for a wrong or missing key, "busy" for
+    a server at its connection limit, "version")."""
+
+    def __init__(self, reason: str, kind: str = "auth"):
+        self.kind = kind
+        super().__init__(reason)
+
+
 class OutOfOrderFrame(WireError):
     """A sequence number other than the expected one."""
 
@@ -171,12 +207,18 @@ class Frame:
 
 
 def _rows(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) >= 1 else 1
+    return math.prod(int(s) for s in shape[:-1]) if len(shape) >= 1 else 1
+
+
+def element_count(shape: tuple[int, ...]) -> int:
+    """Elements of ``shape``, in Python integers (no overflow: a shape whose int64 product
+    wraps to 0 still counts its true, huge, size)."""
+    return math.prod(int(s) for s in shape)
 
 
 def payload_size(dtype: DType, shape: tuple[int, ...]) -> int:
-    """Bytes of the payload of a tensor of ``dtype`` and ``shape``."""
-    n = int(np.prod(shape, dtype=np.int64))
+    """Bytes of the payload of a tensor of ``dtype`` and ``shape`` (exact integers)."""
+    n = element_count(shape)
     if dtype == DType.NONE:
         return 0
     if dtype in _RAW:
@@ -270,7 +312,7 @@ def decode_tensor(dtype: DType, shape: tuple[int, ...], payload: bytes) -> np.nd
     if len(payload) != want:
         raise MalformedFrame(f"payload of {len(payload)} bytes, {dtype.name}{list(shape)} "
                              f"needs {want}")
-    n = int(np.prod(shape, dtype=np.int64))
+    n = element_count(shape)
     if dtype in _RAW:
         return np.frombuffer(payload, dtype=_RAW[dtype]).reshape(shape).copy()
     if dtype == DType.I4:
@@ -310,8 +352,16 @@ def make_frame(msg_type: MsgType, request_id: int, seq: int, *, layer: int = -1,
     return Frame(MsgType(msg_type), request_id, seq, layer, tag, aux, dtype, shape, payload)
 
 
-def encode_frame(frame: Frame, key: bytes | None = None) -> bytes:
-    """The bytes of ``frame`` on the wire (with an HMAC-SHA256 tag when ``key`` is given)."""
+def _mac(key: bytes, kind: bytes, counter: int, *parts: bytes) -> bytes:
+    h = hmac.new(key, kind + COUNTER.pack(counter), hashlib.sha256)
+    for p in parts:
+        h.update(p)
+    return h.digest()
+
+
+def encode_frame(frame: Frame, key: bytes | None = None, counter: int = 0) -> bytes:
+    """The bytes of ``frame`` on the wire; with ``key``, authenticated as the ``counter``-th
+    frame of its direction (header tag and frame tag, see the module docstring)."""
     if len(frame.shape) > MAX_NDIM:
         raise ValueError(f"at most {MAX_NDIM} dims")
     if payload_size(frame.dtype, frame.shape) != len(frame.payload):
@@ -320,12 +370,14 @@ def encode_frame(frame: Frame, key: bytes | None = None) -> bytes:
     header = HEADER.pack(MAGIC, WIRE_VERSION, int(frame.msg_type), FLAG_HMAC if key else 0,
                          int(frame.dtype), frame.request_id, frame.seq, frame.aux, frame.layer,
                          frame.tag, len(frame.shape), *dims, len(frame.payload))
-    body = header + frame.payload
-    body += CRC.pack(zlib.crc32(body))
-    length = LENGTH.pack(len(body) + (TAG_BYTES if key else 0))
-    if key:
-        return length + body + hmac.new(key, length + body, hashlib.sha256).digest()
-    return length + body
+    crc = CRC.pack(zlib.crc32(header + frame.payload))
+    if not key:
+        body = header + frame.payload + crc
+        return LENGTH.pack(len(body)) + body
+    length = LENGTH.pack(HEADER.size + HTAG_BYTES + len(frame.payload) + CRC.size + TAG_BYTES)
+    htag = _mac(key, b"H", counter, length, header)[:HTAG_BYTES]
+    tag = _mac(key, b"F", counter, length, header, htag, frame.payload, crc)
+    return length + header + htag + frame.payload + crc + tag
 
 
 def check_length(length: int, max_frame: int = DEFAULT_MAX_FRAME) -> None:
@@ -337,13 +389,41 @@ def check_length(length: int, max_frame: int = DEFAULT_MAX_FRAME) -> None:
                              f"({HEADER.size + CRC.size})")
 
 
-def decode_body(length_bytes: bytes, body: bytes, key: bytes | None = None) -> Frame:
-    """Parse and verify one frame given its length prefix and the ``length`` bytes after it."""
-    (length,) = LENGTH.unpack(length_bytes)
-    if len(body) != length:
-        raise TruncatedFrame(f"frame announced {length} bytes, got {len(body)}")
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """A frame's header, checked (fields consistent, tag verified when keyed)."""
+
+    msg_type: MsgType
+    flags: int
+    dtype: DType
+    request_id: int
+    seq: int
+    aux: int
+    layer: int
+    tag: int
+    shape: tuple[int, ...]
+    payload_len: int
+
+    @property
+    def keyed(self) -> bool:
+        return bool(self.flags & FLAG_HMAC)
+
+
+def peek_flags(header: bytes) -> tuple[int, int]:
+    """(msg_type code, flags) of raw header bytes, unchecked (to pick how to decode them)."""
+    _, _, mtype, flags, *_ = HEADER.unpack(header[: HEADER.size])
+    return mtype, flags
+
+
+def check_header(length: int, length_bytes: bytes, header: bytes, htag: bytes | None,
+                 key: bytes | None, counter: int = 0,
+                 limits: dict | None = None) -> Header:
+    """Parse and check a header before its payload is read: magic, version, flags, the header
+    tag (when ``key``), codes, shape, payload size (exact integers) against ``length``, and
+    ``length`` against ``limits[msg_type]`` (bytes; a type absent from ``limits`` is refused
+    when ``limits`` is given)."""
     magic, version, mtype, flags, dtype, rid, seq, aux, layer, tag, ndim, *rest = HEADER.unpack(
-        body[: HEADER.size])
+        header)
     dims, payload_len = rest[:MAX_NDIM], rest[MAX_NDIM]
     if magic != MAGIC:
         raise MalformedFrame(f"bad magic {magic!r}")
@@ -355,19 +435,12 @@ def decode_body(length_bytes: bytes, body: bytes, key: bytes | None = None) -> F
     if key is not None:
         if not has_tag:
             raise AuthError("frame is not authenticated (no HMAC tag) but a key is configured")
-        mac, tag_got = body[:-TAG_BYTES], body[-TAG_BYTES:]
-        want = hmac.new(key, length_bytes + mac, hashlib.sha256).digest()
-        if not hmac.compare_digest(want, tag_got):
-            raise AuthError("HMAC tag does not match (wrong key or altered frame)")
-        body = mac
+        want = _mac(key, b"H", counter, length_bytes, header)[:HTAG_BYTES]
+        if htag is None or not hmac.compare_digest(want, htag):
+            raise AuthError("HMAC tag does not match (wrong key, altered, replayed or "
+                            "reordered frame)")
     elif has_tag:
         raise AuthError("frame carries an HMAC tag but no key is configured")
-    expected = HEADER.size + payload_len + CRC.size
-    if len(body) != expected:
-        raise MalformedFrame(f"length field says {len(body)} bytes, header implies {expected}")
-    (crc,) = CRC.unpack(body[-CRC.size :])
-    if zlib.crc32(body[: -CRC.size]) != crc:
-        raise MalformedFrame("crc32 mismatch (corrupted frame)")
     try:
         mtype, dtype = MsgType(mtype), DType(dtype)
     except ValueError as err:
@@ -379,13 +452,48 @@ def decode_body(length_bytes: bytes, body: bytes, key: bytes | None = None) -> F
         raise MalformedFrame("a frame without tensor has a shape")
     if payload_size(dtype, shape) != payload_len:
         raise MalformedFrame(f"payload of {payload_len} bytes does not fit {dtype.name}"
-                             f"{list(shape)}")
-    payload = body[HEADER.size : HEADER.size + payload_len]
-    return Frame(mtype, rid, seq, layer, tag, aux, dtype, shape, payload)
+                             f"{list(shape)} ({element_count(shape)} elements)")
+    expected = HEADER.size + payload_len + CRC.size + (HTAG_BYTES + TAG_BYTES if has_tag else 0)
+    if length != expected:
+        raise MalformedFrame(f"length field says {length} bytes, header implies {expected}")
+    if limits is not None:
+        limit = limits.get(mtype)
+        if limit is None:
+            raise MalformedFrame(f"{mtype.name} is not accepted here")
+        if length > limit:
+            raise OversizedFrame(f"{mtype.name} frame of {length} bytes exceeds the maximum of "
+                                 f"{limit} for that message type")
+    return Header(mtype, flags, dtype, rid, seq, aux, layer, tag, shape, payload_len)
+
+
+def decode_body(length_bytes: bytes, body: bytes, key: bytes | None = None, counter: int = 0,
+                limits: dict | None = None) -> Frame:
+    """Parse and verify one frame given its length prefix and the ``length`` bytes after it."""
+    (length,) = LENGTH.unpack(length_bytes)
+    if len(body) != length:
+        raise TruncatedFrame(f"frame announced {length} bytes, got {len(body)}")
+    header = body[: HEADER.size]
+    _, flags = peek_flags(header)
+    keyed = bool(flags & FLAG_HMAC)
+    htag = body[HEADER.size : HEADER.size + HTAG_BYTES] if keyed else None
+    h = check_header(length, length_bytes, header, htag, key, counter, limits)
+    start = HEADER.size + (HTAG_BYTES if keyed else 0)
+    payload = body[start : start + h.payload_len]
+    crc = body[start + h.payload_len : start + h.payload_len + CRC.size]
+    if key is not None:
+        want = _mac(key, b"F", counter, length_bytes, header, htag, payload, crc)
+        if not hmac.compare_digest(want, body[-TAG_BYTES:]):
+            raise AuthError("HMAC tag does not match (wrong key, altered, replayed or "
+                            "reordered frame)")
+    (crc_v,) = CRC.unpack(crc)
+    if zlib.crc32(header + payload) != crc_v:
+        raise MalformedFrame("crc32 mismatch (corrupted frame)")
+    return Frame(h.msg_type, h.request_id, h.seq, h.layer, h.tag, h.aux, h.dtype, h.shape,
+                 payload)
 
 
 def decode_frame(data: bytes, key: bytes | None = None,
-                 max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
+                 max_frame: int = DEFAULT_MAX_FRAME, counter: int = 0) -> Frame:
     """Decode exactly one complete frame (length prefix included) from ``data``."""
     if len(data) < LENGTH.size:
         raise TruncatedFrame(f"{len(data)} bytes, a frame needs at least the length prefix")
@@ -396,13 +504,29 @@ def decode_frame(data: bytes, key: bytes | None = None,
         raise TruncatedFrame(f"frame announced {length} bytes, got {len(body)}")
     if len(body) > length:
         raise MalformedFrame(f"{len(body) - length} trailing bytes after the frame")
-    return decode_body(data[: LENGTH.size], body, key)
+    return decode_body(data[: LENGTH.size], body, key, counter)
 
 
-def _recv_exact(sock: socket.socket, n: int, at_boundary: bool) -> bytes:
+class SlowFrame(WireError):
+    """A frame's bytes did not all arrive within the read timeout (a slow or stalled sender)."""
+
+
+def _recv_exact(sock: socket.socket, n: int, at_boundary: bool,
+                deadline: float | None = None) -> bytes:
     chunks, got = [], 0
     while got < n:
-        chunk = sock.recv(min(n - got, 1 << 20))
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SlowFrame(f"frame incomplete after the read timeout ({got} of {n} bytes)")
+            sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(min(n - got, 1 << 20))
+        except TimeoutError:
+            if deadline is None:
+                raise
+            raise SlowFrame(f"frame incomplete after the read timeout ({got} of {n} bytes)") \
+                from None
         if not chunk:
             if at_boundary and got == 0:
                 raise PeerClosed("peer closed the connection")
@@ -413,17 +537,206 @@ def _recv_exact(sock: socket.socket, n: int, at_boundary: bool) -> bytes:
 
 
 def read_frame(sock: socket.socket, key: bytes | None = None,
-               max_frame: int = DEFAULT_MAX_FRAME) -> tuple[Frame, int]:
+               max_frame: int = DEFAULT_MAX_FRAME, counter: int = 0,
+               limits: dict | None = None, idle_timeout_s: float | None = None,
+               read_timeout_s: float | None = None) -> tuple[Frame, int]:
     """Read one frame from a blocking socket; returns (frame, bytes read).
 
-    Raises ``PeerClosed`` on a clean end of stream before the frame, a ``WireError`` on a bad
-    frame, and the socket's own ``OSError`` / ``TimeoutError``.
+    The header is read and checked first (``check_header``: its tag when keyed, the
+    per-type ``limits``), then the payload. With ``idle_timeout_s`` the wait for a frame's
+    first bytes is bounded (``TimeoutError``); with ``read_timeout_s`` the rest of the frame
+    must arrive within that time of its first bytes (``SlowFrame``). Raises ``PeerClosed`` on
+    a clean end of stream before the frame, a ``WireError`` on a bad frame, and the socket's
+    own ``OSError`` / ``TimeoutError``.
     """
-    length_bytes = _recv_exact(sock, LENGTH.size, at_boundary=True)
+    if idle_timeout_s is not None:
+        sock.settimeout(idle_timeout_s)
+    first = _recv_exact(sock, 1, at_boundary=True)
+    deadline = None if read_timeout_s is None else time.monotonic() + read_timeout_s
+    length_bytes = first + _recv_exact(sock, LENGTH.size - 1, False, deadline)
     (length,) = LENGTH.unpack(length_bytes)
     check_length(length, max_frame)
-    body = _recv_exact(sock, length, at_boundary=False)
-    return decode_body(length_bytes, body, key), LENGTH.size + length
+    header = _recv_exact(sock, HEADER.size, False, deadline)
+    _, flags = peek_flags(header)
+    htag = _recv_exact(sock, HTAG_BYTES, False, deadline) if flags & FLAG_HMAC else None
+    check_header(length, length_bytes, header, htag, key, counter, limits)
+    rest = _recv_exact(sock, length - HEADER.size - (len(htag) if htag else 0), False, deadline)
+    body = header + (htag or b"") + rest
+    return decode_body(length_bytes, body, key, counter, limits), LENGTH.size + length
+
+
+# --------------------------------------------------------------------------------------------
+# Sessions: handshake, session keys, per-direction counters
+
+
+def hkdf(ikm: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:
+    """HKDF-SHA256 (RFC 5869): extract ``PRK = HMAC(salt, ikm)``, expand
+    ``T(i) = HMAC(PRK, T(i-1) + info + i)``."""
+    prk = hmac.new(salt or bytes(TAG_BYTES), ikm, hashlib.sha256).digest()
+    out, t, i = b"", b"", 1
+    while len(out) < length:
+        t = hmac.new(prk, t + info + bytes([i]), hashlib.sha256).digest()
+        out += t
+        i += 1
+    return out[:length]
+
+
+def handshake_keys(key: bytes) -> tuple[bytes, bytes]:
+    """(edge -> cloud, cloud -> edge) keys of the HELLO / WELCOME frames."""
+    return (hkdf(key, b"", b"splitwise/2 hello c2s"), hkdf(key, b"", b"splitwise/2 hello s2c"))
+
+
+def session_keys(key: bytes, nonce_edge: bytes, nonce_cloud: bytes) -> tuple[bytes, bytes]:
+    """(edge -> cloud, cloud -> edge) session keys bound to both nonces."""
+    salt = nonce_edge + nonce_cloud
+    return (hkdf(key, salt, b"splitwise/2 c2s"), hkdf(key, salt, b"splitwise/2 s2c"))
+
+
+class Refusal(enum.IntEnum):
+    """The ``tag`` of the unauthenticated ERROR a cloud sends instead of ``WELCOME``."""
+
+    AUTH = 1  # wrong or missing key
+    BUSY = 2  # at its connection limit: retry later
+    PROTOCOL = 3  # not a HELLO, or an unsupported wire version
+
+
+HANDSHAKE_MAX_FRAME = 4096
+HANDSHAKE_LIMITS = {MsgType.HELLO: 512}
+
+
+class Channel:
+    """One connection's session: the key and frame counter of each direction. The owner
+    serializes ``encode`` + write (the counter order is the wire order) and reads in order."""
+
+    def __init__(self, send_key: bytes | None = None, recv_key: bytes | None = None,
+                 send_ctr: int = 1, recv_ctr: int = 1):
+        self.send_key, self.recv_key = send_key, recv_key
+        self.send_ctr, self.recv_ctr = send_ctr, recv_ctr
+
+    @property
+    def keyed(self) -> bool:
+        return self.send_key is not None
+
+    def encode(self, frame: Frame) -> bytes:
+        data = encode_frame(frame, self.send_key, self.send_ctr)
+        self.send_ctr += 1
+        return data
+
+    def decode(self, length_bytes: bytes, body: bytes, limits: dict | None = None) -> Frame:
+        frame = decode_body(length_bytes, body, self.recv_key, self.recv_ctr, limits)
+        self.recv_ctr += 1
+        return frame
+
+    def check_header(self, length: int, length_bytes: bytes, header: bytes,
+                     htag: bytes | None, limits: dict | None = None) -> Header:
+        return check_header(length, length_bytes, header, htag, self.recv_key, self.recv_ctr,
+                            limits)
+
+    def read(self, sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME,
+             limits: dict | None = None, idle_timeout_s: float | None = None,
+             read_timeout_s: float | None = None) -> tuple[Frame, int]:
+        frame, n = read_frame(sock, self.recv_key, max_frame, self.recv_ctr, limits,
+                              idle_timeout_s, read_timeout_s)
+        self.recv_ctr += 1
+        return frame, n
+
+
+def _nonce_frame(mtype: MsgType, data: bytes, aux: int = 0) -> Frame:
+    return make_frame(mtype, 0, 0, aux=aux, array=np.frombuffer(data, np.uint8))
+
+
+def refusal_frame(kind: Refusal, reason: str) -> bytes:
+    """The unauthenticated ERROR a cloud sends instead of ``WELCOME`` (then it closes)."""
+    return encode_frame(make_frame(MsgType.ERROR, 0, 0, tag=int(kind), text=reason))
+
+
+def _read_raw(sock: socket.socket, max_frame: int, deadline: float) -> tuple[bytes, bytes]:
+    length_bytes = _recv_exact(sock, LENGTH.size, True, deadline)
+    (length,) = LENGTH.unpack(length_bytes)
+    check_length(length, max_frame)
+    return length_bytes, _recv_exact(sock, length, False, deadline)
+
+
+def client_handshake(sock: socket.socket, key: bytes | None, timeout_s: float) -> Channel:
+    """The edge's side: send HELLO, check WELCOME; the session's ``Channel``. Raises
+    ``HandshakeRefused`` (the cloud said no, or its WELCOME fails authentication),
+    ``WireError``, ``OSError``."""
+    nonce = os.urandom(NONCE_BYTES)
+    hs_up, hs_down = handshake_keys(key) if key else (None, None)
+    sock.sendall(encode_frame(_nonce_frame(MsgType.HELLO, nonce, aux=1 if key else 0), hs_up, 0))
+    deadline = time.monotonic() + timeout_s
+    try:
+        length_bytes, body = _read_raw(sock, HANDSHAKE_MAX_FRAME, deadline)
+    except SlowFrame:
+        raise TimeoutError(f"no WELCOME from the cloud within {timeout_s:.3g} s") from None
+    except PeerClosed:
+        raise ConnectionResetError("the cloud closed the connection during the handshake") \
+            from None
+    mtype, flags = peek_flags(body[: HEADER.size])
+    if mtype == MsgType.ERROR and not flags & FLAG_HMAC:
+        f = decode_body(length_bytes, body, None)
+        kind = {int(Refusal.BUSY): "busy", int(Refusal.PROTOCOL): "protocol"}.get(f.tag, "auth")
+        raise HandshakeRefused(f"the cloud refused the session: {f.text()}", kind)
+    if key is None and flags & FLAG_HMAC:
+        raise HandshakeRefused("the cloud authenticates its frames and the edge has no key "
+                               "(give both the same --key-file)", "auth")
+    try:
+        f = decode_body(length_bytes, body, hs_down, 0)
+    except AuthError as err:
+        raise HandshakeRefused(f"the cloud's WELCOME fails authentication ({err.reason}): the "
+                               "cloud's key differs from the edge's", "auth") from None
+    got = f.payload
+    if f.msg_type != MsgType.WELCOME or len(got) != 2 * NONCE_BYTES:
+        raise MalformedFrame(f"expected WELCOME with two nonces, got {f.msg_type.name}")
+    ns, echo = got[:NONCE_BYTES], got[NONCE_BYTES:]
+    if not hmac.compare_digest(echo, nonce):
+        raise AuthError("WELCOME echoes another nonce (a replayed or misdirected WELCOME)")
+    if key is None:
+        return Channel()
+    up, down = session_keys(key, nonce, ns)
+    return Channel(up, down)
+
+
+def server_handshake(sock: socket.socket, key: bytes | None, timeout_s: float) -> Channel:
+    """The cloud's side: read HELLO (tagged with the handshake key when ``key``), answer
+    WELCOME with a fresh nonce; the session's ``Channel``. A refused HELLO gets an
+    unauthenticated ERROR (``Refusal``) and raises ``HandshakeRefused``."""
+    deadline = time.monotonic() + timeout_s
+    length_bytes, body = _read_raw(sock, HANDSHAKE_MAX_FRAME, deadline)
+    if len(body) < HEADER.size:
+        raise MalformedFrame(f"frame of {len(body)} bytes is shorter than a header")
+    mtype, flags = peek_flags(body[: HEADER.size])
+
+    def refuse(kind: Refusal, reason: str):
+        with contextlib.suppress(OSError):
+            sock.sendall(refusal_frame(kind, reason))
+        raise HandshakeRefused(reason, kind.name.lower())
+
+    if mtype != MsgType.HELLO:
+        try:
+            decode_body(length_bytes, body, None)  # a version or framing error says so
+        except WireError as err:
+            refuse(Refusal.PROTOCOL, f"expected HELLO: {err.reason}")
+        refuse(Refusal.PROTOCOL, f"expected HELLO, got message type {mtype}")
+    hs_up, hs_down = handshake_keys(key) if key else (None, None)
+    if key is not None and not flags & FLAG_HMAC:
+        refuse(Refusal.AUTH, "this cloud requires a shared key and the edge sent none "
+                             "(run-edge --key-file)")
+    if key is None and flags & FLAG_HMAC:
+        refuse(Refusal.AUTH, "this cloud has no shared key and the edge authenticates "
+                             "(serve-cloud --key-file)")
+    try:
+        f = decode_body(length_bytes, body, hs_up, 0, HANDSHAKE_LIMITS)
+    except AuthError:
+        refuse(Refusal.AUTH, "authentication failed: the edge's key differs from the cloud's")
+    if f.dtype != DType.U8 or len(f.payload) != NONCE_BYTES:
+        refuse(Refusal.PROTOCOL, f"HELLO must carry a {NONCE_BYTES}-byte nonce")
+    nc, ns = f.payload, os.urandom(NONCE_BYTES)
+    sock.sendall(encode_frame(_nonce_frame(MsgType.WELCOME, ns + nc), hs_down, 0))
+    if key is None:
+        return Channel()
+    up, down = session_keys(key, nc, ns)
+    return Channel(down, up)
 
 
 def check_order(expected: int, got: int, what: str = "seq") -> None:
@@ -433,10 +746,31 @@ def check_order(expected: int, got: int, what: str = "seq") -> None:
 
 
 def read_key_file(path) -> bytes:
-    """The shared HMAC key from a file: its bytes with surrounding whitespace stripped (at
-    least 16 bytes, so that a typo'd empty file does not silently disable authentication)."""
-    with open(path, "rb") as fh:
-        key = fh.read().strip()
+    """The shared key from a file: its bytes with surrounding whitespace stripped. Refused
+    (``ValueError`` naming the file) when the file is missing, a directory, empty, shorter
+    than 16 bytes, or readable by anyone but its owner (mode must be 0600 or stricter)."""
+    import stat
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ValueError(f"key file {p}: no such file") from None
+    except OSError as err:
+        raise ValueError(f"key file {p}: cannot read it ({err.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"key file {p}: is a directory, expected a file of 16+ random bytes")
+    if st.st_mode & 0o077:
+        raise ValueError(f"key file {p}: mode {stat.S_IMODE(st.st_mode):04o} lets others read "
+                         f"it; a shared key must be private (chmod 600 {p})")
+    try:
+        key = p.read_bytes().strip()
+    except OSError as err:
+        raise ValueError(f"key file {p}: cannot read it ({err.strerror})") from None
+    if not key:
+        raise ValueError(f"key file {p}: is empty; a shared key needs at least 16 bytes")
     if len(key) < 16:
-        raise ValueError(f"{path}: an HMAC key needs at least 16 bytes, found {len(key)}")
+        raise ValueError(f"key file {p}: a shared key needs at least 16 bytes, found "
+                         f"{len(key)}")
     return key

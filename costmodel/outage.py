@@ -43,6 +43,11 @@ class RetryError(ValueError):
 class RetryConfig:
     """The edge's timeout and backoff schedule (the runtime's defaults; validated).
 
+    The defaults outlast a cloud restart: the ceilings 1, 2, 4, 8, 16, 30, 30, 30, 30 s sum
+    to 151 s, so with full jitter the sleeps before the edge gives up average 75.5 s and fall
+    below 30 s (a SmolLM2 ``serve-cloud`` restart measured on a loaded 2-core machine: 27-30
+    s; the toy model: 6 s) with probability about 0.4%.
+
     timeout_s: wait for an answer before an attempt counts as failed, s (> 0).
     base_s: ceiling of the first retry's delay, s (> 0).
     factor: growth of the ceiling per consecutive retry (>= 1).
@@ -52,10 +57,10 @@ class RetryConfig:
     """
 
     timeout_s: float = 5.0
-    base_s: float = 0.05
+    base_s: float = 1.0
     factor: float = 2.0
-    cap_s: float = 1.0
-    max_retries: int = 5
+    cap_s: float = 30.0
+    max_retries: int = 9
     jitter: str = "full"
 
     def __post_init__(self):

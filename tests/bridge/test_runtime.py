@@ -230,14 +230,15 @@ def test_shaped_connection_delivers_after_rtt_and_serialization():
     with CloudServer(EX) as srv:
         conn = Connection((srv.host, srv.port), link)
         try:
-            # A CLOSE for an unknown request is answered by an ACK at once.
-            f = wire.make_frame(wire.MsgType.CLOSE, 1, 0, text="x" * 12_400)
+            # A STEP for an unknown request is answered by ERROR STATE_LOST at once.
+            f = wire.make_frame(wire.MsgType.STEP, 1, 1, layer=0,
+                                array=np.zeros((1, 100, 31), np.float32), precision="fp32")
             data = wire.encode_frame(f)
             t0 = time.monotonic()
-            conn.send(data)
+            conn.send(f)
             reply = conn.recv(2.0)
             dt = time.monotonic() - t0
-            assert reply.msg_type == wire.MsgType.ACK
+            assert reply.msg_type == wire.MsgType.ERROR
             up = 0.020 + len(data) * 8 / 1e6
             down = 0.020 + len(wire.encode_frame(reply)) * 8 / 1e6
             assert up + down <= dt < up + down + 0.25

@@ -127,8 +127,8 @@ def test_a_request_caught_by_an_outage_pays_the_waits_then_runs_on_the_edge():
     _, _, _, _, info = step(jax.random.PRNGKey(5), state, ACTIONS[0], PARAMS)
     edge = request_costs(ACTIONS[1], cost_link(state.link_t), PARAMS.spec)
     wait = SC.retry.expected_wait_s()
-    # defaults: 6 attempts x 5 s + half of (0.05 + 0.1 + 0.2 + 0.4 + 0.8) = 30.775 s
-    assert math.isclose(wait, 30.775, rel_tol=1e-9)
+    # defaults: 10 attempts x 5 s + half of (1 + 2 + 4 + 8 + 16 + 30 + 30 + 30 + 30) = 125.5 s
+    assert math.isclose(wait, 125.5, rel_tol=1e-9)
     assert bool(info.caught) and bool(info.runnable) and bool(info.feasible)
     assert not bool(info.link_ok) and not bool(info.link_up)
     assert math.isclose(float(info.latency_s), float(edge.latency_s) + wait, rel_tol=1e-5)
