@@ -1,10 +1,8 @@
 """The memory-resource DP against brute force on a tiny card with a binding memory budget."""
 
 import dataclasses
-import itertools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -18,22 +16,13 @@ from costmodel.link import Workload, make_link
 from costmodel.partition import make_partition
 from costmodel.profiles import get_profile
 from costmodel.spec import make_spec
+from tests.partitions import all_partitions
 
 CARD = ModelCard("tiny-mem", n_layers=3, n_heads=2, n_kv_heads=2, d_model=256, d_ff=1024,
                  vocab=512, ffn_type="swiglu", tied_embeddings=True)
 
 
-def all_partitions(card):
-    opts = list(itertools.product(range(card.n_heads + 1), range(3)))
-    for layers in itertools.product(opts, repeat=card.n_layers):
-        for q in range(3):
-            for emb in (True, False):
-                heads, ffn = zip(*layers, strict=True)
-                yield make_partition(heads, ffn, q, emb)
-
-
-PARTS = list(all_partitions(CARD))
-BATCH = jax.tree.map(lambda *x: jnp.stack(x), *PARTS)
+BATCH = all_partitions(CARD.n_layers, CARD.n_heads)
 
 
 def spec_with_budget(fraction):

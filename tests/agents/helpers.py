@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
-
-import jax.numpy as jnp
-import numpy as np
 
 from costmodel.cards import ModelCard
 from costmodel.costs import total_terms
 from costmodel.link import make_link
-from costmodel.partition import Partition
 from costmodel.profiles import get_profile
 from costmodel.spec import make_spec
+from tests.partitions import all_partitions  # noqa: F401  (re-exported for the agent tests)
 
 TINY = ModelCard("tiny-3x2", 3, 2, 2, 256, 1024, 500, "gelu", False)
 
@@ -33,17 +29,3 @@ def tight_spec(card=TINY, frac=0.45, privacy_layers=0, device="rpi5", tied=None)
     budget_gb = frac * full_edge_mem(base) / 1e9
     prof = dataclasses.replace(get_profile(device), name="tight", mem_budget_gb=budget_gb)
     return make_spec(card, prof, privacy_layers=privacy_layers)
-
-
-def all_partitions(n_layers, n_heads):
-    """Every (edge_heads, ffn, act_prec, embed_edge) of a tiny card, stacked (numpy)."""
-    opts = [(k, f) for k in range(n_heads + 1) for f in range(3)]
-    rows = []
-    for layers in itertools.product(opts, repeat=n_layers):
-        for q in range(3):
-            for emb in (True, False):
-                rows.append(([k for k, _ in layers], [f for _, f in layers], q, emb))
-    heads, ffn, q, emb = zip(*rows, strict=True)
-    return Partition(jnp.asarray(np.array(heads), jnp.int32), jnp.asarray(np.array(ffn),
-                                                                            jnp.int32),
-                     jnp.asarray(np.array(q), jnp.int32), jnp.asarray(np.array(emb)))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax.numpy as jnp
 import numpy as np
+import pytest
 from costmodel_reference import Link
 from costmodel_testkit import (
     EDGES,
@@ -27,6 +29,7 @@ from hypothesis import strategies as st
 
 from costmodel.accuracy import accuracy_profile
 from costmodel.cards import get_card
+from costmodel.costs import structure_terms
 from costmodel.link import Workload, make_link
 from costmodel.partition import EDGE, cloud_only, edge_only
 from costmodel.profiles import get_profile
@@ -185,9 +188,19 @@ def test_gqa_split_group_pays_kv_on_both_sides(k, prompt, new):
     spec = make_spec(SMOL, edge, cloud, Workload(prompt, new), 0, random_accuracy(SMOL, 1))
     part = one_partition(([k] * SMOL.n_layers, [EDGE] * SMOL.n_layers, 0, True))
     c = costs_jit(part, make_link(100.0, 1.0), spec)
-    d, dh, g = SMOL.d_model, SMOL.head_dim, SMOL.group_size
-    g_e, g_c = math.ceil(k / g), SMOL.n_kv_heads - k // g
-    assert g_e + g_c == SMOL.n_kv_heads + (k % g != 0)
+    d, dh = SMOL.d_model, SMOL.head_dim
+    # K/V heads per side, hand-worked for 3 query heads per K/V head: the edge holds every
+    # group one of its k heads touches, the cloud every group one of its 9 - k heads touches,
+    # so a split group (k = 1, 2, 4, 5, 7, 8) is held on both sides.
+    g_e = (0, 1, 1, 1, 2, 2, 2, 3, 3, 3)[k]
+    g_c = (3, 3, 3, 2, 2, 2, 1, 1, 1, 0)[k]
+    # The library's edge count, read back from the edge memory of one layer option (weights
+    # (k + g_e) 2 d dh and the FFN at the edge weight precision, KV cache g_e 2 dh (S + T)).
+    wb, kvb = float(spec.edge.weight_bytes), float(spec.edge.kv_bytes)
+    _, mem = structure_terms(jnp.int32(k), jnp.int32(EDGE), spec, 0.0, 0.0)
+    per_group = wb * 2 * d * dh + kvb * 2 * dh * (prompt + new)
+    rest = wb * (k * 2 * d * dh + spec.n_ffn_mats * d * spec.d_ff)
+    assert (float(mem) - rest) / per_group == pytest.approx(g_e, abs=1e-3)
 
     def attn_flops(q_heads, kv_heads):
         # Prefill (n = S, ctx (S+1)/2) plus T decode passes (n = 1, ctx S + (T+1)/2).

@@ -5,7 +5,6 @@ JAX-vs-reference comparison."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +19,7 @@ from costmodel.link import LinkState, Workload
 from costmodel.partition import Partition
 from costmodel.profiles import DeviceProfile, get_profile
 from costmodel.spec import make_spec
+from tests.partitions import all_partitions as _enumerate
 
 # Two tiny cards: grouped-query attention (4 query heads on 2 K/V heads, SwiGLU, untied) and
 # plain multi-head attention (3 heads, GELU, tied embeddings).
@@ -139,13 +139,8 @@ costs_many = jax.jit(jax.vmap(request_costs, in_axes=(0, None, None)))
 
 
 def all_partitions(card: ModelCard) -> Partition:
-    """Every partition of a (tiny) card: (H+1)^L * 3^L head/FFN choices x 3 precisions x 2
-    embedding sides, stacked."""
-    opts = list(itertools.product(range(card.n_heads + 1), range(3)))
-    rows = [(tuple(h for h, _ in layers), tuple(f for _, f in layers), q, emb)
-            for layers in itertools.product(opts, repeat=card.n_layers)
-            for q in range(3) for emb in (True, False)]
-    return partition_batch(rows)
+    """Every partition of a (tiny) card, stacked (``tests/partitions.py``)."""
+    return _enumerate(card.n_layers, card.n_heads)
 
 
 @st.composite

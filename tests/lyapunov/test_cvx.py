@@ -7,7 +7,6 @@ Brute force on a 2-layer, 3-head card (864 partitions) gives the exact minimum o
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import jax
@@ -23,27 +22,17 @@ from costmodel import dp  # noqa: E402
 from costmodel.cards import ModelCard  # noqa: E402
 from costmodel.costs import request_costs  # noqa: E402
 from costmodel.link import LinkState, Workload  # noqa: E402
-from costmodel.partition import Partition  # noqa: E402
 from costmodel.spec import make_spec  # noqa: E402
 from lyapunov.cvx import DVFS, SlotProgram, compare_with_oracle, solve_slot_cvx  # noqa: E402
 from lyapunov.oracle import PenaltyWeights, SlotParams  # noqa: E402
 from lyapunov.queues import Budgets, Queues  # noqa: E402
+from tests.partitions import all_partitions  # noqa: E402
 
 CARD = ModelCard("tiny-2x3", 2, 3, 3, 192, 768, 500, "swiglu", False)
 SPEC = make_spec(CARD, "rpi5", "datacenter", Workload(64, 16))
 
 
-def _all_partitions(n_layers, n_heads) -> Partition:
-    opts = [(k, f) for k in range(n_heads + 1) for f in range(3)]
-    rows = [(c, q, e) for c in itertools.product(opts, repeat=n_layers) for q in range(3)
-            for e in (True, False)]
-    return Partition(jnp.asarray([[o[0] for o in c] for c, _, _ in rows], jnp.int32),
-                     jnp.asarray([[o[1] for o in c] for c, _, _ in rows], jnp.int32),
-                     jnp.asarray([q for _, q, _ in rows], jnp.int32),
-                     jnp.asarray([e for _, _, e in rows]))
-
-
-ALL = _all_partitions(CARD.n_layers, CARD.n_heads)
+ALL = all_partitions(CARD.n_layers, CARD.n_heads)
 _batch = jax.jit(jax.vmap(request_costs, in_axes=(0, None, None)))
 PROGRAMS = {  # built once for the module (the DPP problem is compiled on the first solve)
     "lp": SlotProgram(SPEC, dvfs=DVFS(1.0)),
