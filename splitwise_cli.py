@@ -118,13 +118,13 @@ def cmd_serve_cloud(args) -> int:
     from bridge.cloud_server import ServerConfig, ServerLimits, serve_cloud, setup_logging
     from bridge.wire import read_key_file
 
-    setup_logging()
     key = read_key_file(args.key_file) if args.key_file else None
     if args.model not in ("toy", "smollm2"):
         m = Path(args.model)
         if not m.is_file():
             raise ValueError(f"--model {args.model}: no such model file (expected toy, "
                              "smollm2, or a .gguf / .safetensors file)")
+    setup_logging()
     limits = ServerLimits(max_prompt_tokens=args.max_prompt_tokens,
                           max_new_tokens=args.max_new_tokens,
                           max_connections=args.max_connections, max_requests=args.max_requests,

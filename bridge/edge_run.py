@@ -72,6 +72,9 @@ def executor_card(executor: Executor):
 
 
 
+NEVER_USABLE = ("auth", "unreachable", "model_mismatch", "protocol")  # fallback reasons
+
+
 @dataclasses.dataclass(frozen=True)
 class EdgeConfig:
     """``splitwise run-edge`` settings (one frozen config; the CLI parses it).
@@ -87,8 +90,9 @@ class EdgeConfig:
       policy's ``act_prec``.
     profile_path: device profile of this machine for the predictions.
     seed: arrivals, prompts and backoff jitter.
-    allow_edge_fallback: when the cloud was never usable (no session ever accepted: wrong
-      key, unreachable, model mismatch) and the policy needed it, keep running every request
+    allow_edge_fallback: when the cloud was never usable (no request served by it, and one
+      fell back for a reason of ``NEVER_USABLE``: wrong or missing key, unreachable, model
+      mismatch, protocol) and the policy needed it, keep running every request
       on the edge; False: stop after the first such request and report why
       (``cloud_unusable`` in the summary).
     """
@@ -198,7 +202,7 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
     records: list[dict] = []
     duplicated = 0
     lost_errors: list[str] = []
-    not_run = 0
+    not_run = served = 0
     unusable: dict | None = None
     cc = config.client
     wait_s = RetryConfig(cc.timeout_s, cc.backoff.base_s, cc.backoff.factor, cc.backoff.cap_s,
@@ -281,8 +285,9 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
                 "fallback_reason": res.fallback_reason, "ledger": res.ledger,
                 "tokens": res.tokens, "bytes_sent": sent1 - sent0,
                 "bytes_received": recv1 - recv0})
-            if (cur_part.uses_cloud and res.fallback_reason is not None
-                    and client.sessions == 0 and unusable is None):
+            served += cur_part.uses_cloud and res.fallback_at is None
+            if (cur_part.uses_cloud and res.fallback_reason in NEVER_USABLE and not served
+                    and unusable is None):
                 unusable = {"reason": res.fallback_reason, "error": res.error}
                 if not config.allow_edge_fallback:
                     not_run = n_req - len(results) - len(lost_errors)
@@ -295,7 +300,7 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
     ledgers = [r["ledger"] for r in records if r["ledger"] is not None]
     cloud_dup = sum(lg["duplicated"] for lg in ledgers)
     reasons = Counter(r["fallback_reason"] for r in records if r["fallback_reason"])
-    if unusable is not None and client.sessions > 0:
+    if unusable is not None and served:
         unusable = None  # the cloud was used later in the run
     return {
         "submitted": n_req,

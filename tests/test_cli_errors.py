@@ -45,6 +45,16 @@ CASES = [
     ([*SIM, "--policy", "no-such-policy"], "no-such-policy"),
     ([*SIM, "--policy", "checkpoint:{tmp}/nonexistent"], "nonexistent"),
     ([*SIM, "--policy", "checkpoint:{tmp}/ckpt"], "ckpt"),
+    (["run-edge", "--cloud", "nohost"], "--cloud"),
+    (["run-edge", "--cloud", "host:abc"], "--cloud"),
+    (["run-edge", "--cloud", "no-such-host.invalid:7070"], "--cloud"),
+    (["run-edge", "--cloud", "127.0.0.1:7070", "--key-file", "{tmp}/nothere.key"], "nothere.key"),
+    (["run-edge", "--cloud", "127.0.0.1:7070", "--key-file", "{tmp}/empty.txt"], "empty.txt"),
+    (["run-edge", "--cloud", "127.0.0.1:7070", "--key-file", "{tmp}/dir"], "dir"),
+    (["run-edge", "--cloud", "127.0.0.1:7070", "--retries", "-1"], "--retries"),
+    (["run-edge", "--cloud", "127.0.0.1:7070", "--timeout", "0"], "--timeout"),
+    (["serve-cloud", "--model", "{tmp}/nothere.gguf"], "nothere.gguf"),
+    (["serve-cloud", "--key-file", "{tmp}/words.txt"], "words.txt"),
 ]
 
 
