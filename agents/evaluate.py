@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import functools
 import itertools
 import json
 import sys
@@ -109,26 +108,18 @@ def decision_time(policy, params, x, repeats: int = 20) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def _seed_rollouts(policy, params, n_slots: int, keys):
-    from lyapunov.simulate import rollout
-
-    return jax.lax.map(lambda k: rollout(policy, params, n_slots, k), keys)
-
-
 def run_policy(policy, params, n_slots: int, seeds: Sequence[int]) -> list[dict]:
     """Metrics of `policy` on `params` for each seed (one dict per seed, simulate's keys)."""
     from lyapunov import env as E
-    from lyapunov.simulate import simulate, summarize
+    from lyapunov.simulate import batched_rollout, simulate, summarize
 
     if not policy.jittable:
         return [simulate(policy, params, n_slots, seed=int(s)) for s in seeds]
     keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
-    # Seeds one after another (lax.map), not vmapped: under vmap the solvers' lax.switch and
-    # lax.cond become selects that run every branch (the oracle's memory-resource sweep on
-    # every iteration), and a batched while loop runs until its slowest member ends: 60x
-    # slower per slot for the oracle on GPT-2 XL than the batch-1 decision time.
-    info, _, state = jax.block_until_ready(_seed_rollouts(policy, params, n_slots, keys))
+    # One seed after another: the solvers keep their memory sweep here (batched_rollout's
+    # docstring says why a batch would be slower).
+    info, _, state = jax.block_until_ready(
+        batched_rollout(policy, params, n_slots, keys, vectorize=False, shared_params=True))
     last = jax.tree.map(lambda v: v[0], state)
     dt = decision_time(policy, params, last if policy.clairvoyant else E.observe(last))
     rows = []
