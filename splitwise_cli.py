@@ -186,7 +186,8 @@ def cmd_run_edge(args) -> int:
 
 
 SIMULATE_KEYS = ("latency_mean_s", "latency_p95_s", "energy_mean_j", "accuracy_drop_mean",
-                 "backlog_mean", "dpp_mean", "decision_time_s", "stable")
+                 "backlog_mean", "dpp_mean", "failure_frac", "caught_frac", "unrunnable_frac",
+                 "decision_time_s", "stable")
 
 
 def cmd_simulate(args) -> int:
@@ -201,6 +202,18 @@ def cmd_simulate(args) -> int:
         return 0
     for k in SIMULATE_KEYS:
         print(f"{k:20s} {res[k]}")
+    return 0
+
+
+def cmd_certify(args) -> int:
+    import agents.policy_loader  # noqa: F401 - registers checkpoint:DIR
+    from agents.train import scenario_from_args
+    from lyapunov.certify import certify, report
+
+    scenario = scenario_from_args(args, args.trace[0] if args.trace else None)
+    cert = certify(args.policy, scenario, n_slots=args.slots, seed=args.seed,
+                   examples=args.examples, n_states=args.states)
+    print(json.dumps(cert.as_dict()) if args.json else report(cert))
     return 0
 
 
@@ -262,6 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="random seed (arrivals, link paths)")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.set_defaults(func=cmd_simulate)
+
+    c = sub.add_parser("certify", parents=[files],
+                       help="estimate a policy's additive DPP gap C and the stability bounds "
+                            "it implies (proofs/performance.md)")
+    agents_train.add_scenario_args(c)
+    c.add_argument("--policy", default="dp-estimate", help=registry.help_text())
+    c.add_argument("--slots", type=_positive_int, default=500,
+                   help="slots of the policy's own rollout (> 0)")
+    c.add_argument("--seed", type=int, default=0, help="random seed (arrivals, link paths)")
+    c.add_argument("--examples", type=int, default=100,
+                   help="hypothesis-drawn states searched for the worst gap (0: skip)")
+    c.add_argument("--states", type=_positive_int, default=64,
+                   help="link states of the reduced linear program for p* and eps")
+    c.add_argument("--json", action="store_true", help="print the certificate as JSON")
+    c.set_defaults(func=cmd_certify)
 
     c = sub.add_parser("train", parents=[files],
                        help="train the hierarchical (or layer-wise) PPO policy")

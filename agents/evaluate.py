@@ -39,8 +39,8 @@ from lyapunov import registry
 
 METRIC_KEYS = ("latency_mean_s", "latency_p95_s", "energy_mean_j", "accuracy_drop_mean",
                "cloud_cost_mean", "backlog_mean", "dpp_mean", "penalty_mean", "service_mean",
-               "arrivals_mean", "infeasible_frac", "decision_time_s", "backlog_growth",
-               "stable")
+               "arrivals_mean", "unrunnable_frac", "caught_frac", "failure_frac",
+               "decision_time_s", "backlog_growth", "stable")
 
 
 def resolve_policy(text: str) -> list:

@@ -162,7 +162,9 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
                              "penalty_mean": float(np.mean(info.penalty[j])),
                              "backlog_mean": float(np.mean(info.backlog[j])),
                              "latency_mean_s": float(np.mean(info.latency_s[j])),
-                             "infeasible_frac": float(1 - np.mean(info.feasible[j])),
+                             "unrunnable_frac": float(1 - np.mean(info.runnable[j])),
+                             "failure_frac": float(np.sum(info.failed[j]) / max(
+                                 np.sum(info.failed[j]) + np.sum(info.service[j]), 1e-12)),
                              "settled": bool(is_rate_stable(info.backlog[j].astype(float),
                                                             cfg.rate)),
                              "penalty_bound": bounds.penalty_bound(k["B"], 0.0, V, k["p_star"]),

@@ -85,8 +85,13 @@ def batched_rollout(pol, params, n_slots: int, keys, vectorize: bool = True,
 def summarize(info, lam_mean: float, decision_time_s: float) -> dict:
     """Metrics of a trajectory ``info`` (StepInfo with a leading [T] axis, T >= 4).
 
-    Latency, energy, accuracy and cloud cost are averaged over the slots whose action could
-    run (``infeasible_frac`` says how many could not); backlog, penalty and DPP over all slots.
+    Latency (mean and p95), energy, accuracy and cloud cost are averaged over the slots whose
+    requests were answered, those an outage caught included (they pay the retry waits and the
+    edge fallback, docs/design.md §2.7); backlog, penalty and DPP over all slots.
+    ``unrunnable_frac``: slots whose action could never run (memory, privacy floor; no solver
+    or learned policy chooses one); ``caught_frac``: slots whose partition crossed the link
+    during an outage; ``failure_frac``: failed requests over the requests that left the
+    backlog (answered or failed).
     ``stable``: the backlog's least-squares slope over the second half is at most 5% of the
     mean arrival rate (``lyapunov.queues.is_rate_stable``).
     """
@@ -109,11 +114,18 @@ def summarize(info, lam_mean: float, decision_time_s: float) -> dict:
         "penalty_mean": mean(info.penalty),
         "service_mean": mean(info.service),
         "arrivals_mean": mean(info.arrivals),
-        "infeasible_frac": float(1.0 - ok.mean()),
+        "unrunnable_frac": float(1.0 - info.runnable.astype(bool).mean()),
+        "caught_frac": float(info.caught.astype(bool).mean()),
+        "failure_frac": _ratio(float(info.failed.sum()),
+                               float(info.failed.sum() + info.service.sum())),
         "decision_time_s": float(decision_time_s),
         "backlog_growth": float(backlog_growth_rate(q)),
         "stable": bool(is_rate_stable(q, lam_mean)),
     }
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else 0.0
 
 
 def _time_act(policy: Policy, params, x, repeats: int = 10) -> float:
@@ -140,7 +152,8 @@ def simulate(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: 
     runs the first and logs which).
 
     Keys: latency_mean_s, latency_p95_s, energy_mean_j, accuracy_drop_mean, cloud_cost_mean,
-    backlog_mean, dpp_mean, penalty_mean, service_mean, arrivals_mean, infeasible_frac,
+    backlog_mean, dpp_mean, penalty_mean, service_mean, arrivals_mean, unrunnable_frac,
+    caught_frac, failure_frac,
     decision_time_s (wall time of one decision: the jitted act after warm-up, or the cvx
     solve), backlog_growth, stable, policy, n_slots, seed; plus ``trajectory`` (the StepInfo
     arrays as NumPy) when asked.

@@ -115,7 +115,7 @@ def test_simulate_metrics_crn_and_stability():
             "backlog_mean", "dpp_mean", "decision_time_s", "stable", "cloud_cost_mean"}
     assert keys <= set(a)
     assert a["arrivals_mean"] == b["arrivals_mean"]  # common random numbers
-    assert a["stable"] and a["infeasible_frac"] == 0.0
+    assert a["stable"] and a["unrunnable_frac"] == 0.0
     assert a["latency_p95_s"] >= a["latency_mean_s"] > 0
     # Overload: arrivals at three times what edge-only can serve (tau / l per slot).
     lat = float(request_costs(P.edge_only().act(None, None, PARAMS), P.mean_link(PARAMS),
@@ -131,7 +131,7 @@ def test_cvx_policy_runs_in_simulate():
     pytest.importorskip("cvxpy")
     out = simulate("cvx", SC, 5, seed=4)
     assert out["policy"] == "cvx" and out["decision_time_s"] > 0
-    assert out["infeasible_frac"] == 0.0 and math.isfinite(out["dpp_mean"])
+    assert out["unrunnable_frac"] == 0.0 and math.isfinite(out["dpp_mean"])
 
 
 def test_baselines():
@@ -248,4 +248,4 @@ def test_neurosurgeon_cut_from_fitted_regressions():
         assert 0.5 < float(pred[0]) / float(c_ns.latency_s) < 2.0
     assert n_worse >= 1  # the fitted model misleads it somewhere (e.g. 30 Mbit/s, share 0.1)
     out = simulate("neurosurgeon", SC, 8, seed=6)
-    assert out["policy"] == "neurosurgeon" and out["infeasible_frac"] == 0.0
+    assert out["policy"] == "neurosurgeon" and out["unrunnable_frac"] == 0.0
