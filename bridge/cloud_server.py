@@ -30,12 +30,12 @@ the cloud heads live in that generator) and runs it up to its first ``Recv``; ea
 as a RESULT as soon as it is produced. The RESULTs the edge may still need are cached (as
 frames, re-encoded for whichever connection asks: frames are bound to their connection's
 session) until the edge reports them received, ``CLOSE``, or ``state_ttl_s`` of idleness: a
-duplicate seq gets its cached RESULTs and ACK again without re-executing. A seq ahead of the expected one, or any seq for a request
-without state (e.g. after a server restart), gets ``ERROR`` with the expected seq, from which
-the edge replays its log. A frame that fails the wire checks (malformed, oversized,
-truncated, slow, bad crc, wrong or missing HMAC, over its type's limit) is logged at
-WARNING with its reason and its connection is closed (the stream's framing can no longer be
-trusted); other connections are unaffected.
+duplicate seq gets its cached RESULTs and ACK again without re-executing. A seq ahead of the
+expected one, or any seq for a request without state (e.g. after a server restart), gets
+``ERROR`` with the expected seq, from which the edge replays its log. A frame that fails
+the wire checks (malformed, oversized, truncated, slow, bad crc, wrong or missing HMAC, over
+its type's limit) is logged at WARNING with its reason and its connection is closed (the
+stream's framing can no longer be trusted); other connections are unaffected.
 
 Resources are bounded by ``ServerLimits`` (see its docstring for the defaults and
 ``memory_bound_bytes`` for what they imply).

@@ -207,11 +207,12 @@ class Connection:
     The constructor connects and runs the session handshake (``bridge.wire.client_handshake``:
     ``HandshakeRefused`` when the cloud refuses the session, e.g. a wrong key); frames are
     then encoded and decoded with the session's ``wire.Channel``.
-    ``send(frame)`` encodes a frame and hands its bytes to the uplink (written at their delivery time by
-    a sender thread, or at once when already due); ``recv(timeout)`` returns the next decoded
-    frame once the downlink delivers it (a reader thread stamps each frame's arrival). Over a
-    transparent link (no trace, no RTT) there are no threads: frames are written and read in
-    the caller's thread, through a buffer that keeps a partly received frame across timeouts.
+    ``send(frame)`` encodes a frame and hands its bytes to the uplink (written at their
+    delivery time by a sender thread, or at once when already due); ``recv(timeout)`` returns
+    the next decoded frame once the downlink delivers it (a reader thread stamps each frame's
+    arrival). Over a transparent link (no trace, no RTT) there are no threads: frames are
+    written and read in the caller's thread, through a buffer that keeps a partly received
+    frame across timeouts.
     Any failure (EOF, socket error, a frame that fails the wire checks) breaks the connection
     for good: ``recv`` raises ``ConnectionBroken``.
     """

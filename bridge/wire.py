@@ -67,8 +67,8 @@ import hmac
 import math
 import os
 import socket
-import time
 import struct
+import time
 import zlib
 
 import numpy as np

@@ -229,8 +229,8 @@ def test_cloud_server_restart():
 def test_wrong_key_garbage_and_memory_budget(caplog):
     """A client with the wrong key is refused at the session handshake (logged at WARNING)
     while a client with the right key is served; the refused requests end on the edge at once
-    (no retry can help), or fail with a clear error when the edge's memory budget forbids it. Garbage and oversized frames from a
-    raw socket are logged and the server keeps serving."""
+    (no retry can help), or fail with a clear error when the edge's memory budget forbids it.
+    Garbage and oversized frames from a raw socket are logged and the server keeps serving."""
     caplog.set_level(logging.INFO, logger="bridge")
     key, wrong = b"K" * 32, b"W" * 32
     budget = BackoffConfig(base_s=0.005, factor=2.0, cap_s=0.04, max_retries=3)
