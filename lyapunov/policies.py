@@ -24,6 +24,8 @@ calls cvxpy from Python.
 - ``neurosurgeon``: Neurosurgeon-style (Kang et al., ASPLOS 2017): the same family, the cut
   chosen by per-layer latency regressions fitted to a few profiled samples, not the exact
   model.
+- ``dp-outage``: dp-estimate made outage-aware (the estimated outage risk of the coming slot
+  against the price of a caught request, docs/design.md §2.7).
 - ``greedy``: minimizes the penalty alone on the estimated link, ignoring the queues.
 
 The solver-based factories (oracle, dp-estimate, dp-joint, greedy) take the options of
@@ -98,6 +100,70 @@ def dp_estimate(estimator: str = "last", **solver_kw) -> Policy:
                           **solver_kw).partition
 
     return Policy("dp-estimate", act)
+
+
+def outage_probability(obs: Obs) -> jnp.ndarray:
+    """Probability that the coming slot has an outage, from what the edge has measured: a
+    two-state Markov chain whose transition probabilities are estimated by Laplace's rule of
+    succession. After an outage: (down->down transitions in the history window + 1) / (down
+    slots with a successor + 2). While up: 1 / (slots since the last outage + 2), the rule of
+    succession on the run of up slots (``Obs.since_outage``; a long clean run drives it to 0)."""
+    down = obs.bw_hist <= 0
+    dd = jnp.sum(down[:-1] & down[1:])
+    d_from = jnp.sum(down[:-1])
+    after_outage = (dd + 1.0) / (d_from + 2.0)
+    while_up = 1.0 / (obs.since_outage.astype(jnp.float32) + 2.0)
+    return jnp.where(down[-1], after_outage, while_up)
+
+
+def outage_aware_choice(part: Partition, obs: Obs, link: LinkState, params: EnvParams,
+                        p_out) -> Partition:
+    """``part`` or edge-only, whichever has the lower *expected* slot DPP when the coming slot
+    has an outage with probability ``p_out``: a partition that crosses the link pays the
+    outage's price (``costmodel.outage``: the retry waits, then the edge fallback) in that
+    case; edge-only never crosses. Both are scored with the environment's DPP expression
+    (arrivals dropped: they are the same for both)."""
+    from costmodel.outage import with_outage
+    from lyapunov.oracle import slot_dpp
+
+    spec, sp = params.spec, params.slot
+    edge = P.edge_only(spec.n_layers, spec.n_heads)
+    down = link.replace(bw_up_mbps=jnp.float32(0.0), bw_down_mbps=jnp.float32(0.0))
+    zero = jnp.float32(0.0)
+
+    def dpp(p, lk):
+        oc = with_outage(p, lk, spec, params.retry_wait_s)
+        ok = oc.runnable & ~oc.failed
+        j = slot_dpp(oc.costs, obs.queues, zero, sp)
+        # a failed request: no service, the failure penalty
+        j_fail = sp.V * params.failure_penalty
+        return jnp.where(oc.runnable, jnp.where(ok, j, j_fail), jnp.inf)
+
+    j_part = (1.0 - p_out) * dpp(part, link) + p_out * dpp(part, down)
+    j_edge = dpp(edge, link)
+    use_edge = j_edge < j_part
+    return jax.tree.map(lambda a, b: jnp.where(use_edge, a, b), edge, part)
+
+
+def dp_outage(estimator: str = "last", **solver_kw) -> Policy:
+    """dp-estimate made outage-aware: the exact slot minimizer on the estimated link, then
+    edge-only instead where the estimated outage risk (``outage_probability``) makes crossing
+    the link cost more in expectation (``outage_aware_choice``)."""
+    _check_estimator(estimator)
+
+    def act(key, obs: Obs, params: EnvParams):
+        del key
+        link = estimate_link(obs, estimator)
+        up = link.replace(bw_up_mbps=jnp.where(link.bw_up_mbps > 0, link.bw_up_mbps,
+                                               params.bw_mean_mbps * params.link.up_ratio),
+                          bw_down_mbps=jnp.where(link.bw_down_mbps > 0, link.bw_down_mbps,
+                                                 params.bw_mean_mbps))
+        part = solve_slot(obs.queues, up, params.spec, params.slot, params.precisions,
+                          **solver_kw).partition
+        p_out = outage_probability(obs)
+        return outage_aware_choice(part, obs, up, params, p_out)
+
+    return Policy("dp-outage", act)
 
 
 def joint_penalty() -> PenaltyWeights:
@@ -232,6 +298,10 @@ _register("oracle", oracle, "clairvoyant DPP oracle (upper bound)", "#000000",
 _register("dp-estimate", dp_estimate,
           "ours, model-based: DPP solved exactly on last-slot estimate", "#e7298a",
           dict(lw=1.3), "ours", "exact slot DPP minimizer on the last measured link")
+_register("dp-outage", dp_outage,
+          "ours, model-based, outage-aware: dp-estimate weighing the estimated outage risk",
+          "#c51b7d", dict(lw=1.3, ls="--"), "ours",
+          "dp-estimate that falls back to edge-only where the estimated outage risk costs more")
 _register("dp-joint", dp_joint,
           "ours, model-based, joint penalty (latency + 0.05 s/J energy + 0.2 s/% accuracy)",
           "#1b7837", dict(lw=1.3, ls="-."), "ours",

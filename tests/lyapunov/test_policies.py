@@ -249,3 +249,40 @@ def test_neurosurgeon_cut_from_fitted_regressions():
     assert n_worse >= 1  # the fitted model misleads it somewhere (e.g. 30 Mbit/s, share 0.1)
     out = simulate("neurosurgeon", SC, 8, seed=6)
     assert out["policy"] == "neurosurgeon" and out["unrunnable_frac"] == 0.0
+
+
+def test_outage_probability_rule_of_succession():
+    _, state = reset(jax.random.PRNGKey(0), PARAMS)
+    obs = E.observe(state)
+    # up in the last slot, 6 slots since the last outage: 1 / (6 + 2)
+    up = obs.replace(bw_hist=jnp.asarray([3.0, 0.0, 2.0, 5.0], jnp.float32),
+                     since_outage=jnp.int32(6))
+    assert float(P.outage_probability(up)) == pytest.approx(1 / 8)
+    # down now; window 0, 0, 2, 0: down->down 1 of 2 transitions from down: (1 + 1) / (2 + 2)
+    down = obs.replace(bw_hist=jnp.asarray([0.0, 0.0, 2.0, 0.0], jnp.float32),
+                       since_outage=jnp.int32(0))
+    assert float(P.outage_probability(down)) == pytest.approx(2 / 4)
+
+
+def test_outage_aware_choice_weighs_the_risk():
+    """LLaMA-7B on a Pi 5 with an idle datacenter (cloud-only 0.3 s, edge-only ~27 s): with no
+    outage risk the solver's cloud-only stays; with a certain outage edge-only wins (a caught
+    request pays the retry waits and then runs edge-only anyway); in between, the switch
+    happens exactly where the expected DPPs cross."""
+    params = E.Scenario(model="llama-7b", device="rpi5", cloud="datacenter").build()
+    _, state = reset(jax.random.PRNGKey(1), params)
+    obs = E.observe(state).replace(queues=Queues(*(jnp.float32(x) for x in (3.0, 0, 0, 0))))
+    link = LinkState(*(jnp.float32(x) for x in (100.0, 100.0, 40.0, 1.0)))
+    cloud = P.cloud_only().act(None, obs, params)
+    edge = P.edge_only().act(None, obs, params)
+
+    def chosen(p_out):
+        got = P.outage_aware_choice(cloud, obs, link, params, jnp.float32(p_out))
+        return "edge" if int(got.ffn[0]) == int(edge.ffn[0]) else "cloud"
+
+    assert chosen(0.0) == "cloud" and chosen(1.0) == "edge"
+    ps = np.linspace(0.0, 1.0, 21)
+    picks = [chosen(p) for p in ps]
+    k = picks.index("edge")
+    assert set(picks[:k]) == {"cloud"} and set(picks[k:]) == {"edge"}  # one switch point
+    assert "dp-outage" in registry.names(role="ours")
