@@ -168,7 +168,10 @@ class EnvParams:
 
     bw_mean_mbps, share_mean, rtt_mean_ms: stationary means of the link processes (what a
     static policy designs for); lam_mean: stationary mean arrivals per slot.
-    retry_wait_s: what a request caught by an outage waits before it falls back, s.
+    retry_wait_s, retry_resumes: what a request caught by an outage waits, and whether it then
+      resumes on the mean link (else it falls back to the edge), for the expected remaining
+      length of an outage of this link process (``outage_remaining_s``;
+      ``costmodel.outage.RetryConfig.recovery``).
     """
 
     spec: CostSpec
@@ -181,6 +184,7 @@ class EnvParams:
     rtt_mean_ms: jnp.ndarray
     failure_penalty: jnp.ndarray
     retry_wait_s: jnp.ndarray
+    retry_resumes: jnp.ndarray
     ewma: jnp.ndarray
     lam_ewma: jnp.ndarray
     reward_scale: jnp.ndarray
@@ -210,6 +214,42 @@ def _process_mean(p) -> float:
     raise TypeError(f"not a link process: {type(p).__name__}")
 
 
+def outage_remaining_s(link: proc.LinkParams, tau_s: float) -> float:
+    """Expected time an outage lasts after a request's first crossing meets it, s.
+
+    Outage runs of L slots on average (the Markov outage chain: ``1 / p_recover``; a replayed
+    trace: its runs of zero-throughput slots, length-biased, since a request meets a long run
+    more often: ``sum l (l + 1) / 2 / sum l``), less half a slot (the first crossing happens,
+    on average, in the middle of the slot). The longer of the two sources when both exist;
+    half a slot for a link that never fails."""
+    runs = [1.0]
+    if isinstance(link.outage, proc.OutageParams):
+        runs.append(1.0 / max(float(link.outage.p_recover), 1e-9))
+    if isinstance(link.bandwidth, proc.ReplayParams):
+        zero = np.asarray(link.bandwidth.values) <= 0
+        if zero.any() and not zero.all():
+            zero = np.roll(zero, -int(np.argmin(zero)))  # start at an up slot (it wraps)
+        lengths, n = [], 0
+        for z in zero:
+            if z:
+                n += 1
+            elif n:
+                lengths.append(n)
+                n = 0
+        if n:
+            lengths.append(n)
+        if lengths:
+            ell = np.asarray(lengths, float)
+            runs.append(float(np.sum(ell * (ell + 1) / 2) / np.sum(ell)))
+    return max(runs) * tau_s - 0.5 * tau_s
+
+
+def mean_link(params: EnvParams) -> LinkState:
+    """The stationary mean link (bandwidth, RTT, cloud share) of the scenario."""
+    bw = params.bw_mean_mbps
+    return LinkState(bw * params.link.up_ratio, bw, params.rtt_mean_ms, params.share_mean)
+
+
 def make_params(sc: Scenario) -> EnvParams:
     """Build :class:`EnvParams` from a validated :class:`Scenario`."""
     device = sc.device
@@ -226,12 +266,14 @@ def make_params(sc: Scenario) -> EnvParams:
                       penalty=PenaltyWeights(f(sc.pen_latency), f(sc.pen_energy),
                                              f(sc.pen_accuracy), f(sc.pen_cloud_cost)))
     rtt = link.rtt
+    wait_s, resumes = sc.retry.recovery(outage_remaining_s(link, sc.tau_s))
     return EnvParams(
         spec=spec, slot=slot, arrivals=arrivals, link=link,
         lam_mean=f(proc.arrival_mean_rate(arrivals)),
         bw_mean_mbps=f(_process_mean(link.bandwidth)), share_mean=f(_process_mean(link.share)),
         rtt_mean_ms=f(float(rtt.base_ms) + float(rtt.jitter_ms)),
-        failure_penalty=f(sc.failure_penalty), retry_wait_s=f(sc.retry.expected_wait_s()),
+        failure_penalty=f(sc.failure_penalty), retry_wait_s=f(wait_s),
+        retry_resumes=jnp.asarray(resumes),
         ewma=f(sc.ewma), lam_ewma=f(sc.lam_ewma), reward_scale=f(sc.reward_scale),
         history=sc.history, episode_slots=sc.episode_slots, precisions=tuple(sc.precisions))
 
@@ -394,7 +436,8 @@ def step(key: jax.Array, state: EnvState, action: Partition, params: EnvParams):
     """
     k_arr, k_link = jax.random.split(key)
     sp, spec = params.slot, params.spec
-    oc = with_outage(action, cost_link(state.link_t), spec, params.retry_wait_s)
+    oc = with_outage(action, cost_link(state.link_t), spec, params.retry_wait_s,
+                     params.retry_resumes, mean_link(params))
     costs, runnable, failed_ = oc.costs, oc.runnable, oc.failed
     answered = runnable & ~failed_
     lat = jnp.where(runnable, costs.latency_s, jnp.inf)

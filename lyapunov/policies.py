@@ -49,7 +49,7 @@ from costmodel.link import LinkState
 from costmodel.partition import Partition
 from costmodel.strategies import best_layer_cut, layer_wise_candidates
 from lyapunov import registry
-from lyapunov.env import EnvParams, EnvState, Obs, cost_link
+from lyapunov.env import EnvParams, EnvState, Obs, cost_link, mean_link
 from lyapunov.oracle import PenaltyWeights, solve_slot
 from lyapunov.queues import Queues
 
@@ -132,7 +132,8 @@ def outage_aware_choice(part: Partition, obs: Obs, link: LinkState, params: EnvP
     zero = jnp.float32(0.0)
 
     def dpp(p, lk):
-        oc = with_outage(p, lk, spec, params.retry_wait_s)
+        oc = with_outage(p, lk, spec, params.retry_wait_s, params.retry_resumes,
+                         mean_link(params))
         ok = oc.runnable & ~oc.failed
         j = slot_dpp(oc.costs, obs.queues, zero, sp)
         # a failed request: no service, the failure penalty
@@ -233,12 +234,6 @@ def best_cut(estimator: str = "last") -> Policy:
         return best_cut_for(estimate_link(obs, estimator), params)
 
     return Policy("best-cut", act)
-
-
-def mean_link(params: EnvParams) -> LinkState:
-    """The stationary mean link (bandwidth, RTT, cloud share) of the scenario."""
-    bw = params.bw_mean_mbps
-    return LinkState(bw * params.link.up_ratio, bw, params.rtt_mean_ms, params.share_mean)
 
 
 def static_cut() -> Policy:

@@ -14,6 +14,7 @@ import pytest
 from costmodel.cards import ModelCard
 from costmodel.costs import request_costs
 from costmodel.link import InputError
+from costmodel.outage import RetryConfig
 from costmodel.partition import cloud_only, edge_only, layer_cut
 from lyapunov import env as E
 from lyapunov import processes as pr
@@ -116,45 +117,81 @@ def _down(state):
         bw_up_mbps=jnp.float32(0.0), bw_down_mbps=jnp.float32(0.0), up=jnp.bool_(False)))
 
 
-def test_a_request_caught_by_an_outage_pays_the_waits_then_runs_on_the_edge():
-    """Cloud-only during an outage: latency = the retry budget's expected wait + edge-only
-    latency, energy = edge-only energy + idle power x wait, no cloud cost; it is answered."""
-    from costmodel.costs import request_costs
-    from lyapunov.env import cost_link
-
+def test_a_caught_request_resumes_after_the_retry_that_finds_the_link_back():
+    """The test link never fails for long (outage_remaining_s = half a slot), so the request
+    resumes at the first retry: it waits the timeout plus the first mean backoff delay
+    (5 + 0.5 s with the runtime's defaults) and then runs as planned on the mean link."""
+    assert E.outage_remaining_s(PARAMS.link, SC.tau_s) == pytest.approx(0.25)
+    wait, resumes = SC.retry.recovery(0.25)
+    assert resumes and wait == pytest.approx(SC.retry.timeout_s + 0.5 * SC.retry.base_s)
     _, state = reset(jax.random.PRNGKey(4), PARAMS)
     state = _down(state)
     _, _, _, _, info = step(jax.random.PRNGKey(5), state, ACTIONS[0], PARAMS)
-    edge = request_costs(ACTIONS[1], cost_link(state.link_t), PARAMS.spec)
-    wait = SC.retry.expected_wait_s()
-    # defaults: 10 attempts x 5 s + half of (1 + 2 + 4 + 8 + 16 + 30 + 30 + 30 + 30) = 125.5 s
-    assert math.isclose(wait, 125.5, rel_tol=1e-9)
+    back = request_costs(ACTIONS[0], E.mean_link(PARAMS), PARAMS.spec)
+    assert bool(info.caught) and bool(info.feasible) and float(info.failed) == 0.0
+    assert math.isclose(float(info.latency_s), wait + float(back.latency_s), rel_tol=1e-5)
+    assert math.isclose(float(info.cloud_cost), float(back.cloud_cost), rel_tol=1e-5)
+    idle = float(PARAMS.spec.edge.p_idle)
+    assert math.isclose(float(info.energy_j), float(back.energy_j) + idle * wait, rel_tol=1e-5)
+
+
+def test_a_request_caught_by_a_long_outage_pays_the_waits_then_runs_on_the_edge():
+    """With one attempt only (no retries) the budget is the timeout: the request waits it and
+    finishes edge-only: latency = wait + edge-only latency, energy = edge-only energy + idle
+    power x wait, no cloud cost; it is answered."""
+    sc = dataclasses.replace(SC, retry=RetryConfig(timeout_s=2.0, max_retries=0))
+    params = sc.build()
+    assert not bool(params.retry_resumes) and float(params.retry_wait_s) == 2.0
+    _, state = reset(jax.random.PRNGKey(4), params)
+    state = _down(state)
+    _, _, _, _, info = step(jax.random.PRNGKey(5), state, ACTIONS[0], params)
+    edge = request_costs(ACTIONS[1], E.cost_link(state.link_t), params.spec)
     assert bool(info.caught) and bool(info.runnable) and bool(info.feasible)
     assert not bool(info.link_ok) and not bool(info.link_up)
-    assert math.isclose(float(info.latency_s), float(edge.latency_s) + wait, rel_tol=1e-5)
-    idle = float(PARAMS.spec.edge.p_idle)
-    assert math.isclose(float(info.energy_j), float(edge.energy_j) + idle * wait, rel_tol=1e-5)
+    assert math.isclose(float(info.latency_s), float(edge.latency_s) + 2.0, rel_tol=1e-5)
+    idle = float(params.spec.edge.p_idle)
+    assert math.isclose(float(info.energy_j), float(edge.energy_j) + idle * 2.0, rel_tol=1e-5)
     assert float(info.cloud_cost) == 0.0 and float(info.failed) == 0.0
     assert math.isclose(float(info.service), SC.tau_s / float(info.latency_s), rel_tol=1e-5)
     # the edge-only partition does not notice the outage
-    _, _, _, _, info3 = step(jax.random.PRNGKey(5), state, ACTIONS[1], PARAMS)
+    _, _, _, _, info3 = step(jax.random.PRNGKey(5), state, ACTIONS[1], params)
     assert not bool(info3.caught) and math.isclose(float(info3.latency_s),
                                                    float(edge.latency_s), rel_tol=1e-5)
 
 
 def test_a_caught_request_fails_where_the_edge_cannot_hold_the_model():
-    small = dataclasses.replace(SC, mem_budget_gb=1e-4).build()
+    small = dataclasses.replace(SC, mem_budget_gb=1e-4,
+                                retry=RetryConfig(timeout_s=2.0, max_retries=0)).build()
     _, state = reset(jax.random.PRNGKey(4), small)
     state = _down(state).replace(queues=Queues(*(jnp.float32(x) for x in (5.0, 0, 0, 0))))
     _, s2, _, _, info = step(jax.random.PRNGKey(5), state, ACTIONS[0], small)
-    wait = SC.retry.expected_wait_s()
     assert bool(info.caught) and not bool(info.feasible)
     assert float(info.service) == 0.0
-    assert math.isclose(float(info.failed), SC.tau_s / wait, rel_tol=1e-5)
-    assert math.isclose(float(info.latency_s), wait, rel_tol=1e-6)
+    assert math.isclose(float(info.failed), SC.tau_s / 2.0, rel_tol=1e-5)
+    assert math.isclose(float(info.latency_s), 2.0, rel_tol=1e-6)
     assert float(info.penalty) == SC.failure_penalty
     arr = float(info.arrivals)
-    assert math.isclose(float(s2.queues.q), 5.0 - SC.tau_s / wait + arr, rel_tol=1e-5)
+    assert math.isclose(float(s2.queues.q), 5.0 - SC.tau_s / 2.0 + arr, rel_tol=1e-5)
+
+
+def test_retry_schedule_arithmetic():
+    """The runtime's defaults: timeout 5 s, ceilings 1, 2, 4, 8, 16, 30, 30, 30, 30 s, full
+    jitter (mean half the ceiling): attempts start at 0, 5.5, 11.5, 18.5, 27.5, 40.5, 60.5,
+    80.5, 100.5, 120.5 s; giving up takes 10 x 5 + 75.5 = 125.5 s."""
+    r = RetryConfig()
+    assert r.attempt_starts() == pytest.approx([0, 5.5, 11.5, 18.5, 27.5, 40.5, 60.5, 80.5,
+                                                100.5, 120.5])
+    assert r.expected_wait_s() == pytest.approx(125.5)
+    assert r.recovery(11.0) == (pytest.approx(11.5), True)
+    assert r.recovery(121.0) == (pytest.approx(125.5), False)
+
+
+def test_outage_remaining_from_a_trace_is_length_biased():
+    """Zero runs of 1 and 3 slots (tau 2 s): sum l (l + 1) / 2 / sum l = (1 + 6) / 4 slots,
+    less half a slot: 2.5 s."""
+    link = PARAMS.link.replace(bandwidth=pr.ReplayParams(
+        jnp.asarray([5.0, 0.0, 5.0, 0.0, 0.0, 0.0, 5.0], jnp.float32), jnp.int32(0)))
+    assert E.outage_remaining_s(link, 2.0) == pytest.approx(7 / 4 * 2.0 - 1.0)
 
 
 def test_ignoring_outages_never_looks_better_than_avoiding_them():
