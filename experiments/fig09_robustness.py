@@ -12,15 +12,21 @@ The model (a small request-level simulation on top of the cost model and the out
   the prefill pass, then T decode steps. Segment times come from the cost model: the decode
   step t_step = (L(T) - L(T/2)) / (T/2) (the mean step at this context), prefill = L(T) - T
   t_step. A segment needs the link up for its whole duration.
-- An outage that hits a segment is detected `timeout_s` after it starts. The edge then retries
-  with full-jitter exponential backoff (`base_s`, `factor`, `cap_s`, as bridge.backoff; each
-  failed attempt also costs `connect_s`).
+- An outage that hits a segment is detected a timeout after it starts. The edge then retries
+  with full-jitter exponential backoff, each attempt waiting the timeout again; the schedule
+  is a `costmodel.outage.RetryConfig`, the same one the runtime (`bridge`) and the slot
+  environment use (docs/design.md §2.7). Two are compared: the runtime's defaults (5 s
+  timeout, up to 30 s delays: chosen to outlast a server restart) and a fast-detection one
+  (0.5 s timeout, delays up to 1 s).
   - checkpoint-resume: on reconnection it resumes at the failed segment (the checkpoint is the
-    last acknowledged layer boundary; the partial segment is lost). After `max_retries` failed
-    attempts it falls back to the edge: it recomputes the KV cache of the cloud's layers (an
-    edge prefill, conservative) and runs the remaining decode steps edge-only.
-  - restart: retries (no budget) until the link is back, then restarts the request from
-    its first segment (no checkpoint, no fallback).
+    last acknowledged layer boundary; the partial segment is lost). When the retry budget is
+    spent it falls back to the edge: it recomputes the KV cache of the cloud's layers (an edge
+    prefill, conservative) and runs the remaining decode steps edge-only.
+  - restart: retries (fast schedule, no budget) until the link is back, then restarts the
+    request from its first segment (no checkpoint, no fallback).
+- Beside the simulation, the slot model's price of a caught request
+  (`RetryConfig.recovery` for an outage of the mean remaining length, then the planned
+  latency) is drawn for each schedule: the number the slot environment charges.
 - A request that has not finished `deadline_factor` x its outage-free latency after it started
   is a failure.
 Seeds are independent outage paths (and request start times).
@@ -37,6 +43,7 @@ import numpy as np
 from costmodel import partition as P
 from costmodel.costs import decode_token_time, prefill_time, request_costs
 from costmodel.link import make_link
+from costmodel.outage import RetryConfig
 from costmodel.strategies import best_layer_cut
 from experiments.catalog import Experiment
 from experiments.common import get_spec
@@ -46,7 +53,8 @@ from experiments.tables import read_config, read_rows, write_config, write_rows
 from lyapunov.processes import make_outage, sample_path
 
 NAME = "robustness"
-POLICIES = ("checkpoint-resume", "restart")
+POLICIES = ("checkpoint-resume", "checkpoint-resume-fast", "restart")
+FAST = RetryConfig(timeout_s=0.5, base_s=0.05, factor=2.0, cap_s=1.0, max_retries=5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +62,9 @@ class Config:
     """model, device, cloud, rtt_ms, bw_mbps, cloud_share: the request's setting;
     privacy_layers: layers pinned to the edge (the partition is the best cut >= this);
     outage_fracs: stationary outage fractions swept; mean_outage_s: mean outage length (s);
-    dt_s: resolution of the outage path (s); timeout_s: failure detection delay (s);
-    connect_s: cost of one failed reconnection attempt (s);
-    base_s, factor, cap_s, max_retries: backoff (bridge.backoff defaults);
+    dt_s: resolution of the outage path (s);
+    retry: the runtime's retry schedule (checkpoint-resume); retry_fast: a fast-detection
+    schedule (checkpoint-resume-fast, and restart's retries);
     deadline_factor: a request not done within this multiple of its outage-free latency fails;
     n_requests: requests per seed; seeds: independent outage paths."""
 
@@ -70,12 +78,8 @@ class Config:
     outage_fracs: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
     mean_outage_s: float = 3.0
     dt_s: float = 0.05
-    timeout_s: float = 0.5
-    connect_s: float = 0.1
-    base_s: float = 0.05
-    factor: float = 2.0
-    cap_s: float = 1.0
-    max_retries: int = 5
+    retry: RetryConfig = RetryConfig()
+    retry_fast: RetryConfig = FAST
     deadline_factor: float = 3.0
     n_requests: int = 1000
     seeds: int = 10
@@ -115,9 +119,24 @@ def _next_true(x: np.ndarray) -> np.ndarray:
     return np.append(out, n)
 
 
+def schedule(cfg: Config, policy: str) -> RetryConfig:
+    return cfg.retry if policy == "checkpoint-resume" else cfg.retry_fast
+
+
+def caught_latency(cfg: Config, policy: str, seg) -> float:
+    """The slot model's latency of a request caught by an outage of the mean remaining length
+    (memoryless: the mean outage length) under ``policy``'s schedule: the wait until the
+    attempt that finds the link back plus the planned latency, or the whole budget plus an
+    edge-only run (``costmodel.outage``)."""
+    prefill, step, t_tokens, e_prefill, e_step, _ = seg
+    wait, resumes = schedule(cfg, policy).recovery(cfg.mean_outage_s)
+    return wait + (prefill + t_tokens * step if resumes else e_prefill + t_tokens * e_step)
+
+
 def simulate_requests(cfg: Config, up: np.ndarray, starts: np.ndarray, seg, policy: str,
                       rng: np.random.Generator, deadline_s: float):
     """(latency_s [R] (nan if failed), fallback [R] bool) of R requests on one up/down path."""
+    rc = schedule(cfg, policy)
     prefill, step, t_tokens, e_prefill, e_step, _ = seg
     durations = np.array([prefill] + [step] * t_tokens)
     next_down, next_up = _next_true(~up), _next_true(up)
@@ -137,21 +156,21 @@ def simulate_requests(cfg: Config, up: np.ndarray, starts: np.ndarray, seg, poli
                 t += d
                 k += 1
                 continue
-            t = max(down_at, t) + cfg.timeout_s  # detected
+            t = max(down_at, t) + rc.timeout_s  # detected
             attempt = 0
             while t - t0 <= deadline_s:
-                if policy == "checkpoint-resume" and attempt >= cfg.max_retries:
+                if policy != "restart" and attempt >= rc.max_retries:
                     # Fall back to the edge: rebuild the cloud layers' KV, finish locally.
                     t += e_prefill + (durations.size - max(k, 1)) * e_step
                     k = durations.size
                     fell_back[r] = True
                     break
-                ceiling = min(cfg.cap_s, cfg.base_s * cfg.factor ** attempt)
-                t += rng.uniform(0.0, ceiling)
+                ceiling = min(rc.cap_s, rc.base_s * rc.factor ** attempt)
+                t += rng.uniform(0.0, ceiling) if rc.jitter == "full" else ceiling
                 if up[idx(t)]:
-                    k = k if policy == "checkpoint-resume" else 0
+                    k = 0 if policy == "restart" else k
                     break
-                t += cfg.connect_s
+                t += rc.timeout_s  # the attempt goes unanswered
                 attempt += 1
         if k >= durations.size and t - t0 <= deadline_s:
             lat[r] = t - t0
@@ -187,7 +206,8 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
                          "latency_mean_s": float(np.mean(lat[done])) if done.any() else None,
                          "latency_p95_s": float(np.percentile(lat[done], 95))
                          if done.any() else None,
-                         "fallback_frac": float(fb.mean()), "nominal_latency_s": nominal})
+                         "fallback_frac": float(fb.mean()), "nominal_latency_s": nominal,
+                         "slot_model_caught_s": caught_latency(cfg, policy, seg)})
     write_rows(out_dir / "robustness.csv", rows)
     write_config(out_dir, cfg, experiment=NAME, partition=seg[5], prefill_s=seg[0],
                  decode_step_s=seg[1], edge_prefill_s=seg[3], edge_step_s=seg[4],
@@ -198,8 +218,9 @@ def plot(run_dir: Path) -> list[Path]:
     plt = pyplot()
     rows = read_rows(Path(run_dir) / "robustness.csv")
     meta = read_config(run_dir)
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-    colors = {"checkpoint-resume": "#e7298a", "restart": "#666666"}
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    colors = {"checkpoint-resume": "#e7298a", "checkpoint-resume-fast": "#7570b3",
+              "restart": "#666666"}
     for policy in POLICIES:
         qs = sorted({r["outage_frac"] for r in rows})
         for ax, key, scale in ((axes[0], "completion", 100.0), (axes[1], "latency_mean_s", 1.0),
@@ -211,6 +232,10 @@ def plot(run_dir: Path) -> list[Path]:
             x = 100 * np.asarray(qs)
             ax.plot(x, m, "o-", color=colors[policy], label=policy, ms=3)
             ax.fill_between(x, m - h, m + h, color=colors[policy], alpha=0.2)
+        if policy != "restart":
+            caught = next(r["slot_model_caught_s"] for r in rows if r["policy"] == policy)
+            axes[2].axhline(caught, color=colors[policy], ls="--", lw=0.9,
+                            label=f"slot model, caught ({policy})")
     nominal = meta["nominal_latency_s"]
     for ax in axes[1:]:
         ax.axhline(nominal, color="k", ls=":", lw=0.8, label="no outage")
@@ -227,10 +252,11 @@ def plot(run_dir: Path) -> list[Path]:
                    f"{cfg['device']}, {meta['partition']};\ndeadline {meta['deadline_s']:.3g} s "
                    f"({cfg['deadline_factor']:g}x outage-free latency); mean and 95% CI over "
                    "seeds", ncol=3,
-                   note="Latencies are over completed requests only (restart's failures are "
-                        f"excluded). Checkpoint-resume finished {100 * np.mean(fb):.0f}% of "
-                        "requests on the edge (retry budget spent) at the highest outage "
-                        "fraction.")]
+                   note="Latencies are over completed requests only (failures are the "
+                        "completion panel's complement). With the runtime's restart-safe "
+                        f"defaults checkpoint-resume finished {100 * np.mean(fb):.0f}% of "
+                        "requests on the edge at the highest outage fraction. Dashed: what "
+                        "the slot environment charges a caught request (costmodel.outage).")]
 
 
 EXPERIMENT = Experiment(NAME, 9, "Robustness under link outages: checkpoint resume vs restart",

@@ -33,11 +33,11 @@ BURST = (0.05, 0.2, 4.0)  # MMPP: Pr(lo -> hi), Pr(hi -> lo), rate_hi / rate_lo
 def norway_trace(out_dir: Path) -> Path:
     """The four shipped Norway HSDPA traces (bus, car, ferry, metro) concatenated into one
     pensieve-format file in `out_dir` (replayed from a random offset per seed)."""
-    from lyapunov.traces import SHIPPED_TRACES, load_shipped
+    from lyapunov.traces import NORWAY_TRACES, load_shipped
 
     path = Path(out_dir) / "norway_concat.txt"
     t0, lines = 0.0, []
-    for name in SHIPPED_TRACES:
+    for name in NORWAY_TRACES:
         tr = load_shipped(name)
         for t, v in zip(tr.time_s - tr.time_s[0], tr.mbps, strict=True):
             lines.append(f"{t0 + t:.3f} {v:.6f}")

@@ -61,15 +61,15 @@ def ensure_runs(out: Path, spec: TrainSpec | None, progress) -> dict[str, Path]:
         from agents.ppo import PPOConfig
         from agents.train import TrainConfig
         from agents.train import run as train_run
-        from lyapunov.traces import SHIPPED_TRACES
+        from lyapunov.traces import NORWAY_TRACES
 
         sc = slot_scenario(spec.model, spec.device, condition(spec.condition), None,
                            rate=spec.rate, V=spec.V, tau_s=spec.tau_s,
-                           bw=_trace_bandwidth(SHIPPED_TRACES[0]))
+                           bw=_trace_bandwidth(NORWAY_TRACES[0]))
         per_update = spec.num_envs * spec.num_steps
         n = max(1, round(spec.steps / per_update / spec.log_every)) * spec.log_every
         for kind in progress(missing, desc="training agents", total=len(missing)):
-            cfg = TrainConfig(scenario=sc, train_traces=tuple(SHIPPED_TRACES),
+            cfg = TrainConfig(scenario=sc, train_traces=tuple(NORWAY_TRACES),
                               ppo=PPOConfig(num_envs=spec.num_envs, num_steps=spec.num_steps,
                                             num_updates=n),
                               action=ActionConfig(kind=kind), num_seeds=spec.seeds,
