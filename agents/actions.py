@@ -548,10 +548,12 @@ def to_partition(action: Action, space: ActionSpace) -> Partition:
         on_edge = (layer < action.cut) & ~cloud_only
         return Partition(jnp.where(on_edge, n_h, 0).astype(jnp.int32),
                          jnp.where(on_edge, EDGE, CLOUD).astype(jnp.int32),
-                         action.prec.astype(jnp.int32), ~cloud_only)
+                         action.prec.astype(jnp.int32), ~cloud_only,
+                         jnp.zeros(n_l, jnp.int32))
     counts = jnp.asarray(space.head_counts, jnp.int32)
-    return Partition(counts[action.low // 3], (action.low % 3).astype(jnp.int32),
-                     action.prec.astype(jnp.int32), action.embed == EDGE)
+    ffn = (action.low % 3).astype(jnp.int32)
+    return Partition(counts[action.low // 3], ffn, action.prec.astype(jnp.int32),
+                     action.embed == EDGE, jnp.zeros_like(ffn))
 
 
 def from_partition(p: Partition, space: ActionSpace) -> Action:

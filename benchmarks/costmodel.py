@@ -107,7 +107,8 @@ def main(argv=None):
         heads, ffn, prec, emb, bw, rtt, share = random_inputs(rng, n, card.n_layers,
                                                               card.n_heads)
         part = Partition(jnp.asarray(heads, jnp.int32), jnp.asarray(ffn, jnp.int32),
-                         jnp.asarray(prec, jnp.int32), jnp.asarray(emb))
+                         jnp.asarray(prec, jnp.int32), jnp.asarray(emb),
+                         jnp.zeros_like(jnp.asarray(ffn, jnp.int32)))
         f32 = jnp.float32
         link = LinkState(jnp.asarray(bw, f32), jnp.asarray(bw, f32), jnp.asarray(rtt, f32),
                          jnp.asarray(share, f32))

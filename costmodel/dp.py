@@ -1,23 +1,28 @@
 """Exact additive dynamic program over (layer, residual side) for one request.
 
-Any weighted sum of latency, edge energy, cloud cost, accuracy drop and edge memory is additive
-over layers with the residual stream's side as the only state carried from layer to layer
-(costmodel.costs), plus endpoint terms that depend on the embedding side s0 and the final side
-s_L. For each s0 a two-state Viterbi recursion with an inner minimum over (k_l, f_l) finds the
-exact minimizer in O(L * H) per activation precision (docs/design.md §4, proofs/oracle.md).
-The edge memory budget couples layers; it is relaxed with a multiplier nu (bisection), and the
-result reports the duality gap, zero when the unconstrained minimizer already fits.
+Any weighted sum of latency, edge energy, cloud cost, accuracy drop and edge and cloud memory
+is additive over layers with the residual stream's side as the only state carried from layer
+to layer (costmodel.costs), plus endpoint terms that depend on the embedding side s0 and the
+final side s_L. For each s0 a Viterbi recursion over the sides with an inner minimum over the
+layer option finds the exact minimizer in O(L * H * F) per activation precision
+(docs/design.md §4.2, proofs/cost-model.md §3). Two option spaces, chosen by the static flag
+``tp``: the paper's (sides {edge, cloud}, options (k, f) with f in {edge, cloud, split}) and
+the tensor-parallel one (sides {edge, cloud, both}, options (k, f, phi) adding f = tp with the
+edge's share phi in 1/16 .. 15/16). The memory budgets couple layers; they are relaxed with
+multipliers (bisection), and the result reports the duality gap, zero when the unconstrained
+minimizer already fits.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from costmodel.costs import Terms, costs_from_terms, endpoint_terms, layer_terms
 from costmodel.link import LinkState
-from costmodel.partition import CLOUD, EDGE, Partition
+from costmodel.partition import BOTH, CLOUD, EDGE, TP, TP_GRID, Partition
 from costmodel.spec import CostSpec
 
 BIG = 1e30
@@ -26,13 +31,14 @@ BIG = 1e30
 @struct.dataclass
 class Weights:
     """Weights of the additive objective: latency [1/s], energy [1/J], cloud cost [1/USD],
-    accuracy drop [1/%], edge memory [1/GB]."""
+    accuracy drop [1/%], edge memory [1/GB], cloud memory [1/GB]."""
 
     latency: jnp.ndarray = 1.0
     energy: jnp.ndarray = 0.0
     cloud_cost: jnp.ndarray = 0.0
     accuracy: jnp.ndarray = 0.0
     memory: jnp.ndarray = 0.0
+    cloud_memory: jnp.ndarray = 0.0
 
 
 def scalarize(tt: Terms, q, spec: CostSpec, w: Weights):
@@ -42,7 +48,8 @@ def scalarize(tt: Terms, q, spec: CostSpec, w: Weights):
     cloud_cost = c.price_gpu_s * tt.gpu_s + c.price_byte * (tt.up_bytes + tt.down_bytes)
     accuracy = 100.0 * (spec.act_rel[q] * tt.n_cross + spec.weight_rel * tt.acc_w)
     val = (w.latency * tt.latency + w.energy * energy + w.cloud_cost * cloud_cost
-           + w.accuracy * accuracy + w.memory * tt.mem / 1e9)
+           + w.accuracy * accuracy + w.memory * tt.mem / 1e9
+           + w.cloud_memory * tt.mem_cloud / 1e9)
     return jnp.where(jnp.isfinite(val), jnp.minimum(val, BIG), BIG)
 
 
@@ -52,57 +59,90 @@ class DPResult:
     partition: Partition
 
 
-def option_terms(q, link, spec: CostSpec) -> Terms:
-    """Additive terms of every layer option, shape [L, 2, H+1, 3]: (layer, residual input
-    side, edge heads k, FFN side f) at activation precision q."""
+def n_sides(tp: bool) -> int:
+    """Residual side states of the DP: edge and cloud, and both with tp."""
+    return 3 if tp else 2
+
+
+def n_ffn_options(tp: bool) -> int:
+    """FFN options of a layer: edge, cloud, split, and with tp one per share 1..TP_GRID-1."""
+    return 3 + (TP_GRID - 1) * bool(tp)
+
+
+def option_grid(tp: bool):
+    """int arrays (f [F], j [F], side_out [F]) of the FFN options: option o < 3 is the FFN side
+    o (share 0); option o >= 3 is tp with edge share j = o - 2 (units of 1/TP_GRID)."""
+    o = np.arange(n_ffn_options(tp))
+    f = np.where(o < 3, o, TP)
+    j = np.where(o < 3, 0, o - 2)
+    out = np.select([f == EDGE, f == TP], [EDGE, BOTH], CLOUD)
+    return f, j, out
+
+
+def option_terms(q, link, spec: CostSpec, tp: bool = False) -> Terms:
+    """Additive terms of every layer option, shape [L, S, H+1, F]: (layer, residual input side,
+    edge heads k, FFN option) at activation precision q; S = 2, F = 3 in the paper's space
+    (sides edge/cloud; FFN edge/cloud/split), S = 3, F = 3 + TP_GRID - 1 with tp (side both;
+    tp shares 1..TP_GRID-1, `option_grid`)."""
     n_h = spec.n_heads
-    s = jnp.arange(2)[None, :, None, None]
+    f, j, _ = option_grid(tp)
+    s = jnp.arange(n_sides(tp))[None, :, None, None]
     k = jnp.arange(n_h + 1)[None, None, :, None]
-    f = jnp.arange(3)[None, None, None, :]
+    f = jnp.asarray(f)[None, None, None, :]
+    j = jnp.asarray(j)[None, None, None, :]
     return layer_terms(s, k, f, q, link, spec, spec.head_cum[:, None, :, None],
-                       spec.ffn_w[:, None, None, None])
+                       spec.ffn_w[:, None, None, None], j)
 
 
-def option_allowed(spec: CostSpec):
-    """bool [L, 2, H+1, 3]: the options the privacy floor allows (the floor's layers take
+def option_allowed(spec: CostSpec, tp: bool = False):
+    """bool [L, S, H+1, F]: the options the privacy floor allows (the floor's layers take
     their input on the edge and run every head and the FFN there)."""
-    n_l, n_h = spec.n_layers, spec.n_heads
-    s = jnp.arange(2)[None, :, None, None]
+    n_l, n_h, n_s, n_f = spec.n_layers, spec.n_heads, n_sides(tp), n_ffn_options(tp)
+    s = jnp.arange(n_s)[None, :, None, None]
     k = jnp.arange(n_h + 1)[None, None, :, None]
-    f = jnp.arange(3)[None, None, None, :]
+    o = jnp.arange(n_f)[None, None, None, :]
     layer = jnp.arange(n_l)[:, None, None, None]
-    on_edge = (s == EDGE) & (k == n_h) & (f == EDGE)
-    return jnp.broadcast_to(~((layer < spec.privacy_layers) & ~on_edge), (n_l, 2, n_h + 1, 3))
+    on_edge = (s == EDGE) & (k == n_h) & (o == EDGE)
+    return jnp.broadcast_to(~((layer < spec.privacy_layers) & ~on_edge), (n_l, n_s, n_h + 1, n_f))
 
 
-def option_table(q, link, spec: CostSpec, w: Weights):
-    """float [L, 2, H+1, 3]: weighted objective of each (layer, input side, edge heads, FFN
-    side), BIG where the privacy floor forbids the option. The one option table of the
+def option_table(q, link, spec: CostSpec, w: Weights, tp: bool = False):
+    """float [L, S, H+1, F]: weighted objective of each (layer, input side, edge heads, FFN
+    option), BIG where the privacy floor forbids the option. The one option table of the
     solvers (this DP, the memory-resource DP, the slot oracle, the cvx program)."""
-    table = scalarize(option_terms(q, link, spec), q, spec, w)
+    table = scalarize(option_terms(q, link, spec, tp), q, spec, w)
     if spec.privacy_layers:
-        table = jnp.where(option_allowed(spec), table, BIG)
+        table = jnp.where(option_allowed(spec, tp), table, BIG)
     return table
 
 
-def solve_precision(q, link: LinkState, spec: CostSpec, w: Weights) -> DPResult:
-    """Exact minimizer of the weighted objective for activation precision q."""
-    n_l = spec.n_layers
-    table = option_table(q, link, spec, w)
-    to_edge = table[..., EDGE]  # [L, 2, H+1]
-    to_cloud = table[..., 1:].reshape(n_l, 2, -1)  # f in {cloud, split}
-    trans = jnp.stack([to_edge.min(-1), to_cloud.min(-1)], axis=-1)  # [L, s_in, s_out]
-    arg_edge = to_edge.argmin(-1)
-    arg_cloud = to_cloud.argmin(-1)  # index = k * 2 + (f - 1)
+def option_partition(heads, opts, q, embed_edge, tp: bool) -> Partition:
+    """The Partition of per-layer (edge heads, FFN option index) choices."""
+    f, j, _ = option_grid(tp)
+    return Partition(heads.astype(jnp.int32), jnp.asarray(f, jnp.int32)[opts],
+                     jnp.asarray(q, jnp.int32), embed_edge, jnp.asarray(j, jnp.int32)[opts])
+
+
+def solve_precision(q, link: LinkState, spec: CostSpec, w: Weights, tp: bool = False) -> DPResult:
+    """Exact minimizer of the weighted objective for activation precision q (with the tp
+    options and the side state BOTH if ``tp``, else the paper's space)."""
+    n_l, n_s, n_f = spec.n_layers, n_sides(tp), n_ffn_options(tp)
+    table = option_table(q, link, spec, w, tp).reshape(n_l, n_s, -1)  # option = k * F + o
+    _, _, out = option_grid(tp)
+    out = np.tile(out, spec.n_heads + 1)
+    masked = jnp.stack([jnp.where(jnp.asarray(out == so), table, BIG) for so in range(n_s)],
+                       axis=2)  # [L, s_in, s_out, opts]
+    trans = masked.min(-1)
+    arg = masked.argmin(-1)
 
     def forward(v, tr):
         cand = v[:, None] + tr  # [s_in, s_out]
         return jnp.minimum(cand.min(0), BIG), cand.argmin(0)
 
     def run(s0):
-        v0 = jnp.where(jnp.arange(2) == s0, 0.0, BIG)
+        v0 = jnp.where(jnp.arange(n_s) == s0, 0.0, BIG)
         v_last, back = jax.lax.scan(forward, v0, trans)
-        ends = scalarize(endpoint_terms(s0, jnp.arange(2), link, spec), q, spec, w)
+        ends = scalarize(endpoint_terms(s0, jnp.arange(n_s), link, spec), q, spec, w)
         total = jnp.minimum(v_last + ends, BIG)
         if spec.privacy_layers:
             total = jnp.where(s0 == CLOUD, BIG, total)
@@ -110,7 +150,7 @@ def solve_precision(q, link: LinkState, spec: CostSpec, w: Weights) -> DPResult:
 
     totals, backs = jax.vmap(run)(jnp.arange(2))  # [s0, s_last], [s0, L, s_out]
     best = totals.reshape(-1).argmin()
-    s0, s_last = best // 2, best % 2
+    s0, s_last = best // n_s, best % n_s
     back = backs[s0]
 
     def backward(s_out, bk):
@@ -118,19 +158,16 @@ def solve_precision(q, link: LinkState, spec: CostSpec, w: Weights) -> DPResult:
         return s_in, (s_in, s_out)
 
     _, (s_in, s_out) = jax.lax.scan(backward, s_last, back, reverse=True)
-    layers = jnp.arange(n_l)
-    a_e = arg_edge[layers, s_in]
-    a_c = arg_cloud[layers, s_in]
-    heads = jnp.where(s_out == EDGE, a_e, a_c // 2)
-    ffn = jnp.where(s_out == EDGE, EDGE, 1 + a_c % 2)
-    part = Partition(heads.astype(jnp.int32), ffn.astype(jnp.int32),
-                     jnp.asarray(q, jnp.int32), s0 == EDGE)
+    opt = arg[jnp.arange(n_l), s_in, s_out]
+    part = option_partition(opt // n_f, opt % n_f, q, s0 == EDGE, tp)
     return DPResult(totals.reshape(-1)[best], part)
 
 
-def solve(link: LinkState, spec: CostSpec, w: Weights, precisions=(0, 1, 2)) -> DPResult:
-    """Exact minimizer over the given activation precisions (no memory constraint)."""
-    res = jax.vmap(lambda q: solve_precision(q, link, spec, w))(jnp.asarray(precisions))
+def solve(link: LinkState, spec: CostSpec, w: Weights, precisions=(0, 1, 2),
+          tp: bool = False) -> DPResult:
+    """Exact minimizer over the given activation precisions (no memory constraint); ``tp``
+    (static) adds the tensor-parallel FFN options and the side state BOTH."""
+    res = jax.vmap(lambda q: solve_precision(q, link, spec, w, tp))(jnp.asarray(precisions))
     i = res.value.argmin()
     return jax.tree.map(lambda x: x[i], res)
 
@@ -152,63 +189,88 @@ def _value_and_mem(part: Partition, link, spec, w):
     from costmodel.costs import total_terms
 
     tt = total_terms(part, link, spec)
-    return scalarize(tt, part.act_prec, spec, w), tt.mem / 1e9
+    return scalarize(tt, part.act_prec, spec, w), tt.mem / 1e9, tt.mem_cloud / 1e9
 
 
 def solve_memory(link: LinkState, spec: CostSpec, w: Weights, precisions=(0, 1, 2),
-                 iters: int = 40, nu_max: float = 1e6) -> ConstrainedResult:
-    """Minimize the objective subject to edge memory <= budget (Lagrangian bisection on nu).
+                 iters: int = 40, nu_max: float = 1e6, tp: bool = False) -> ConstrainedResult:
+    """Minimize the objective subject to edge memory <= budget and cloud memory <= the cloud's
+    budget (Lagrangian bisection on the multipliers).
 
-    Exact (gap 0) when the unconstrained minimizer fits. Otherwise returns the best feasible
-    Lagrangian minimizer found and the dual lower bound max_nu [min_p obj + nu (mem - budget)].
+    Exact (gap 0) when the unconstrained minimizer fits both. Otherwise: a geometric bisection
+    on the edge multiplier nu (the cloud's at 0); if that finds nothing that also fits the
+    cloud, a bisection on the cloud multiplier with nu fixed at the smallest edge-feasible
+    value found. Returns the best partition found that fits both budgets and the dual lower
+    bound max [min_p obj + nu (mem - budget) + nu_c (mem_cloud - budget_cloud)] over the
+    multipliers tried.
     """
     budget = spec.edge.mem_budget / 1e9
+    cbudget = spec.cloud.mem_budget / 1e9
+    f32 = jnp.float32
 
-    def at(nu):
-        wn = w.replace(memory=w.memory + nu)
-        res = solve(link, spec, wn, precisions)
-        val, mem = _value_and_mem(res.partition, link, spec, w)
-        dual = val + nu * (mem - budget)
-        return res.partition, val, mem, dual
+    def at(nu, nu_c):
+        wn = w.replace(memory=w.memory + nu, cloud_memory=w.cloud_memory + nu_c)
+        res = solve(link, spec, wn, precisions, tp)
+        val, mem, mem_c = _value_and_mem(res.partition, link, spec, w)
+        dual = val + nu * (mem - budget) + nu_c * (mem_c - cbudget)
+        return res.partition, val, mem, mem_c, dual
 
-    # One traced copy of the DP: step 0 tries nu = 0 (exact if it fits), step 1 nu = nu_max,
-    # then geometric bisection between the largest infeasible and smallest feasible nu.
-    def body(i, carry):
-        lo, hi, best_p, best_v, best_dual, found, ok0 = carry
-        nu = jnp.where(i == 0, 0.0, jnp.where(i == 1, nu_max, jnp.sqrt(lo * hi)))
-        p, v, m, dual = at(nu)
-        fits = m <= budget
-        better = fits & (v < best_v)
+    # One traced copy of the DP in a state machine. Phase 0 (edge): step 0 tries nu = 0
+    # (exact if it fits both), step 1 nu = nu_max, then geometric bisection between the
+    # largest edge-infeasible and the smallest edge-feasible nu. Phase 1 (cloud): step 0
+    # nu_c = nu_max, then bisection on nu_c. Phase 2: done.
+    def step(c):
+        (i, phase, st, lo, hi, lo_c, hi_c, nu_fix, best_p, best_v, best_dual, ok0) = c
+        in_e = phase == 0
+        nu = jnp.where(in_e, jnp.where(st == 0, 0.0, jnp.where(st == 1, nu_max,
+                                                              jnp.sqrt(lo * hi))), nu_fix)
+        nu_c = jnp.where(in_e, 0.0, jnp.where(st == 0, nu_max, jnp.sqrt(lo_c * hi_c)))
+        p, v, m, mc, dual = at(nu, nu_c)
+        efit, cfit = m <= budget, mc <= cbudget
+        ok = efit & cfit & (v < BIG)
+        better = ok & (v < best_v)
         best_p = jax.tree.map(lambda a, b: jnp.where(better, a, b), p, best_p)
         best_v = jnp.where(better, v, best_v)
-        bisect = i >= 2
-        lo = jnp.where(bisect & ~fits, nu, lo)
-        hi = jnp.where(bisect & fits, nu, hi)
-        return (lo, hi, best_p, best_v, jnp.maximum(best_dual, dual), found | fits,
-                jnp.where(i == 0, fits, ok0))
+        best_dual = jnp.maximum(best_dual, dual)
+        found = best_v < BIG
+        ok0 = jnp.where(in_e & (st == 0), ok, ok0)
+        # Phase 0 transitions.
+        lo = jnp.where(in_e & (st >= 2) & ~efit, nu, lo)
+        hi = jnp.where(in_e & (((st >= 2) & efit) | (st == 1)), jnp.where(st == 1, nu_max, nu),
+                       hi)
+        e_end = (st >= iters + 1) | ((st == 0) & efit)  # bisection over, or nu = 0 fits edge
+        e_next = jnp.select([(st == 0) & ok, (st == 1) & ~efit, e_end & found, e_end],
+                            [2, 2, 2, 1], 0)
+        nu_fix_new = jnp.where(st == 0, 0.0, hi)
+        # Phase 1 transitions.
+        lo_c = jnp.where(~in_e & (st >= 1) & ~cfit, nu_c, lo_c)
+        hi_c = jnp.where(~in_e & (((st >= 1) & cfit) | (st == 0)),
+                         jnp.where(st == 0, nu_max, nu_c), hi_c)
+        c_next = jnp.where(((st == 0) & ~cfit) | (st >= iters), 2, 1)
+        nxt = jnp.where(in_e, e_next, c_next)
+        st = jnp.where(nxt != phase, 0, st + 1)
+        nu_fix = jnp.where(in_e & (nxt == 1), nu_fix_new, nu_fix)
+        return (i + 1, nxt, st, lo, hi, lo_c, hi_c, nu_fix, best_p, best_v, best_dual, ok0)
 
-    def cond(carry_i):
-        i, carry = carry_i
-        return (i < iters + 2) & ~((i >= 1) & carry[6]) & ~((i >= 2) & ~carry[5])
-
-    def step(carry_i):
-        i, carry = carry_i
-        return i + 1, body(i, carry)
+    def cond(c):
+        return (c[1] < 2) & (c[0] < 2 * iters + 4)
 
     empty = Partition(jnp.zeros(spec.n_layers, jnp.int32), jnp.zeros(spec.n_layers, jnp.int32),
-                      jnp.int32(0), jnp.bool_(True))
-    init = (jnp.float32(1e-9), jnp.float32(nu_max), empty, jnp.float32(BIG),
-            jnp.float32(-BIG), jnp.bool_(False), jnp.bool_(False))
-    _, (lo, hi, part, value, dual, found, ok0) = jax.lax.while_loop(cond, step, (0, init))
+                      jnp.int32(0), jnp.bool_(True), jnp.zeros(spec.n_layers, jnp.int32))
+    init = (0, jnp.int32(0), jnp.int32(0), f32(1e-9), f32(nu_max), f32(1e-9), f32(nu_max),
+            f32(0.0), empty, f32(BIG), f32(-BIG), jnp.bool_(False))
+    out = jax.lax.while_loop(cond, step, init)
+    hi, part, value, dual, ok0 = out[4], out[8], out[9], out[10], out[11]
     lower = jnp.where(ok0, value, jnp.minimum(dual, value))
-    return ConstrainedResult(value, part, jnp.where(ok0, 0.0, hi), lower, found)
+    return ConstrainedResult(value, part, jnp.where(ok0, 0.0, hi), lower, value < BIG)
 
 
-def best_costs(link: LinkState, spec: CostSpec, w: Weights, precisions=(0, 1, 2)):
+def best_costs(link: LinkState, spec: CostSpec, w: Weights, precisions=(0, 1, 2),
+               tp: bool = False):
     """Convenience: the memory-feasible minimizer and its RequestCosts."""
     from costmodel.costs import privacy_ok, total_terms
 
-    res = solve_memory(link, spec, w, precisions)
+    res = solve_memory(link, spec, w, precisions, tp=tp)
     tt = total_terms(res.partition, link, spec)
     return res, costs_from_terms(tt, res.partition.act_prec, link, spec,
                                  privacy_ok(res.partition, spec))

@@ -34,6 +34,9 @@ class DeviceProfile:
     eff_compute: achieved fraction of peak_tflops.
     eff_memory: achieved fraction of mem_bw_gbs.
     overhead_us: fixed cost of one phase (kernel launches, scheduling), microseconds.
+    msg_overhead_us: software cost of sending or receiving one message over the link on this
+      device (socket call, framing, (de)serialization), microseconds; a crossing pays the
+      sender's and the receiver's (`CostSpec.msg_overhead_s`). Default `MSG_OVERHEAD_US`.
     weight_bits: bits per weight as stored on this device (scales included).
     kv_bits: bits per KV-cache element.
     power_active_w: power while computing, W (edge energy model).
@@ -62,6 +65,7 @@ class DeviceProfile:
     rtt_ms: float = 0.0
     price_per_gpu_s: float = 0.0
     price_per_gb: float = 0.0
+    msg_overhead_us: float = 25.0
     sources: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
@@ -70,7 +74,7 @@ class DeviceProfile:
                                f"got {self.role!r}")
         positive = ("peak_tflops", "mem_bw_gbs", "weight_bits", "kv_bits", "mem_budget_gb")
         fractions = ("eff_compute", "eff_memory")
-        nonneg = ("overhead_us", "power_active_w", "power_idle_w", "power_tx_w", "rtt_ms",
+        nonneg = ("overhead_us", "msg_overhead_us", "power_active_w", "power_idle_w", "power_tx_w", "rtt_ms",
                   "price_per_gpu_s", "price_per_gb")
         for field in positive + fractions + nonneg:
             value = getattr(self, field)
@@ -93,7 +97,7 @@ class DeviceProfile:
         return ProfileParams(
             flops=f(self.peak_tflops * 1e12 * self.eff_compute),
             bw=f(self.mem_bw_gbs * 1e9 * self.eff_memory),
-            overhead_s=f(self.overhead_us * 1e-6),
+            overhead_s=f(self.overhead_us * 1e-6), msg_overhead_s=f(self.msg_overhead_us * 1e-6),
             weight_bytes=f(self.weight_bits / 8), kv_bytes=f(self.kv_bits / 8),
             p_active=f(self.power_active_w), p_idle=f(self.power_idle_w),
             p_tx=f(self.power_tx_w), mem_budget=f(self.mem_budget_gb * 1e9),
@@ -107,6 +111,7 @@ class ProfileParams:
     flops: jnp.ndarray  # achieved FLOP/s
     bw: jnp.ndarray  # achieved bytes/s
     overhead_s: jnp.ndarray
+    msg_overhead_s: jnp.ndarray  # per message sent or received
     weight_bytes: jnp.ndarray  # bytes per weight
     kv_bytes: jnp.ndarray  # bytes per KV element
     p_active: jnp.ndarray
@@ -116,6 +121,18 @@ class ProfileParams:
     price_gpu_s: jnp.ndarray
     price_byte: jnp.ndarray
 
+
+MSG_OVERHEAD_US = 25.0
+# The default of `msg_overhead_us` (every built-in profile uses it until the runtime's
+# calibration measures the pair): a message through the Linux kernel TCP stack costs tens of
+# microseconds of per-packet protocol and system-call work on each side (Menon & Zwaenepoel,
+# USENIX ATC 2008, per-packet vs per-byte overhead; Kalia et al., eRPC, NSDI 2019: kernel-TCP
+# RPCs in the tens of us, ~2 us with kernel bypass), plus framing and a tensor copy in the
+# runtime. Published tensor-parallel runs on LANs are dominated by these per-message costs for
+# small synchronisations (Ye et al., Galaxy, INFOCOM 2024).
+_MSG_SRC = ("assumed 25 us per message and side: kernel TCP send/receive path (Menon & "
+            "Zwaenepoel ATC 2008; Kalia et al. eRPC NSDI 2019) plus framing; measured by the "
+            "runtime's calibration")
 
 _PI5_SRC = {
     "peak_tflops": "derived: 4x Cortex-A76 @2.4 GHz, 2x128-bit NEON SDOT = 64 int8 op/cycle/core",
@@ -184,6 +201,32 @@ _L4_SRC = {
     "mem_budget_gb": "NVIDIA L4 datasheet: 24 GB",
 }
 
+_RTX4090_SRC = {
+    "peak_tflops": "NVIDIA Ada Lovelace architecture whitepaper, Appendix A (GeForce RTX 4090): "
+                   "165.2 TFLOP/s dense fp16 tensor with fp32 accumulate (330.3 with fp16 "
+                   "accumulate, 82.6 TFLOP/s fp32 non-tensor)",
+    "mem_bw_gbs": "NVIDIA RTX 4090 specifications: 24 GB GDDR6X, 384-bit, 21 Gbit/s = 1008 GB/s",
+    "eff_compute": "assumed 0.5 (as the datacenter and MEC profiles)",
+    "eff_memory": "assumed 0.7 (as the datacenter and MEC profiles)",
+    "weight_bits": "int8 weights so that LLaMA-13B fits in 24 GB",
+    "power_active_w": "NVIDIA RTX 4090 specifications: 450 W total graphics power",
+    "mem_budget_gb": "24 GB GDDR6X minus desktop and CUDA context (assumed 2 GB)",
+    "rtt_ms": "assumed: one Wi-Fi 6 (802.11ax) hop to a desktop on the same LAN, 1-5 ms; 2 ms",
+    "price_per_gpu_s": "electricity only: 450 W at 0.15 USD/kWh = 1.9e-5 USD/GPU-s (assumed "
+                       "tariff)",
+    "price_per_gb": "bytes inside the home LAN are free",
+    "overhead_us": "assumed: CUDA kernel launches per phase (~10 us)",
+}
+
+
+def _peer_src(base: dict, device: str, lan: str) -> dict:
+    """Sources of a peer profile: the device's own, plus what being a peer changes."""
+    return {**{k: f"same as {device}: {v}" for k, v in base.items()},
+            "rtt_ms": lan,
+            "price_per_gpu_s": "a second device of the user's own: not priced",
+            "price_per_gb": "bytes inside the LAN are free"}
+
+
 _BUILTIN = [
     DeviceProfile("rpi5", "edge", peak_tflops=0.614, mem_bw_gbs=17.0, eff_compute=0.17,
                   eff_memory=0.62, overhead_us=40.0, weight_bits=4.5, kv_bits=16,
@@ -205,7 +248,24 @@ _BUILTIN = [
                   eff_memory=0.7, overhead_us=10.0, weight_bits=8, kv_bits=16,
                   power_active_w=72.0, power_idle_w=0.0, power_tx_w=0.0, mem_budget_gb=24.0,
                   rtt_ms=5.0, price_per_gpu_s=1.97e-4, price_per_gb=0.0, sources=_L4_SRC),
+    # A second device of the same kind used as the "cloud" (two-device tensor parallelism).
+    DeviceProfile("pi5-peer", "cloud", peak_tflops=0.614, mem_bw_gbs=17.0, eff_compute=0.17,
+                  eff_memory=0.62, overhead_us=40.0, weight_bits=4.5, kv_bits=16,
+                  power_active_w=11.0, power_idle_w=2.7, power_tx_w=1.0, mem_budget_gb=7.0,
+                  rtt_ms=0.5, sources=_peer_src(
+                      _PI5_SRC, "rpi5", "assumed: Gigabit Ethernet LAN, 0.2-0.5 ms ping")),
+    DeviceProfile("orin-peer", "cloud", peak_tflops=25.0, mem_bw_gbs=102.4, eff_compute=0.3,
+                  eff_memory=0.41, overhead_us=250.0, weight_bits=4.5, kv_bits=16,
+                  power_active_w=25.0, power_idle_w=5.0, power_tx_w=1.0, mem_budget_gb=14.0,
+                  rtt_ms=0.5, sources=_peer_src(
+                      _ORIN_SRC, "orin-nx", "assumed: Gigabit Ethernet LAN, 0.2-0.5 ms ping")),
+    DeviceProfile("rtx4090-lan", "cloud", peak_tflops=165.2, mem_bw_gbs=1008.0,
+                  eff_compute=0.5, eff_memory=0.7, overhead_us=10.0, weight_bits=8, kv_bits=16,
+                  power_active_w=450.0, power_idle_w=0.0, power_tx_w=0.0, mem_budget_gb=22.0,
+                  rtt_ms=2.0, price_per_gpu_s=1.9e-5, price_per_gb=0.0, sources=_RTX4090_SRC),
 ]
+for _p in _BUILTIN:
+    _p.sources.setdefault("msg_overhead_us", _MSG_SRC)
 
 PROFILES: dict[str, DeviceProfile] = {p.name: p for p in _BUILTIN}
 

@@ -51,6 +51,11 @@ class CostSpec:
     def group(self) -> int:
         return self.n_heads // self.n_kv
 
+    @property
+    def msg_overhead_s(self):
+        """Software cost of one message over the link: the sender's plus the receiver's."""
+        return self.edge.msg_overhead_s + self.cloud.msg_overhead_s
+
 
 def edge_head_order(head_w: np.ndarray, group: int) -> np.ndarray:
     """int [L, H]: the order in which heads move to the edge as the count grows.

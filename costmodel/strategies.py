@@ -1,6 +1,7 @@
 """Named partitioning strategies for one request (docs/design.md §4): edge-only, cloud-only,
-the best layer cut, and the best head/FFN-granular partition (exact additive DP,
-memory-feasible).
+the best layer cut, the best head/FFN-granular partition in the paper's space (exact additive
+DP, memory-feasible), and the best partition with tensor-parallel FFNs (the same DP over the
+sides {edge, cloud, both}).
 
 The *layer-wise family* is defined once, here (:func:`layer_wise_candidates`): edge-only,
 cloud-only (only without a privacy floor) and every single cut ``c`` in
@@ -23,10 +24,11 @@ from costmodel.dp_memory import solve_memory_exact
 from costmodel.link import LinkState
 from costmodel.spec import CostSpec
 
-STRATEGIES = ("edge-only", "cloud-only", "best-layer-cut", "best-headwise")
+STRATEGIES = ("edge-only", "cloud-only", "best-layer-cut", "best-headwise", "best-tp")
 # The rows of `splitwise costs`: the strategies plus the accuracy-constrained layer cut.
 ACC1_PCT = 1.0
-COMPARE = ("edge-only", "cloud-only", "best-layer-cut", "best-layer-cut-acc1", "best-headwise")
+COMPARE = ("edge-only", "cloud-only", "best-layer-cut", "best-layer-cut-acc1", "best-headwise",
+           "best-tp")
 # What each row optimises (the `optimises` field of `compare`).
 OPTIMISES = {
     "edge-only": "nothing: every block on the edge",
@@ -36,7 +38,9 @@ OPTIMISES = {
     "best-layer-cut-acc1": f"min latency over edge-only, cloud-only and every single cut, any "
                            f"precision, accuracy drop <= {ACC1_PCT:g} %",
     "best-headwise": "min latency over every head/FFN partition and precision (exact DP), "
-                     "within edge memory",
+                     "within edge memory (the paper's space: no tensor-parallel FFN)",
+    "best-tp": "min latency over every head/FFN partition with tensor-parallel FFNs and the "
+               "residual on both sides, and precision (exact DP), within edge memory",
 }
 OBJECTIVES = {"latency": "latency_s", "energy": "energy_j", "cloud_cost": "cloud_cost",
               "accuracy": "accuracy_drop"}
@@ -57,7 +61,7 @@ def layer_wise_candidates(spec: CostSpec, precisions=(0, 1, 2)) -> P.Partition:
     on_edge = np.arange(n_l)[None, :] < n_edge[:, None]
     return P.Partition(np.where(on_edge, n_h, 0).astype(np.int32),
                        np.where(on_edge, P.EDGE, P.CLOUD).astype(np.int32),
-                       q.astype(np.int32), emb.astype(bool))
+                       q.astype(np.int32), emb.astype(bool), np.zeros(on_edge.shape, np.int32))
 
 
 def best_layer_cut(link: LinkState, spec: CostSpec, precisions=(0, 1, 2),
@@ -82,8 +86,8 @@ def best_layer_cut(link: LinkState, spec: CostSpec, precisions=(0, 1, 2),
 
 _best_layer_cut = jax.jit(best_layer_cut,
                           static_argnames=("precisions", "objective", "max_accuracy_pct"))
-_solve_memory = jax.jit(solve_memory, static_argnames=("precisions", "iters"))
-_solve_memory_exact = jax.jit(solve_memory_exact, static_argnames=("precisions", "units"))
+_solve_memory = jax.jit(solve_memory, static_argnames=("precisions", "iters", "tp"))
+_solve_memory_exact = jax.jit(solve_memory_exact, static_argnames=("precisions", "units", "tp"))
 
 
 def _layer_cut(link, spec, max_accuracy_pct=None):
@@ -99,10 +103,11 @@ def strategy_partition(name: str, link: LinkState, spec: CostSpec, weights: Weig
     """(partition, costs) of a named strategy (`COMPARE`); (None, None) when it has no
     feasible partition.
 
-    best-headwise minimizes `weights` (latency by default): exactly when the memory multiplier
-    closes the duality gap (costmodel.dp.solve_memory), else with the memory-resource DP
-    (costmodel.dp_memory), optimal up to rounding memory to 1/1024 of the budget, and never
-    worse than the best layer cut."""
+    best-headwise (the paper's space) and best-tp (with tensor-parallel FFNs) minimize
+    `weights` (latency by default): exactly when the memory multipliers close the duality gap
+    (costmodel.dp.solve_memory), else with the memory-resource DP (costmodel.dp_memory),
+    optimal up to rounding memory to 1/1024 of the budget, and never worse than the best layer
+    cut (best-tp never worse than best-headwise)."""
     n_l, n_h = spec.n_layers, spec.n_heads
     if name == "edge-only":
         p = P.edge_only(n_l, n_h)
@@ -112,17 +117,19 @@ def strategy_partition(name: str, link: LinkState, spec: CostSpec, weights: Weig
         return _layer_cut(link, spec)
     elif name == "best-layer-cut-acc1":
         return _layer_cut(link, spec, ACC1_PCT)
-    elif name == "best-headwise":
-        res = _solve_memory(link, spec, weights or Weights())
+    elif name in ("best-headwise", "best-tp"):
+        tp = name == "best-tp"
+        w = weights or Weights()
+        res = _solve_memory(link, spec, w, tp=tp)
         if not bool(res.feasible) or float(res.gap) > 1e-6 * abs(float(res.value)):
             # The multiplier leaves a duality gap: add the memory-resource DP, and keep the
-            # best layer cut if it is better still (rounding memory can exclude it).
-            res = _solve_memory_exact(link, spec, weights or Weights(), units=1024)
-            cut, cut_costs = _layer_cut(link, spec)
-            own = request_costs(res.partition, link, spec)
-            if cut is not None and (not bool(res.feasible)
-                                    or float(cut_costs.latency_s) < float(own.latency_s)):
-                return cut, cut_costs
+            # best of the smaller spaces if it is better still (rounding memory can exclude it).
+            res = _solve_memory_exact(link, spec, w, units=1024, tp=tp)
+            own = request_costs(res.partition, link, spec) if bool(res.feasible) else None
+            alt, alt_costs = (strategy_partition("best-headwise", link, spec, weights) if tp
+                              else _layer_cut(link, spec))
+            if alt is not None and (own is None or _score(alt_costs, w) < _score(own, w)):
+                return alt, alt_costs
         if not bool(res.feasible):
             return None, None
         p = res.partition
@@ -132,13 +139,27 @@ def strategy_partition(name: str, link: LinkState, spec: CostSpec, weights: Weig
     return p, c
 
 
+def _score(c: RequestCosts, w: Weights) -> float:
+    """The weighted objective of one request's costs (memory in GB)."""
+    return (float(w.latency) * float(c.latency_s) + float(w.energy) * float(c.energy_j)
+            + float(w.cloud_cost) * float(c.cloud_cost)
+            + float(w.accuracy) * float(c.accuracy_drop)
+            + float(w.memory) * float(c.edge_memory_gb)
+            + float(w.cloud_memory) * float(c.cloud_memory_gb))
+
+
 def describe(p: P.Partition) -> str:
-    """Short human-readable form: e.g. 'E:0-3 C:4-31 q=fp16' or per-layer heads/FFN."""
-    heads, ffn = np.asarray(p.edge_heads), np.asarray(p.ffn)
+    """Short human-readable form: per run of equal layers 'first-last:h<edge heads>/<FFN>',
+    the FFN as e(dge), c(loud), s(plit) or t<edge share in sixteenths> (tensor-parallel)."""
+    heads, ffn, frac = np.asarray(p.edge_heads), np.asarray(p.ffn), np.asarray(p.ffn_frac)
+
+    def ffn_name(i):
+        return f"t{frac[i]}" if ffn[i] == P.TP else P.FFN_SIDES[ffn[i]][0]
+
     runs, start = [], 0
     for i in range(1, len(heads) + 1):
-        if i == len(heads) or heads[i] != heads[start] or ffn[i] != ffn[start]:
-            runs.append(f"{start}-{i - 1}:h{heads[start]}/{P.FFN_SIDES[ffn[start]][0]}")
+        if i == len(heads) or heads[i] != heads[start] or ffn_name(i) != ffn_name(start):
+            runs.append(f"{start}-{i - 1}:h{heads[start]}/{ffn_name(start)}")
             start = i
     emb = "emb=edge" if bool(p.embed_edge) else "emb=cloud"
     return f"{emb} {' '.join(runs)} q={P.ACT_PRECISIONS[int(p.act_prec)]}"
@@ -146,8 +167,8 @@ def describe(p: P.Partition) -> str:
 
 def compare(link: LinkState, spec: CostSpec) -> list[dict]:
     """One row per strategy of `COMPARE` with the keys of `splitwise costs --json` (strategy,
-    optimises, label, latency_s, energy_j, cloud_cost, accuracy_drop, edge_memory_gb, feasible,
-    partition)."""
+    optimises, label, latency_s, energy_j, cloud_cost, accuracy_drop, edge_memory_gb,
+    cloud_memory_gb, feasible, partition)."""
     rows = []
     for name in COMPARE:
         p, c = strategy_partition(name, link, spec)
@@ -161,9 +182,10 @@ def row(name: str, p, c: RequestCosts | None) -> dict:
     head = {"strategy": name, "optimises": what, "label": f"{name} ({what})" if what else name}
     if c is None:
         return {**head, "latency_s": None, "energy_j": None, "cloud_cost": None,
-                "accuracy_drop": None, "edge_memory_gb": None, "feasible": False,
-                "partition": None}
+                "accuracy_drop": None, "edge_memory_gb": None, "cloud_memory_gb": None,
+                "feasible": False, "partition": None}
     return {**head, "latency_s": float(c.latency_s), "energy_j": float(c.energy_j),
             "cloud_cost": float(c.cloud_cost), "accuracy_drop": float(c.accuracy_drop),
-            "edge_memory_gb": float(c.edge_memory_gb), "feasible": bool(c.feasible),
+            "edge_memory_gb": float(c.edge_memory_gb),
+            "cloud_memory_gb": float(c.cloud_memory_gb), "feasible": bool(c.feasible),
             "partition": describe(p)}

@@ -18,13 +18,16 @@ def run_json(capsys, *argv):
 def test_costs_json_rows_and_orderings(capsys):
     rows = run_json(capsys, "--model", "gpt2-xl", "--device", "orin-nx", "--bandwidth-mbps",
                     "50", "--rtt-ms", "20")
-    assert set(rows) == {"edge-only", "cloud-only", "best-layer-cut", "best-headwise"}
+    assert set(rows) == {"edge-only", "cloud-only", "best-layer-cut", "best-layer-cut-acc1",
+                         "best-headwise", "best-tp"}
     for r in rows.values():
         assert KEYS <= set(r)
-    # The exact head-level optimum can never be slower than any special case it contains.
+    # The exact head-level optimum can never be slower than any special case it contains, and
+    # the optimum with tensor-parallel FFNs never slower than the paper's space.
     best = rows["best-headwise"]["latency_s"]
-    for name in ("edge-only", "cloud-only", "best-layer-cut"):
+    for name in ("edge-only", "cloud-only", "best-layer-cut", "best-layer-cut-acc1"):
         assert best <= rows[name]["latency_s"] * (1 + 1e-5)
+    assert rows["best-tp"]["latency_s"] <= best * (1 + 1e-5)
     assert rows["cloud-only"]["edge_memory_gb"] == 0.0
 
 
@@ -55,3 +58,17 @@ def test_outage_leaves_only_edge_side(capsys):
     assert rows["cloud-only"]["feasible"] is False
     assert rows["best-headwise"]["feasible"] is True
     assert rows["best-headwise"]["latency_s"] == pytest.approx(rows["edge-only"]["latency_s"])
+
+
+def test_tp_between_orin_peers_beats_the_paper_space(capsys):
+    # Two Orin NX on a 10 Gbit/s, 0.05 ms link: best-tp <= best-headwise <= every layer-wise row.
+    rows = run_json(capsys, "--model", "llama-7b", "--device", "orin-nx", "--cloud", "orin-peer",
+                    "--bandwidth-mbps", "10000", "--rtt-ms", "0.05")
+    head = rows["best-headwise"]["latency_s"]
+    assert rows["best-tp"]["latency_s"] <= head * (1 + 1e-5)
+    for name in ("edge-only", "cloud-only", "best-layer-cut", "best-layer-cut-acc1"):
+        assert head <= rows[name]["latency_s"] * (1 + 1e-5)
+    assert "/t" in rows["best-tp"]["partition"]
+    # At most the two-device bound: half of edge-only's time, and strictly better than 1.2x.
+    speedup = rows["edge-only"]["latency_s"] / rows["best-tp"]["latency_s"]
+    assert 1.2 < speedup <= 2.0

@@ -19,7 +19,9 @@ from costmodel.accuracy import AccuracyProfile
 from costmodel.cards import ModelCard
 from costmodel.profiles import DeviceProfile
 
-EDGE, CLOUD, SPLIT = 0, 1, 2
+EDGE, CLOUD, SPLIT, TP = 0, 1, 2, 3  # FFN modes
+BOTH = 2  # residual side: held on both sides
+TP_GRID = 16
 ACT_BYTES = (2.0, 1.0, 0.5)  # fp16, int8, int4 bytes per crossing activation element
 TOKEN_BYTES = 4.0
 
@@ -61,6 +63,8 @@ class RefCosts:
     memory_ok: bool
     link_ok: bool
     privacy_ok: bool
+    cloud_memory_gb: float
+    cloud_memory_ok: bool
 
 
 class _Device:
@@ -101,7 +105,7 @@ def heads_work(card: ModelCard, dev: _Device, q_heads: int, n: float, ctx: float
     return flops, weights * dev.w_bytes + cache * dev.kv_bytes
 
 
-def ffn_work(card: ModelCard, dev: _Device, mats: int, n: float) -> tuple[float, float]:
+def ffn_work(card: ModelCard, dev: _Device, mats: float, n: float) -> tuple[float, float]:
     params = mats * card.d_model * card.d_ff
     return 2.0 * n * params, params * dev.w_bytes
 
@@ -160,16 +164,22 @@ def importance_prefix(sc: Scenario) -> list[list[float]]:
     return out
 
 
+def msg_latency(sc: Scenario, link: Link) -> float:
+    """Per-message time besides the bytes: RTT/2 + sender's and receiver's software cost."""
+    return link.rtt_ms * 1e-3 / 2 + (sc.edge.msg_overhead_us + sc.cloud.msg_overhead_us) * 1e-6
+
+
 def one_pass(sc: Scenario, edge_heads, ffn, act_prec: int, s0: int, link: Link, n: float,
-             ctx: float, read_cache: bool) -> tuple[_Acc, int]:
+             ctx: float, read_cache: bool, ffn_frac=None) -> tuple[_Acc, int]:
     """Walk the layers once over n tokens; returns the totals and the final residual side."""
     card = sc.card
     e, c = _Device(sc.edge), _Device(sc.cloud, link.share)
     bw = {EDGE: link.up_mbps * 1e6 / 8, CLOUD: link.down_mbps * 1e6 / 8}  # keyed by sender
-    half_rtt = link.rtt_ms * 1e-3 / 2
+    lat0 = msg_latency(sc, link)
+    ffn_frac = [0] * card.n_layers if ffn_frac is None else ffn_frac
 
     def cross(sender, nbytes):
-        return half_rtt + _send_time(nbytes, bw[sender])
+        return lat0 + _send_time(nbytes, bw[sender])
 
     ab = ACT_BYTES[act_prec]
     x_bytes = n * card.d_model * ab
@@ -180,11 +190,22 @@ def one_pass(sc: Scenario, edge_heads, ffn, act_prec: int, s0: int, link: Link, 
         heads = {EDGE: k, CLOUD: card.n_heads - k}
         t = {EDGE: e.block(*heads_work(card, e, heads[EDGE], n, ctx, read_cache)),
              CLOUD: c.block(*heads_work(card, c, heads[CLOUD], n, ctx, read_cache))}
+        if f == TP:
+            side = _tp_layer(tot, card, e, c, link, bw, cross, x_bytes, heads, t, side,
+                             int(ffn_frac[layer]), n)
+            continue
         # Heads compute concurrently; partial outputs are summed where the FFN starts.
         agg = CLOUD if f == CLOUD else EDGE
         other = 1 - agg
         sent = {EDGE: 0.0, CLOUD: 0.0}
-        if side == agg:
+        if side == BOTH:
+            # Both sides hold the input: only the other side's partial sum moves to agg.
+            if heads[other]:
+                lat, n_x = max(t[agg], t[other] + cross(other, x_bytes)), 1
+                sent[other] += x_bytes
+            else:
+                lat, n_x = t[agg], 0
+        elif side == agg:
             if heads[other]:
                 # The input goes to the other side and its partial sum comes back.
                 lat = max(t[agg], cross(agg, x_bytes) + t[other] + cross(other, x_bytes))
@@ -225,20 +246,65 @@ def one_pass(sc: Scenario, edge_heads, ffn, act_prec: int, s0: int, link: Link, 
     return tot, side
 
 
+def _tp_layer(tot: _Acc, card, e: _Device, c: _Device, link: Link, bw, cross, x_bytes, heads,
+              t, side: int, frac: int, n: float) -> int:
+    """A tensor-parallel layer as an event timeline: entering both, attention on both sides,
+    exchange of attention partial sums, FFN columns on both sides, exchange of FFN partial
+    sums, barrier. Returns the new side (BOTH)."""
+    start = {EDGE: 0.0, CLOUD: 0.0}
+    sent = {EDGE: 0, CLOUD: 0}  # messages by sender
+    # Entering: the side without the residual needs it before its heads start, if it has any.
+    for holder in (EDGE, CLOUD):
+        other = 1 - holder
+        if side == holder and heads[other]:
+            start[other] = cross(holder, x_bytes)
+            sent[holder] += 1
+    finish = {d: start[d] + t[d] for d in (EDGE, CLOUD)}
+    # Exchange 1: a side with heads sends its partial (with the residual if the receiver
+    # lacks it; a receiver lacks it only if it holds no heads, so the sender has heads).
+    ready = dict(finish)
+    for sender in (EDGE, CLOUD):
+        if heads[sender]:
+            recv = 1 - sender
+            ready[recv] = max(ready[recv], finish[sender] + cross(sender, x_bytes))
+            sent[sender] += 1
+    # FFN columns: frac/16 of the d_ff columns (all m matrices' share) on the edge.
+    m = card.n_ffn_mats
+    phi = frac / TP_GRID
+    t_f = {EDGE: e.block(*ffn_work(card, e, m * phi, n)),
+           CLOUD: c.block(*ffn_work(card, c, m * (1 - phi), n))}
+    done = {d: ready[d] + t_f[d] for d in (EDGE, CLOUD)}
+    # Exchange 2: both send their FFN partial sums; then a barrier.
+    final = {d: max(done[d], done[1 - d] + cross(1 - d, x_bytes)) for d in (EDGE, CLOUD)}
+    sent[EDGE] += 1
+    sent[CLOUD] += 1
+    lat = max(final.values())
+    tot.phase(lat, t[EDGE] + t_f[EDGE], sent[EDGE] * x_bytes, sent[CLOUD] * x_bytes,
+              (t[CLOUD] + t_f[CLOUD]) * link.share, sent[EDGE] + sent[CLOUD], bw[EDGE])
+    return BOTH
+
+
 def request_costs_ref(sc: Scenario, edge_heads, ffn, act_prec: int, embed_edge: bool,
-                      link: Link, prefix: list[list[float]] | None = None) -> RefCosts:
-    """Costs of one request; `prefix` is importance_prefix(sc) if already computed."""
+                      link: Link, prefix: list[list[float]] | None = None,
+                      ffn_frac=None) -> RefCosts:
+    """Costs of one request; `prefix` is importance_prefix(sc) if already computed; `ffn_frac`
+    the tp shares (units of 1/16; zeros if None)."""
     card, T, S = sc.card, sc.new_tokens, sc.prompt_tokens
     prefix = prefix or importance_prefix(sc)
+    ffn_frac = [0] * card.n_layers if ffn_frac is None else list(ffn_frac)
     s0 = EDGE if embed_edge else CLOUD
-    pre, s_last = one_pass(sc, edge_heads, ffn, act_prec, s0, link, S, (S + 1) / 2, False)
-    dec, _ = one_pass(sc, edge_heads, ffn, act_prec, s0, link, 1, S + (T + 1) / 2, True)
+    pre, s_last = one_pass(sc, edge_heads, ffn, act_prec, s0, link, S, (S + 1) / 2, False,
+                           ffn_frac)
+    dec, _ = one_pass(sc, edge_heads, ffn, act_prec, s0, link, 1, S + (T + 1) / 2, True,
+                      ffn_frac)
+    if s_last == BOTH:
+        s_last = s0  # both hold the final residual: the LM head runs on the embedding's side
 
     # Endpoints: prompt upload, T + 1 LM-head calls, token feedback before each decode step,
     # and delivery of the last token (earlier ones stream while decoding continues).
     e, c = _Device(sc.edge), _Device(sc.cloud, link.share)
     bw_up, bw_down = link.up_mbps * 1e6 / 8, link.down_mbps * 1e6 / 8
-    half_rtt = link.rtt_ms * 1e-3 / 2
+    half_rtt = msg_latency(sc, link)
     v, d = card.vocab, card.d_model
     lat = up = down = 0.0
     if s0 == CLOUD:
@@ -277,21 +343,31 @@ def request_costs_ref(sc: Scenario, edge_heads, ffn, act_prec: int, embed_edge: 
     # Edge memory: weights of edge blocks at edge precision, the K/V cache of the edge K/V
     # heads for S + T tokens, and the embedding / LM head on the edge (one matrix if tied).
     wb, kvb = sc.edge.weight_bits / 8, sc.edge.kv_bits / 8
+    cwb, ckvb = sc.cloud.weight_bits / 8, sc.cloud.kv_bits / 8
     dh, m = card.head_dim, card.n_ffn_mats
-    mem = 0.0
+    mem = mem_c = 0.0
     weight_frac = 0.0  # importance of blocks at edge weight precision
     for layer in range(card.n_layers):
         k, f = int(edge_heads[layer]), int(ffn[layer])
         kv_heads = math.ceil(k / card.group_size)
+        # The cloud holds every K/V head with at least one of its query heads on the cloud.
+        kv_c = sum(1 for g in range(card.n_kv_heads)
+                   if (g + 1) * card.group_size > k)
         mem += wb * (k * 2 * d * dh + kv_heads * 2 * d * dh)
         mem += kvb * kv_heads * 2 * dh * (S + T)
+        mem_c += cwb * ((card.n_heads - k) * 2 * d * dh + kv_c * 2 * d * dh)
+        mem_c += ckvb * kv_c * 2 * dh * (S + T)
         weight_frac += prefix[layer][k]
-        mats = {EDGE: m, CLOUD: 0, SPLIT: m - 1}[f]
+        mats = {EDGE: m, CLOUD: 0, SPLIT: m - 1, TP: m * ffn_frac[layer] / TP_GRID}[f]
         mem += wb * mats * d * card.d_ff
+        mem_c += cwb * (m - mats) * d * card.d_ff
         weight_frac += sc.acc.ffn_w[layer] * mats / m
     emb_edge, lm_edge = s0 == EDGE, s_last == EDGE
     n_mats = (emb_edge or lm_edge) if card.tied_embeddings else (emb_edge + lm_edge)
+    n_mats_c = ((not emb_edge) or (not lm_edge)) if card.tied_embeddings else (
+        (not emb_edge) + (not lm_edge))
     mem += wb * v * d * n_mats
+    mem_c += cwb * v * d * n_mats_c
 
     accuracy = 100.0 * (sc.acc.act_rel[act_prec] * pre.crossings
                         + sc.acc.weight_cost(sc.edge.weight_bits) * weight_frac)
@@ -300,20 +376,25 @@ def request_costs_ref(sc: Scenario, edge_heads, ffn, act_prec: int, embed_edge: 
                for i in range(sc.privacy_layers))
     priv = priv and (embed_edge or sc.privacy_layers == 0)
     memory_ok = mem <= sc.edge.mem_budget_gb * 1e9
+    cloud_ok = mem_c <= sc.cloud.mem_budget_gb * 1e9
     link_ok = math.isfinite(total.latency)
     return RefCosts(
         latency_s=total.latency, energy_j=energy, cloud_cost=cloud_cost, accuracy_drop=accuracy,
-        edge_memory_gb=mem / 1e9, feasible=memory_ok and link_ok and priv,
+        edge_memory_gb=mem / 1e9, feasible=memory_ok and cloud_ok and link_ok and priv,
         edge_compute_s=total.busy, bytes_up=total.up, bytes_down=total.down,
         cloud_gpu_s=total.gpu, n_crossings=float(pre.crossings), memory_ok=memory_ok,
-        link_ok=link_ok, privacy_ok=priv)
+        link_ok=link_ok, privacy_ok=priv, cloud_memory_gb=mem_c / 1e9,
+        cloud_memory_ok=cloud_ok)
 
 
-def request_costs_ref_batch(sc: Scenario, edge_heads, ffn, act_prec, embed_edge, links):
-    """Loop over a batch: edge_heads, ffn int [B, L]; act_prec int [B]; embed_edge bool [B];
-    links a sequence of B `Link`s. Returns a dict of float64 [B] arrays."""
+def request_costs_ref_batch(sc: Scenario, edge_heads, ffn, act_prec, embed_edge, links,
+                            ffn_frac=None):
+    """Loop over a batch: edge_heads, ffn, ffn_frac int [B, L]; act_prec int [B]; embed_edge
+    bool [B]; links a sequence of B `Link`s. Returns a dict of float64 [B] arrays."""
     prefix = importance_prefix(sc)
+    if ffn_frac is None:
+        ffn_frac = np.zeros_like(np.asarray(ffn))
     rows = [request_costs_ref(sc, edge_heads[i], ffn[i], int(act_prec[i]), bool(embed_edge[i]),
-                              links[i], prefix) for i in range(len(links))]
+                              links[i], prefix, ffn_frac[i]) for i in range(len(links))]
     return {f.name: np.array([getattr(r, f.name) for r in rows], dtype=float)
             for f in dataclasses.fields(RefCosts)}

@@ -9,6 +9,8 @@ ctx S + (T+1)/2 = 101 reading the KV cache; the LM head runs T + 1 = 2 times.
 Edge: 1e12 FLOP/s, 1e9 B/s, 1-byte weights and KV, no overhead; 10 W active, 1 W idle,
 2 W radio. Cloud: 1e14 FLOP/s, 1e11 B/s, 2-byte weights and KV, no overhead; 1 USD per
 GPU-second, 0.5 USD per GB. Link: 8 Mbit/s = 1e6 B/s both ways, RTT 100 ms (RTT/2 = 0.05 s).
+No per-message software overhead, except in the cases that test it (`test_msg_overhead_*`, the
+tensor-parallel cases at the end).
 """
 
 from __future__ import annotations
@@ -20,19 +22,22 @@ from costmodel_testkit import costs_jit
 from costmodel.accuracy import AccuracyProfile
 from costmodel.cards import ModelCard
 from costmodel.link import Workload, make_link
-from costmodel.partition import EDGE, cloud_only, edge_only, layer_cut, make_partition
+import dataclasses
+
+from costmodel.partition import EDGE, TP, cloud_only, edge_only, layer_cut, make_partition
 from costmodel.profiles import DeviceProfile
 from costmodel.spec import make_spec
 
 HAND = ModelCard("hand", 2, 2, 2, 1000, 4000, 10000, "gelu", False)
 EDGE_P = DeviceProfile("hand-edge", "edge", peak_tflops=1.0, mem_bw_gbs=1.0, eff_compute=1.0,
                        eff_memory=1.0, overhead_us=0.0, weight_bits=8, kv_bits=8,
-                       power_active_w=10.0, power_idle_w=1.0, power_tx_w=2.0, mem_budget_gb=1.0)
+                       power_active_w=10.0, power_idle_w=1.0, power_tx_w=2.0, mem_budget_gb=1.0,
+                       msg_overhead_us=0.0)
 CLOUD_P = DeviceProfile("hand-cloud", "cloud", peak_tflops=100.0, mem_bw_gbs=100.0,
                         eff_compute=1.0, eff_memory=1.0, overhead_us=0.0, weight_bits=16,
                         kv_bits=16, power_active_w=0.0, power_idle_w=0.0, power_tx_w=0.0,
                         mem_budget_gb=80.0, rtt_ms=100.0, price_per_gpu_s=1.0,
-                        price_per_gb=0.5)
+                        price_per_gb=0.5, msg_overhead_us=0.0)
 # act_rel: fp16 0, int8 1 %, int4 10 % per crossing; 8-bit weights cost 2 % over all blocks.
 ACC = AccuracyProfile(np.array([0.0, 0.01, 0.1]), {"8": 0.02},
                       np.array([[0.1, 0.1], [0.1, 0.1]]), np.array([0.3, 0.3]), "hand")
@@ -197,3 +202,108 @@ def test_token_feedback_when_embedding_and_lm_head_differ():
     assert c["n_crossings"] == 1
     # The embedding matrix is not on the edge, the LM head is: 1e7 B less than edge-only.
     assert c["edge_memory_gb"] == approx(0.034404)
+
+
+def test_msg_overhead_is_paid_by_every_crossing():
+    # 30 us per message on each side: each crossing pays 60 us more. Cloud-only crosses twice
+    # on its critical path (the prompt up, the last token down): + 1.2e-4 s.
+    spec = make_spec(HAND, dataclasses.replace(EDGE_P, msg_overhead_us=30.0),
+                     dataclasses.replace(CLOUD_P, msg_overhead_us=30.0), Workload(100, 1), 0, ACC)
+    c = costs(cloud_only(2), spec=spec)
+    assert c["latency_s"] == approx(0.10177208 + 1.2e-4)
+    # The single cut crosses four times: the layer-1 input in prefill and in decode, the token
+    # fed back, the last token: + 2.4e-4 s.
+    c = costs(layer_cut(2, 2, 1), spec=spec)
+    assert c["latency_s"] == approx(0.42709404 + 2.4e-4)
+
+
+# Tensor parallelism between two identical devices: the HAND card on the edge above and a peer
+# "cloud" with the same roofline (1e12 FLOP/s, 1e9 B/s, 1-byte weights and KV), a link of
+# 8000 Mbit/s = 1e9 B/s both ways, RTT 0.1 ms (RTT/2 = 5e-5 s), 10 us per message on each side:
+# one crossing of an fp16 residual costs 5e-5 + 2e-5 + bytes / 1e9: prefill 100 * 1000 * 2 B =
+# 2e5 B -> X = 2.7e-4 s; decode 2000 B -> X = 7.2e-5 s.
+# Per side, one head and its K/V head: prefill 2e6 B -> 2e-3 s (FLOPs 4.101e8 -> 4.1e-4 s);
+# decode 2e6 + 101 000 B of K/V -> 2.101e-3 s. Half the FFN columns (phi = 8/16): 2 matrices
+# x 0.5 x 1000 x 4000 = 4e6 weights -> 4e-3 s in both passes (FLOPs 8e8 -> 8e-4 s prefill).
+PEER = DeviceProfile("hand-peer", "cloud", peak_tflops=1.0, mem_bw_gbs=1.0, eff_compute=1.0,
+                     eff_memory=1.0, overhead_us=0.0, weight_bits=8, kv_bits=8,
+                     power_active_w=0.0, power_idle_w=0.0, power_tx_w=0.0, mem_budget_gb=1.0,
+                     price_per_gpu_s=1.0, price_per_gb=0.0, msg_overhead_us=10.0)
+TP_SPEC = make_spec(HAND, dataclasses.replace(EDGE_P, msg_overhead_us=10.0), PEER,
+                    Workload(100, 1), 0, ACC)
+TP_LINK = make_link(8000.0, 0.1)
+
+
+def test_tp_two_layers_between_peers():
+    c = costs(make_partition([1, 1], [TP, TP], ffn_frac=[8, 8]), TP_LINK, TP_SPEC)
+    # Prefill layer 0 (residual on the edge): the cloud holds a head, so the residual goes up
+    # first (X): cloud attention ends at 2.7e-4 + 2e-3 = 2.27e-3, the edge's at 2e-3.
+    # Exchange 1: edge ready at max(2e-3, 2.27e-3 + 2.7e-4) = 2.54e-3, cloud at
+    # max(2.27e-3, 2e-3 + 2.7e-4) = 2.27e-3. FFN halves: 6.54e-3 and 6.27e-3. Exchange 2:
+    # edge max(6.54e-3, 6.27e-3 + 2.7e-4) = 6.54e-3, cloud max(6.27e-3, 6.54e-3 + 2.7e-4) =
+    # 6.81e-3. Barrier: 6.81e-3.
+    # Prefill layer 1 (both hold it): 2e-3 + 2.7e-4 + 4e-3 + 2.7e-4 = 6.54e-3.
+    # Decode layer 0: as prefill with 2.101e-3 and X = 7.2e-5: edge ready max(2.101e-3,
+    # 2.173e-3 + 7.2e-5) = 2.245e-3, cloud 2.173e-3; FFN 6.245e-3 / 6.173e-3; exchange 2:
+    # cloud max(6.173e-3, 6.245e-3 + 7.2e-5) = 6.317e-3. Decode layer 1: 2.101e-3 + 7.2e-5 +
+    # 4e-3 + 7.2e-5 = 6.245e-3.
+    # The residual ends on both sides: the LM head runs on the embedding's side (the edge),
+    # 1e7 B -> 0.01 s, twice: 0.02. No token crosses.
+    layers = 6.81e-3 + 6.54e-3 + 6.317e-3 + 6.245e-3
+    assert c["latency_s"] == approx(layers + 0.02)  # 0.045912 (edge-only: 0.068404)
+    # Messages of one pass: layer 0 enters (1 up) and exchanges twice each way (2 up, 2 down);
+    # layer 1 only exchanges (2 up, 2 down): 9 crossings.
+    assert c["n_crossings"] == 9
+    # Up: 5 residuals a pass (2e5 B prefill, 2000 B decode); down: 4.
+    assert c["bytes_up"] == approx(5 * 2e5 + 5 * 2000)
+    assert c["bytes_down"] == approx(4 * 2e5 + 4 * 2000)
+    # Edge compute: prefill 2 x (2e-3 + 4e-3), decode 2 x (2.101e-3 + 4e-3), LM head 0.02.
+    assert c["edge_compute_s"] == approx(0.012 + 0.012202 + 0.02)
+    assert c["cloud_gpu_s"] == approx(0.012 + 0.012202)
+    # Energy: busy 0.044202 s at 10 W; radio 1.01e6 B / 1e9 = 1.01e-3 s at 2 W; idle per layer
+    # phase (latency - busy - radio): 6.81e-3 - 6e-3 - 6e-4 = 2.1e-4, 6.54e-3 - 6e-3 - 4e-4 =
+    # 1.4e-4, 6.317e-3 - 6.101e-3 - 6e-6 = 2.1e-4, 6.245e-3 - 6.101e-3 - 4e-6 = 1.4e-4.
+    assert c["energy_j"] == approx(10 * 0.044202 + 2 * 1.01e-3 + 7e-4)  # 0.44474
+    # Memory per layer and side: one head + one K/V head 2e6 B, half the FFN 4e6 B, K/V cache
+    # 2 * 500 * 101 = 101 000 B; the edge also holds the embedding and the LM head (2e7 B).
+    assert c["edge_memory_gb"] == approx(2 * 6.101e-3 + 0.02)  # 0.032202
+    assert c["cloud_memory_gb"] == approx(2 * 6.101e-3)  # 0.012202
+    # Edge importance: per layer one head (0.1) and half the FFN (0.5 * 0.3): 0.5 in all, at
+    # 8-bit weights 100 * 0.02 * 0.5 = 1 %; at int8 each of the 9 crossings costs 1 % more.
+    assert c["accuracy_drop"] == approx(1.0)
+    c8 = costs(make_partition([1, 1], [TP, TP], 1, ffn_frac=[8, 8]), TP_LINK, TP_SPEC)
+    assert c8["accuracy_drop"] == approx(10.0)
+    assert c["feasible"] and c["cloud_memory_ok"]
+
+
+def test_tp_then_edge_ffn_from_both():
+    # Layer 1 takes the residual on both sides with its FFN on the edge: no input crosses; the
+    # cloud's head sends its partial down: max(t_e, t_c + X), then the whole FFN on the edge
+    # (8e6 B -> 8e-3 s). Prefill: max(2e-3, 2e-3 + 2.7e-4) + 8e-3 = 0.01027; decode:
+    # 2.101e-3 + 7.2e-5 + 8e-3 = 0.010173. Layer 0 as above (6.81e-3, 6.317e-3); LM head 0.02.
+    c = costs(make_partition([1, 1], [TP, EDGE], ffn_frac=[8, 0]), TP_LINK, TP_SPEC)
+    assert c["latency_s"] == approx(6.81e-3 + 0.01027 + 6.317e-3 + 0.010173 + 0.02)
+    assert c["n_crossings"] == 5 + 1
+
+
+def test_tp_all_heads_on_one_side_and_cloud_budget():
+    # All heads on the edge, FFN split 4/16 on the edge: nothing enters (the cloud holds no
+    # heads); the edge runs both heads (2 x 2e6 B -> 4e-3 s prefill; decode 4e6 + 2 x 101 000
+    # B -> 4.202e-3 s) and sends x + its partial up (X); the FFN shares are 0.25 and 0.75 of 8e6
+    # B: 2e-3 and 6e-3 s. Prefill: edge ready 4e-3, cloud 4e-3 + 2.7e-4 = 4.27e-3; done 6e-3 and
+    # 0.01027; exchange 2: edge max(6e-3, 0.01027 + 2.7e-4) = 0.01054. Decode: 4.202e-3,
+    # cloud 4.274e-3; done 6.202e-3, 0.010274; edge 0.010346. One layer (card HAND_1).
+    card = dataclasses.replace(HAND, name="hand-1", n_layers=1)
+    acc = AccuracyProfile(ACC.act_rel, ACC.weight_rel, ACC.head_w[:1], ACC.ffn_w[:1], "hand-1")
+    spec = make_spec(card, dataclasses.replace(EDGE_P, msg_overhead_us=10.0), PEER,
+                     Workload(100, 1), 0, acc)
+    c = costs(make_partition([2], [TP], ffn_frac=[4]), TP_LINK, spec)
+    assert c["latency_s"] == approx(0.01054 + 0.010346 + 0.02)
+    assert c["n_crossings"] == 3  # 1 up in exchange 1, 1 each way in exchange 2
+    # The cloud holds 3/4 of the FFN (6e6 B) and nothing else: 6e-3 GB. A 5 MB budget does not
+    # hold it: infeasible, though the edge fits.
+    assert c["cloud_memory_gb"] == approx(6e-3)
+    small = make_spec(card, dataclasses.replace(EDGE_P, msg_overhead_us=10.0),
+                      dataclasses.replace(PEER, mem_budget_gb=0.005), Workload(100, 1), 0, acc)
+    c = costs(make_partition([2], [TP], ffn_frac=[4]), TP_LINK, small)
+    assert c["memory_ok"] and not c["cloud_memory_ok"] and not c["feasible"]

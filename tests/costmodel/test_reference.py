@@ -43,9 +43,9 @@ def batches(draw):
     parts = [draw(partitions(card.n_layers, card.n_heads)) for _ in range(BATCH)]
     if privacy and draw(st.booleans()):
         # Make some partitions respect the floor so that privacy_ok is exercised both ways.
-        heads, ffn, q, _ = parts[0]
+        heads, ffn, q, _, frac = parts[0]
         parts[0] = ([card.n_heads] * privacy + heads[privacy:], [0] * privacy + ffn[privacy:],
-                    q, True)
+                    q, True, [0] * privacy + frac[privacy:])
     lks = [draw(links()) for _ in range(BATCH)]
     return dict(card=card, privacy=privacy, parts=parts, links=lks,
                 edge=draw(st.sampled_from(EDGES)), cloud=draw(st.sampled_from(CLOUDS)),

@@ -26,7 +26,7 @@ from tests.partitions import all_partitions as _enumerate
 TINY_GQA = ModelCard("tiny-gqa", 2, 4, 2, 256, 640, 1000, "swiglu", False)
 TINY_MHA = ModelCard("tiny-mha", 3, 3, 3, 192, 512, 800, "gelu", True)
 EDGES = ("rpi5", "orin-nx", "galaxy-s23")
-CLOUDS = ("datacenter", "mec")
+CLOUDS = ("datacenter", "mec", "orin-peer", "pi5-peer", "rtx4090-lan")
 
 costs_jit = jax.jit(request_costs)
 costs_batch = jax.jit(jax.vmap(request_costs, in_axes=(0, 0, None)))
@@ -70,11 +70,14 @@ def links(draw, outage=True):
 
 
 @st.composite
-def partitions(draw, n_layers: int, n_heads: int):
-    """(edge_heads [L], ffn [L], act_prec, embed_edge) as plain Python values."""
+def partitions(draw, n_layers: int, n_heads: int, tp: bool = True):
+    """(edge_heads [L], ffn [L], act_prec, embed_edge, ffn_frac [L]) as plain Python values;
+    with ``tp`` the FFN modes include tp (shares 1..15 sixteenths, ends of the grid favoured)."""
     heads = draw(st.lists(st.integers(0, n_heads), min_size=n_layers, max_size=n_layers))
-    ffn = draw(st.lists(st.integers(0, 2), min_size=n_layers, max_size=n_layers))
-    return heads, ffn, draw(st.integers(0, 2)), draw(st.booleans())
+    ffn = draw(st.lists(st.integers(0, 3 if tp else 2), min_size=n_layers, max_size=n_layers))
+    share = st.one_of(st.sampled_from([1, 8, 15]), st.integers(1, 15))
+    frac = [draw(share) if f == 3 else 0 for f in ffn]
+    return heads, ffn, draw(st.integers(0, 2)), draw(st.booleans()), frac
 
 
 def link_state(links_: list[Link]) -> LinkState:
@@ -89,23 +92,29 @@ def one_link(x: Link) -> LinkState:
                                                             "share")))
 
 
+def _frac(part):
+    return part[4] if len(part) > 4 else [0] * len(part[1])
+
+
 def partition_batch(parts) -> Partition:
-    heads, ffn, q, emb = zip(*parts, strict=True)
+    heads, ffn, q, emb = (list(x) for x in zip(*(p[:4] for p in parts), strict=True))
     return Partition(jnp.asarray(heads, jnp.int32), jnp.asarray(ffn, jnp.int32),
-                     jnp.asarray(q, jnp.int32), jnp.asarray(emb, bool))
+                     jnp.asarray(q, jnp.int32), jnp.asarray(emb, bool),
+                     jnp.asarray([_frac(p) for p in parts], jnp.int32))
 
 
 def one_partition(part) -> Partition:
-    heads, ffn, q, emb = part
+    heads, ffn, q, emb = part[:4]
     return Partition(jnp.asarray(heads, jnp.int32), jnp.asarray(ffn, jnp.int32),
-                     jnp.asarray(q, jnp.int32), jnp.asarray(emb, bool))
+                     jnp.asarray(q, jnp.int32), jnp.asarray(emb, bool),
+                     jnp.asarray(_frac(part), jnp.int32))
 
 
 # Absolute tolerances under rtol 1e-4 (float32 JAX vs float64 reference).
 ATOL = {"latency_s": 1e-9, "energy_j": 1e-8, "cloud_cost": 1e-15, "accuracy_drop": 1e-7,
         "edge_memory_gb": 1e-12, "edge_compute_s": 1e-9, "bytes_up": 1e-3, "bytes_down": 1e-3,
-        "cloud_gpu_s": 1e-12, "n_crossings": 0.0}
-FLAGS = ("feasible", "memory_ok", "link_ok", "privacy_ok")
+        "cloud_gpu_s": 1e-12, "n_crossings": 0.0, "cloud_memory_gb": 1e-12}
+FLAGS = ("feasible", "memory_ok", "link_ok", "privacy_ok", "cloud_memory_ok")
 
 
 def assert_matches_reference(got, ref: dict, rtol=1e-4):
@@ -126,9 +135,10 @@ def assert_matches_reference(got, ref: dict, rtol=1e-4):
 
 
 def reference_batch(sc: Scenario, parts, links_: list[Link]) -> dict:
-    heads, ffn, q, emb = zip(*parts, strict=True)
+    heads, ffn, q, emb = zip(*(p[:4] for p in parts), strict=True)
     return request_costs_ref_batch(sc, np.asarray(heads), np.asarray(ffn), np.asarray(q),
-                                   np.asarray(emb), links_)
+                                   np.asarray(emb), links_,
+                                   np.asarray([_frac(p) for p in parts]))
 
 
 def profile_with(name: str, **changes):
@@ -138,9 +148,10 @@ def profile_with(name: str, **changes):
 costs_many = jax.jit(jax.vmap(request_costs, in_axes=(0, None, None)))
 
 
-def all_partitions(card: ModelCard) -> Partition:
-    """Every partition of a (tiny) card, stacked (``tests/partitions.py``)."""
-    return _enumerate(card.n_layers, card.n_heads)
+def all_partitions(card: ModelCard, tp_shares=()) -> Partition:
+    """Every partition of a (tiny) card, stacked (``tests/partitions.py``); with tp FFNs at the
+    given shares (sixteenths) if ``tp_shares``."""
+    return _enumerate(card.n_layers, card.n_heads, tp_shares=tp_shares)
 
 
 @st.composite
@@ -186,6 +197,7 @@ def random_profile(role: str, seed: int) -> DeviceProfile:
         eff_compute=float(rng.uniform(0.1, 1.0)), eff_memory=float(rng.uniform(0.1, 1.0)),
         overhead_us=float(rng.choice([0.0, lu(1.0, 200.0)])),
         weight_bits=float(rng.choice([4.0, 4.5, 8.0, 16.0])),
+        msg_overhead_us=float(rng.choice([0.0, lu(1.0, 500.0)])),
         kv_bits=float(rng.choice([8.0, 16.0])), power_active_w=lu(1.0, 400.0),
         power_idle_w=lu(0.1, 10.0), power_tx_w=lu(0.1, 5.0), mem_budget_gb=lu(0.5, 80.0),
         rtt_ms=lu(0.5, 100.0), price_per_gpu_s=lu(1e-5, 1e-2), price_per_gb=lu(1e-3, 0.2))
