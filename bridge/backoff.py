@@ -18,7 +18,7 @@ import dataclasses
 import math
 import random
 
-from costmodel.outage import RetryConfig
+from costmodel.retry import RetryConfig
 
 _RETRY = RetryConfig()  # the runtime's defaults, one source for the runtime and the slot model
 
@@ -29,7 +29,7 @@ class BackoffConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class BackoffConfig:
-    """Retry policy of the edge client; the defaults are ``costmodel.outage.RetryConfig``'s
+    """Retry policy of the edge client; the defaults are ``costmodel.retry.RetryConfig``'s
     (the slot model prices a request caught by an outage with the same schedule).
 
     base_s: ceiling of the first retry's delay, seconds (> 0).
@@ -47,7 +47,7 @@ class BackoffConfig:
 
     @classmethod
     def from_retry(cls, retry: RetryConfig) -> BackoffConfig:
-        """The schedule of a ``costmodel.outage.RetryConfig``."""
+        """The schedule of a ``costmodel.retry.RetryConfig``."""
         return cls(retry.base_s, retry.factor, retry.cap_s, retry.max_retries, retry.jitter)
 
     def __post_init__(self):
