@@ -412,13 +412,22 @@ class RunPartition:
         overrides ``ACT_PRECISIONS[act_prec]`` (e.g. "fp32" for exactness checks)."""
         from costmodel.partition import ACT_PRECISIONS
 
-        k = np.asarray(part.edge_heads, np.int64)
+        prec = precision or ACT_PRECISIONS[int(part.act_prec)]
+        return cls.from_counts(part.edge_heads, part.ffn, prec, bool(part.embed_edge),
+                               head_order)
+
+    @classmethod
+    def from_counts(cls, edge_heads, ffn, precision: str, embed_edge: bool,
+                    head_order: np.ndarray) -> RunPartition:
+        """From per-layer edge head counts (the first ones of ``head_order[l]`` go to the
+        edge), FFN sides, a precision name and the embedding's side; NumPy only (an exported
+        policy's decision, ``bridge.exported_policy``)."""
+        k = np.asarray(edge_heads, np.int64)
         order = np.asarray(head_order)
         heads = np.zeros(order.shape, bool)
         for layer, n in enumerate(k):
             heads[layer, order[layer, :n]] = True
-        prec = precision or ACT_PRECISIONS[int(part.act_prec)]
-        return cls(heads, np.asarray(part.ffn), prec, bool(part.embed_edge))
+        return cls(heads, np.asarray(ffn), precision, bool(embed_edge))
 
     def to_costmodel(self):
         """The ``costmodel.partition.Partition`` with the same head counts (fp32 -> fp16)."""

@@ -286,9 +286,29 @@ def profile_from_dict(data: dict, origin: str = "<dict>") -> DeviceProfile:
     return records.from_dict(DeviceProfile, data, origin, "profile", ProfileError)
 
 
-def load_profile(path: str | Path, register: bool = True) -> DeviceProfile:
-    """Read a profile from a .json or .toml file (optionally registering it by name)."""
-    prof = profile_from_dict(records.read_mapping(path, ProfileError), origin=str(path))
+def load_profiles(path: str | Path, register: bool = True) -> list[DeviceProfile]:
+    """Every profile in a .json or .toml file (optionally registering each by name): the file
+    holds one profile's fields, or ``{"profiles": [...]}`` with several (``splitwise
+    calibrate`` writes the local edge and its loopback cloud, ``local`` and ``local-cloud``)."""
+    data = records.read_mapping(path, ProfileError)
+    many = data.get("profiles")
+    if many is not None:
+        if not isinstance(many, list) or not many or not all(isinstance(d, dict) for d in many):
+            raise ProfileError(f"{path}: 'profiles' must be a non-empty list of profiles")
+        if set(data) != {"profiles"}:
+            raise ProfileError(f"{path}: a file with 'profiles' holds nothing else, got "
+                               f"{sorted(set(data) - {'profiles'})}")
+    profs = [profile_from_dict(d, origin=f"{path}[{i}]" if many is not None else str(path))
+             for i, d in enumerate(many if many is not None else [data])]
+    names = [q.name for q in profs]
+    if len(set(names)) != len(names):
+        raise ProfileError(f"{path}: profile names repeat: {names}")
     if register:
-        PROFILES[prof.name] = prof
-    return prof
+        PROFILES.update({q.name: q for q in profs})
+    return profs
+
+
+def load_profile(path: str | Path, register: bool = True) -> DeviceProfile:
+    """The first profile of a .json or .toml file (``load_profiles``: every profile in it is
+    registered by name when ``register``)."""
+    return load_profiles(path, register)[0]
