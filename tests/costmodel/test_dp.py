@@ -1,8 +1,8 @@
 """costmodel.dp against brute-force enumeration of every partition of tiny cards.
 
 `solve`: its value is the minimum of the weighted objective over all link- and privacy-feasible
-partitions (all head counts, FFN sides, precisions and embedding sides), and equals the
-objective of request_costs at its own partition. `solve_memory` with a binding budget: its
+partitions (all head counts, FFN sides, precisions and embedding sides; with ``tp`` also every
+tensor-parallel share), and equals the objective of request_costs at its own partition. `solve_memory` with a binding budget: its
 partition fits; with a zero duality gap its value is the constrained optimum, otherwise the
 optimum lies in [lower_bound, value]. Random weights and link states, outages and privacy
 floors included.
@@ -143,6 +143,71 @@ def test_solve_memory_against_brute_force(seed, frac):
     assert bool(res.feasible)
     own = costs_jit(res.partition, link, spec)
     assert float(own.edge_memory_gb) <= budget * (1 + 1e-6)
+    value, lower = float(res.value), float(res.lower_bound)
+    scale = abs(best) + 1.0
+    assert _close(float(objective(own, w, memory=True)), value, scale)
+    if value - lower <= 1e-6 * scale:
+        assert _close(value, best, scale), (value, best)
+    else:
+        assert lower - RTOL * scale <= best <= value + RTOL * scale, (lower, best, value)
+
+
+# Tensor-parallel space: the DP over the sides {edge, cloud, both} with every tp share against
+# every partition of two-layer cards with all 15 shares (5 x 18 options a layer for TINY_GQA,
+# 4 x 18 for TINY_MHA2; x 3 precisions x 2 embedding sides).
+TINY_MHA2 = dataclasses.replace(TINY_MHA, name="tiny-mha2", n_layers=2)
+TP_SHARES = tuple(range(1, 16))
+ALL_TP = {c.name: all_partitions(c, TP_SHARES) for c in (TINY_GQA, TINY_MHA2)}
+TP_CONFIGS = [(TINY_GQA, 0), (TINY_GQA, 1), (TINY_MHA2, 0)]
+solve_tp = jax.jit(dp.solve, static_argnames=("precisions", "tp"))
+solve_memory_tp = jax.jit(dp.solve_memory, static_argnames=("precisions", "iters", "tp"))
+
+
+@settings(max_examples=8, deadline=None)
+@given(SEEDS)
+def test_solve_tp_equals_brute_force(seed):
+    x = instance(seed, TP_CONFIGS)
+    spec = _case(x)
+    link = one_link(x["link"])
+    w = _weights(x["w"])
+    res = solve_tp(link, spec, w, tp=True)
+    brute = objective(costs_many(ALL_TP[x["card"].name], link, spec), x["w"])
+    best = float(brute.min())
+    value = float(res.value)
+    assert _close(value, best, abs(best) + 1.0), (value, best)
+    own = costs_jit(res.partition, link, spec)
+    assert bool(own.link_ok) and bool(own.privacy_ok)
+    assert _close(float(objective(own, x["w"])), value, abs(value) + 1.0)
+    # The paper's space is a subset: its optimum is never better.
+    assert float(solve_tp(link, spec, w, tp=False).value) >= value - RTOL * (abs(value) + 1.0)
+
+
+@settings(max_examples=6, deadline=None)
+@given(SEEDS, st.floats(0.0, 1.0))
+def test_solve_memory_tp_with_binding_cloud_budget(seed, frac):
+    # The cloud's budget binds (the edge's is ample): from just above the least cloud memory of
+    # any link/privacy-feasible partition (frac = 0) to the unconstrained optimum's.
+    x = instance(seed, TP_CONFIGS)
+    card, w = x["card"], x["w"]
+    edge = dataclasses.replace(x["edge"], mem_budget_gb=100.0)
+    spec = _case(x, edge)
+    link = one_link(x["link"])
+    free = costs_jit(solve_tp(link, spec, _weights(w), tp=True).partition, link, spec)
+    everything = costs_many(ALL_TP[card.name], link, spec)
+    mem_c = np.asarray(everything.cloud_memory_gb, float)
+    min_c = float(mem_c[np.isfinite(objective(everything, w))].min())
+    ref_c = float(free.cloud_memory_gb)
+    budget = max(min_c * (1 + 1e-4) + frac * max(ref_c - min_c, 0.0), 1e-9)
+    x = x | dict(cloud=dataclasses.replace(x["cloud"], mem_budget_gb=budget))
+    spec = _case(x, edge)
+    res = solve_memory_tp(link, spec, _weights(w), tp=True)
+    costs = costs_many(ALL_TP[card.name], link, spec)
+    brute = np.where(np.asarray(costs.cloud_memory_ok), objective(costs, w, memory=True),
+                     np.inf)
+    best = float(brute.min())
+    assert np.isfinite(best) and bool(res.feasible)
+    own = costs_jit(res.partition, link, spec)
+    assert bool(own.cloud_memory_ok) and bool(own.memory_ok)
     value, lower = float(res.value), float(res.lower_bound)
     scale = abs(best) + 1.0
     assert _close(float(objective(own, w, memory=True)), value, scale)
