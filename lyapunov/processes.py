@@ -1,6 +1,6 @@
 """Per-slot random inputs of the slot environment: arrivals, bandwidth, RTT, cloud share, outages.
 
-Every process is a pair of pure functions over pytrees (system-model section 3):
+Every process is a pair of pure functions over pytrees (docs/design.md §3):
 
 - ``process_init(key, params) -> state``: the latent state of slot 0, drawn from the
   process's stationary law unless a fixed start is configured;

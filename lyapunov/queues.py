@@ -1,6 +1,6 @@
 """Task backlog, virtual queues and the drift-plus-penalty objective of one slot.
 
-The queue model of ``shared/design/system-model.md`` section 3, after Neely, *Stochastic
+The queue model of docs/design.md §3, after Neely, *Stochastic
 Network Optimization with Application to Communication and Queueing Systems* (2010), ch. 4:
 
 - task backlog (requests):          ``Q(t+1)   = max(Q(t)   - mu(t), 0) + A(t)``
@@ -73,7 +73,7 @@ def service_rate(latency, tau):
     """Requests served in one slot, ``mu = tau / latency`` (0 when ``latency = inf``).
 
     Work-conserving and fractional: a partition with per-request latency ``l`` seconds serves
-    ``tau / l`` requests in a slot of ``tau`` seconds (system-model section 3).
+    ``tau / l`` requests in a slot of ``tau`` seconds (docs/design.md §3).
 
     Args:
       latency: per-request latency l > 0, seconds, any shape (``inf`` allowed).

@@ -1,7 +1,7 @@
 """Constants and bounds of the drift-plus-penalty analysis (``drift.md``, ``performance.md``).
 
 Pure Python (``math`` only), so any package or test may import it. Notation as in
-``shared/design/system-model.md`` section 3 and Neely, *Stochastic Network Optimization with
+docs/design.md §3 and Neely, *Stochastic Network Optimization with
 Application to Communication and Queueing Systems* (2010), ch. 4:
 
 - one-slot drift bound: ``L(t+1) - L(t) <= B + Q (A - mu) + sum_i Z_i (x_i - x_bar_i)``
