@@ -8,8 +8,14 @@ the policy (``bridge.runtime_policy``) maps an ``Observation`` (last slot's meas
 RTT, queue length, arrivals) to a ``costmodel`` partition used by the requests that start in
 that slot (one at a time, FIFO: the edge serves its queue); each request's latency is
 predicted by ``costmodel.costs.request_costs`` for the same partition and the link state of
-the slot it started in, with the device profile of this machine (``profiles/local.json`` when
-present, else ``LOCAL_DEFAULT``).
+the slot it started in, with the device profiles of this machine (the ``splitwise calibrate``
+file when present, else ``LOCAL_DEFAULT``).
+
+An exported policy (``onnx:FILE``, ``torch:FILE``; ``bridge.exported_policy``) runs without
+JAX: this module imports JAX only for registry policies, checkpoints and predictions, so with
+an exported policy the predictions are left out of the loop (``predicted_s`` None,
+``predictions`` "deferred") and ``add_predictions`` adds them afterwards in a process that has
+JAX (``run-edge --predict``).
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ import numpy as np
 
 from bridge.blocks import Executor, RunPartition
 from bridge.edge_client import ClientConfig, EdgeClient, RequestResult
-from bridge.runtime_policy import UNLIMITED_MBPS, Observation, make_policy, runtime_params
+from bridge.exported_policy import is_exported, read_profile
+from bridge.runtime_policy import UNLIMITED_MBPS, Observation
 from bridge.transport import LinkConfig, LinkEmulator
-from lyapunov.processes import ArrivalConfig
 
 LOCAL_DEFAULT = {
     "name": "local-default", "role": "edge", "peak_tflops": 0.05, "mem_bw_gbs": 10.0,
@@ -43,20 +49,24 @@ LOCAL_DEFAULT = {
 
 
 def local_profiles(path: str | Path = "profiles/local.json"):
-    """(edge, cloud) ``DeviceProfile`` of this machine: the calibrated file if it exists, else
-    ``LOCAL_DEFAULT``; both sides run on this machine, so they share the numbers."""
-    from costmodel.profiles import load_profile, profile_from_dict
+    """(edge, cloud, source) ``DeviceProfile`` of this machine: from the ``splitwise
+    calibrate`` file when it exists (its edge profile ``local`` and loopback cloud profile
+    ``local-cloud``; a file with one profile serves both sides, as both run here), else
+    ``LOCAL_DEFAULT``."""
+    from costmodel.profiles import load_profiles, profile_from_dict
 
     p = Path(path)
     if p.exists():
-        edge = load_profile(p, register=False)
+        profs = load_profiles(p, register=False)
         source = str(p)
     else:
-        edge = profile_from_dict(dict(LOCAL_DEFAULT), origin="LOCAL_DEFAULT")
-        source = "LOCAL_DEFAULT (assumed; no profiles/local.json)"
-    cloud = dataclasses.replace(edge, role="cloud", name=f"{edge.name}-cloud")
-    edge = dataclasses.replace(edge, role="edge", name=f"{edge.name}-edge")
-    return edge, cloud, source
+        profs = [profile_from_dict(dict(LOCAL_DEFAULT), origin="LOCAL_DEFAULT")]
+        source = f"LOCAL_DEFAULT (assumed; no {p})"
+    edge = next((q for q in profs if q.role == "edge"), profs[0])
+    cloud = next((q for q in profs if q.role == "cloud"), None)
+    if cloud is None:
+        cloud = dataclasses.replace(edge, role="cloud", name=f"{edge.name}-cloud")
+    return dataclasses.replace(edge, role="edge"), cloud, source
 
 
 def executor_card(executor: Executor):
@@ -72,6 +82,20 @@ def executor_card(executor: Executor):
 
 
 
+@dataclasses.dataclass(frozen=True)
+class Arrivals:
+    """An arrival process with the fields of ``lyapunov.processes.ArrivalConfig`` (which
+    ``runtime_params`` builds from it), importable without JAX: Poisson ``rate`` per slot,
+    or a two-state MMPP (``rate_lo``, ``rate_hi``, switch probabilities per slot)."""
+
+    kind: str = "poisson"
+    rate: float = 1.0
+    rate_lo: float = 0.5
+    rate_hi: float = 4.0
+    p_lo_to_hi: float = 0.05
+    p_hi_to_lo: float = 0.2
+
+
 NEVER_USABLE = ("auth", "unreachable", "model_mismatch", "protocol")  # fallback reasons
 
 
@@ -81,14 +105,15 @@ class EdgeConfig:
 
     prompt_tokens, new_tokens: each request prefills S tokens then runs T decode steps
       (T + 1 generated tokens), as ``costmodel.link.Workload``.
-    arrival: the arrival process, requests per slot (``lyapunov.processes.ArrivalConfig``:
-      Poisson or bursty MMPP).
+    arrival: the arrival process, requests per slot (``Arrivals`` or a
+      ``lyapunov.processes.ArrivalConfig``, the same fields: Poisson or bursty MMPP).
     slot_s: slot length, emulated seconds.
     link: RTT, burst, uplink ratio, time scale of the emulated link.
     client: timeouts, backoff, key, memory budget.
     precision: activation precision override ("fp32" for exactness runs); None: the
       policy's ``act_prec``.
-    profile_path: device profile of this machine for the predictions.
+    profile_path: the ``splitwise calibrate`` profile file of this machine (predictions; an
+      exported policy's memory masks).
     seed: arrivals, prompts and backoff jitter.
     allow_edge_fallback: when the cloud was never usable (no request served by it, and one
       fell back for a reason of ``NEVER_USABLE``: wrong or missing key, unreachable, model
@@ -99,7 +124,7 @@ class EdgeConfig:
 
     prompt_tokens: int = 16
     new_tokens: int = 8
-    arrival: ArrivalConfig = ArrivalConfig(kind="poisson", rate=1.0)
+    arrival: Arrivals = Arrivals()
     slot_s: float = 1.0
     link: LinkConfig = LinkConfig()
     client: ClientConfig = ClientConfig()
@@ -114,28 +139,38 @@ def _percentile(xs, q) -> float | None:
     return float(np.percentile(xs, q)) if xs else None
 
 
-def arrival_times(n: int, arrival: ArrivalConfig, slot_s: float, seed: int) -> list[float]:
-    """Emulated arrival times of ``n`` requests: counts per slot from the
-    ``lyapunov.processes`` process of ``arrival``, spread uniformly inside each slot."""
-    import jax
+def slot_counts(n_slots: int, arrival, rng: np.random.Generator) -> np.ndarray:
+    """Arrivals in each of ``n_slots`` slots (NumPy): Poisson counts of the rate, or of the
+    MMPP regime, whose chain starts from its stationary law."""
+    if arrival.kind == "poisson":
+        return rng.poisson(float(arrival.rate), n_slots)
+    if arrival.kind != "mmpp":
+        raise ValueError(f"arrival kind must be 'poisson' or 'mmpp', got {arrival.kind!r}")
+    p_lh, p_hl = float(arrival.p_lo_to_hi), float(arrival.p_hi_to_lo)
+    hi = rng.random() < p_lh / (p_lh + p_hl)
+    out = np.empty(n_slots, np.int64)
+    u = rng.random(n_slots)
+    for k in range(n_slots):
+        out[k] = rng.poisson(arrival.rate_hi if hi else arrival.rate_lo)
+        hi = (u[k] >= p_hl) if hi else (u[k] < p_lh)
+    return out
 
-    from lyapunov.processes import arrival_mean_rate, make_arrivals, sample_path
 
-    params = make_arrivals(arrival)
-    rate = float(arrival_mean_rate(params))
-    if not rate > 0:
+def arrival_times(n: int, arrival, slot_s: float, seed: int) -> list[float]:
+    """Emulated arrival times of ``n`` requests: counts per slot (``slot_counts``), spread
+    uniformly inside each slot. NumPy only, so an edge with an exported policy and one with
+    a checkpoint see the same arrivals for the same seed."""
+    from bridge.exported_policy import arrival_mean
+
+    if not arrival_mean(arrival) > 0:
         raise ValueError("the arrival process has mean rate 0: no request would ever arrive")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, 1])
     times: list[float] = []
-    n_slots = max(8, int(2 * n / rate) + 8)
-    key = jax.random.PRNGKey(seed)
+    slot = 0
     while len(times) < n:
-        key, sub = jax.random.split(key)
-        counts = np.asarray(sample_path(sub, params, n_slots))
-        base = len(times) and (math.floor(times[-1] / slot_s) + 1)
-        for k, c in enumerate(counts):
-            slot = base + k
+        for c in slot_counts(max(8, 2 * n), arrival, rng):
             times.extend(sorted((slot + rng.random(int(c))) * slot_s))
+            slot += 1
             if len(times) >= n:
                 break
     return times[:n]
@@ -165,10 +200,6 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
     is down is priced as the runtime handles it (waits, then the edge).
     """
     from bridge.blocks import make_executor
-    from costmodel.accuracy import accuracy_profile
-    from costmodel.link import Workload, make_link
-    from costmodel.outage import RetryConfig, with_outage
-    from costmodel.spec import edge_head_order
 
     if isinstance(cloud_addr, str):
         cloud_addr = parse_addr(cloud_addr)
@@ -187,13 +218,19 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
     n_out = config.new_tokens + 1
 
     card = executor_card(ex)
-    edge_prof, cloud_prof, prof_source = local_profiles(config.profile_path)
-    params = runtime_params(card, edge_prof, cloud_prof,
-                            Workload(config.prompt_tokens, config.new_tokens), config.slot_s,
-                            config.arrival, config.link.rtt_ms, config.link.up_ratio, trace)
-    spec = params.spec
-    order = edge_head_order(accuracy_profile(card).head_w, card.group_size)
-    pol = make_policy(policy, params, card, config.link.up_ratio, config.seed)
+    exported = is_exported(policy)
+    if exported:  # NumPy + onnxruntime / torch only: no JAX in this process
+        from bridge.exported_policy import runtime_policy
+
+        profile = read_profile(config.profile_path, "local")
+        prof_source = config.profile_path if profile else "LOCAL_DEFAULT"
+        pol = runtime_policy(policy, card, profile or dict(LOCAL_DEFAULT),
+                             config.prompt_tokens, config.new_tokens, config.arrival,
+                             config.link.rtt_ms, trace, config.slot_s, config.link.up_ratio,
+                             config.precision)
+        predictor = None
+    else:
+        pol, predictor, prof_source = _jax_policy(policy, card, config, trace)
     link_em = LinkEmulator(trace, config.link)
     rtt_ms = config.link.rtt_ms
 
@@ -204,14 +241,13 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
     lost_errors: list[str] = []
     not_run = served = 0
     unusable: dict | None = None
-    cc = config.client
-    wait_s = RetryConfig(cc.timeout_s, cc.backoff.base_s, cc.backoff.factor, cc.backoff.cap_s,
-                         cc.backoff.max_retries, cc.backoff.jitter).expected_wait_s()
     partitions: Counter = Counter()
     queue_: deque[int] = deque()
     nxt = 0
     cur_slot, cur_part = None, None
     measured_upto = 0  # slots < measured_upto were reported to the policy
+    decisions: list[float] = []  # wall seconds of each decide()
+    policy_log: list[list] = []  # what the policy was told and what it decided, in order
     t_wall0 = time.monotonic()
 
     def bw(t0: float, t1: float) -> float:
@@ -234,19 +270,23 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
             slot = math.floor(now / config.slot_s)
             if slot != cur_slot:
                 for j in range(measured_upto, slot):  # the finished slots, as measured
-                    pol.measured(bw(j * config.slot_s, (j + 1) * config.slot_s), rtt_ms,
-                                 arrived(j))
+                    seen = (min(bw(j * config.slot_s, (j + 1) * config.slot_s),
+                                UNLIMITED_MBPS), rtt_ms, arrived(j))
+                    pol.measured(*seen)
+                    policy_log.append(["measured", *seen])
                 measured_upto = slot
                 s0 = slot * config.slot_s
                 prev = (max(s0 - config.slot_s, 0.0), s0) if slot > 0 else (0.0, config.slot_s)
                 obs = Observation(slot, bw(*prev), bw(s0, s0 + config.slot_s), rtt_ms,
                                   len(queue_), arrived(slot - 1) if slot > 0 else 0)
-                cm_part = pol.decide(obs)
-                if cm_part is None:  # no feasible partition for the policy: stay on the edge
-                    from costmodel.partition import edge_only
-
-                    cm_part = edge_only(ex.cfg.n_layers, ex.cfg.n_heads)
-                cur_part = RunPartition.from_costmodel(cm_part, order, config.precision)
+                t_dec = time.perf_counter()
+                cur_part = pol.decide(obs)
+                decisions.append(time.perf_counter() - t_dec)
+                policy_log.append(["decide", *_capped(obs),
+                                   None if cur_part is None else cur_part.describe()])
+                if cur_part is None:  # no feasible partition for the policy: stay on the edge
+                    cur_part = RunPartition.edge_only(ex.cfg.n_layers, ex.cfg.n_heads,
+                                                      config.precision or "fp16")
                 cur_slot = slot
             i = queue_.popleft()
             s0 = cur_slot * config.slot_s
@@ -263,24 +303,19 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
                 duplicated += 1
                 continue
             results[i] = res
-            cm = cur_part.to_costmodel()
-            cm_spec = spec
-            if cur_part.precision == "fp32":  # the cost model knows fp16/int8/int4 only
-                cm_spec = spec.replace(act_bytes=spec.act_bytes.at[0].set(4.0))
-            lk = make_link(min(bw_slot * config.link.up_ratio, UNLIMITED_MBPS), rtt_ms,
-                           min(bw_slot, UNLIMITED_MBPS))
-            caught = with_outage(cm, lk, cm_spec, wait_s)
-            pred = float(caught.costs.latency_s)
+            pred, caught = predictor(cur_part, bw_slot) if predictor else (None, None)
             partitions[cur_part.describe()] += 1
             records.append({
                 "index": i, "request_id": res.request_id, "status": res.status,
                 "error": res.error, "arrival_s": arrivals[i], "start_s": start,
                 "latency_s": res.latency_s,
                 "sojourn_s": start - arrivals[i] + res.latency_s / config.link.time_scale,
-                "predicted_s": pred if math.isfinite(pred) else None,
+                "predicted_s": pred, "predicted_caught": caught,
                 "bw_mbps": bw_slot if math.isfinite(bw_slot) else None,
-                "predicted_caught": bool(caught.caught),
                 "partition": cur_part.describe(), "uses_cloud": cur_part.uses_cloud,
+                "edge_heads": cur_part.head_on_edge.sum(1).tolist(),
+                "ffn": cur_part.ffn.tolist(), "precision": cur_part.precision,
+                "embed_edge": cur_part.embed_edge, "slot": cur_slot,
                 "retries": res.retries, "fallback_at": res.fallback_at,
                 "fallback_reason": res.fallback_reason, "ledger": res.ledger,
                 "tokens": res.tokens, "bytes_sent": sent1 - sent0,
@@ -326,7 +361,12 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
         "retries": stats.get("retries", 0),
         "fallbacks": stats.get("fallbacks", 0),
         "fallback_reasons": dict(reasons),
-        "predicted_caught": sum(r["predicted_caught"] for r in records),
+        "predicted_caught": sum(bool(r["predicted_caught"]) for r in records),
+        "predictions": "deferred" if predictor is None else "in the loop",
+        "decision_mean_s": float(np.mean(decisions)) if decisions else None,
+        "decision_p95_s": _percentile(decisions, 95),
+        "decisions": len(decisions),
+        "policy_log": policy_log,
         "replays": stats.get("replays", 0),
         "connections": stats.get("connections", 0),
         "duplicate_results_dropped": stats.get("duplicate_results_dropped", 0),
@@ -341,6 +381,115 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
         "partitions": dict(partitions),
         "requests": records,
     }
+
+
+def _capped(obs: Observation) -> tuple:
+    """An observation's fields with bandwidths capped at ``UNLIMITED_MBPS`` (as the policies
+    see them; JSON has no infinity)."""
+    return dataclasses.astuple(dataclasses.replace(
+        obs, bw_mbps=min(obs.bw_mbps, UNLIMITED_MBPS),
+        bw_now_mbps=min(obs.bw_now_mbps, UNLIMITED_MBPS)))
+
+
+def replay(pol, policy_log: list) -> list[str | None]:
+    """The partitions (``RunPartition.describe()``) a ``RuntimePolicy`` decides when told what
+    a run's policy was told (its summary's ``policy_log``, in order): the checkpoint and the
+    ONNX export of one policy compared on the same observations in the loop."""
+    out = []
+    for kind, *fields in policy_log:
+        if kind == "measured":
+            pol.measured(*fields)
+        else:
+            rp = pol.decide(Observation(*fields[:-1]))
+            out.append(None if rp is None else rp.describe())
+    return out
+
+
+def _jax_policy(policy, card, config: EdgeConfig, trace):
+    """(RuntimePolicy deciding ``RunPartition``s, predictor, profile source) of a registry
+    policy, a checkpoint or a function (JAX)."""
+    from bridge.runtime_policy import make_policy, runtime_params
+    from costmodel.accuracy import accuracy_profile
+    from costmodel.link import Workload
+    from costmodel.spec import edge_head_order
+
+    edge_prof, cloud_prof, source = local_profiles(config.profile_path)
+    params = runtime_params(card, edge_prof, cloud_prof,
+                            Workload(config.prompt_tokens, config.new_tokens), config.slot_s,
+                            config.arrival, config.link.rtt_ms, config.link.up_ratio, trace)
+    order = edge_head_order(accuracy_profile(card).head_w, card.group_size)
+    pol = make_policy(policy, params, card, config.link.up_ratio, config.seed)
+    inner = pol.decide
+
+    def decide(obs):
+        cm = inner(obs)
+        return None if cm is None else RunPartition.from_costmodel(cm, order, config.precision)
+
+    pol = dataclasses.replace(pol, decide=decide)
+    return pol, predictor(params.spec, config), source
+
+
+def predictor(spec, config: EdgeConfig):
+    """``fn(run_partition, bw_mbps) -> (predicted latency s or None, caught)``: the cost
+    model's latency of the partition on the slot's link (RTT and uplink ratio of
+    ``config.link``) with outages priced by this client's retry schedule
+    (``costmodel.outage.with_outage``)."""
+    from costmodel.link import make_link
+    from costmodel.outage import RetryConfig, with_outage
+
+    cc = config.client
+    wait_s = RetryConfig(cc.timeout_s, cc.backoff.base_s, cc.backoff.factor, cc.backoff.cap_s,
+                         cc.backoff.max_retries, cc.backoff.jitter).expected_wait_s()
+    fp32 = spec.replace(act_bytes=spec.act_bytes.at[0].set(4.0))
+
+    def predict(rp: RunPartition, bw_mbps: float):
+        cm_spec = fp32 if rp.precision == "fp32" else spec  # the cost model knows fp16..int4
+        lk = make_link(min(bw_mbps * config.link.up_ratio, UNLIMITED_MBPS), config.link.rtt_ms,
+                       min(bw_mbps, UNLIMITED_MBPS))
+        caught = with_outage(rp.to_costmodel(), lk, cm_spec, wait_s)
+        pred = float(caught.costs.latency_s)
+        return (pred if math.isfinite(pred) else None), bool(caught.caught)
+
+    return predict
+
+
+def add_predictions(summary: dict, config: EdgeConfig, executor: Executor | None = None,
+                    trace=None) -> dict:
+    """Fill in the predictions of a run whose policy ran without JAX (``predictions``
+    "deferred"): each request's ``predicted_s`` / ``predicted_caught`` from its recorded
+    partition and slot bandwidth, and the summary's percentiles. Imports JAX."""
+    from bridge.blocks import make_executor
+    from bridge.runtime_policy import runtime_params
+    from costmodel.link import Workload
+
+    ex = executor or make_executor("toy")
+    card = executor_card(ex)
+    edge_prof, cloud_prof, source = local_profiles(config.profile_path)
+    if isinstance(trace, str | Path):
+        from lyapunov.traces import load_trace
+
+        trace = load_trace(trace)
+    params = runtime_params(card, edge_prof, cloud_prof,
+                            Workload(config.prompt_tokens, config.new_tokens), config.slot_s,
+                            config.arrival, config.link.rtt_ms, config.link.up_ratio, trace)
+    predict = predictor(params.spec, config)
+    for r in summary["requests"]:
+        rp = RunPartition.from_counts(r["edge_heads"], r["ffn"], r["precision"],
+                                      r["embed_edge"], _identity_order(card))
+        bw_mbps = math.inf if r["bw_mbps"] is None else r["bw_mbps"]
+        r["predicted_s"], r["predicted_caught"] = predict(rp, bw_mbps)
+    answered = [r for r in summary["requests"] if r["status"] == "answered"]
+    summary.update(
+        predicted_p50_s=_percentile([r["predicted_s"] for r in answered], 50),
+        predicted_p95_s=_percentile([r["predicted_s"] for r in answered], 95),
+        predicted_caught=sum(bool(r["predicted_caught"]) for r in summary["requests"]),
+        predictions="after the run", profile=source)
+    return summary
+
+
+def _identity_order(card) -> np.ndarray:
+    """Any head order: the cost model counts heads, not which ones."""
+    return np.tile(np.arange(card.n_heads), (card.n_layers, 1))
 
 
 def parse_addr(text: str, resolve: bool = False) -> tuple[str, int]:

@@ -38,12 +38,58 @@ from bridge.policy_io import ACTION_OUTPUTS, FLOAT_OUTPUTS, INPUT_NAMES, OUTPUT_
 OPSET = 17
 
 
-def export_torch(checkpoint_dir: str | Path, out: str | Path) -> Path:
-    """Write the torch form of an agents checkpoint (state dict + config) to ``out``."""
+def runtime_block(config: dict, model: str | None = None) -> dict:
+    """The constants an edge needs to run the exported policy without JAX
+    (``bridge.exported_policy``): the model card it was trained for (``model``, else the
+    checkpoint's training scenario's, else the one built-in card with its layers and heads),
+    that card's head order (``costmodel.spec.edge_head_order`` of its accuracy profile), the
+    runtime scenario's V, EWMA weights, history window and outage horizon
+    (``lyapunov.env.Scenario`` defaults, as ``bridge.runtime_policy.runtime_params`` builds
+    them), the activation precisions and the memory mask's margin."""
+    from agents.actions import MEM_RTOL
+    from bridge.runtime_policy import _checkpoint_model
+    from costmodel.accuracy import accuracy_profile
+    from costmodel.cards import CARDS, get_card
+    from costmodel.partition import ACT_PRECISIONS
+    from costmodel.spec import edge_head_order
+    from lyapunov.env import OUTAGE_HORIZON, Scenario
+
+    sp = config["space"]
+    name = model or _checkpoint_model(config)
+    if name is None:
+        same = [c for c in CARDS.values()
+                if (c.n_layers, c.n_heads) == (sp["n_layers"], sp["n_heads"])]
+        if len(same) != 1:
+            raise ValueError(f"the checkpoint does not record its model and {len(same)} cards "
+                             f"have {sp['n_layers']} layers x {sp['n_heads']} heads: name it "
+                             "with --model")
+        name = same[0].name
+    card = get_card(name)
+    if (card.n_layers, card.n_heads) != (sp["n_layers"], sp["n_heads"]):
+        raise ValueError(f"--model {name}: {card.n_layers} layers x {card.n_heads} heads, the "
+                         f"checkpoint {sp['n_layers']} x {sp['n_heads']}")
+    sc = Scenario()
+    order = edge_head_order(accuracy_profile(card).head_w, card.group_size)
+    return {"model": card.name, "head_order": order.tolist(), "V": float(sc.V),
+            "ewma": float(sc.ewma), "lam_ewma": float(sc.lam_ewma),
+            "history": int(sc.history), "outage_horizon": int(OUTAGE_HORIZON),
+            "act_precisions": list(ACT_PRECISIONS), "mem_rtol": float(MEM_RTOL)}
+
+
+def export_torch(checkpoint_dir: str | Path, out: str | Path, model: str | None = None) -> Path:
+    """Write the torch form of an agents checkpoint (state dict + config + runtime
+    constants, ``runtime_block``) to ``out``."""
+    import torch
+
     from bridge import torch_policy
+    from bridge.exported_policy import RUNTIME_KEY
 
     config = json.loads((Path(checkpoint_dir) / "config.json").read_text())
-    return torch_policy.save(torch_policy.from_checkpoint(checkpoint_dir), config, out)
+    out = torch_policy.save(torch_policy.from_checkpoint(checkpoint_dir), config, out)
+    blob = torch.load(out, map_location="cpu", weights_only=True)
+    blob[RUNTIME_KEY] = runtime_block(config, model)
+    torch.save(blob, out)
+    return out
 
 
 def onnx_bytes(module) -> bytes:
@@ -62,13 +108,23 @@ def onnx_bytes(module) -> bytes:
     return buf.getvalue()
 
 
-def export_onnx(checkpoint_dir: str | Path, out: str | Path) -> Path:
-    """Write the ONNX form of an agents checkpoint to ``out``."""
-    from bridge import torch_policy
+def export_onnx(checkpoint_dir: str | Path, out: str | Path, model: str | None = None) -> Path:
+    """Write the ONNX form of an agents checkpoint to ``out``, with the checkpoint's config
+    and the runtime constants (``runtime_block``) as metadata (``bridge.exported_policy``
+    reads them with onnxruntime)."""
+    import onnx
 
+    from bridge import torch_policy
+    from bridge.exported_policy import CONFIG_KEY, RUNTIME_KEY
+
+    config = json.loads((Path(checkpoint_dir) / "config.json").read_text())
+    proto = onnx.load_from_string(onnx_bytes(torch_policy.from_checkpoint(checkpoint_dir)))
+    for key, value in ((CONFIG_KEY, config), (RUNTIME_KEY, runtime_block(config, model))):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(onnx_bytes(torch_policy.from_checkpoint(checkpoint_dir)))
+    out.write_bytes(proto.SerializeToString())
     return out
 
 
@@ -228,6 +284,8 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--checkpoint", required=True, help="agents checkpoint directory")
     ap.add_argument("--format", choices=("torch", "onnx"), required=True)
     ap.add_argument("--out", required=True, help="output file (.pt or .onnx)")
+    ap.add_argument("--model", default=None,
+                    help="model card the policy was trained for (default: the checkpoint's)")
     ap.add_argument("--parity", type=int, default=1000, metavar="N",
                     help="random observations of the JAX/torch/onnxruntime check (0: skip)")
 
@@ -235,7 +293,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
 def cli(args) -> int:
     """Export, then (unless --parity 0) print the parity check; 1 if it fails."""
     fn = export_torch if args.format == "torch" else export_onnx
-    path = fn(args.checkpoint, args.out)
+    path = fn(args.checkpoint, args.out, args.model)
     print(f"wrote {path} ({path.stat().st_size} bytes)")
     if args.parity <= 0:
         return 0

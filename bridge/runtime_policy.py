@@ -1,7 +1,10 @@
 """Runtime policies of ``splitwise run-edge`` (``docs/design.md §4``, ``§5``): a ``--policy``
 string resolves through the one policy registry (``lyapunov.registry``: every registered name,
 and ``checkpoint:DIR`` through ``agents.policy_loader``), and the policy acts on the
-simulator's observation, built from what the runtime measured.
+simulator's observation, built from what the runtime measured. Exported policies
+(``onnx:FILE``, ``torch:FILE``) run without JAX through ``bridge.exported_policy``, which
+builds the same observation with NumPy; this module imports JAX only inside the functions of
+the registry path.
 
 Scenario (``runtime_params``). The slot environment's ``EnvParams`` of the runtime, built once
 per run: the executor's model card, this machine's device profiles (edge and cloud), the
@@ -31,10 +34,12 @@ import functools
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+    import jax
 
 UNLIMITED_MBPS = 1e6
 
@@ -69,9 +74,13 @@ def runtime_params(card, edge, cloud, workload, slot_s: float, arrival, rtt_ms: 
     ``costmodel.link.Workload``; arrival: ``lyapunov.processes.ArrivalConfig`` (per slot);
     trace: ``lyapunov.traces.Trace`` or None (unlimited bandwidth).
     """
+    import jax.numpy as jnp
+
     from lyapunov import processes as proc
     from lyapunov.env import Scenario
 
+    if not isinstance(arrival, proc.ArrivalConfig):  # bridge.edge_run.Arrivals: same fields
+        arrival = proc.ArrivalConfig(**dataclasses.asdict(arrival))
     sc = Scenario(model=card, device=edge, cloud=cloud, prompt_tokens=workload.prompt_tokens,
                   new_tokens=workload.new_tokens, tau_s=float(slot_s), arrival=arrival,
                   link=proc.LinkConfig(rtt_ms=float(rtt_ms), up_ratio=float(up_ratio)))
@@ -92,6 +101,8 @@ class SlotObserver:
     the causal ``Obs``)."""
 
     def __init__(self, params, up_ratio: float = 1.0, key: jax.Array | None = None):
+        import jax
+
         self.params, self.up_ratio = params, float(up_ratio)
         _, self.template = _reset()(jax.random.key(0) if key is None else key, params)
         self.last = None
@@ -102,6 +113,8 @@ class SlotObserver:
 
     def sample(self, bw_mbps: float, rtt_ms: float):
         """The ``lyapunov.processes.LinkSample`` of a measured bandwidth (capped)."""
+        import jax.numpy as jnp
+
         from lyapunov.processes import LinkSample
 
         bw = min(float(bw_mbps), UNLIMITED_MBPS)
@@ -110,6 +123,8 @@ class SlotObserver:
 
     def measured(self, bw_mbps: float, rtt_ms: float, arrivals: int) -> None:
         """One finished slot: its mean bandwidth and its arrivals."""
+        import jax
+
         from lyapunov.env import OUTAGE_HORIZON, cost_link, link_carried
 
         s = self.sample(bw_mbps, rtt_ms)
@@ -127,6 +142,8 @@ class SlotObserver:
     def state(self, obs: Observation):
         """The ``EnvState`` at the start of ``obs.slot``: queue ``Q = obs.queue``, the past as
         measured, and ``link_t`` the slot's own link."""
+        import jax.numpy as jnp
+
         from lyapunov.env import cost_link, link_carried
         from lyapunov.queues import Queues
 
@@ -148,6 +165,8 @@ class SlotObserver:
 
 @functools.cache
 def _reset():
+    import jax
+
     from lyapunov.env import reset
 
     return jax.jit(reset)
@@ -157,6 +176,8 @@ def _reset():
 def _jit(pol):
     """The jitted ``act`` of a registry policy (one per policy object: the registry returns
     the same object for the same string, so a second runtime policy compiles nothing)."""
+    import jax
+
     return jax.jit(pol.act)
 
 
@@ -215,6 +236,8 @@ def make_policy(policy: str | Callable, params, card=None, up_ratio: float = 1.0
     """
     if callable(policy):
         return RuntimePolicy(getattr(policy, "__name__", "custom"), policy)
+    import jax
+
     import agents.policy_loader  # noqa: F401  (registers the checkpoint: loader)
     from agents.checkpoint import CheckpointError
     from lyapunov import registry
