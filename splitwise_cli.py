@@ -138,53 +138,6 @@ def cmd_serve_cloud(args) -> int:
     return 0
 
 
-def cmd_run_edge(args) -> int:
-    import dataclasses
-
-    from bridge.backoff import BackoffConfig
-    from bridge.blocks import make_executor
-    from bridge.edge_client import ClientConfig
-    from bridge.edge_run import EdgeConfig, parse_addr, run_edge
-    from bridge.transport import LinkConfig
-    from bridge.wire import read_key_file
-    from lyapunov.processes import ArrivalConfig
-
-    cloud = parse_addr(args.cloud, resolve=True)
-    key = read_key_file(args.key_file) if args.key_file else None
-    b0, c0 = BackoffConfig(), ClientConfig()
-
-    def pick(value, default):
-        return default if value is None else value
-
-    backoff = BackoffConfig(base_s=pick(args.backoff_base, b0.base_s), factor=b0.factor,
-                            cap_s=pick(args.backoff_cap, max(b0.cap_s, args.backoff_base or 0)),
-                            max_retries=pick(args.retries, b0.max_retries), jitter=b0.jitter)
-    client = dataclasses.replace(c0, key=key, timeout_s=pick(args.timeout, c0.timeout_s),
-                                 backoff=backoff)
-    cfg = EdgeConfig(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                     arrival=ArrivalConfig(kind="poisson", rate=args.arrival_rate),
-                     slot_s=args.slot_s, link=LinkConfig(rtt_ms=args.rtt_ms),
-                     client=client, seed=args.seed, precision=args.precision,
-                     allow_edge_fallback=args.allow_edge_fallback)
-    result = run_edge(cloud, args.requests, args.trace, args.policy, cfg,
-                      executor=make_executor(args.model))
-    summary = {k: v for k, v in result.items() if k != "requests"}
-    if args.json:
-        print(json.dumps(summary, allow_nan=False))
-    else:
-        for k, v in summary.items():
-            print(f"{k:18s} {v}")
-    bad = result["cloud_unusable"]
-    if bad is not None and not args.allow_edge_fallback:
-        why = {"auth": "wrong or missing key", "unreachable": "cloud unreachable",
-               "model_mismatch": "model mismatch"}.get(bad["reason"], bad["reason"])
-        print(f"splitwise run-edge: error: the policy needed the cloud at {args.cloud} and it "
-              f"could never be used ({why}): {' '.join(str(bad['error']).split())}; "
-              "--allow-edge-fallback runs on the edge instead", file=sys.stderr)
-        return 3
-    return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1
-
-
 SIMULATE_KEYS = ("latency_mean_s", "latency_p95_s", "energy_mean_j", "accuracy_drop_mean",
                  "backlog_mean", "dpp_mean", "failure_frac", "caught_frac", "unrunnable_frac",
                  "decision_time_s", "stable")
@@ -236,11 +189,12 @@ def cmd_figures(args) -> int:
 
 
 def cmd_bridge(args) -> int:
-    """calibrate / export live in bridge/ (torch): parse their flags there, lazily."""
+    """calibrate / export / run-edge live in bridge/: parse their flags there, lazily (so that
+    run-edge with an exported policy imports no JAX)."""
     import importlib
 
-    module = importlib.import_module({"calibrate": "bridge.calibrate",
-                                      "export": "bridge.export"}[args.command])
+    module = importlib.import_module({"calibrate": "bridge.calibrate", "export": "bridge.export",
+                                      "run-edge": "bridge.edge_run"}[args.command])
     return module.main(args.rest) or 0
 
 
@@ -356,42 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a frame must arrive within this of its first byte, s")
     c.set_defaults(func=cmd_serve_cloud)
 
-    c = sub.add_parser("run-edge", parents=[files],
-                       help="run requests split between this edge and a cloud")
-    c.add_argument("--cloud", required=True, help="host:port of serve-cloud")
-    c.add_argument("--requests", type=_positive_int, default=20,
-                   help="requests to run (> 0)")
-    c.add_argument("--trace", help="bandwidth trace file (none: unlimited bandwidth)")
-    c.add_argument("--policy", default="best-cut", help=registry.help_text())
-    c.add_argument("--model", default="toy", help="toy, smollm2, or a GGUF path (as the cloud)")
-    c.add_argument("--key-file", help="shared key file (as the cloud's)")
-    c.add_argument("--rtt-ms", type=float, default=20.0, help="emulated round-trip time, ms")
-    c.add_argument("--prompt-tokens", type=_positive_int, default=16,
-                   help="prompt length S, tokens")
-    c.add_argument("--new-tokens", type=_positive_int, default=8, help="decode steps T, tokens")
-    c.add_argument("--arrival-rate", type=float, default=1.0,
-                   help="mean arrivals, requests per slot")
-    c.add_argument("--slot-s", type=float, default=1.0, help="slot length, s (emulated)")
-    c.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default=None,
-                   help="crossing precision override (default: the policy's)")
-    c.add_argument("--seed", type=int, default=0, help="random seed (arrivals, prompts)")
-    c.add_argument("--json", action="store_true", help="print the summary as JSON")
-    runtime = "default: costmodel.outage.RetryConfig's"
-    c.add_argument("--retries", type=_nonneg_int, default=None,
-                   help=f"retries without progress before a request falls back to the edge "
-                        f"({runtime} max_retries)")
-    c.add_argument("--backoff-base", type=_positive_float, default=None,
-                   help=f"ceiling of the first retry's delay, s ({runtime} base_s)")
-    c.add_argument("--backoff-cap", type=_positive_float, default=None,
-                   help=f"largest retry delay ceiling, s ({runtime} cap_s)")
-    c.add_argument("--timeout", type=_positive_float, default=None,
-                   help=f"wait for the cloud's next frame before retrying, s ({runtime} "
-                        "timeout_s)")
-    c.add_argument("--allow-edge-fallback", action="store_true",
-                   help="when the cloud can never be used (wrong key, unreachable, model "
-                        "mismatch), run every request on the edge and exit 0 instead of "
-                        "failing")
-    c.set_defaults(func=cmd_run_edge)
+    c = sub.add_parser("run-edge", add_help=False,
+                       help="run requests split between this edge and a cloud (an exported "
+                            "policy needs no JAX)")
+    c.add_argument("rest", nargs=argparse.REMAINDER)
+    c.set_defaults(func=cmd_bridge)
     return ap
 
 
@@ -427,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
     try:
-        if command in ("calibrate", "export"):
-            # These live in bridge/ (torch); their flags are parsed there, imported lazily.
+        if command in ("calibrate", "export", "run-edge"):
+            # These live in bridge/; their flags are parsed there, imported lazily.
             return cmd_bridge(argparse.Namespace(command=command, rest=argv[1:]))
         args = build_parser().parse_args(argv)
         if command not in ("serve-cloud",):

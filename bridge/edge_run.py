@@ -509,3 +509,143 @@ def parse_addr(text: str, resolve: bool = False) -> tuple[str, int]:
             raise ValueError(f"--cloud: cannot resolve host {host!r} ({err.strerror or err})") \
                 from None
     return host, int(port)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line (``splitwise run-edge``: parsed here, so that an exported policy's edge imports
+# no JAX)
+
+
+def add_args(ap) -> None:
+    """The flags of ``splitwise run-edge``."""
+    from bridge.backoff import BackoffConfig
+
+    def positive(kind):
+        def parse(text):
+            import argparse
+
+            try:
+                v = kind(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") \
+                    from None
+            if not (math.isfinite(v) and v > 0):
+                raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+            return v
+        return parse
+
+    def nonneg_int(text):
+        import argparse
+
+        if not text.isdigit():
+            raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+        return int(text)
+
+    b0 = BackoffConfig()
+    ap.add_argument("--cloud", required=True, help="host:port of serve-cloud")
+    ap.add_argument("--requests", type=positive(int), default=20, help="requests to run (> 0)")
+    ap.add_argument("--trace", help="bandwidth trace file (none: unlimited bandwidth)")
+    ap.add_argument("--policy", default="best-cut",
+                    help="a registered policy name (`splitwise simulate --help` lists them), "
+                         "checkpoint:DIR, or an exported policy onnx:FILE / torch:FILE "
+                         "(`splitwise export`; runs without JAX)")
+    ap.add_argument("--model", default="toy", help="toy, smollm2, or a GGUF path (as the cloud)")
+    ap.add_argument("--key-file", help="shared key file (as the cloud's)")
+    ap.add_argument("--profile-file", default="profiles/local.json",
+                    help="this machine's profiles from `splitwise calibrate` (predictions, "
+                         "an exported policy's memory masks); default %(default)s")
+    ap.add_argument("--rtt-ms", type=float, default=20.0, help="emulated round-trip time, ms")
+    ap.add_argument("--prompt-tokens", type=positive(int), default=16,
+                    help="prompt length S, tokens")
+    ap.add_argument("--new-tokens", type=positive(int), default=8, help="decode steps T, tokens")
+    ap.add_argument("--arrival-rate", type=positive(float), default=1.0,
+                    help="mean arrivals, requests per slot")
+    ap.add_argument("--slot-s", type=positive(float), default=1.0,
+                    help="slot length, s (emulated)")
+    ap.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default=None,
+                    help="crossing precision override (default: the policy's)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (arrivals, prompts)")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ap.add_argument("--predict", action="store_true",
+                    help="with an exported policy: add the cost model's predictions after the "
+                         "run (imports JAX then); other policies predict in the loop")
+    runtime = "default: costmodel.retry.RetryConfig's"
+    ap.add_argument("--retries", type=nonneg_int, default=None,
+                    help=f"retries without progress before a request falls back to the edge "
+                         f"({runtime} max_retries, {b0.max_retries})")
+    ap.add_argument("--backoff-base", type=positive(float), default=None,
+                    help=f"ceiling of the first retry's delay, s ({runtime} base_s)")
+    ap.add_argument("--backoff-cap", type=positive(float), default=None,
+                    help=f"largest retry delay ceiling, s ({runtime} cap_s)")
+    ap.add_argument("--timeout", type=positive(float), default=None,
+                    help=f"wait for the cloud's next frame before retrying, s ({runtime} "
+                         "timeout_s; each step waits at least a multiple of its predicted "
+                         "compute)")
+    ap.add_argument("--allow-edge-fallback", action="store_true",
+                    help="when the cloud can never be used (wrong key, unreachable, model "
+                         "mismatch), run every request on the edge and exit 0 instead of "
+                         "failing")
+
+
+def cli(args) -> int:
+    """Run ``splitwise run-edge``; 0 when nothing was lost or duplicated, 3 when the cloud
+    could never be used (without ``--allow-edge-fallback``), else 1."""
+    import json
+    import sys
+
+    from bridge.backoff import BackoffConfig
+    from bridge.blocks import make_executor
+    from bridge.wire import read_key_file
+
+    cloud = parse_addr(args.cloud, resolve=True)
+    key = read_key_file(args.key_file) if args.key_file else None
+    b0, c0 = BackoffConfig(), ClientConfig()
+
+    def pick(value, default):
+        return default if value is None else value
+
+    backoff = BackoffConfig(base_s=pick(args.backoff_base, b0.base_s), factor=b0.factor,
+                            cap_s=pick(args.backoff_cap, max(b0.cap_s, args.backoff_base or 0)),
+                            max_retries=pick(args.retries, b0.max_retries), jitter=b0.jitter)
+    client = dataclasses.replace(c0, key=key, timeout_s=pick(args.timeout, c0.timeout_s),
+                                 backoff=backoff)
+    cfg = EdgeConfig(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                     arrival=Arrivals(kind="poisson", rate=args.arrival_rate),
+                     slot_s=args.slot_s, link=LinkConfig(rtt_ms=args.rtt_ms), client=client,
+                     seed=args.seed, precision=args.precision,
+                     profile_path=args.profile_file,
+                     allow_edge_fallback=args.allow_edge_fallback)
+    ex = make_executor(args.model)
+    result = run_edge(cloud, args.requests, args.trace, args.policy, cfg, executor=ex)
+    if args.predict and result["predictions"] == "deferred":
+        add_predictions(result, cfg, ex, args.trace)
+    summary = {k: v for k, v in result.items() if k not in ("requests", "policy_log")}
+    if args.json:
+        print(json.dumps(summary, allow_nan=False))
+    else:
+        for k, v in summary.items():
+            print(f"{k:18s} {v}")
+    bad = result["cloud_unusable"]
+    if bad is not None and not args.allow_edge_fallback:
+        why = {"auth": "wrong or missing key", "unreachable": "cloud unreachable",
+               "model_mismatch": "model mismatch"}.get(bad["reason"], bad["reason"])
+        print(f"splitwise run-edge: error: the policy needed the cloud at {args.cloud} and it "
+              f"could never be used ({why}): {' '.join(str(bad['error']).split())}; "
+              "--allow-edge-fallback runs on the edge instead", file=sys.stderr)
+        return 3
+    return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="splitwise run-edge",
+                                 description="run requests split between this edge and a cloud")
+    add_args(ap)
+    return cli(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
