@@ -40,7 +40,11 @@ import numpy as np
 from bridge import wire
 from bridge.backoff import _RETRY, Backoff, BackoffConfig, Retry
 from bridge.blocks import (
+    CLOUD,
     EDGE,
+    FFN_CLOUD,
+    FFN_EDGE,
+    FFN_SPLIT,
     TOKEN_OUT,
     TOKENS,
     Executor,
@@ -108,6 +112,11 @@ class ClientConfig:
     first_contact_retries: retries of a cloud this client has never reached (no session
       yet: a wrong address fails within a few seconds); once a session was accepted, the
       full ``backoff`` budget applies (it outlasts a cloud restart).
+    cloud_flops: the cloud's effective FLOP/s (its profile's peak x eff_compute x share;
+      None: unknown). With it, the wait for a step's reply is at least ``step_margin`` times
+      the predicted compute of the cloud's part of the step (``2 x`` its parameters x the
+      step's tokens / ``cloud_flops`` + ``cloud_overhead_s`` per cloud block): a loaded cloud
+      that takes longer than ``timeout_s`` on a long prefill is not retried while healthy.
     """
 
     key: bytes | None = None
@@ -119,6 +128,9 @@ class ClientConfig:
     max_frame: int = wire.DEFAULT_MAX_FRAME
     max_replays: int = 8
     first_contact_retries: int = 3
+    cloud_flops: float | None = None
+    cloud_overhead_s: float = 0.0
+    step_margin: float = 4.0
 
 
 @dataclasses.dataclass
@@ -159,6 +171,28 @@ class RetryRecord:
     reason: str
 
 
+def cloud_share(rp: RunPartition, cfg) -> tuple[float, int]:
+    """(weights the cloud holds for ``rp``, its block count) of a ``LlamaConfig``: query
+    heads with their ``W_O`` slices and the K/V heads their groups need, FFN matrices (all
+    three, or the down projection of a split FFN), the LM head where the residual ends on the
+    cloud."""
+    d, dh = cfg.d_model, cfg.head_dim
+    group = cfg.n_heads // cfg.n_kv_heads
+    params, blocks = 0.0, 0
+    for layer in range(rp.n_layers):
+        k_c = int((~rp.head_on_edge[layer]).sum())
+        groups = (~rp.head_on_edge[layer]).reshape(-1, group).any(1).sum()
+        params += k_c * 2 * d * dh + groups * 2 * d * dh
+        blocks += k_c > 0
+        f = int(rp.ffn[layer])
+        params += {FFN_CLOUD: 3, FFN_SPLIT: 1}.get(f, 0) * d * cfg.d_ff
+        blocks += f != FFN_EDGE
+    if rp.final_side == CLOUD:
+        params += cfg.vocab_size * d
+        blocks += 1
+    return params, blocks
+
+
 class _Session:
     """One request's conversation with the cloud, across reconnections (see the module
     docstring for the checkpoint / resume rules)."""
@@ -177,8 +211,22 @@ class _Session:
         self.replaying = False
         self.replays = 0
         self.retries = 0
+        self.step_tokens = prompt_len  # positions of the last tensor sent
+        self.cloud_params, self.cloud_blocks = cloud_share(rp, client.executor.cfg)
+
+    def step_timeout(self) -> float:
+        """The wait for the next frame: ``timeout_s``, or ``step_margin`` times the predicted
+        compute of the cloud's part of a step over the last tensor's positions if longer."""
+        cfg = self.client.config
+        if not cfg.cloud_flops:
+            return cfg.timeout_s
+        work = (2.0 * self.cloud_params * self.step_tokens / cfg.cloud_flops
+                + self.cloud_blocks * cfg.cloud_overhead_s)
+        return max(cfg.timeout_s, cfg.step_margin * work)
 
     def send(self, ev: Send) -> None:
+        value = np.asarray(ev.value)
+        self.step_tokens = int(value.shape[-2] if value.ndim >= 2 else max(value.size, 1))
         seq = len(self.log)
         self.log.append(wire.make_frame(MsgType.STEP, self.rid, seq, layer=ev.layer,
                                         tag=ev.tag, array=ev.value, precision=ev.precision))
@@ -237,7 +285,7 @@ class _Session:
             return
         self._flush()
         try:
-            frame = conn.recv(self.client.config.timeout_s)
+            frame = conn.recv(self.step_timeout())
         except LinkTimeout as err:
             self._recover(f"timeout: {err}", "timeout")
             return

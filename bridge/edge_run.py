@@ -231,6 +231,12 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
         predictor = None
     else:
         pol, predictor, prof_source = _jax_policy(policy, card, config, trace)
+    cloud = read_profile(config.profile_path, "local-cloud") or LOCAL_DEFAULT
+    client_cfg = config.client
+    if client_cfg.cloud_flops is None:  # each step's wait follows its predicted compute
+        client_cfg = dataclasses.replace(
+            client_cfg, cloud_flops=cloud["peak_tflops"] * 1e12 * cloud["eff_compute"],
+            cloud_overhead_s=cloud["overhead_us"] * 1e-6)
     link_em = LinkEmulator(trace, config.link)
     rtt_ms = config.link.rtt_ms
 
@@ -258,7 +264,7 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
         return (bisect.bisect_left(arrivals, (j + 1) * config.slot_s)
                 - bisect.bisect_left(arrivals, j * config.slot_s))
 
-    with EdgeClient(cloud_addr, ex, config.client, link_em) as client:
+    with EdgeClient(cloud_addr, ex, client_cfg, link_em) as client:
         while len(results) + len(lost_errors) + not_run < n_req:
             now = link_em.emulated_now()
             while nxt < n_req and arrivals[nxt] <= now:

@@ -199,3 +199,28 @@ def test_onnx_policy_serves_smollm2_without_jax(files):
     ref, _, _ = _jax_policy(f"checkpoint:{ck}", get_card("smollm2-135m"), cfg, None)
     decided = [e[-1] for e in run["policy_log"] if e[0] == "decide"]
     assert decided and replay(ref, run["policy_log"]) == decided
+
+
+def test_step_timeout_follows_the_predicted_compute():
+    """The edge waits for a step at least step_margin x the cloud's predicted compute of it:
+    a long cloud-only prefill on a slow cloud gets more than the fixed timeout, a decode step
+    or an edge-heavy partition keeps it."""
+    from bridge.blocks import RunPartition, toy_executor
+    from bridge.edge_client import ClientConfig, EdgeClient, _Session, cloud_share
+
+    ex = toy_executor()
+    c = ex.cfg
+    cloud_only = RunPartition.cloud_only(c.n_layers, c.n_heads)
+    params, blocks = cloud_share(cloud_only, c)
+    per_layer = 2 * c.n_heads * c.d_model * c.head_dim + 2 * c.n_kv_heads * c.d_model * c.head_dim
+    assert params == c.n_layers * (per_layer + 3 * c.d_model * c.d_ff) + c.vocab_size * c.d_model
+    assert blocks == 2 * c.n_layers + 1
+    assert cloud_share(RunPartition.edge_only(c.n_layers, c.n_heads), c) == (0.0, 0)
+    slow = ClientConfig(timeout_s=5.0, cloud_flops=2.0 * params * 1000 / 10.0)  # 10 s / 1000 tok
+    client = EdgeClient(("127.0.0.1", 9), ex, slow)
+    s = _Session(client, 1, cloud_only, 1000, 2)
+    assert s.step_timeout() == pytest.approx(40.0)
+    s.step_tokens = 1
+    assert s.step_timeout() == 5.0
+    assert _Session(EdgeClient(("127.0.0.1", 9), ex, ClientConfig(timeout_s=5.0)), 2,
+                    cloud_only, 1000, 2).step_timeout() == 5.0
