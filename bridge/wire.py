@@ -41,8 +41,10 @@ runs unauthenticated (nonces only; no protection against an active attacker).
 
 Tensor encodings (``DType``): F32, F16, I8, U8, I32, I64 are the raw numpy dtypes; I4 is
 signed 4-bit integers in ``[-8, 7]`` packed two per byte (low nibble first, a final half-byte
-of zero when the count is odd); Q8 / Q4 are activations quantized per row (the last axis) to
-int8 / packed int4 with one float32 scale per row appended after the integers. Q8 / Q4 use
+of zero when the count is odd); Q8 / Q4 are activations quantized group-wise (one scale per
+``bridge.quant.cross_group(width)`` consecutive channels of the last axis: 64 for SmolLM2) to
+int8 / packed int4 with one float32 scale per group appended after the integers (wire version
+3; version 2 had one scale per row). Q8 / Q4 use
 exactly ``bridge.quant.cross``'s rule (symmetric absmax, levels ``+-(2^(b-1)-1)``, round half
 to even, all in float32), so a decoded tensor equals the fake-quantized one bit for bit. Scales
 travel as float32 (4 bytes a row) rather than float16 so that this equality holds.
@@ -74,7 +76,7 @@ import zlib
 import numpy as np
 
 MAGIC = b"SPWR"
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 MAX_NDIM = 4
 HEADER = struct.Struct("!4sBBBBQIIhBB4II")
 LENGTH = struct.Struct("!I")
@@ -206,8 +208,24 @@ class Frame:
 # Tensor codecs
 
 
+CROSS_GROUP = 64  # channels per scale of a quantized crossing (bridge.quant.cross too)
+
+
+def cross_group(width: int, group: int = CROSS_GROUP) -> int:
+    """Channels per scale of a crossing tensor whose last axis is ``width``: ``group`` when it
+    divides the width, else 32 when that does, else the whole row (one scale per token)."""
+    for g in (group, 32):
+        if width >= g and width % g == 0:
+            return g
+    return max(int(width), 1)
+
+
 def _rows(shape: tuple[int, ...]) -> int:
-    return math.prod(int(s) for s in shape[:-1]) if len(shape) >= 1 else 1
+    """Quantization groups (scales) of a Q8 / Q4 tensor of ``shape``."""
+    if not shape:
+        return 1
+    width = int(shape[-1])
+    return math.prod(int(s) for s in shape[:-1]) * (width // cross_group(width) if width else 0)
 
 
 def element_count(shape: tuple[int, ...]) -> int:
@@ -252,13 +270,18 @@ def unpack_int4(buf: bytes, n: int) -> np.ndarray:
     return np.where(v > 7, v - 16, v).astype(np.int8)
 
 
-def absmax_quantize(x: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row symmetric absmax quantization in float32, as ``bridge.quant.cross``.
+def absmax_quantize(x: np.ndarray, bits: int, group: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric absmax quantization in float32, as ``bridge.quant.cross``: one scale per
+    ``group`` consecutive channels of the last axis (None: per row).
 
-    Returns int8 levels ``q`` (same shape as ``x``) and float32 scales ``[rows]`` with
-    ``x ~= q * scale`` row-wise; all-zero rows get scale 0 and levels 0.
+    Returns int8 levels ``q`` (same shape as ``x``) and float32 scales ``[groups]`` with
+    ``x ~= q * scale`` group-wise; all-zero groups get scale 0 and levels 0.
     """
     x = np.asarray(x, dtype=np.float32)
+    if group is not None:
+        q, scale = absmax_quantize(x.reshape(*x.shape[:-1], x.shape[-1] // group, group), bits)
+        return q.reshape(x.shape), scale
     qmax = np.float32(2 ** (bits - 1) - 1)
     amax = np.abs(x).max(axis=-1, keepdims=True)
     scale = (amax / qmax).astype(np.float32)
@@ -301,7 +324,8 @@ def encode_tensor(x: np.ndarray, precision: str | None = None) -> tuple[DType, t
         return code, shape, xf.astype("<f2").tobytes()
     if xf.size == 0:
         return code, shape, b""
-    q, scale = absmax_quantize(xf if xf.ndim else xf.reshape(1), QUANT_BITS[code])
+    xf = xf if xf.ndim else xf.reshape(1)
+    q, scale = absmax_quantize(xf, QUANT_BITS[code], cross_group(xf.shape[-1]))
     body = q.tobytes() if code == DType.Q8 else pack_int4(q)
     return code, shape, body + scale.astype("<f4").tobytes()
 

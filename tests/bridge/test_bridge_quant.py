@@ -52,10 +52,30 @@ def test_weight_groups_hand_worked():
 
 
 def test_wire_bytes():
-    # 576 int4 values = 288 bytes + one fp16 scale per 576-wide row = 290
-    assert wire_bytes(576, "int4", 576) == 290.0
-    assert wire_bytes(2 * 576, "int8", 576) == 2 * 576 + 4.0
+    # 576 int4 values = 288 bytes + one float32 scale per 64 channels (9 groups) = 324
+    assert wire_bytes(576, "int4", 576) == 324.0
+    assert wire_bytes(2 * 576, "int8", 576) == 2 * 576 + 2 * 9 * 4.0
     assert wire_bytes(576, "fp16", 576) == 1152.0
+
+
+def test_group_wise_crossing_matches_the_wire_and_bounds_each_group():
+    """int8 / int4 crossings scale every 64 channels on their own (SmolLM2's 576 and 1536;
+    32 or the whole row for other widths): bit for bit what bridge.wire decodes, and a
+    group's error is bounded by its own absmax, not the row's."""
+    import numpy as np
+
+    from bridge import wire
+    from bridge.wire import cross_group
+
+    assert [cross_group(w) for w in (576, 1536, 96, 32, 20)] == [64, 64, 32, 32, 20]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 576)).astype(np.float32)
+    x[..., :64] *= 100.0  # one loud group
+    for prec, qmax in (("int8", 127), ("int4", 7)):
+        got = cross(torch.from_numpy(x), prec).numpy()
+        np.testing.assert_array_equal(got, wire.fake_quantize(x, prec))
+        quiet = np.abs(got[..., 64:] - x[..., 64:]).max()
+        assert quiet <= np.abs(x[..., 64:]).max() / qmax / 2 + 1e-6
 
 
 @settings(max_examples=50, deadline=None)
