@@ -30,7 +30,15 @@ cost model, i.e. ``run_local(..., n_out=T + 1)``.
 torch is imported inside the functions that run the model, so that the command line can
 build its parser (``add_args``) without torch.
 
-Writes ``OUT`` (the profile JSON, loadable by ``costmodel.profiles.load_profile``),
+4. Exchange overhead (``exchange_cost``): one decode-step STEP / RESULT exchange of a
+   576-wide activation on loopback through the runtime's wire format; half its median round
+   trip is ``msg_overhead_us`` of both profiles.
+
+Writes ``OUT`` with two profiles (``{"profiles": [local, local-cloud]}``, loadable by
+``costmodel.profiles.load_profiles``; ``splitwise train --profile-file OUT --device local
+--cloud local-cloud`` trains for this machine): ``local`` (role edge) and ``local-cloud``
+(role cloud: the same roofline, as both processes share this machine, RTT 0 on loopback,
+no prices),
 ``OUT.csv`` (the measurements, stem + ``.csv``) and ``OUT.validation.json`` (fit report and
 held-out results).
 """
@@ -639,8 +647,15 @@ def _calibrate(model, out, cfg, card, progress, bw_gbs) -> Calibration:
         fitted, report = fit_profile(csv_path, card, prior)
         requests = validate(model, fitted, card, cfg, tick)
         after = contention()
+    exchange = exchange_cost()
+    fitted = dataclasses.replace(
+        fitted, msg_overhead_us=exchange["msg_overhead_us"],
+        sources={**fitted.sources, "msg_overhead_us": "measured on loopback "
+                 "(bridge.calibrate.exchange_cost)"})
+    cloud = loopback_cloud(fitted, exchange["msg_overhead_us"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(profile_json(fitted), indent=1) + "\n")
+    out.write_text(json.dumps({"profiles": [profile_json(fitted), profile_json(cloud)]},
+                              indent=1) + "\n")
     cal = Calibration(fitted, report, tuple(requests),
                       {"profile": str(out), "csv": str(csv_path), "validation": str(val_path)},
                       (before, after))
@@ -653,10 +668,88 @@ def _calibrate(model, out, cfg, card, progress, bw_gbs) -> Calibration:
            "fit": {"rms_log_error": report.rms_log_error, "mape_rows": report.mape,
                    "eff_compute": report.eff_compute, "eff_memory": report.eff_memory,
                    "overhead_us": report.overhead_us, "identified": report.identified},
+           "exchange": exchange,
            "mape_end_to_end": cal.mape, "mape_split_edge_compute": cal.split_mape,
            "requests": [dict(dataclasses.asdict(r), error_pct=r.error_pct) for r in requests]}
     val_path.write_text(json.dumps(val, indent=1, allow_nan=True) + "\n")
     return cal
+
+
+# --------------------------------------------------------------------------------------------
+# The exchange overhead of the transport and the framework
+
+
+def exchange_cost(n: int = 300, width: int = 576, precision: str = "fp16",
+                  warmup: int = 30) -> dict:
+    """One decode-step exchange on loopback, as the runtime does it: the edge encodes a
+    ``[1, 1, width]`` activation into a STEP frame (``bridge.wire``), sends it over TCP
+    (``TCP_NODELAY``), the peer reads and decodes it, encodes the reply and sends it back,
+    the edge reads and decodes it. Returns the median and p90 round trip (us) over ``n``
+    exchanges and ``msg_overhead_us``: half the median round trip, the software cost of one
+    message (sender's plus receiver's), the profile field of ``costmodel.profiles``."""
+    import socket
+    import threading
+
+    from bridge import wire
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def echo():
+        conn, _ = srv.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with conn:
+            try:
+                while True:
+                    f, _ = wire.read_frame(conn)
+                    x = f.activation()
+                    reply = wire.make_frame(wire.MsgType.RESULT, f.request_id, f.seq,
+                                            layer=f.layer, tag=f.tag, array=x,
+                                            precision=precision)
+                    conn.sendall(wire.encode_frame(reply))
+            except (wire.PeerClosed, OSError):
+                return
+
+    th = threading.Thread(target=echo, daemon=True)
+    th.start()
+    cli = socket.create_connection(srv.getsockname())
+    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    x = np.random.default_rng(0).standard_normal((1, 1, width)).astype(np.float32)
+    times = []
+    try:
+        for i in range(n + warmup):
+            t0 = time.perf_counter()
+            f = wire.make_frame(wire.MsgType.STEP, 1, i, layer=0, tag=2, array=x,
+                                precision=precision)
+            cli.sendall(wire.encode_frame(f))
+            r, _ = wire.read_frame(cli)
+            r.activation()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    finally:
+        cli.close()
+        srv.close()
+        th.join(timeout=2)
+    t = np.asarray(times) * 1e6
+    return {"round_trip_median_us": float(np.median(t)), "round_trip_p90_us":
+            float(np.percentile(t, 90)), "msg_overhead_us": float(np.median(t) / 2),
+            "width": width, "precision": precision, "n": n}
+
+
+def loopback_cloud(edge: DeviceProfile, overhead_us: float, rtt_ms: float = 0.0
+                   ) -> DeviceProfile:
+    """The ``local-cloud`` profile: this machine serving as the cloud over loopback (the same
+    roofline as ``local``: both processes share its cores), no prices, the measured
+    per-message overhead."""
+    return dataclasses.replace(edge, name="local-cloud", role="cloud", rtt_ms=rtt_ms,
+                               price_per_gpu_s=0.0, price_per_gb=0.0,
+                               msg_overhead_us=overhead_us,
+                               sources={**edge.sources, "msg_overhead_us":
+                                        "measured: half the median loopback round trip of one "
+                                        "576-wide fp16 STEP / RESULT exchange "
+                                        "(bridge.calibrate.exchange_cost)",
+                                        "rtt_ms": "loopback (the link emulator adds any RTT)"})
 
 
 # --------------------------------------------------------------------------------------------

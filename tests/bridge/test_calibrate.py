@@ -225,3 +225,30 @@ def test_too_busy_machine_is_an_error(tiny, tmp_path, monkeypatch):
         cal.calibrate(tiny, tmp_path / "p.json", dataclasses.replace(TINY_CFG, repeats=2),
                       progress=False)
     assert not (tmp_path / "p.json").exists()
+
+
+def test_exchange_cost_and_the_two_profile_file(tmp_path):
+    """calibrate's exchange measurement, and its output: the edge profile ``local`` and the
+    loopback cloud ``local-cloud`` in one file, both with the measured per-message overhead,
+    read by costmodel.profiles.load_profiles (every profile registered) and by the JAX-free
+    reader of an exported policy's edge."""
+    import dataclasses
+
+    from bridge.calibrate import exchange_cost, loopback_cloud, profile_json
+    from bridge.exported_policy import read_profile
+    from costmodel.profiles import PROFILES, load_profiles
+
+    ex = exchange_cost(n=20, warmup=5)
+    assert 0 < ex["msg_overhead_us"] < 1e5 and ex["round_trip_p90_us"] >= ex[
+        "round_trip_median_us"]
+    edge = dataclasses.replace(get_profile("rpi5"), name="local", msg_overhead_us=60.0)
+    cloud = loopback_cloud(edge, 60.0)
+    out = tmp_path / "local.json"
+    out.write_text(json.dumps({"profiles": [profile_json(edge), profile_json(cloud)]}))
+    e, c = load_profiles(out)
+    assert (e.name, e.role, c.name, c.role) == ("local", "edge", "local-cloud", "cloud")
+    assert c.msg_overhead_us == 60.0 and c.price_per_gpu_s == 0.0
+    assert PROFILES["local-cloud"] == c and load_profile(out, register=False) == e
+    assert read_profile(out, "local-cloud")["role"] == "cloud"
+    assert read_profile(out)["name"] == "local"
+    del PROFILES["local"], PROFILES["local-cloud"]
