@@ -8,7 +8,9 @@ disturbed by other load on the machine):
 - in-process split: both sides in one thread, crossings encoded and decoded (no network);
 - networked split: the edge here, the cloud in the server process, RTT 0, no bandwidth cap.
 
-Prints one line per partition with the ratios to monolithic. Usage:
+Prints one line per partition with the ratios to monolithic, then the cost of one decode-step
+exchange (``bridge.calibrate.exchange_cost``: a 576-wide activation, SmolLM2's d, as a STEP
+frame and its RESULT over loopback TCP; target at most 150 us). Usage:
 
     python benchmarks/runtime_overhead.py --executor toy|smollm2 [--repeats 5]
 """
@@ -55,7 +57,17 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each process")
+    ap.add_argument("--exchanges", type=int, default=500,
+                    help="round trips timed per precision for the exchange cost (0: skip)")
     args = ap.parse_args()
+    if args.exchanges > 0:
+        from bridge.calibrate import exchange_cost
+
+        for prec in ("fp16", "int8", "int4"):
+            ex = exchange_cost(args.exchanges, 576, prec)
+            print(f"exchange 1x576 {prec}: round trip median {ex['round_trip_median_us']:.0f} "
+                  f"us, p90 {ex['round_trip_p90_us']:.0f} us (target <= 150 us); "
+                  f"msg_overhead_us {ex['msg_overhead_us']:.0f}", flush=True)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if args.executor != "toy":
         import torch
