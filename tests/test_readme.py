@@ -27,6 +27,7 @@ CLI = [sys.executable, "-c", "import sys, splitwise_cli; sys.exit(splitwise_cli.
 SIZE = {
     "costs": ({}, []),
     "simulate": ({"--slots": "4"}, []),
+    "certify": ({"--slots": "8"}, ["--examples", "3", "--states", "4"]),
     "train": ({"--steps": "64", "--seeds": "1"},
               ["--num-envs", "2", "--num-steps", "8", "--log-every", "1"]),
     "evaluate": ({"--slots": "4", "--seeds": "1"}, []),
