@@ -30,7 +30,8 @@ ROLES: tuple[str, ...] = ("reference", "ours", "baseline")
 # Modules that register built-in policies, imported on the first lookup.
 BUILTIN_MODULES = ("lyapunov.policies",)
 # Where the loader of a known prefix is registered (for the error of an unregistered one).
-LOADER_MODULES = {"checkpoint": "agents.policy_loader"}
+LOADER_MODULES = {"checkpoint": "agents.policy_loader", "onnx": "bridge.exported_policy",
+                  "torch": "bridge.exported_policy"}
 
 
 @dataclasses.dataclass(frozen=True)
