@@ -155,7 +155,9 @@ class SlotSolution:
 
 @struct.dataclass
 class _Pt:
-    """One DP solution: partition, its request costs and (latency, c, memory GB, feasible)."""
+    """One DP solution: partition, its request costs, latency, c, edge and cloud memory (GB),
+    feasible (everything), and whether it fits the edge's and the cloud's memory (with a
+    finite latency and the privacy floor)."""
 
     part: Partition
     costs: RequestCosts
@@ -163,6 +165,9 @@ class _Pt:
     c: jnp.ndarray
     mem: jnp.ndarray
     ok: jnp.ndarray
+    mem_c: jnp.ndarray
+    efit: jnp.ndarray
+    cfit: jnp.ndarray
 
 
 def _where(cond, a, b):
@@ -175,7 +180,9 @@ def _evaluate(part: Partition, link, spec: CostSpec, cw: dp.Weights) -> _Pt:
     lat = jnp.where(jnp.isfinite(tt.latency), tt.latency, BIG)
     costs = costs_from_terms(tt, part.act_prec, link, spec, privacy_ok(part, spec))
     ok = (lat < BIG) & (c < BIG) & costs.feasible
-    return _Pt(part, costs, lat, c, tt.mem / 1e9, ok)
+    base = (lat < BIG) & (c < BIG) & costs.link_ok & costs.privacy_ok
+    return _Pt(part, costs, lat, c, tt.mem / 1e9, ok, tt.mem_cloud / 1e9,
+               base & costs.memory_ok, base & costs.cloud_memory_ok)
 
 
 # Phases of the solver's state machine (one DP call per loop iteration, so the DP is compiled
@@ -188,6 +195,8 @@ _FAST, _CHEAP, _LO, _HI, _STACK, _DONE = range(6)
 class _State:
     phase: jnp.ndarray
     mode: jnp.ndarray  # 0: Lagrangian sweeps (nu); 1: the sweep over the rounded-down budget
+    which: jnp.ndarray  # the memory nu prices: 0 the edge's, 1 the cloud's
+    nu_e: jnp.ndarray  # with which == 1: the edge's multiplier, held fixed
     nu_i: jnp.ndarray  # -1: the nu = 0 sweep; 0: nu = nu_max; >= 1: bisection steps
     nu: jnp.ndarray
     lo: jnp.ndarray
@@ -220,22 +229,30 @@ class _Problem(struct.PyTreeNode):
     cw: dp.Weights
     a: jnp.ndarray  # g(l) = a l - b / l
     b: jnp.ndarray
-    budget: jnp.ndarray  # GB
+    budget: jnp.ndarray  # GB, edge
+    budget_c: jnp.ndarray  # GB, cloud
     precisions: tuple = struct.field(pytree_node=False)
     cap: int = struct.field(pytree_node=False)
     nu_iters: int = struct.field(pytree_node=False)
     units: int = struct.field(pytree_node=False)
+    tp: bool = struct.field(pytree_node=False, default=False)
 
     def g(self, lat):
         safe = jnp.where(lat > 0, lat, 1.0)
         return jnp.where(lat > 0, self.a * lat - self.b / safe, -BIG)
 
-    def j_lagr(self, pt: _Pt, nu):
-        val = self.g(pt.lat) + pt.c + nu * pt.mem
+    def j_lagr(self, pt: _Pt, s):
+        val = self.g(pt.lat) + pt.c + _price(pt, s)
         return jnp.where((pt.lat < BIG) & (pt.c < BIG), val, BIG)
 
     def j_true(self, pt: _Pt):
         return jnp.where(pt.ok, self.g(pt.lat) + pt.c, BIG)
+
+
+def _price(pt: _Pt, s):
+    """The multipliers' term of a point: nu times the edge's memory (GB), or with which == 1
+    nu times the cloud's plus the held edge multiplier times the edge's."""
+    return jnp.where(s.which == 1, s.nu * pt.mem_c + s.nu_e * pt.mem, s.nu * pt.mem)
 
 
 def _lam_range(s: _State):
@@ -272,7 +289,9 @@ def _query(pb: _Problem, s: _State):
         energy=jnp.select([fast, cheap], [0.0, cw.energy], cw.energy / norm),
         accuracy=jnp.select([fast, cheap], [0.0, cw.accuracy], cw.accuracy / norm),
         cloud_cost=jnp.select([fast, cheap], [0.0, cw.cloud_cost], cw.cloud_cost / norm),
-        memory=jnp.where(fast | cheap | (s.mode == 1), 0.0, s.nu / norm))
+        memory=jnp.where(fast | cheap | (s.mode == 1), 0.0,
+                         jnp.where(s.which == 1, s.nu_e, s.nu) / norm),
+        cloud_memory=jnp.where(fast | cheap | (s.which == 0), 0.0, s.nu / norm))
     need = (s.phase < _STACK) | ((s.phase == _STACK) & worth)
     return need, w, lam, worth
 
@@ -280,12 +299,36 @@ def _query(pb: _Problem, s: _State):
 def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     """Fold a finished sweep into the overall result and pick what comes next: the next nu of
     the bisection, the sweep over the rounded-down budget (when memory binds and the dual
-    bound has not closed the gap), or the end."""
-    fits = s.sb.ok
-    lower = jnp.maximum(s.lower, s.sb_j - s.nu * pb.budget)
-    complete = s.complete & complete_sweep
+    bound has not closed the gap), or the end. The multiplier prices the edge's memory; it
+    moves to the cloud's (the edge's held at 0) when the first sweep's minimizer fits the edge
+    but not the cloud, or (the edge's held at the smallest edge-feasible multiplier found) when
+    the edge's bisection found nothing that fits both."""
     first = s.nu_i == -1
-    fits0 = jnp.where(first, fits, s.fits0)
+    budget = jnp.where(s.which == 1, pb.budget_c, pb.budget)
+    held = jnp.where(s.which == 1, s.nu_e * pb.budget, 0.0)
+    lower = jnp.maximum(s.lower, s.sb_j - s.nu * budget - held)
+    lower_before = s.lower  # a rounded-up sweep (mode 2) bounds nothing
+    fits_e = jnp.where(s.which == 1, s.sb.cfit, s.sb.efit)
+    complete = s.complete & complete_sweep
+    fits0 = jnp.where(first, s.sb.ok, s.fits0)
+    # Where the edge's bisection ends (as below) with nothing that fits both.
+    e_stop = (s.which == 0) & (s.mode == 0) & ~first & (
+        ((s.nu_i == 0) & ~fits_e) | (s.nu_i + 1 > pb.nu_iters))
+    edge_hi = jnp.where((s.nu_i >= 1) & fits_e, s.nu, s.hi)
+    to_cloud = (((first & s.sb.efit & ~s.sb.cfit)
+                 | (e_stop & ~((s.nu_i == 0) & ~fits_e) & (s.f_j >= BIG)))
+                & (pb.budget_c < jnp.inf))
+    # The scales of the cloud's multiplier (as the edge's, set after the first solves).
+    m_s = jnp.where(to_cloud, jnp.maximum(s.p_fast.mem_c, 1e-3), s.m_s)
+    nu_max = jnp.where(to_cloud, s.nu_max * jnp.maximum(pb.budget, 1e-6)
+                       / jnp.maximum(pb.budget_c, 1e-6), s.nu_max)
+    s = s.replace(which=jnp.where(to_cloud, 1, s.which), m_s=m_s, nu_max=nu_max,
+                  nu_e=jnp.where(to_cloud, jnp.where(first, 0.0, edge_hi), s.nu_e),
+                  nu_i=jnp.where(to_cloud, -1, s.nu_i),
+                  lo=jnp.where(to_cloud, 1e-12 * nu_max, s.lo),
+                  hi=jnp.where(to_cloud, nu_max, s.hi))
+    first = first & ~to_cloud
+    fits = jnp.where(to_cloud, False, jnp.where(s.which == 1, s.sb.cfit, s.sb.efit))
     lo = jnp.where((s.nu_i >= 1) & ~fits, s.nu, s.lo)
     hi = jnp.where((s.nu_i >= 1) & fits, s.nu, s.hi)
     nu_i = s.nu_i + 1
@@ -293,7 +336,8 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     stop = (first & fits) | nothing | (nu_i > pb.nu_iters)
     gap = s.f_j - lower > RTOL * (jnp.abs(s.f_j) + jnp.abs(lower) + 1e-30)
     in_res = s.mode >= 1
-    to_res = ~in_res & stop & ~(first & fits) & ~nothing & gap & (pb.units > 0)
+    to_res = (~in_res & stop & ~(first & fits) & ~nothing & gap & (pb.units > 0)
+              & (s.which == 0))
     nu = jnp.where(nu_i == 0, s.nu_max, jnp.sqrt(lo * hi))
     lagr = s.replace(phase=jnp.where(to_res, _LO, jnp.where(stop, _DONE, _LO)),
                      mode=jnp.where(to_res, 1, 0), nu_i=nu_i,
@@ -303,7 +347,7 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     # gap is still open; then stop.
     up_next = (s.mode == 1) & (s.f_j - lower > RTOL * (jnp.abs(s.f_j) + jnp.abs(lower) + 1e-30))
     res = s.replace(phase=jnp.where(up_next, _LO, _DONE), mode=jnp.where(up_next, 2, s.mode),
-                    lower=jnp.where(s.mode == 1, lower, s.lower), complete=complete)
+                    lower=jnp.where(s.mode == 1, lower, lower_before), complete=complete)
     return _where(in_res, res, lagr)
 
 
@@ -327,9 +371,9 @@ def _transition(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
     # _HI: start the sweep's stack with [p_lo, p_hi]
     lam_lo, lam_hi = _lam_range(s)
     p_lo, nu = s.p_lo, s.nu
-    j_lo, j_hi = pb.j_lagr(p_lo, nu), pb.j_lagr(pt, nu)
+    j_lo, j_hi = pb.j_lagr(p_lo, s), pb.j_lagr(pt, s)
     t_lo, t_hi = pb.j_true(p_lo), pb.j_true(pt)
-    row = jnp.stack([p_lo.lat, p_lo.c + nu * p_lo.mem, lam_lo, pt.lat, pt.c + nu * pt.mem,
+    row = jnp.stack([p_lo.lat, p_lo.c + _price(p_lo, s), lam_lo, pt.lat, pt.c + _price(pt, s),
                      lam_hi])
     after_hi = s.replace(
         phase=jnp.int32(_STACK), stack=s.stack.at[0].set(row), size=jnp.int32(1),
@@ -345,10 +389,10 @@ def _transition(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
     # _STACK: pop; a point strictly below the chord is a new vertex that splits the interval
     _, _, (l1, c1, lam1, l2, c2, lam2) = _top(pb, s)
     size = s.size - 1
-    cp = pt.c + nu * pt.mem
+    cp = pt.c + _price(pt, s)
     vline = lam * l1 + c1
     new = worth & (lam * pt.lat + cp < vline - RTOL * (jnp.abs(vline) + 1e-30)) & (pt.lat < BIG)
-    jp, tp = pb.j_lagr(pt, nu), pb.j_true(pt)
+    jp, tp = pb.j_lagr(pt, s), pb.j_true(pt)
     better = new & (jp < s.sb_j)
     fbetter = new & (tp < s.f_j)
     cap = pb.cap
@@ -386,7 +430,8 @@ def _sweep(pb: _Problem, solve, solve_resource) -> _State:
     no_point = no_point.replace(lat=f32(BIG), c=f32(BIG))
     zero, big = f32(0.0), f32(BIG)
     s0 = _State(
-        phase=jnp.int32(_FAST), mode=jnp.int32(0), nu_i=jnp.int32(-1), nu=zero, lo=zero,
+        phase=jnp.int32(_FAST), mode=jnp.int32(0), which=jnp.int32(0), nu_e=zero,
+        nu_i=jnp.int32(-1), nu=zero, lo=zero,
         hi=zero, l_s=f32(1.0), c_s=zero, m_s=f32(1.0), nu_max=zero, p_fast=no_point,
         p_lo=no_point,
         stack=jnp.zeros((pb.cap, 6), f32), size=jnp.int32(0), n_sweep=jnp.int32(0),
@@ -421,10 +466,11 @@ def _certificate(s: _State):
     return feasible, jnp.where(s.fits0, exact_unc, feasible & gap_ok & s.complete)
 
 
-@functools.partial(jax.jit, static_argnames=("precisions", "max_solves", "nu_iters", "units"))
+@functools.partial(jax.jit,
+                   static_argnames=("precisions", "max_solves", "nu_iters", "units", "tp"))
 def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
                precisions=(0, 1, 2), max_solves: int = 48, nu_iters: int = 20,
-               units: int = 512) -> SlotSolution:
+               units: int = 512, tp: bool = False) -> SlotSolution:
     """Exact minimizer of the slot's DPP expression (see the module docstring).
 
     Args:
@@ -438,6 +484,8 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
       nu_iters: bisection steps on the memory multiplier when memory binds (static).
       units: resolution of the rounded-down budget of the final sweep when memory binds
         (static; 0 skips that sweep).
+      tp: the option space (static): False the paper's (no tensor-parallel FFN), True with tp
+        FFNs and the residual on both sides (``costmodel.dp``).
 
     Returns:
       SlotSolution. Jitted (called eagerly, every caller shares one compiled program per spec
@@ -447,15 +495,16 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
     cw = c_weights(queues, sp)
     pb = _Problem(link, spec, cw, f32(sp.V * sp.penalty.latency),
                   f32(jnp.maximum(queues.q, 0.0) * sp.tau), spec.edge.mem_budget / 1e9,
-                  tuple(int(q) for q in precisions), int(max_solves), int(nu_iters), int(units))
+                  spec.cloud.mem_budget / 1e9, tuple(int(q) for q in precisions),
+                  int(max_solves), int(nu_iters), int(units), bool(tp))
 
     def solve(w):
-        res = dp.solve(link, spec, w, pb.precisions)
+        res = dp.solve(link, spec, w, pb.precisions, pb.tp)
         return _evaluate(res.partition, link, spec, cw)
 
     def solve_resource(w, up):
         part = dp_memory.solve_resource(link, spec, w, pb.precisions, max(pb.units, 1),
-                                        up).partition
+                                        up, pb.tp).partition
         return _evaluate(part, link, spec, cw)
 
     s = _sweep(pb, solve, solve_resource)
@@ -499,12 +548,13 @@ def minimize_points(lat, c, mem, a, b, budget, max_solves: int = 48,
     f32 = jnp.float32
     lat, c, mem = (jnp.asarray(x, f32) for x in (lat, c, mem))
     cw = dp.Weights(latency=0.0, energy=1.0)  # c enters as the "energy" term
-    pb = _Problem(None, None, cw, f32(a), f32(b), f32(budget), (0,), int(max_solves),
-                  int(nu_iters), 0)
+    pb = _Problem(None, None, cw, f32(a), f32(b), f32(budget), f32(jnp.inf), (0,),
+                  int(max_solves), int(nu_iters), 0)
 
     def solve(w):
         i = (w.latency * lat + w.energy * c + w.memory * mem).argmin()
-        return _Pt(i, None, lat[i], c[i], mem[i], mem[i] <= pb.budget)
+        fits = mem[i] <= pb.budget
+        return _Pt(i, None, lat[i], c[i], mem[i], fits, f32(0.0), fits, jnp.bool_(True))
 
     s = _sweep(pb, solve, None)
     feasible, exact = _certificate(s)

@@ -7,6 +7,7 @@ that every partition can be enumerated; the oracle compiles once per spec shape.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -21,6 +22,7 @@ from costmodel.cards import ModelCard
 from costmodel.costs import request_costs
 from costmodel.link import LinkState, Workload
 from costmodel.partition import EDGE
+from costmodel.profiles import get_profile
 from costmodel.spec import edge_head_order, make_spec
 from lyapunov.oracle import PenaltyWeights, SlotParams, slot_dpp, solve_slot
 from lyapunov.queues import Budgets, Queues
@@ -44,6 +46,11 @@ def _accuracy(card, seed=0):
 ACC = _accuracy(CARD)
 SPEC = make_spec(CARD, "rpi5", "datacenter", Workload(64, 16), accuracy=ACC)
 SPEC_PRIV = make_spec(CARD, "rpi5", "mec", Workload(64, 16), privacy_layers=1, accuracy=ACC)
+# No per-message software overhead: an idealized LAN where splitting the heads of a layer pays
+# even for this tiny card (the regime test_head_exchange needs).
+SPEC_LAN = make_spec(CARD, dataclasses.replace(get_profile("rpi5"), msg_overhead_us=0.0),
+                     dataclasses.replace(get_profile("datacenter"), msg_overhead_us=0.0),
+                     Workload(64, 16), accuracy=ACC)
 
 
 ALL = all_partitions(CARD.n_layers, CARD.n_heads)
@@ -97,13 +104,13 @@ def slot_instances(draw):
     return queues, link, sp, frac
 
 
-def _check(queues, link, sp, spec, frac, parts=ALL):
+def _check(queues, link, sp, spec, frac, parts=ALL, tp=False):
     mem = np.asarray(_mem(parts, link, spec))
     lo, hi = float(mem.min()), float(mem.max())
     budget = lo + frac * (hi - lo) + 1e-9
     spec = with_budget(spec, budget)
     jb, ib, costs = brute_force(queues, link, spec, sp, parts)
-    sol = solve_slot(queues, link, spec, sp)
+    sol = solve_slot(queues, link, spec, sp, tp=tp)
     any_ok = bool(np.asarray(costs.feasible).any())
     assert bool(sol.feasible) == any_ok
     if not any_ok:
@@ -191,7 +198,7 @@ def test_head_exchange():
         sp = slot_params(1.0, 1.0, INF, 0.1, INF, (1.0, 0.0, 0.1, 0.0))
         link = LinkState(*(jnp.float32(x) for x in (3000.0, 3000.0, 0.02,
                                                     rng.uniform(0.003, 0.006))))
-        sol = solve_slot(queues, link, SPEC, sp)
+        sol = solve_slot(queues, link, SPEC_LAN, sp)
         assert bool(sol.exact)
         heads = np.asarray(sol.partition.edge_heads)
         # accuracy weight of the linear part: V * w_a + Z_A
@@ -207,7 +214,7 @@ def test_head_exchange():
     # Brute force over every subset assignment of every layer, counts included: the DPP of a
     # partition whose edge heads are any other subset of the same count is the count's DPP
     # plus the accuracy weight times the importance it adds over the spec's cumulative one.
-    _, _, costs = brute_force(queues, link, SPEC, sp, ALL)
+    _, _, costs = brute_force(queues, link, SPEC_LAN, sp, ALL)
     j_count = np.asarray(_dpp(costs, queues, 0.0, sp))
     j_count = np.where(np.asarray(costs.feasible), j_count, np.inf)
     best_subset = np.inf
@@ -234,3 +241,65 @@ def test_latency_only_picks_fastest():
         sol = solve_slot(Queues(jnp.float32(q), *(jnp.float32(0.0),) * 3), link, SPEC, sp)
         assert bool(sol.exact)
         assert math.isclose(float(sol.latency_s), lat_min, rel_tol=1e-5)
+
+
+# Tensor-parallel space: a Pi 5 with a second Pi 5 as the "cloud" on a LAN, every partition of
+# the card with every tp share (4 x 18 options a layer: 31 104 partitions).
+ALL_TP = all_partitions(CARD.n_layers, CARD.n_heads, tp_shares=tuple(range(1, 16)))
+# Long prompts and no per-message overhead, so that tensor parallelism pays on this tiny card.
+SPEC_PEER = make_spec(CARD, dataclasses.replace(get_profile("rpi5"), msg_overhead_us=0.0),
+                      dataclasses.replace(get_profile("pi5-peer"), msg_overhead_us=0.0),
+                      Workload(512, 16), accuracy=ACC)
+
+
+def with_cloud_budget(spec, budget_gb):
+    return spec.replace(cloud=spec.cloud.replace(mem_budget=jnp.float32(budget_gb * 1e9)))
+
+
+def test_oracle_tp_matches_brute_force():
+    """With tp: exact where it claims exactness, feasible iff some partition is, a valid lower
+    bound; including budgets on the edge and on the cloud that bind."""
+    rng = np.random.default_rng(4)
+    cloud_mem = np.asarray(jax.jit(jax.vmap(request_costs, in_axes=(0, None, None)))(
+        ALL_TP, LinkState(*(jnp.float32(x) for x in (1e3, 1e3, 0.5, 1.0))),
+        SPEC_PEER).cloud_memory_gb)
+    n_tp = n_exact = 0
+    for i in range(8):
+        queues = Queues(*(jnp.float32(x) for x in rng.exponential([20.0, 5.0, 5.0, 1e3])))
+        sp = slot_params(float(rng.choice([0.0, 1.0, 10.0])), 1.0, 5.0, INF, INF,
+                         (1.0, float(rng.choice([0.0, 0.1])), 0.0, 0.0))
+        bw = float(10 ** rng.uniform(3, 4))
+        link = LinkState(*(jnp.float32(x) for x in (bw, bw, rng.uniform(0.01, 0.1), 1.0)))
+        spec = SPEC_PEER
+        frac = 2.0 if i % 2 == 0 else float(rng.uniform(0.2, 0.9))
+        if i % 3 == 2:  # the cloud's budget binds (the edge's does not)
+            spec = with_cloud_budget(spec, float(np.quantile(cloud_mem, rng.uniform(0.1, 0.6))))
+            frac = 2.0
+        sol, jb = _check(queues, link, sp, spec, frac, ALL_TP, tp=True)
+        if jb is not None:
+            n_exact += bool(sol.exact)
+            n_tp += bool((np.asarray(sol.partition.ffn) == 3).any())
+    assert n_tp >= 2 and n_exact >= 5
+
+
+def test_oracle_tp_both_budgets_binding_is_sound():
+    """Both budgets binding at once (the edge cannot hold the model, the cloud can hold only a
+    part of it): the multipliers, one at a time, may find no partition that fits both. Then the
+    oracle says so (not feasible, not exact) and still gives a valid lower bound; it never
+    returns a partition that breaks either budget as feasible."""
+    queues = Queues(*(jnp.float32(x) for x in (20.0, 0.0, 0.0, 0.0)))
+    sp = slot_params(1.0, 1.0)
+    link = LinkState(*(jnp.float32(x) for x in (1000.0, 1000.0, 0.5, 1.0)))
+    mem = np.asarray(_mem(ALL_TP, link, SPEC_PEER))
+    spec = with_budget(with_cloud_budget(SPEC_PEER, 0.6 * float(mem.max())),
+                       0.75 * float(mem.max()))
+    jb, _, costs = brute_force(queues, link, spec, sp, ALL_TP)
+    assert bool(np.asarray(costs.feasible).any())
+    sol = solve_slot(queues, link, spec, sp, tp=True)
+    assert float(sol.lower_bound) <= float(jb) + 1e-4 * (abs(float(jb)) + 1.0)
+    if bool(sol.feasible):
+        own = _costs(sol.partition, link, spec)
+        assert bool(own.memory_ok) and bool(own.cloud_memory_ok)
+        assert float(sol.objective) >= float(jb) - 1e-4 * (abs(float(jb)) + 1.0)
+    else:
+        assert not bool(sol.exact)
