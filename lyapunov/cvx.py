@@ -9,11 +9,13 @@ is its tangent, see ``lyapunov.oracle``) the program minimizes ``lam * latency +
   convex in the per-layer fractions of heads and FFN parts on each side, so the assignment is
   written in its *extended* (path) form: a flow ``x[q, s0, l, s_in, (k, f)] in [0, 1]`` over
   the layered graph of the exact DP (activation precision ``q``, embedding side ``s0``, layer
-  ``l``, residual side ``s_in``, option ``k`` heads on the edge and FFN side ``f``) with flow
-  conservation and one unit of flow; the per-layer head fractions ``sum x k / H``, FFN side
-  fractions and residual-side fractions are its marginals (``CvxResult.head_frac`` ...).
-  Without the memory row this polytope is integral (a shortest-path LP), so the relaxation gap
-  comes from the edge-memory budget row ``sum x mem <= budget`` and from DVFS;
+  ``l``, residual side ``s_in``, option ``k`` heads on the edge and FFN option ``f``; with
+  ``tp=True`` the sides include both and the options every tensor-parallel share, as in
+  ``costmodel.dp``) with flow conservation and one unit of flow; the per-layer head fractions
+  ``sum x k / H``, FFN mode fractions and residual-side fractions are its marginals
+  (``CvxResult.head_frac`` ...). Without the memory rows this polytope is integral (a
+  shortest-path LP), so the relaxation gap comes from the edge- and cloud-memory budget rows
+  ``sum x mem <= budget`` and from DVFS;
 - **the edge DVFS frequency** ``f in [f_min, f_max]``, continuous: the edge compute of the
   partition, ``B`` seconds at ``f_max`` (``c_cycles = B f_max``), takes ``T = B f_max / f``
   and its dynamic energy is ``kappa f^2 c_cycles = p_dyn B^3 / T^2`` (``kappa = p_dyn /
@@ -75,20 +77,23 @@ class DVFS:
             raise ValueError(f"DVFS.f_min_ratio must be in (0, 1], got {self.f_min_ratio!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("precisions",))
-def _option_arrays(link: LinkState, spec: CostSpec, cw: dp.Weights, precisions: tuple):
-    """Per-option latency, edge busy time, c and memory: [nq, L, 2, H+1, 3] (the option table
-    of ``costmodel.dp``) and endpoint arrays [nq, 2, 2] (s0, s_last); plus the privacy mask of
-    the options."""
+@functools.partial(jax.jit, static_argnames=("precisions", "tp"))
+def _option_arrays(link: LinkState, spec: CostSpec, cw: dp.Weights, precisions: tuple,
+                   tp: bool = False):
+    """Per-option latency, edge busy time, c, edge and cloud memory: [nq, L, S, H+1, F] (the
+    option table of ``costmodel.dp``) and endpoint arrays [nq, 2, S] (s0, s_last); plus the
+    privacy mask of the options."""
+    n_s = dp.n_sides(tp)
 
     def per_q(q):
-        tt = dp.option_terms(q, link, spec)
-        ends = endpoint_terms(jnp.arange(2)[:, None], jnp.arange(2)[None, :], link, spec)
+        tt = dp.option_terms(q, link, spec, tp)
+        ends = endpoint_terms(jnp.arange(2)[:, None], jnp.arange(n_s)[None, :], link, spec)
         c_opt = dp.scalarize(tt, q, spec, cw)
         c_end = dp.scalarize(ends, q, spec, cw)
-        return (tt.latency, tt.busy, c_opt, tt.mem, ends.latency, ends.busy, c_end, ends.mem)
+        return (tt.latency, tt.busy, c_opt, tt.mem, ends.latency, ends.busy, c_end, ends.mem,
+                tt.mem_cloud, ends.mem_cloud)
 
-    return jax.vmap(per_q)(jnp.asarray(precisions)), dp.option_allowed(spec)
+    return jax.vmap(per_q)(jnp.asarray(precisions)), dp.option_allowed(spec, tp)
 
 
 @dataclasses.dataclass
@@ -132,7 +137,7 @@ class SlotProgram:
 
     def __init__(self, spec: CostSpec, precisions=(0, 1, 2), dvfs: DVFS = DVFS(),
                  boolean: bool = False, time_limit_s: float = 30.0, dvfs_form: str = "auto",
-                 solver: str = "CLARABEL"):
+                 solver: str = "CLARABEL", tp: bool = False):
         if dvfs_form not in ("auto", "cone", "eliminated"):
             raise ValueError(f"dvfs_form must be 'auto', 'cone' or 'eliminated', got "
                              f"{dvfs_form!r}")
@@ -140,13 +145,17 @@ class SlotProgram:
         self.n_l, self.n_h = spec.n_layers, spec.n_heads
         self.privacy_layers = spec.privacy_layers
         self.dvfs, self.boolean, self.time_limit_s = dvfs, boolean, time_limit_s
-        nq, n_l, n_o = len(self.precisions), self.n_l, 3 * (self.n_h + 1)
-        self.shape_x = (nq, 2, n_l, 2, n_o)
-        self.shape_y = (nq, 2, 2)
+        self.tp = bool(tp)
+        self.n_s, self.n_f = dp.n_sides(tp), dp.n_ffn_options(tp)
+        n_s = self.n_s
+        nq, n_l, n_o = len(self.precisions), self.n_l, self.n_f * (self.n_h + 1)
+        self.shape_x = (nq, 2, n_l, n_s, n_o)
+        self.shape_y = (nq, 2, n_s)
         n_x, n_y = int(np.prod(self.shape_x)), int(np.prod(self.shape_y))
         ix = np.arange(n_x).reshape(self.shape_x)
         iy = np.arange(n_y).reshape(self.shape_y)
-        out = np.where(np.arange(n_o) % 3 == EDGE, EDGE, CLOUD)
+        self._f_opt, self._j_opt, out_f = dp.option_grid(tp)
+        out = np.tile(out_f, self.n_h + 1)
         rows, cols, vals, rhs = [], [], [], []
 
         def add(entries, b):
@@ -162,8 +171,8 @@ class SlotProgram:
         for qi in range(nq):
             for s0 in range(2):
                 for layer in range(1, n_l + 1):
-                    for s_ in range(2):
-                        inflow = [(int(ix[qi, s0, layer - 1, si, j]), -1.0) for si in range(2)
+                    for s_ in range(n_s):
+                        inflow = [(int(ix[qi, s0, layer - 1, si, j]), -1.0) for si in range(n_s)
                                   for j in range(n_o) if out[j] == s_]
                         here = ([(int(ix[qi, s0, layer, s_, j]), 1.0) for j in range(n_o)]
                                 if layer < n_l else [(n_x + int(iy[qi, s0, s_]), 1.0)])
@@ -171,7 +180,8 @@ class SlotProgram:
         a_eq = sps.csr_matrix((vals, (rows, cols)), shape=(len(rhs), n_x + n_y))
         start = np.zeros(self.shape_x, bool)  # layer 0 must start on the embedding's side
         for s0 in range(2):
-            start[:, s0, 0, 1 - s0, :] = True
+            for s_ in range(n_s):
+                start[:, s0, 0, s_, :] = s_ != s0
         self._structural_zero = start.reshape(-1)
         self._out = out
 
@@ -180,13 +190,14 @@ class SlotProgram:
         # (cvxpy's parametrized matrices scale with rows x columns).
         nominal = LinkState(*(jnp.float32(v) for v in (10.0, 10.0, 10.0, 1.0)))
         arr, _ = self._arrays(nominal, spec, dp.Weights())
-        self._mem, self._busy = arr["mem"], arr["busy"]
+        self._mem, self._busy, self._mem_c = arr["mem"], arr["busy"], arr["mem_c"]
         self.z = cp.Variable(n_x + n_y, boolean=boolean, name="flow")
         self.cost = cp.Parameter(n_x + n_y, name="cost")
         self.ub = cp.Parameter(n_x + n_y, nonneg=True, name="ub")
         self.budget = cp.Parameter(nonneg=True, name="budget_gb")
+        self.budget_c = cp.Parameter(nonneg=True, name="cloud_budget_gb")
         cons = [a_eq @ self.z == np.asarray(rhs), self.z >= 0, self.z <= self.ub,
-                self._mem @ self.z <= self.budget]
+                self._mem @ self.z <= self.budget, self._mem_c @ self.z <= self.budget_c]
         obj = self.cost @ self.z
         self.use_dvfs = not boolean and dvfs.f_min_ratio < 1
         n_var = n_x + n_y
@@ -207,18 +218,19 @@ class SlotProgram:
 
     # ----------------------------------------------------------------------------------------
     def _arrays(self, link: LinkState, spec: CostSpec, cw: dp.Weights):
-        (lat, busy, c, mem, e_lat, e_busy, e_c, e_mem), privacy = _option_arrays(
-            link, spec, cw, self.precisions)
-        nq, n_l, n_o = len(self.precisions), self.n_l, 3 * (self.n_h + 1)
+        (lat, busy, c, mem, e_lat, e_busy, e_c, e_mem, mem_c, e_mem_c), privacy = _option_arrays(
+            link, spec, cw, self.precisions, self.tp)
+        nq, n_l, n_s = len(self.precisions), self.n_l, self.n_s
+        n_o = self.n_f * (self.n_h + 1)
 
-        def opt(a):  # [nq, L, 2, H+1, 3] -> [nq, s0, L, 2, n_o]
-            a = np.asarray(a, np.float64).reshape(nq, 1, n_l, 2, n_o)
+        def opt(a):  # [nq, L, S, H+1, F] -> [nq, s0, L, S, n_o]
+            a = np.asarray(a, np.float64).reshape(nq, 1, n_l, n_s, n_o)
             return np.broadcast_to(a, self.shape_x).reshape(-1)
 
         def end(a):
             return np.asarray(a, np.float64).reshape(-1)
 
-        ok_x = np.broadcast_to(np.asarray(privacy).reshape(1, 1, n_l, 2, n_o),
+        ok_x = np.broadcast_to(np.asarray(privacy).reshape(1, 1, n_l, n_s, n_o),
                                self.shape_x).reshape(-1) & ~self._structural_zero
         ok_y = np.ones(self.shape_y, bool)
         if self.privacy_layers:
@@ -228,6 +240,7 @@ class SlotProgram:
             "busy": np.concatenate([opt(busy), end(e_busy)]),
             "c": np.concatenate([opt(c), end(e_c)]),
             "mem": np.concatenate([opt(mem), end(e_mem)]) / 1e9,
+            "mem_c": np.concatenate([opt(mem_c), end(e_mem_c)]) / 1e9,
         }
         ok = np.concatenate([ok_x, ok_y.reshape(-1)])
         ok &= np.isfinite(arr["lat"]) & (arr["c"] < dp.BIG)
@@ -243,6 +256,7 @@ class SlotProgram:
         LP forms are re-solved with HiGHS (``status`` then ends in ``+highs``)."""
         arr, ok = self._arrays(link, spec, cw)
         ok = ok & (arr["mem"] <= float(spec.edge.mem_budget) / 1e9 * (1 + 1e-9))
+        ok = ok & (arr["mem_c"] <= float(spec.cloud.mem_budget) / 1e9 * (1 + 1e-9))
         lam = float(lam)
         w_e = float(cw.energy)
         p_idle, p_act = float(spec.edge.p_idle), float(spec.edge.p_active)
@@ -262,6 +276,7 @@ class SlotProgram:
         self.cost.value = combined / scale
         self.ub.value = ok.astype(np.float64)
         self.budget.value = float(spec.edge.mem_budget) / 1e9
+        self.budget_c.value = float(spec.cloud.mem_budget) / 1e9
         if self.use_cone:
             self.t_coef.value = t_coef / scale
             self.dyn_coef.value = dyn_coef / scale
@@ -293,8 +308,9 @@ class SlotProgram:
         if path is None:
             return CvxResult(None, relaxed, np.inf, np.inf, freq, 1.0, head_frac, ffn_frac,
                              side, elapsed, status)
-        qi, s0, heads, ffn = path
-        part = make_partition(heads, ffn, self.precisions[qi], s0 == EDGE)
+        qi, s0, heads, opts = path
+        part = make_partition(heads, self._f_opt[opts], self.precisions[qi], s0 == EDGE,
+                              self._j_opt[opts])
         value = self._path_value(base, path)
         busy = self._path_value(arr["busy"], path)
         return CvxResult(part, relaxed, value, value + phi * busy, freq,
@@ -318,33 +334,41 @@ class SlotProgram:
         """The cone form failed numerically: solve the equivalent eliminated form (an LP)."""
         if getattr(self, "_eliminated", None) is None:
             self._eliminated = SlotProgram(spec, self.precisions, self.dvfs,
-                                           dvfs_form="eliminated", solver=self.solver)
+                                           dvfs_form="eliminated", solver=self.solver,
+                                           tp=self.tp)
         res = self._eliminated.solve(link, spec, cw, lam)
         res.status = f"{res.status}+eliminated"
         return res
 
     # ----------------------------------------------------------------------------------------
     def _marginals(self, zval):
+        """Per layer: the fraction of heads on the edge, the FFN mode fractions [L, 4] (edge,
+        cloud, split, tp: the tp shares summed) and the fraction of flow whose residual leaves
+        the layer on the cloud only."""
         n_x = int(np.prod(self.shape_x))
-        x = zval[:n_x].reshape(self.shape_x).sum(axis=(0, 1))  # [L, 2, n_o]
-        x = x.sum(axis=1).reshape(self.n_l, self.n_h + 1, 3)  # [L, H+1, 3]
+        x = zval[:n_x].reshape(self.shape_x).sum(axis=(0, 1))  # [L, S, n_o]
+        x = x.sum(axis=1).reshape(self.n_l, self.n_h + 1, self.n_f)  # [L, H+1, F]
         head_frac = (x.sum(-1) * np.arange(self.n_h + 1)).sum(-1) / self.n_h
-        ffn_frac = x.sum(1)
-        return head_frac, ffn_frac, ffn_frac[:, 1:].sum(-1)
+        per_opt = x.sum(1)  # [L, F]
+        ffn_frac = np.zeros((self.n_l, 4))
+        for o, f in enumerate(self._f_opt):
+            ffn_frac[:, f] += per_opt[:, o]
+        side_cloud = ffn_frac[:, 1] + ffn_frac[:, 2]
+        return head_frac, (ffn_frac if self.tp else ffn_frac[:, :3]), side_cloud
 
     def _viterbi(self, cost_x, cost_y):
-        """Min-cost path of the layered graph; cost_x [nq, 2, L, 2, n_o], cost_y [nq, 2, 2]
-        (inf = forbidden). Returns (value, (qi, s0, k [L], f [L])) or (inf, None)."""
-        nq, _, n_l, _, n_o = self.shape_x
+        """Min-cost path of the layered graph; cost_x [nq, 2, L, S, n_o], cost_y [nq, 2, S]
+        (inf = forbidden). Returns (value, (qi, s0, k [L], FFN option [L])) or (inf, None)."""
+        nq, _, n_l, n_s, n_o = self.shape_x
         out = self._out
-        v = np.full((nq, 2, 2), np.inf)
+        v = np.full((nq, 2, n_s), np.inf)
         for s0 in range(2):
             v[:, s0, s0] = 0.0
-        back = np.zeros((n_l, nq, 2, 2), np.int64)  # argmin (s_in * n_o + j) per s0, s_out
+        back = np.zeros((n_l, nq, 2, n_s), np.int64)  # argmin (s_in * n_o + j) per s0, s_out
         for layer in range(n_l):
             cand = v[:, :, :, None] + cost_x[:, :, layer]  # [nq, s0, s_in, n_o]
-            new = np.full((nq, 2, 2), np.inf)
-            for s_out in range(2):
+            new = np.full((nq, 2, n_s), np.inf)
+            for s_out in range(n_s):
                 c = np.where(out[None, None, None, :] == s_out, cand, np.inf).reshape(nq, 2, -1)
                 back[layer, :, :, s_out] = c.argmin(-1)
                 new[:, :, s_out] = c.min(-1)
@@ -358,7 +382,7 @@ class SlotProgram:
         for layer in range(n_l - 1, -1, -1):
             idx = back[layer, qi, s0, s_out]
             s_in, j = divmod(int(idx), n_o)
-            heads[layer], ffn[layer] = divmod(j, 3)
+            heads[layer], ffn[layer] = divmod(j, self.n_f)
             s_out = s_in
         return float(total[qi, s0, s_last]), (qi, s0, heads, ffn)
 
@@ -369,9 +393,9 @@ class SlotProgram:
         ax = a[:n_x].reshape(self.shape_x)
         total, s_in = 0.0, s0
         for layer in range(self.n_l):
-            j = heads[layer] * 3 + ffn[layer]
+            j = heads[layer] * self.n_f + ffn[layer]
             total += ax[qi, s0, layer, s_in, j]
-            s_in = EDGE if ffn[layer] == EDGE else CLOUD
+            s_in = self._out[j]
         return total + a[n_x:].reshape(self.shape_y)[qi, s0, s_in]
 
     def _round(self, zval, arr, ok, obj):
@@ -379,6 +403,7 @@ class SlotProgram:
         then on all options; a multiplier on memory when the plain best path does not fit."""
         n_x = int(np.prod(self.shape_x))
         mem, budget = arr["mem"], float(self.budget.value)
+        mem_c, budget_c = arr["mem_c"], float(self.budget_c.value)
         scale = max(float(np.abs(obj[ok]).max()) if ok.any() else 1.0, 1e-12)
         for support in (zval > 1e-6, np.ones_like(ok)):
             base = np.where(ok & support, obj, np.inf)
@@ -388,7 +413,8 @@ class SlotProgram:
                                         c[n_x:].reshape(self.shape_y))
                 if path is None:
                     break
-                if self._path_value(mem, path) <= budget * (1 + 1e-9):
+                if (self._path_value(mem, path) <= budget * (1 + 1e-9)
+                        and self._path_value(mem_c, path) <= budget_c * (1 + 1e-9)):
                     return path
         return None
 
@@ -476,7 +502,7 @@ def fallback_partition(spec: CostSpec) -> Partition:
 def compare_with_oracle(queues: Queues, link: LinkState, spec: CostSpec, sp,
                         precisions=(0, 1, 2), dvfs: DVFS = DVFS(), repeats: int = 3,
                         program: SlotProgram | None = None,
-                        dvfs_program: SlotProgram | None = None) -> dict:
+                        dvfs_program: SlotProgram | None = None, tp: bool = False) -> dict:
     """Relaxation gap and solve time of the cvxpy formulation against the exact oracle.
 
     At the oracle's lambda, with f = f_max (the environment has no DVFS):
@@ -490,13 +516,13 @@ def compare_with_oracle(queues: Queues, link: LinkState, spec: CostSpec, sp,
     from lyapunov.oracle import solve_slot
 
     precisions = tuple(int(q) for q in precisions)
-    program = program or SlotProgram(spec, precisions, DVFS(1.0))
-    solve = jax.jit(solve_slot, static_argnames=("precisions",))
-    sol = solve(queues, link, spec, sp, precisions=precisions)
+    program = program or SlotProgram(spec, precisions, DVFS(1.0), tp=tp)
+    solve = jax.jit(solve_slot, static_argnames=("precisions", "tp"))
+    sol = solve(queues, link, spec, sp, precisions=precisions, tp=tp)
     jax.block_until_ready(sol)
     t0 = time.perf_counter()
     for _ in range(repeats):
-        jax.block_until_ready(solve(queues, link, spec, sp, precisions=precisions))
+        jax.block_until_ready(solve(queues, link, spec, sp, precisions=precisions, tp=tp))
     oracle_t = (time.perf_counter() - t0) / repeats
     cw, _, _ = slot_weights(queues, sp)
     lam = float(sol.lambda_)
@@ -508,7 +534,7 @@ def compare_with_oracle(queues: Queues, link: LinkState, spec: CostSpec, sp,
         times.append(res.solve_time_s)
     out = {}
     if dvfs.f_min_ratio < 1:
-        dvfs_program = dvfs_program or SlotProgram(spec, precisions, dvfs)
+        dvfs_program = dvfs_program or SlotProgram(spec, precisions, dvfs, tp=tp)
         rd = dvfs_program.solve(link, spec, cw, lam)
         out = {"dvfs_relaxed_lambda_objective": rd.relaxed_value,
                "dvfs_freq_ratio": rd.freq_ratio,

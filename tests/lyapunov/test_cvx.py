@@ -165,3 +165,46 @@ def test_outage_leaves_edge_only():
     p = res.partition
     assert bool(p.embed_edge) and np.all(np.asarray(p.ffn) == 0)
     assert np.all(np.asarray(p.edge_heads) == CARD.n_heads)
+
+
+# Tensor-parallel space on two peers (every tp share: 31 104 partitions of the card).
+SPEC_PEER = make_spec(CARD, "rpi5", "pi5-peer", Workload(512, 16))
+ALL_TP = all_partitions(CARD.n_layers, CARD.n_heads, tp_shares=tuple(range(1, 16)))
+
+
+def test_tp_program_relaxes_and_milp_is_exact():
+    """With tp (sides edge/cloud/both): LP <= exact min over every partition with budgets on
+    the edge and the cloud == MILP; the rounded partitions fit both budgets."""
+    lp_prog = SlotProgram(SPEC_PEER, dvfs=DVFS(1.0), tp=True)
+    milp_prog = SlotProgram(SPEC_PEER, boolean=True, time_limit_s=60.0, tp=True)
+    rng = np.random.default_rng(5)
+    n_tp = 0
+    for i in range(3):
+        bw = float(10 ** rng.uniform(3, 4))
+        link = LinkState(*(jnp.float32(x) for x in (bw, bw, rng.uniform(0.01, 0.1), 1.0)))
+        cw = dp.Weights(0.0, float(rng.choice([0.0, 0.5])), 0.0, 0.0)
+        c = _batch(ALL_TP, link, SPEC_PEER)
+        mem, mem_c = np.asarray(c.edge_memory_gb), np.asarray(c.cloud_memory_gb)
+        spec = SPEC_PEER
+        if i > 0:  # budgets that bind: the edge's, then the cloud's too
+            spec = spec.replace(edge=spec.edge.replace(
+                mem_budget=jnp.float32(float(np.quantile(mem, 0.6)) * 1e9)))
+        if i > 1:
+            spec = spec.replace(cloud=spec.cloud.replace(
+                mem_budget=jnp.float32(float(np.quantile(mem_c, 0.7)) * 1e9)))
+        c = _batch(ALL_TP, link, spec)
+        lam = 1.0
+        val = lam * np.asarray(c.latency_s, np.float64) + float(cw.energy) * np.asarray(
+            c.energy_j, np.float64)
+        exact = float(np.where(np.asarray(c.feasible), val, np.inf).min())
+        lp = lp_prog.solve(link, spec, cw, lam)
+        milp = milp_prog.solve(link, spec, cw, lam)
+        tol = 1e-5 * abs(exact) + 1e-9
+        assert lp.relaxed_value <= exact + tol
+        assert math.isclose(milp.relaxed_value, exact, rel_tol=1e-5, abs_tol=1e-9)
+        for res in (lp, milp):
+            own = request_costs(res.partition, link, spec)
+            assert bool(own.feasible)
+            assert res.rounded_value >= exact - tol
+        n_tp += bool((np.asarray(milp.partition.ffn) == 3).any())
+    assert n_tp >= 1
