@@ -71,3 +71,30 @@ def test_unconstrained_budget_gives_zero_gap():
     spec = spec_with_budget(5.0)
     res = solve(make_link(20, 40), spec, Weights(), units=256)
     assert float(res.value - res.lower_bound) == pytest.approx(0.0, abs=1e-6)
+
+
+CARD_TP = ModelCard("tiny-mem-tp", n_layers=2, n_heads=2, n_kv_heads=2, d_model=256,
+                    d_ff=1024, vocab=512, ffn_type="swiglu", tied_embeddings=True)
+BATCH_TP = all_partitions(CARD_TP.n_layers, CARD_TP.n_heads, tp_shares=tuple(range(1, 16)))
+
+
+@settings(max_examples=3, deadline=None)
+@given(fraction=st.floats(0.3, 0.9), bw=st.floats(1000.0, 10000.0), rtt=st.floats(0.01, 0.5))
+def test_resource_dp_with_tp_fits_and_brackets_brute_force(fraction, bw, rtt):
+    # Two Pi 5 peers; the edge's budget binds.
+    edge = get_profile("rpi5")
+    full = make_spec(CARD_TP, edge, "pi5-peer", Workload(256, 4))
+    full_mem = float(request_costs(make_partition([2, 2], [0, 0]), make_link(10, 20),
+                                   full).edge_memory_gb)
+    edge = dataclasses.replace(edge, name="rpi5-small", mem_budget_gb=fraction * full_mem)
+    spec = make_spec(CARD_TP, edge, "pi5-peer", Workload(256, 4))
+    link = make_link(bw, rtt)
+    res = jax.jit(solve_memory_exact, static_argnames=("precisions", "units", "tp"))(
+        link, spec, Weights(), units=1024, tp=True)
+    costs = batched(BATCH_TP, link, spec)
+    lat = np.asarray(costs.latency_s)
+    best = lat[np.asarray(costs.feasible)].min()
+    got = request_costs(res.partition, link, spec)
+    assert bool(got.feasible)
+    assert float(res.value) >= best * (1 - 1e-5)
+    assert float(res.lower_bound) <= best * (1 + 1e-5)
