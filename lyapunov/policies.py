@@ -27,8 +27,11 @@ calls cvxpy from Python.
 - ``dp-outage``: dp-estimate made outage-aware (the estimated outage risk of the coming slot
   against the price of a caught request, docs/design.md §2.7).
 - ``greedy``: minimizes the penalty alone on the estimated link, ignoring the queues.
+- ``dp-bayes``: the expected slot DPP under the predictive law of the slot's link given the
+  observed history and the link processes' own dynamics (``predictive_links``), minimized over
+  a candidate set built by the exact solver (``dp_bayes``).
 
-The solver-based factories (oracle, dp-estimate, dp-joint, greedy) take the options of
+The solver-based factories (oracle, dp-estimate, dp-joint, greedy, dp-bayes) take the options of
 ``solve_slot`` (``max_solves``, ``nu_iters``, ``units``) as keywords.
 """
 
@@ -397,3 +400,203 @@ _register("neurosurgeon", neurosurgeon,
           "Neurosurgeon-style cut (fitted per-layer latency regression)", "#a6cee3",
           dict(lw=1.3, ls="--"), "baseline",
           "layer cut of least latency under fitted per-layer regressions (Kang et al. 2017)")
+
+
+# --- dp-bayes: the expected slot DPP under the predictive law of the slot's link -----------
+
+
+def _normal_nodes(n: int):
+    """Gauss-Hermite nodes and normalized weights of N(0, 1) (probabilists' Hermite)."""
+    x, w = np.polynomial.hermite_e.hermegauss(n)
+    return jnp.asarray(x, jnp.float32), jnp.asarray(w / w.sum(), jnp.float32)
+
+
+def _ar1_nodes(p, value, lag, known, n: int):
+    """Values and weights of an AR(1) process (``processes.AR1Params``) ``lag`` slots after
+    it emitted ``value`` (its stationary law when not ``known``): the latent is Gaussian,
+    ``mean + rho^lag (x - mean)`` with variance ``std^2 (1 - rho^(2 lag))``; Gauss-Hermite
+    nodes of it through the process's transform and floor."""
+    from lyapunov import processes as proc
+
+    if p.transform == "exp":
+        x = jnp.log(jnp.maximum(value, 1e-6))
+    elif p.transform == "sigmoid":
+        v = jnp.clip(value, 1e-6, 1.0 - 1e-6)
+        x = jnp.log(v / (1.0 - v))
+    else:
+        x = value
+    r = jnp.where(known, p.rho ** lag.astype(jnp.float32), 0.0)
+    mu = p.mean + r * (x - p.mean)
+    sd = p.std * jnp.sqrt(jnp.maximum(1.0 - r**2, 0.0))
+    z, w = _normal_nodes(n)
+    vals = jnp.maximum(proc._TRANSFORMS[p.transform](mu + sd * z), p.floor)
+    if p.transform == "sigmoid":
+        vals = jnp.minimum(vals, 1.0)
+    return vals, w
+
+
+def _markov_nodes(p, value, lag, known):
+    """Levels and predictive probabilities of a Markov chain ``lag`` slots after it emitted
+    ``value`` (the level nearest to it; the stationary law when not ``known``)."""
+    k = p.levels.shape[0]
+    s = jnp.argmin(jnp.abs(p.levels - value))
+    row = jax.nn.one_hot(s, k, dtype=jnp.float32)
+
+    def power(v, i):
+        v2 = v @ p.transition
+        return jnp.where(i < lag, v2, v), None
+
+    row, _ = jax.lax.scan(power, row, jnp.arange(64))
+    stat = jnp.asarray(p.init_probs, jnp.float32)
+    return p.levels, jnp.where(known, row, stat)
+
+
+def _replay_nodes(p, value, key, n: int):
+    """The successors of the ``n`` slots of a replayed series whose values are nearest to
+    ``value`` (in log1p), equal weights: the series' own empirical one-step conditional law
+    (ties broken at random by ``key``)."""
+    v = p.values
+    nxt = jnp.roll(v, -1)
+    d = jnp.abs(jnp.log1p(v) - jnp.log1p(value))
+    d = d + 1e-6 * jax.random.uniform(key, d.shape)
+    m = min(n, int(v.shape[0]))
+    _, idx = jax.lax.top_k(-d, m)
+    return nxt[idx], jnp.full((m,), 1.0 / m, jnp.float32)
+
+
+def _component_nodes(p, value, lag, known, key, n: int):
+    from lyapunov import processes as proc
+
+    if isinstance(p, proc.AR1Params):
+        return _ar1_nodes(p, value, lag, known, n)
+    if isinstance(p, proc.MarkovParams):
+        return _markov_nodes(p, value, lag, known)
+    if isinstance(p, proc.ReplayParams):
+        return _replay_nodes(p, value, key, n)
+    raise TypeError(f"dp-bayes: no predictive law for {type(p).__name__}")
+
+
+def predictive_links(key, obs: Obs, params: EnvParams, n_bw: int = 8, n_share: int = 4):
+    """(LinkState [K], weights [K], outage probability []) : the predictive law of the coming
+    slot's link given the observation and the link processes' parameters (EnvParams.link).
+
+    Bandwidth: an AR(1) (on the log, by default) is predicted from its latest measured value
+    (``lag`` slots back when the latest slots were outages; its stationary law when the whole
+    history window was down) by ``n_bw`` Gauss-Hermite nodes of the Gaussian latent; a Markov
+    chain by its levels with the ``lag``-step transition row of the level measured; a replayed
+    trace by its own empirical one-step conditional: the successors of its ``n_bw`` slots
+    nearest in value to the last measurement (zero-throughput slots of the trace included).
+    Cloud share: the same per kind with ``n_share`` nodes, from the last measurement. The two
+    are independent (a product grid, ``K = n_bw' * n_share'``). RTT: its mean (i.i.d. jitter).
+    Outages of the link's up/down chain (``LinkParams.outage``): their one-step probability
+    from the last slot's state, returned apart (the caller prices the outage link).
+    """
+    lk = params.link
+    k_bw, k_sh = jax.random.split(key)
+    hist = obs.bw_hist
+    h = hist.shape[0]
+    up = hist > 0
+    last_up = jnp.max(jnp.where(up, jnp.arange(h), -1))
+    known = last_up >= 0
+    lag = jnp.where(known, h - last_up, 1).astype(jnp.int32)
+    bw_last_up = jnp.where(known, hist[jnp.maximum(last_up, 0)], params.bw_mean_mbps)
+    from lyapunov import processes as proc
+
+    if isinstance(lk.bandwidth, proc.ReplayParams):
+        bw, wb = _replay_nodes(lk.bandwidth, obs.link_last.bw_down_mbps, k_bw, n_bw)
+    else:
+        bw, wb = _component_nodes(lk.bandwidth, bw_last_up, lag, known, k_bw, n_bw)
+    share, ws = _component_nodes(lk.share, obs.link_last.cloud_share, jnp.int32(1),
+                                 jnp.bool_(True), k_sh, n_share)
+    bw_g = jnp.repeat(bw, share.shape[0])
+    sh_g = jnp.tile(share, bw.shape[0])
+    w = (wb[:, None] * ws[None, :]).reshape(-1)
+    rtt = jnp.broadcast_to(params.rtt_mean_ms, bw_g.shape)
+    links = LinkState(bw_g * lk.up_ratio, bw_g, rtt, sh_g)
+    if lk.outage is None:
+        p_out = jnp.float32(0.0)
+    else:
+        was_down = ~obs.link_last.up
+        p_out = jnp.where(was_down, 1.0 - lk.outage.p_recover, lk.outage.p_fail)
+    return links, w, p_out.astype(jnp.float32)
+
+
+def expected_slot_dpp(part: Partition, links: LinkState, weights, p_out, queues: Queues,
+                      params: EnvParams):
+    """The slot's DPP expression (arrivals dropped: they do not depend on the action) of
+    ``part`` averaged over the link draws ``links`` [K] with ``weights``, and with probability
+    ``p_out`` over an outage of the link; every draw priced as the environment prices it
+    (``costmodel.outage.with_outage``: a request caught by an outage waits and resumes or falls
+    back, docs/design.md §2.7; a failed request pays the failure penalty). +inf for a partition
+    that can never run (memory, privacy floor). Nominal cost model (``params.spec``)."""
+    from costmodel.outage import with_outage
+    from lyapunov.oracle import penalty_value
+    from lyapunov.queues import dpp_objective, service_rate
+
+    spec, sp = params.spec, params.slot
+    resume = mean_link(params)
+
+    def one(lk):
+        oc = with_outage(part, lk, spec, params.retry_wait_s, params.retry_resumes, resume)
+        c = oc.costs
+        ok = oc.runnable & ~oc.failed
+        lat = jnp.where(oc.runnable, c.latency_s, jnp.inf)
+        dep = jnp.where(oc.runnable, service_rate(lat, sp.tau), 0.0)
+        e = jnp.where(oc.runnable, c.energy_j, 0.0)
+        a = jnp.where(ok, c.accuracy_drop, 0.0)
+        cc = jnp.where(ok, c.cloud_cost, 0.0)
+        pen = jnp.where(ok, penalty_value(sp.penalty, jnp.where(ok, lat, 0.0), e, a, cc),
+                        params.failure_penalty)
+        j = dpp_objective(queues, sp.V, pen, 0.0, dep, e, a, cc, sp.budgets)
+        return jnp.where(oc.runnable, j, jnp.inf)
+
+    j_up = jnp.sum(weights * jax.vmap(one)(links))
+    down = jax.tree.map(lambda x: x[0], links)
+    down = down.replace(bw_up_mbps=jnp.float32(0.0), bw_down_mbps=jnp.float32(0.0))
+    j_down = jnp.where(p_out > 0, one(down), 0.0)
+    return (1.0 - p_out) * j_up + p_out * j_down
+
+
+def dp_bayes(n_bw: int = 8, n_share: int = 4, **solver_kw) -> Policy:
+    """The expected-DPP planner: minimizes the slot's DPP expression averaged over the
+    predictive law of the slot's link (``predictive_links``: the processes' own dynamics from
+    the observed history) and its outage risk (``expected_slot_dpp``).
+
+    The expectation of the DPP over K link draws is not a weighted sum over layers (the
+    latency enters through the concave ``-Q tau / latency``), so it is minimized exactly over
+    a candidate set, not over every partition: the exact slot minimizer of each of the K
+    draws (``lyapunov.oracle.solve_slot``), the minimizer at the predictive mean link, the
+    minimizer at the last measured link (dp-estimate's choice, so its expected DPP is never
+    above dp-estimate's under the same predictive law) and edge-only (never crosses the link).
+    A partition optimal for the average is often optimal for some draw, but not always: the
+    result is exact over the candidate set, an upper bound on the expected-DPP minimum."""
+
+    def act(key, obs: Obs, params: EnvParams):
+        links, w, p_out = predictive_links(key, obs, params, n_bw, n_share)
+        spec, sp = params.spec, params.slot
+
+        def solve(lk):
+            return solve_slot(obs.queues, lk, spec, sp, params.precisions,
+                              **solver_kw).partition
+
+        per_draw = jax.vmap(solve)(links)
+        mean = LinkState(jnp.sum(w * links.bw_up_mbps), jnp.sum(w * links.bw_down_mbps),
+                         params.rtt_mean_ms, jnp.sum(w * links.cloud_share))
+        last = estimate_link(obs, "last")
+        extra = jax.tree.map(lambda *x: jnp.stack(x), solve(mean), solve(last),
+                             P.edge_only(spec.n_layers, spec.n_heads))
+        cands = jax.tree.map(lambda a, b: jnp.concatenate([a, b.astype(a.dtype)]), per_draw,
+                             extra)
+        scores = jax.vmap(lambda c: expected_slot_dpp(c, links, w, p_out, obs.queues,
+                                                      params))(cands)
+        i = jnp.argmin(jnp.where(jnp.isnan(scores), jnp.inf, scores))
+        return jax.tree.map(lambda x: x[i], cands)
+
+    return Policy("dp-bayes", act)
+
+
+_register("dp-bayes", dp_bayes,
+          "ours, model-based: expected DPP under the predictive link law (dp-bayes)",
+          "#7b3294", dict(lw=1.5, ls="-"), "ours",
+          "minimizes the expected slot DPP under the predictive law of the coming slot's "
+          "bandwidth and cloud share (the processes' dynamics, given the history)")
