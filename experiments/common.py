@@ -2,7 +2,7 @@
 for one request, from the cost model only (no queues).
 
 The evaluator (`evaluate_links`) computes, for one cost spec (model x edge device x cloud) and a
-batch of link states, the per-request costs of the four strategies of `costmodel.strategies`:
+batch of link states, the per-request costs of the five strategies of `costmodel.strategies`:
 
 - edge-only and cloud-only: fixed partitions;
 - best-layer-cut: the best member of the layer-wise family (`costmodel.strategies.
@@ -12,6 +12,9 @@ batch of link states, the per-request costs of the four strategies of `costmodel
   the edge-memory budget), then the better of it and the best layer cut. Where the multiplier
   leaves a duality gap the DP result is only an upper bound on the optimum; the `gap` array says
   where (and `costmodel.strategies.strategy_partition` adds the resource DP there).
+- best-tp: the same with tensor-parallel FFNs and the residual on both sides (the DP's tp
+  space, docs/design.md §2), then the better of it and best-headwise (the tp space contains
+  the paper's).
 
 Everything is one `jax.jit` per static spec shape (model and privacy floor): links are padded
 to a fixed chunk so that changing devices, clouds or sweep sizes never recompiles.
@@ -83,6 +86,10 @@ def _evaluate_one(spec: CostSpec, link: LinkState, w: Weights):
     dp_costs = request_costs(res.partition, link, spec)
     use_dp = _score(dp_costs, w) <= score[i_cut]
     head = _pick(use_dp, dp_costs, cut)
+    res_tp = solve_memory(link, spec, w, tp=True)
+    tp_costs = request_costs(res_tp.partition, link, spec)
+    use_tp = _score(tp_costs, w) <= _score(head, w)
+    tp_best = _pick(use_tp, tp_costs, head)
     heads = res.partition.edge_heads
     split = jnp.any((heads > 0) & (heads < n_h)) | jnp.any(res.partition.ffn == P.SPLIT)
     # The best proper cut (something on each side), for margins between classes.
@@ -96,9 +103,11 @@ def _evaluate_one(spec: CostSpec, link: LinkState, w: Weights):
         "headwise_edge_frac": jnp.where(use_dp, heads.sum() / (n_l * n_h), cut_layer / n_l),
         "headwise_prec": jnp.where(use_dp, res.partition.act_prec, cut_prec),
         "headwise_gap": jnp.where(use_dp, res.gap, 0.0),
+        "tp_is_tp": use_tp & jnp.any(res_tp.partition.ffn == P.TP),
+        "tp_gap": jnp.where(use_tp, res_tp.gap, 0.0),
     }
     return {"edge-only": edge, "cloud-only": cloud, "best-layer-cut": cut,
-            "best-headwise": head}, extra
+            "best-headwise": head, "best-tp": tp_best}, extra
 
 
 _evaluate_chunk = jax.jit(jax.vmap(_evaluate_one, in_axes=(0, 0, None)))
@@ -145,5 +154,8 @@ def strategy_rows(costs: dict, extra: dict, base: dict) -> list[dict]:
             if s == "best-headwise":
                 row["is_split"] = bool(extra["headwise_is_split"][i])
                 row["dp_gap"] = float(extra["headwise_gap"][i])
+            if s == "best-tp":
+                row["is_split"] = bool(extra["tp_is_tp"][i])
+                row["dp_gap"] = float(extra["tp_gap"][i])
             rows.append(row)
     return rows

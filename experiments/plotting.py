@@ -20,18 +20,24 @@ DEVICE_LABEL = {"rpi5": "Raspberry Pi 5", "orin-nx": "Jetson Orin NX",
                 "galaxy-s23": "Galaxy S23"}
 MODEL_LABEL = {"gpt2-xl": "GPT-2 XL", "llama-7b": "LLaMA-7B", "llama-13b": "LLaMA-13B"}
 STRATEGY_LABEL = {"edge-only": "edge-only", "cloud-only": "cloud-only",
-                  "best-layer-cut": "best layer cut", "best-headwise": "best head/FFN split"}
+                  "best-layer-cut": "best layer cut", "best-headwise": "best head/FFN split",
+                  "best-tp": "best with tensor-parallel FFN"}
 # A strategy is drawn in the colour of the slot-level policy that makes the same choice per
 # request: the best head/FFN split is the exact DP that dp-estimate solves every slot.
 STRATEGY_POLICY = {"edge-only": "edge-only", "cloud-only": "cloud-only",
                    "best-layer-cut": "best-cut", "best-headwise": "dp-estimate"}
+# Strategies no registered policy plays per slot (the learned agents' tp space) get their own.
+STRATEGY_COLOR = {"best-tp": "#6a3d9a"}
 STRATEGY_STYLE = {"edge-only": dict(ls="-", lw=3.2, alpha=0.45),
                   "cloud-only": dict(ls="-", lw=1.6),
                   "best-layer-cut": dict(ls="-.", lw=1.6),
-                  "best-headwise": dict(ls="--", lw=1.6)}
+                  "best-headwise": dict(ls="--", lw=1.6),
+                  "best-tp": dict(ls=":", lw=1.8)}
 
 
 def strategy_color(name: str) -> str | None:
+    if name in STRATEGY_COLOR:
+        return STRATEGY_COLOR[name]
     return registry.color_of(STRATEGY_POLICY[name])
 
 
