@@ -241,7 +241,7 @@ def config_from_json(d: dict) -> TrainConfig:
     from costmodel.outage import RetryConfig
     from costmodel.profiles import DeviceProfile
     from lyapunov import processes as pr
-    from lyapunov.env import Scenario
+    from lyapunov.env import Mismatch, Scenario
 
     def fl(v):
         if isinstance(v, dict) and "__type__" in v:
@@ -264,6 +264,9 @@ def config_from_json(d: dict) -> TrainConfig:
                   precisions=tuple(sc["precisions"]))
         if "retry" in sc:
             sc["retry"] = RetryConfig(**sc["retry"])
+        if "mismatch" in sc:
+            mm = dict(sc["mismatch"])
+            sc["mismatch"] = Mismatch(**{**mm, "kinds": tuple(mm.get("kinds", ()))})
         if sc.get("accuracy") == "custom":
             raise ValueError("a scenario with a custom accuracy profile cannot be rebuilt "
                              "from JSON")
@@ -300,13 +303,22 @@ def add_scenario_args(ap: argparse.ArgumentParser) -> None:
                     help="floor of the share process (default: min(0.05, share / 10))")
     ap.add_argument("--outage-prob", type=float, default=0.0)
     ap.add_argument("--privacy-layers", type=int, default=0)
+    from lyapunov.env import MISMATCHES
+
+    ap.add_argument("--mismatch", action="append", default=[], metavar="NAME",
+                    choices=("none", *MISMATCHES),
+                    help="where the true costs depart from the planners' nominal model "
+                         "(repeatable, they combine): " + ", ".join(MISMATCHES)
+                         + " (lyapunov.env.Mismatch)")
+    ap.add_argument("--mismatch-seed", type=int, default=0,
+                    help="seed of the profile-error draw (fixed per scenario)")
 
 
 def scenario_from_args(args, trace: str | None = None):
     """A Scenario from the flags (`trace`: the one trace the scenario replays)."""
     from costmodel.profiles import get_profile
     from lyapunov import processes as pr
-    from lyapunov.env import Scenario
+    from lyapunov.env import Scenario, mismatch_of
     from lyapunov.traces import SHIPPED_TRACES, shipped_trace_path
 
     if trace is not None:
@@ -321,9 +333,11 @@ def scenario_from_args(args, trace: str | None = None):
                                        else min(0.05, args.share / 10))))
     rtt = args.rtt_ms if args.rtt_ms is not None else get_profile(args.cloud).rtt_ms
     link = pr.LinkConfig(bandwidth=bw, rtt_ms=rtt, share=share, outage_prob=args.outage_prob)
+    mismatch = mismatch_of(getattr(args, "mismatch", ()) or (),
+                           seed=getattr(args, "mismatch_seed", 0))
     return Scenario(model=args.model, device=args.device, cloud=args.cloud, tau_s=args.tau,
                     V=args.V, arrival=pr.ArrivalConfig(rate=args.arrival_rate), link=link,
-                    privacy_layers=args.privacy_layers)
+                    privacy_layers=args.privacy_layers, mismatch=mismatch)
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
 """The slot environment, gymnax style: pure ``reset(key, params)`` and ``step(key, state,
-action, params)`` over pytrees, jit- and vmap-able, no hidden state (system-model sections 3-4).
+action, params)`` over pytrees, jit- and vmap-able, no hidden state (docs/design.md §3-4).
 
 One step is one slot of ``tau`` seconds. At the start of slot ``t`` the controller sees an
 :class:`Obs` built from slots ``< t`` (queues, the last measured link, its EWMA and a short
@@ -55,6 +55,77 @@ class ScenarioError(ValueError):
     """A bad scenario field; the message names it."""
 
 
+MISMATCHES = ("profile-error", "throttling", "diurnal", "msg-overhead")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    """Where the environment's true costs depart from the nominal model the planners plan with
+    (docs/design.md §4.1). Each named kind is on; several combine. The solvers and every
+    model-based policy read ``EnvParams.spec`` (nominal); the environment charges every slot
+    with ``EnvParams.true_spec`` and the drift states below, so learners, which train on the
+    environment's rewards, see the true costs.
+
+    kinds: names from ``MISMATCHES``:
+      - "profile-error": the devices' achieved compute and memory throughput are off by a
+        factor drawn once per scenario (from ``seed``), uniform in ``1 +- profile_error``,
+        independently for the edge's compute, the edge's memory, the cloud's compute and the
+        cloud's memory (the cost model has one efficiency per device and resource, so the
+        error is per device and resource, the same for every block type);
+      - "throttling": the edge slows after sustained load and recovers when idle: a heat state
+        ``h`` in [0, 1] follows the edge's busy fraction of each slot with time constant
+        ``throttle_slots``; the edge's throughput is divided by ``1 + (throttle_max - 1)
+        clip((h - throttle_threshold) / (1 - throttle_threshold), 0, 1)``. The edge measures
+        its own state: ``Obs.heat``;
+      - "diurnal": a daily cycle in the cloud's load: the cloud share is multiplied by
+        ``diurnal_depth ** (-(1 + sin(2 pi t / diurnal_period_slots)) / 2)`` (1 at the
+        trough of the load, ``1 / diurnal_depth`` at its peak);
+      - "msg-overhead": every message over the link costs ``msg_overhead_s`` more on the edge
+        than the profile says (``CostSpec.msg_overhead_s``).
+    """
+
+    kinds: tuple[str, ...] = ()
+    seed: int = 0
+    profile_error: float = 0.3
+    throttle_max: float = 2.0
+    throttle_slots: float = 20.0
+    throttle_threshold: float = 0.3
+    diurnal_period_slots: float = 256.0
+    diurnal_depth: float = 10.0
+    msg_overhead_s: float = 2e-3
+
+    def __post_init__(self):
+        k = self.kinds
+        if isinstance(k, str) or not isinstance(k, tuple) or len(set(k)) != len(k):
+            raise ScenarioError(f"Scenario.mismatch.kinds must be a tuple of distinct names "
+                                f"from {MISMATCHES}, got {k!r}")
+        bad = [x for x in k if x not in MISMATCHES]
+        if bad:
+            raise ScenarioError(f"Scenario.mismatch.kinds: unknown {bad}; valid: "
+                                f"{', '.join(MISMATCHES)}")
+        for f, lo, hi in (("profile_error", 0.0, 0.95), ("throttle_threshold", 0.0, 0.99)):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+                raise ScenarioError(f"Scenario.mismatch.{f} must be in [{lo}, {hi}], got {v!r}")
+        for f in ("throttle_max", "throttle_slots", "diurnal_period_slots", "diurnal_depth"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 1.0 <= v < math.inf:
+                raise ScenarioError(f"Scenario.mismatch.{f} must be >= 1 and finite, got {v!r}")
+        v = self.msg_overhead_s
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v < math.inf:
+            raise ScenarioError(f"Scenario.mismatch.msg_overhead_s must be >= 0 and finite, "
+                                f"got {v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ScenarioError(f"Scenario.mismatch.seed must be an integer, got {self.seed!r}")
+
+
+def mismatch_of(names, **kw) -> Mismatch:
+    """A Mismatch of the named kinds (a CLI's repeated ``--mismatch NAME``; "none" and
+    duplicates dropped)."""
+    kinds = tuple(dict.fromkeys(n for n in (names or ()) if n != "none"))
+    return Mismatch(kinds=kinds, **kw)
+
+
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     """One experiment's slot environment (validated at construction; ``build()`` -> params).
@@ -84,6 +155,8 @@ class Scenario:
     history: past slots of bandwidth and cloud share in the observation.
     episode_slots: ``done`` after this many slots.
     reward_scale: reward = -DPP / reward_scale.
+    mismatch: where the true costs depart from the nominal model (``Mismatch``; none by
+      default).
     """
 
     model: str | ModelCard = "llama-7b"
@@ -113,6 +186,7 @@ class Scenario:
     history: int = 8
     episode_slots: int = 1000
     reward_scale: float = 1.0
+    mismatch: Mismatch = Mismatch()
 
     def __post_init__(self):
         def num(field, lo, lo_open=False, allow_inf=False):
@@ -156,6 +230,8 @@ class Scenario:
             raise ScenarioError("Scenario.link must be a lyapunov.processes.LinkConfig")
         if not isinstance(self.retry, RetryConfig):
             raise ScenarioError("Scenario.retry must be a costmodel.outage.RetryConfig")
+        if not isinstance(self.mismatch, Mismatch):
+            raise ScenarioError("Scenario.mismatch must be a lyapunov.env.Mismatch")
 
     def build(self) -> EnvParams:
         """The params pytree (loads traces, validates the processes; errors name fields)."""
@@ -172,6 +248,13 @@ class EnvParams:
       resumes on the mean link (else it falls back to the edge), for the expected remaining
       length of an outage of this link process (``outage_remaining_s``;
       ``costmodel.outage.RetryConfig.recovery``).
+    spec: the nominal cost model (what every planner plans with).
+    true_spec: the cost model the environment charges with (``spec`` unless a profile-error
+      or msg-overhead mismatch is on; throttling scales its edge further each slot).
+    throttle_max, throttle_rate, throttle_threshold: the throttling mismatch (max slowdown, 1
+      when off; 1 / time constant in slots; heat threshold).
+    diurnal_log_depth, diurnal_period: the diurnal mismatch (log of the share's peak-to-trough
+      ratio, 0 when off; period in slots).
     """
 
     spec: CostSpec
@@ -188,6 +271,12 @@ class EnvParams:
     ewma: jnp.ndarray
     lam_ewma: jnp.ndarray
     reward_scale: jnp.ndarray
+    true_spec: CostSpec
+    throttle_max: jnp.ndarray
+    throttle_rate: jnp.ndarray
+    throttle_threshold: jnp.ndarray
+    diurnal_log_depth: jnp.ndarray
+    diurnal_period: jnp.ndarray
     history: int = struct.field(pytree_node=False, default=8)
     episode_slots: int = struct.field(pytree_node=False, default=1000)
     precisions: tuple = struct.field(pytree_node=False, default=(0, 1, 2))
@@ -267,6 +356,7 @@ def make_params(sc: Scenario) -> EnvParams:
                                              f(sc.pen_accuracy), f(sc.pen_cloud_cost)))
     rtt = link.rtt
     wait_s, resumes = sc.retry.recovery(outage_remaining_s(link, sc.tau_s))
+    mm = sc.mismatch
     return EnvParams(
         spec=spec, slot=slot, arrivals=arrivals, link=link,
         lam_mean=f(proc.arrival_mean_rate(arrivals)),
@@ -275,7 +365,67 @@ def make_params(sc: Scenario) -> EnvParams:
         failure_penalty=f(sc.failure_penalty), retry_wait_s=f(wait_s),
         retry_resumes=jnp.asarray(resumes),
         ewma=f(sc.ewma), lam_ewma=f(sc.lam_ewma), reward_scale=f(sc.reward_scale),
+        true_spec=true_spec(spec, mm),
+        throttle_max=f(mm.throttle_max if "throttling" in mm.kinds else 1.0),
+        throttle_rate=f(1.0 / mm.throttle_slots), throttle_threshold=f(mm.throttle_threshold),
+        diurnal_log_depth=f(math.log(mm.diurnal_depth) if "diurnal" in mm.kinds else 0.0),
+        diurnal_period=f(mm.diurnal_period_slots),
         history=sc.history, episode_slots=sc.episode_slots, precisions=tuple(sc.precisions))
+
+
+def true_spec(spec: CostSpec, mm: Mismatch) -> CostSpec:
+    """The cost model the environment charges with under ``mm`` (``Mismatch``): the nominal
+    ``spec`` with the profile errors drawn from ``mm.seed`` and the unknown per-message
+    overhead added to the edge's."""
+    edge, cloud = spec.edge, spec.cloud
+    if "profile-error" in mm.kinds:
+        fac = profile_error_factors(mm)
+        edge = edge.replace(flops=edge.flops * fac["edge_compute"],
+                            bw=edge.bw * fac["edge_memory"])
+        cloud = cloud.replace(flops=cloud.flops * fac["cloud_compute"],
+                              bw=cloud.bw * fac["cloud_memory"])
+    if "msg-overhead" in mm.kinds:
+        if not hasattr(edge, "msg_overhead_s"):
+            raise ScenarioError("Scenario.mismatch 'msg-overhead' needs a cost model with a "
+                                "per-message overhead (CostSpec.msg_overhead_s); this one has "
+                                "none")
+        edge = edge.replace(msg_overhead_s=edge.msg_overhead_s + jnp.float32(mm.msg_overhead_s))
+    return spec.replace(edge=edge, cloud=cloud)
+
+
+def profile_error_factors(mm: Mismatch) -> dict:
+    """The true / nominal throughput factors a profile-error mismatch draws (1 where off)."""
+    ones = dict(edge_compute=1.0, edge_memory=1.0, cloud_compute=1.0, cloud_memory=1.0)
+    if "profile-error" not in mm.kinds:
+        return ones
+    rng = np.random.default_rng(np.random.SeedSequence([int(mm.seed) % 2**32, 0x5EED]))
+    fac = rng.uniform(1.0 - mm.profile_error, 1.0 + mm.profile_error, 4).astype(np.float32)
+    return dict(zip(ones, (float(x) for x in fac), strict=True))
+
+
+def edge_slowdown(heat, params: EnvParams):
+    """Throttling's slowdown factor of the edge at heat ``heat`` (1: full speed)."""
+    thr = params.throttle_threshold
+    x = jnp.clip((heat - thr) / jnp.maximum(1.0 - thr, 1e-6), 0.0, 1.0)
+    return 1.0 + (params.throttle_max - 1.0) * x
+
+
+def charged_spec(heat, params: EnvParams) -> CostSpec:
+    """The cost model a slot is charged with: ``true_spec`` with the edge throttled."""
+    ts = params.true_spec
+    s = edge_slowdown(heat, params)
+    return ts.replace(edge=ts.edge.replace(flops=ts.edge.flops / s, bw=ts.edge.bw / s))
+
+
+def diurnal_factor(t, params: EnvParams):
+    """The diurnal mismatch's multiplier of the cloud share in slot ``t`` (1 when off)."""
+    phase = 2.0 * jnp.pi * jnp.asarray(t, jnp.float32) / params.diurnal_period
+    return jnp.exp(-params.diurnal_log_depth * (1.0 + jnp.sin(phase)) / 2.0)
+
+
+def _drift(sample: proc.LinkSample, t, params: EnvParams) -> proc.LinkSample:
+    share = jnp.maximum(sample.cloud_share * diurnal_factor(t, params), 1e-4)
+    return sample.replace(cloud_share=share.astype(jnp.float32))
 
 
 @struct.dataclass
@@ -293,6 +443,9 @@ class EnvState:
       had one; counts from the warm-up, capped at OUTAGE_HORIZON).
     arr_state, link_state: latent states of the arrival and link processes.
     t: slot index.
+    heat: the edge's thermal state in [0, 1] (throttling mismatch; 0 otherwise).
+    lat_hist: float [history] per-request latency charged in slots t-history .. t-1, s (what
+      the edge measured; 0 before the first slot).
     """
 
     queues: Queues
@@ -306,6 +459,8 @@ class EnvState:
     arr_state: object
     link_state: proc.LinkState
     t: jnp.ndarray
+    heat: jnp.ndarray
+    lat_hist: jnp.ndarray
 
 
 @struct.dataclass
@@ -313,7 +468,9 @@ class Obs:
     """What a causal controller sees at the start of slot t (observations up to t-1).
 
     link_last is the last slot's measured link (its throughput; ``up`` False and zero
-    throughput when it had an outage); since_outage counts slots since the last outage.
+    throughput when it had an outage); since_outage counts slots since the last outage;
+    heat: the edge's measured thermal state; lat_hist: the per-request latency it measured in
+    the past slots (s).
     """
 
     queues: Queues
@@ -324,6 +481,8 @@ class Obs:
     lam_hat: jnp.ndarray
     since_outage: jnp.ndarray
     t: jnp.ndarray
+    heat: jnp.ndarray
+    lat_hist: jnp.ndarray
 
 
 @struct.dataclass
@@ -390,7 +549,8 @@ def _ewma(old: LinkState, new: proc.LinkSample, alpha) -> LinkState:
 def observe(state: EnvState) -> Obs:
     """The observation of a state (drops the current slot's link and the latent states)."""
     return Obs(state.queues, state.link_prev, state.link_ewma, state.bw_hist,
-               state.share_hist, state.lam_hat, state.since_outage, state.t)
+               state.share_hist, state.lam_hat, state.since_outage, state.t, state.heat,
+               state.lat_hist)
 
 
 def reset(key: jax.Array, params: EnvParams) -> tuple[Obs, EnvState]:
@@ -400,12 +560,14 @@ def reset(key: jax.Array, params: EnvParams) -> tuple[Obs, EnvState]:
     arr_state = proc.process_init(k_arr, params.arrivals)
     link_state = proc.link_init(k_link, params.link)
 
-    def warm(s, k):
+    def warm(s, kt):
+        k, t = kt
         s, sample = proc.link_step(k, s, params.link)
-        return s, sample
+        return s, _drift(sample, t, params)
 
     keys = jax.random.split(k_warm, params.history + 1)
-    link_state, samples = jax.lax.scan(warm, link_state, keys)
+    ts = jnp.arange(-params.history, 1, dtype=jnp.int32)
+    link_state, samples = jax.lax.scan(warm, link_state, (keys, ts))
     past = jax.tree.map(lambda x: x[:-1], samples)
     link_t = jax.tree.map(lambda x: x[-1], samples)
     first = jax.tree.map(lambda x: x[0], past)
@@ -424,7 +586,8 @@ def reset(key: jax.Array, params: EnvParams) -> tuple[Obs, EnvState]:
         queues=Queues.zeros(), link_t=link_t, link_prev=jax.tree.map(lambda x: x[-1], past),
         link_ewma=est, bw_hist=past.bw_down_mbps, share_hist=past.cloud_share,
         lam_hat=jnp.asarray(params.lam_mean, jnp.float32), since_outage=since,
-        arr_state=arr_state, link_state=link_state, t=jnp.int32(0))
+        arr_state=arr_state, link_state=link_state, t=jnp.int32(0), heat=jnp.float32(0.0),
+        lat_hist=jnp.zeros((params.history,), jnp.float32))
     return observe(state), state
 
 
@@ -435,7 +598,7 @@ def step(key: jax.Array, state: EnvState, action: Partition, params: EnvParams):
     every policy sees the same paths for the same keys (common random numbers).
     """
     k_arr, k_link = jax.random.split(key)
-    sp, spec = params.slot, params.spec
+    sp, spec = params.slot, charged_spec(state.heat, params)
     oc = with_outage(action, cost_link(state.link_t), spec, params.retry_wait_s,
                      params.retry_resumes, mean_link(params))
     costs, runnable, failed_ = oc.costs, oc.runnable, oc.failed
@@ -461,7 +624,12 @@ def step(key: jax.Array, state: EnvState, action: Partition, params: EnvParams):
     dpp = sum(terms)
     queues = update_queues(q, arr, departures, e, a, c, b)
     link_state, link_next = proc.link_step(k_link, state.link_state, params.link)
+    link_next = _drift(link_next, state.t + 1, params)
     seen = state.link_t
+    served = jnp.minimum(departures, q.q)
+    busy = jnp.clip(served * jnp.where(runnable, costs.edge_compute_s, 0.0) / sp.tau, 0.0, 1.0)
+    heat = state.heat + params.throttle_rate * (busy - state.heat)
+    measured = jnp.where(runnable & jnp.isfinite(lat), lat, params.failure_penalty)
     new_state = EnvState(
         queues=queues, link_t=link_next, link_prev=seen,
         link_ewma=_ewma(state.link_ewma, seen, params.ewma),
@@ -470,7 +638,9 @@ def step(key: jax.Array, state: EnvState, action: Partition, params: EnvParams):
         lam_hat=(1.0 - params.lam_ewma) * state.lam_hat + params.lam_ewma * arr,
         since_outage=jnp.where(link_carried(seen),
                                jnp.minimum(state.since_outage + 1, OUTAGE_HORIZON), 0),
-        arr_state=arr_state, link_state=link_state, t=state.t + 1)
+        arr_state=arr_state, link_state=link_state, t=state.t + 1,
+        heat=jnp.where(params.throttle_max > 1.0, heat, 0.0).astype(jnp.float32),
+        lat_hist=jnp.concatenate([state.lat_hist[1:], measured[None].astype(jnp.float32)]))
     info = StepInfo(
         latency_s=lat, energy_j=e, accuracy_drop=a, cloud_cost=c, service=mu, failed=failed,
         arrivals=arr, backlog=q.q, penalty=pen, dpp=dpp, dpp_penalty=terms[0],

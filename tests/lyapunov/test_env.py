@@ -295,3 +295,82 @@ def test_stationary_means():
     markov = dataclasses.replace(SC, link=dataclasses.replace(LINK, share=pr.ShareConfig(
         kind="markov", levels=(1.0, 0.5), transition=((0.5, 0.5), (0.5, 0.5))))).build()
     assert math.isclose(float(markov.share_mean), 0.75, rel_tol=1e-5)
+
+
+# --- model mismatch and drift -----------------------------------------------------------------
+
+
+def test_mismatch_validation_and_nominal_default():
+    with pytest.raises(E.ScenarioError, match="unknown"):
+        E.mismatch_of(["profile-eror"])
+    with pytest.raises(E.ScenarioError, match="profile_error"):
+        E.Mismatch(kinds=("profile-error",), profile_error=1.5)
+    assert E.mismatch_of(["none", "diurnal", "diurnal"]).kinds == ("diurnal",)
+    _tree_close(PARAMS.true_spec, PARAMS.spec)
+    assert float(PARAMS.throttle_max) == 1.0 and float(PARAMS.diurnal_log_depth) == 0.0
+
+
+def test_profile_error_and_msg_overhead_charge_the_true_model():
+    """Planners read the nominal spec; the environment charges the perturbed one."""
+    mm = E.mismatch_of(["profile-error", "msg-overhead"], seed=3)
+    p = dataclasses.replace(SC, mismatch=mm).build()
+    _tree_close(p.spec, PARAMS.spec)
+    fac = E.profile_error_factors(mm)
+    assert all(0.7 <= f <= 1.3 for f in fac.values()) and len(set(fac.values())) == 4
+    np.testing.assert_allclose(float(p.true_spec.edge.flops),
+                               float(p.spec.edge.flops) * fac["edge_compute"], rtol=1e-6)
+    np.testing.assert_allclose(float(p.true_spec.cloud.bw),
+                               float(p.spec.cloud.bw) * fac["cloud_memory"], rtol=1e-6)
+    np.testing.assert_allclose(float(p.true_spec.edge.msg_overhead_s),
+                               float(p.spec.edge.msg_overhead_s) + 2e-3, rtol=1e-5)
+    _, state = reset(jax.random.PRNGKey(0), p)
+    for a in ACTIONS:
+        _, _, _, _, info = step(jax.random.PRNGKey(1), state, a, p)
+        true = request_costs(a, E.cost_link(state.link_t), p.true_spec)
+        nominal = request_costs(a, E.cost_link(state.link_t), p.spec)
+        np.testing.assert_allclose(float(info.latency_s), float(true.latency_s), rtol=1e-5)
+        if a is not ACTIONS[1]:  # edge-only: compute-free of the link, still perturbed
+            assert float(info.latency_s) != pytest.approx(float(nominal.latency_s), rel=1e-4)
+
+
+def test_throttling_heats_under_load_and_recovers_when_idle():
+    mm = E.Mismatch(kinds=("throttling",), throttle_slots=2.0, throttle_threshold=0.0)
+    p = dataclasses.replace(SC, mismatch=mm).build()
+    _, state = reset(jax.random.PRNGKey(0), p)
+    busy = Queues.zeros().replace(q=jnp.float32(1e4))  # a backlog the slot cannot drain
+    lats = []
+    for t in range(6):
+        obs, state, _, _, info = step(jax.random.PRNGKey(t), state.replace(queues=busy),
+                                      ACTIONS[1], p)
+        lats.append(float(info.latency_s))
+    assert float(state.heat) > 0.5 and float(obs.heat) == float(state.heat)
+    assert lats[-1] > lats[0] * 1.2  # the edge slowed
+    np.testing.assert_allclose(float(obs.lat_hist[-1]), lats[-1], rtol=1e-6)
+    hot = float(state.heat)
+    for t in range(4):
+        _, state, _, _, _ = step(jax.random.PRNGKey(10 + t), state, ACTIONS[0], p)
+    assert float(state.heat) < hot / 4  # cloud-only: the edge idles and cools
+    # off: no heat
+    _, s0 = reset(jax.random.PRNGKey(0), PARAMS)
+    _, s1, _, _, _ = step(jax.random.PRNGKey(0), s0.replace(queues=busy), ACTIONS[1], PARAMS)
+    assert float(s1.heat) == 0.0
+
+
+def test_diurnal_cycle_scales_the_cloud_share():
+    mm = E.Mismatch(kinds=("diurnal",), diurnal_period_slots=8.0, diurnal_depth=10.0)
+    p = dataclasses.replace(SC, mismatch=mm).build()
+    base = dataclasses.replace(SC, link=dataclasses.replace(LINK, share=pr.ShareConfig()))
+    pc = dataclasses.replace(base, mismatch=mm).build()  # share constant 1: the factor itself
+    _, state = reset(jax.random.PRNGKey(0), pc)
+    shares = []
+    for t in range(8):
+        shares.append(float(state.link_t.cloud_share))
+        _, state, _, _, _ = step(jax.random.PRNGKey(t), state, ACTIONS[0], pc)
+    want = [float(E.diurnal_factor(t, pc)) for t in range(8)]
+    np.testing.assert_allclose(shares, want, rtol=1e-5)
+    assert min(shares) == pytest.approx(0.1, rel=1e-4) and max(shares) <= 1.0
+    # the same key's path with and without the cycle: the ratio is the factor
+    _, s_on = reset(jax.random.PRNGKey(4), p)
+    _, s_off = reset(jax.random.PRNGKey(4), PARAMS)
+    np.testing.assert_allclose(float(s_on.link_t.cloud_share),
+                               max(float(s_off.link_t.cloud_share) * want[0], 1e-4), rtol=1e-5)
