@@ -291,7 +291,7 @@ def load_profiles(path: str | Path, register: bool = True) -> list[DeviceProfile
     holds one profile's fields, or ``{"profiles": [...]}`` with several (``splitwise
     calibrate`` writes the local edge and its loopback cloud, ``local`` and ``local-cloud``)."""
     data = records.read_mapping(path, ProfileError)
-    many = data.get("profiles")
+    many = data.get("profiles") if isinstance(data, dict) else None
     if many is not None:
         if not isinstance(many, list) or not many or not all(isinstance(d, dict) for d in many):
             raise ProfileError(f"{path}: 'profiles' must be a non-empty list of profiles")

@@ -123,16 +123,19 @@ def test_published_parameter_counts():
 @SETTINGS
 @given(card_and_partition(), st.integers(0, 100), st.integers(1, 9))
 def test_memory_monotone_in_edge_heads(cp, layer_pick, extra):
-    card, (heads, ffn, q, emb) = cp
+    card, (heads, ffn, q, emb, frac) = cp
     spec, _ = case(card)
     layer = layer_pick % card.n_layers
     more = list(heads)
     more[layer] = min(card.n_heads, heads[layer] + extra)
     lk = Link(10.0, 10.0, 10.0, 1.0)
-    a = costs_jit(one_partition((heads, ffn, q, emb)), one_link(lk), spec)
-    b = costs_jit(one_partition((more, ffn, q, emb)), one_link(lk), spec)
+    a = costs_jit(one_partition((heads, ffn, q, emb, frac)), one_link(lk), spec)
+    b = costs_jit(one_partition((more, ffn, q, emb, frac)), one_link(lk), spec)
     assert float(b.edge_memory_gb) >= float(a.edge_memory_gb)
     assert float(b.edge_memory_gb) > float(a.edge_memory_gb) or more == list(heads)
+    # The cloud's memory moves the other way.
+    assert float(b.cloud_memory_gb) <= float(a.cloud_memory_gb)
+    assert float(b.cloud_memory_gb) < float(a.cloud_memory_gb) or more == list(heads)
 
 
 @settings(max_examples=10, deadline=None)
