@@ -50,12 +50,18 @@ class NetConfig:
     low_hidden: width of the low-level actor's hidden layer.
     conv_channels: channels of the two 1-D conv layers over the link history.
     kernel: kernel size of the conv layers (the window must be >= 2 * (kernel - 1) + 1).
+    memory: the encoder sees the window of past slots (link, cloud share, outages, measured
+      latency) through the conv layers, so the policy can learn the processes' dynamics and
+      its own cost drift; False is the memoryless ablation: the current scalars only (the
+      last measurement and the EWMA), no conv layers. Checkpoints record it; those written
+      before it existed have the window (True).
     """
 
     hidden: int = 64
     low_hidden: int = 64
     conv_channels: int = 8
     kernel: int = 3
+    memory: bool = True
 
 
 @struct.dataclass
@@ -82,12 +88,17 @@ class ActorCritic(nnx.Module):
     def __init__(self, space: ActionSpace, n_scalars: int, hist_len: int, hist_ch: int,
                  cfg: NetConfig, rngs: nnx.Rngs):
         self.space = space
+        self.memory = bool(cfg.memory)
         k, ch = cfg.kernel, cfg.conv_channels
-        out_len = hist_len - 2 * (k - 1)
-        if out_len < 1:
-            raise ValueError(f"history window {hist_len} too short for two convs of kernel {k}")
-        self.conv1 = nnx.Conv(hist_ch, ch, kernel_size=(k,), padding="VALID", rngs=rngs)
-        self.conv2 = nnx.Conv(ch, ch, kernel_size=(k,), padding="VALID", rngs=rngs)
+        if self.memory:
+            out_len = hist_len - 2 * (k - 1)
+            if out_len < 1:
+                raise ValueError(f"history window {hist_len} too short for two convs of "
+                                 f"kernel {k}")
+            self.conv1 = nnx.Conv(hist_ch, ch, kernel_size=(k,), padding="VALID", rngs=rngs)
+            self.conv2 = nnx.Conv(ch, ch, kernel_size=(k,), padding="VALID", rngs=rngs)
+        else:
+            out_len = 0
         self.torso1 = _dense(n_scalars + out_len * ch, cfg.hidden, rngs, 2**0.5)
         self.torso2 = _dense(cfg.hidden, cfg.hidden, rngs, 2**0.5)
         g, n_l = space.n_groups, space.n_layers
@@ -102,6 +113,8 @@ class ActorCritic(nnx.Module):
 
     def encode(self, x: Features):
         """float [B, hidden]."""
+        if not self.memory:
+            return jnp.tanh(self.torso2(jnp.tanh(self.torso1(x.scalars))))
         hist = jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(x.history))))
         z = jnp.concatenate([x.scalars, hist.reshape(hist.shape[0], -1)], axis=-1)
         return jnp.tanh(self.torso2(jnp.tanh(self.torso1(z))))

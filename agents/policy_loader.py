@@ -45,9 +45,11 @@ def check_compatible(space: ActionSpace, shapes, params, x, origin: str) -> None
     have = {"layers": spec.n_layers, "heads": spec.n_heads, "tied embedding": spec.tied,
             "privacy layers": spec.privacy_layers}
     if shapes is not None:
-        want.update({"feature scalars": shapes[0], "history window": shapes[1]})
+        want.update({"feature scalars": shapes[0], "history window": shapes[1],
+                     "history channels": shapes[2]})
         have.update({"feature scalars": x.scalars.shape[-1],
-                     "history window": x.history.shape[-2]})
+                     "history window": x.history.shape[-2],
+                     "history channels": x.history.shape[-1]})
     bad = [f"{k} {want[k]} vs {have[k]}" for k in want if want[k] != have[k]]
     missing = sorted(set(space.precisions) - set(params.precisions))
     if missing:
@@ -55,6 +57,18 @@ def check_compatible(space: ActionSpace, shapes, params, x, origin: str) -> None
     if bad:
         raise ValueError(f"{origin}: trained for another model or scenario than these "
                          f"EnvParams (checkpoint vs EnvParams: {'; '.join(bad)})")
+
+
+def legacy_features(x, shapes):
+    """The features a checkpoint of feature `shapes` was trained on: features added since
+    (appended last: the thermal state, the latency channel) dropped; unchanged otherwise."""
+    if shapes is None:
+        return x
+    n_s, _, n_c = shapes
+    if (x.scalars.shape[-1], x.history.shape[-1]) != (n_s, n_c) and \
+            16 <= n_s <= x.scalars.shape[-1] and 3 <= n_c <= x.history.shape[-1]:
+        x = x.replace(scalars=x.scalars[..., :n_s], history=x.history[..., :n_c])
+    return x
 
 
 def learned_policy(model: ActorCritic, name: str = "ppo", sample: bool = False,
@@ -68,7 +82,7 @@ def learned_policy(model: ActorCritic, name: str = "ppo", sample: bool = False,
     space: ActionSpace = model.space
 
     def policy_act(key, obs, params):
-        features = observe_features(obs, params)
+        features = legacy_features(observe_features(obs, params), shapes)
         check_compatible(space, shapes, params, features, name)
         x = jax.tree.map(lambda v: v[None], features)
         ctx = jax.tree.map(lambda v: v[None],

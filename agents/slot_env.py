@@ -37,12 +37,15 @@ from lyapunov.oracle import slot_dpp
 def observe_features(obs: E.Obs, params: E.EnvParams) -> Features:
     """Features of a `lyapunov.env.Obs` (one sample): normalized and log-scaled.
 
-    scalars (16): log1p of the four queues; log1p(V); arrival estimate / mean rate; last and
+    scalars (17): log1p of the four queues; log1p(V); arrival estimate / mean rate; last and
     EWMA downlink bandwidth as log1p(bw / mean) and log1p(bw) / 5 (absolute scale); last and
     EWMA RTT / mean RTT; last and EWMA cloud share on a log scale; link up in the last slot;
-    memory headroom (budget / edge-only memory, capped at 2).
-    history [W, 3]: log1p(bw / mean) of the past W slots, their log-scaled cloud share,
-    outage flag.
+    memory headroom (budget / edge-only memory, capped at 2); the edge's measured thermal
+    state (``Obs.heat``).
+    history [W, 4]: log1p(bw / mean) of the past W slots, their log-scaled cloud share,
+    outage flag, log1p(measured per-request latency / 10 s).
+    The entries added last (the thermal state, the latency channel) are dropped for a
+    checkpoint trained before them (`agents.policy_loader.learned_policy`).
     """
     spec = params.spec
     bw_s = jnp.maximum(params.bw_mean_mbps, 1e-3)
@@ -60,10 +63,11 @@ def observe_features(obs: E.Obs, params: E.EnvParams) -> Features:
         jnp.log1p(last.bw_down_mbps) / 5.0, jnp.log1p(ewma.bw_down_mbps) / 5.0,
         last.rtt_ms / rtt_s, ewma.rtt_ms / rtt_s,
         _log_share(last.cloud_share), _log_share(ewma.cloud_share),
-        last.up.astype(jnp.float32), headroom,
+        last.up.astype(jnp.float32), headroom, obs.heat,
     ]).astype(jnp.float32)
     hist = jnp.stack([jnp.log1p(obs.bw_hist / bw_s), _log_share(obs.share_hist),
-                      (obs.bw_hist <= 0).astype(jnp.float32)], axis=-1).astype(jnp.float32)
+                      (obs.bw_hist <= 0).astype(jnp.float32),
+                      jnp.log1p(obs.lat_hist / 10.0)], axis=-1).astype(jnp.float32)
     return Features(scalars, hist)
 
 

@@ -20,7 +20,10 @@ counter and the optimizer state with its schedule position are restored; environ
 from fresh resets).
 
 The command line (`main`, wired to `splitwise train`) builds a `lyapunov.env.Scenario` from
-flags; `--layerwise` trains the layer-wise baseline, `--flat-head` the flat per-head ablation.
+flags; `--layerwise` trains the layer-wise baseline, `--flat-head` the flat per-head ablation,
+`--no-memory` the memoryless ablation (`agents.networks.NetConfig.memory`), and `--mismatch
+NAME` trains on an environment whose true costs depart from the nominal model
+(`lyapunov.env.Mismatch`).
 """
 
 from __future__ import annotations
@@ -350,6 +353,9 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     kind = ap.add_mutually_exclusive_group()
     kind.add_argument("--layerwise", action="store_true", help="layer-wise DRL baseline")
     kind.add_argument("--flat-head", action="store_true", help="flat per-head ablation")
+    ap.add_argument("--no-memory", action="store_true",
+                    help="memoryless ablation: the networks see the current scalars only, not "
+                         "the window of past slots (NetConfig.memory)")
     ap.add_argument("--groups", type=int, default=4)
     ap.add_argument("--head-bins", type=int, default=9)
     ap.add_argument("--num-envs", type=int, default=16)
@@ -377,6 +383,7 @@ def config_from_args(args) -> TrainConfig:
         ppo=PPOConfig(num_envs=args.num_envs, num_steps=args.num_steps, num_updates=n,
                       lr=args.lr, gamma=args.gamma, ent_coef=args.ent_coef, reward_mode=mode),
         action=ActionConfig(kind=kind, n_groups=args.groups, head_bins=args.head_bins),
+        net=NetConfig(memory=not getattr(args, "no_memory", False)),
         num_seeds=args.seeds, seed=args.seed, log_every=args.log_every)
 
 

@@ -61,3 +61,14 @@ def test_ppo_config_validation():
     assert PPOConfig().clip == 10.0 and PPOConfig(reward_mode="dpp").clip is None
     assert math.isclose(PPOConfig(num_envs=8, num_steps=16, num_minibatches=4).minibatch_size,
                         32)
+
+
+def test_memory_and_mismatch_flags_round_trip():
+    args = _parse(train.add_args, ["--out", "/x", "--no-memory", "--mismatch", "profile-error",
+                                   "--mismatch", "throttling", "--mismatch-seed", "4"])
+    cfg = train.config_from_args(args)
+    assert cfg.net.memory is False
+    assert cfg.scenario.mismatch.kinds == ("profile-error", "throttling")
+    assert cfg.scenario.mismatch.seed == 4
+    assert train.config_from_json(train.config_to_json(cfg)) == cfg
+    assert train.config_from_args(_parse(train.add_args, ["--out", "/x"])).net.memory is True

@@ -110,3 +110,38 @@ def test_loaded_parameters_are_the_saved_ones(run_dir):
     for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(fresh)),
                     strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_memoryless_checkpoint_and_legacy_features(tmp_path):
+    """The memory flag is recorded and rebuilt (no conv layers without it); a checkpoint
+    written before the thermal-state scalar and the latency channel (16 scalars, 3 channels,
+    no memory field) still loads and acts on the features it was trained on."""
+    import json
+
+    from agents.networks import NetConfig
+
+    params = SCENARIO.build()
+    env = lyapunov_adapter()
+    space = make_space(params.spec, CFG.action, params.precisions)
+    shapes = feature_shapes(env, params)
+    assert shapes[0] == 17 and shapes[2] == 4
+    net = dataclasses.replace(CFG.net, memory=False)
+    model = build_model(space, shapes, net, jax.random.key(0))
+    assert not hasattr(model, "conv1")
+    checkpoint.save(tmp_path / "nomem", model, net, shapes)
+    (pol,) = registry.resolve(f"checkpoint:{tmp_path / 'nomem'}")
+    info, _, _ = rollout(pol, params, 4, jax.random.PRNGKey(0))
+    assert np.isfinite(np.asarray(info.dpp)).all()
+    assert checkpoint.load_model(tmp_path / "nomem")[1]["net"]["memory"] is False
+
+    legacy = (16, shapes[1], 3)
+    old = build_model(space, legacy, CFG.net, jax.random.key(1))
+    checkpoint.save(tmp_path / "old", old, CFG.net, legacy)
+    cfg_file = tmp_path / "old" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    del cfg["net"]["memory"]
+    cfg_file.write_text(json.dumps(cfg))
+    (pol,) = registry.resolve(f"checkpoint:{tmp_path / 'old'}")
+    info, _, _ = rollout(pol, params, 4, jax.random.PRNGKey(0))
+    assert np.isfinite(np.asarray(info.dpp)).all()
+    assert NetConfig(**cfg["net"]).memory is True
