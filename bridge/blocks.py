@@ -26,7 +26,10 @@ cases, the same order of additions), so with fp32 crossings the split runtime re
 
 Sides and crossings follow the cost model (``costmodel.costs``): the residual stream starts on
 the embedding's side (``embed_edge``), layer ``l``'s output is on the cloud unless its FFN is on
-the edge, and the LM head runs where the residual ends. Token ids cross as int32: the prompt
+the edge or tensor-parallel (then on both sides: ``BOTH``), and the LM head runs where the
+residual ends (on the embedding's side when it ends on both). A tp layer exchanges partial sums
+twice (after the attention, after the FFN; ``TP_ATTN``, ``TP_FFN``), each side sending first and
+then receiving, and both add what the receiver sees, so the two copies of the residual agree. Token ids cross as int32: the prompt
 (and, when the LM head is on the edge, each fed-back token) to a cloud embedding, and every
 generated token to the edge when the LM head is on the cloud (``TOKEN_OUT``, streamed).
 
@@ -48,7 +51,9 @@ from bridge import wire
 from bridge.gguf_loader import LayerWeights, LlamaConfig, LlamaWeights
 
 EDGE, CLOUD = 0, 1
-FFN_EDGE, FFN_CLOUD, FFN_SPLIT = 0, 1, 2
+BOTH = 2  # residual side after a tensor-parallel layer: held on both sides
+FFN_EDGE, FFN_CLOUD, FFN_SPLIT, FFN_TP = 0, 1, 2, 3
+TP_GRID = 16  # a tp FFN's edge share is ffn_frac / TP_GRID of the d_ff columns
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 # Crossing tags (the ``tag`` field of STEP / RESULT frames).
@@ -58,8 +63,10 @@ ATTN_OUT = 3  # partial attention output (or x + partial) to the FFN side
 FFN_H = 4  # split FFN: the residual h, edge -> cloud
 FFN_U = 5  # split FFN: the gate/up activation u, edge -> cloud
 TOKEN_OUT = 6  # a generated token, cloud -> edge
+TP_ATTN = 7  # tp layer, exchange 1: a side's attention partial sum (or x + partial)
+TP_FFN = 8  # tp layer, exchange 2: a side's FFN partial sum over its columns
 TAG_NAMES = {TOKENS: "tokens", ATTN_IN: "attn_in", ATTN_OUT: "attn_out", FFN_H: "ffn_h",
-             FFN_U: "ffn_u", TOKEN_OUT: "token_out"}
+             FFN_U: "ffn_u", TOKEN_OUT: "token_out", TP_ATTN: "tp_attn", TP_FFN: "tp_ffn"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,6 +111,12 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     def ffn_down(self, layer: int, u):
         """Second FFN half: ``W_down u``."""
+
+    @abc.abstractmethod
+    def ffn_cols(self, layer: int, h, lo: int, hi: int):
+        """Partial FFN output over the intermediate columns ``lo .. hi-1`` (a tp share):
+        ``W_down[:, lo:hi] (silu(W_gate[lo:hi] hn) * W_up[lo:hi] hn)``; the shares of a
+        partition of the columns sum to ``ffn``."""
 
     @abc.abstractmethod
     def lm_head_last(self, x) -> np.ndarray:
@@ -216,6 +229,12 @@ class NumpyLlamaExecutor(Executor):
     def ffn(self, layer, h):
         return self.ffn_down(layer, self.ffn_up(layer, h))
 
+    def ffn_cols(self, layer, h, lo, hi):
+        lw = self.w.layers[layer]
+        hn = _rms_norm(h, lw.ffn_norm, self.cfg.rms_eps)
+        u = _silu(hn @ lw.w_gate[lo:hi].T) * (hn @ lw.w_up[lo:hi].T)
+        return u @ lw.w_down[:, lo:hi].T
+
     def lm_head_last(self, x):
         xn = _rms_norm(x[:, -1], self.w.final_norm, self.cfg.rms_eps)
         return (xn @ self.w.lm_head.T)[0].astype(np.float32)
@@ -283,6 +302,7 @@ class TorchLlamaExecutor(Executor):
 
         self._torch, self._bm = torch, bm
         self.model, self.cfg, self.name = model, model.cfg, name
+        self._cols: dict = {}
         self._fp = _fingerprint(self.cfg, [model.embed[:8].numpy(), model.final_norm.numpy()]
                                 + [lay.wq[:4].numpy() for lay in model.layers])
 
@@ -308,6 +328,14 @@ class TorchLlamaExecutor(Executor):
     def ffn_down(self, layer, u):
         with self._torch.inference_mode():
             return self._bm.ffn_down_block(self.model.layers[layer], u)
+
+    def ffn_cols(self, layer, h, lo, hi):
+        key = (layer, lo, hi)
+        if key not in self._cols:  # contiguous copies of the share's weights, made once
+            self._cols[key] = self._bm.ffn_columns(self.model.layers[layer], lo, hi)
+        with self._torch.inference_mode():
+            return self._bm.ffn_cols_block(self.cfg, self.model.layers[layer], h,
+                                           self._cols[key])
 
     def lm_head_last(self, x):
         with self._torch.inference_mode():
@@ -345,27 +373,41 @@ class RunPartition:
     calibration. ``from_costmodel`` is the one conversion from a ``costmodel`` partition.
 
     head_on_edge: bool [L, H], True = the query head runs on the edge.
-    ffn: int [L], 0 edge, 1 cloud, 2 split (gate/up on the edge, down on the cloud).
+    ffn: int [L], 0 edge, 1 cloud, 2 split (gate/up on the edge, down on the cloud), 3 tp
+      (tensor-parallel: ``ffn_frac[l] / TP_GRID`` of the ``d_ff`` columns on the edge, the
+      rest on the cloud; the residual is held on both sides after the layer).
     precision: of every activation crossing: "fp32", "fp16", "int8" or "int4".
     embed_edge: the embedding (and so the prompt) stays on the edge.
+    ffn_frac: int [L], the edge's tp share in units of ``1 / TP_GRID`` (1..15 where ``ffn``
+      is tp, 0 elsewhere; None: all 0). The edge holds the first columns.
     """
 
     head_on_edge: np.ndarray
     ffn: np.ndarray
     precision: str = "fp16"
     embed_edge: bool = True
+    ffn_frac: np.ndarray | None = None
 
     def __post_init__(self):
         heads = np.asarray(self.head_on_edge, dtype=bool)
         ffn = np.asarray(self.ffn, dtype=np.int64)
         if heads.ndim != 2 or ffn.shape != (heads.shape[0],):
             raise ValueError(f"head_on_edge [L, H] and ffn [L], got {heads.shape} {ffn.shape}")
-        if not np.isin(ffn, (FFN_EDGE, FFN_CLOUD, FFN_SPLIT)).all():
-            raise ValueError("ffn entries must be 0 (edge), 1 (cloud) or 2 (split)")
+        if not np.isin(ffn, (FFN_EDGE, FFN_CLOUD, FFN_SPLIT, FFN_TP)).all():
+            raise ValueError("ffn entries must be 0 (edge), 1 (cloud), 2 (split) or 3 (tp)")
+        frac = (np.zeros_like(ffn) if self.ffn_frac is None
+                else np.asarray(self.ffn_frac, dtype=np.int64))
+        if frac.shape != ffn.shape:
+            raise ValueError(f"ffn_frac must have shape {ffn.shape}, got {frac.shape}")
+        is_tp = ffn == FFN_TP
+        if not ((frac[is_tp] >= 1) & (frac[is_tp] < TP_GRID)).all():
+            raise ValueError(f"ffn_frac must be in [1, {TP_GRID - 1}] where ffn is tp")
+        frac = np.where(is_tp, frac, 0)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         object.__setattr__(self, "head_on_edge", heads)
         object.__setattr__(self, "ffn", ffn)
+        object.__setattr__(self, "ffn_frac", frac)
         object.__setattr__(self, "embed_edge", bool(self.embed_edge))
 
     @property
@@ -378,13 +420,28 @@ class RunPartition:
 
     @property
     def final_side(self) -> int:
-        """Side of the residual after the last layer, where the LM head runs."""
-        return EDGE if self.ffn[-1] == FFN_EDGE else CLOUD
+        """Side where the LM head runs: where the residual is after the last layer, the
+        embedding's side when both hold it (a last tp layer), as in the cost model."""
+        last = int(self.ffn[-1])
+        if last == FFN_TP:
+            return self.embed_side
+        return EDGE if last == FFN_EDGE else CLOUD
 
     @property
     def uses_cloud(self) -> bool:
         return (not self.embed_edge or not self.head_on_edge.all()
                 or bool((self.ffn != FFN_EDGE).any()))
+
+    @property
+    def uses_tp(self) -> bool:
+        return bool((self.ffn == FFN_TP).any())
+
+    def tp_columns(self, layer: int, d_ff: int, side: int) -> tuple[int, int]:
+        """(lo, hi) of ``side``'s intermediate columns of tp layer ``layer``: the edge holds
+        the first ``ffn_frac / TP_GRID`` of ``d_ff``, the cloud the rest (block boundaries
+        rounded down to whole columns when ``d_ff`` is no multiple of ``TP_GRID``)."""
+        cut = int(self.ffn_frac[layer]) * d_ff // TP_GRID
+        return (0, cut) if side == EDGE else (cut, d_ff)
 
     @classmethod
     def layer_cut(cls, n_layers: int, n_heads: int, cut: int,
@@ -405,53 +462,73 @@ class RunPartition:
         return cls.layer_cut(n_layers, n_heads, 0, precision)
 
     @classmethod
+    def tensor_parallel(cls, n_layers: int, n_heads: int, edge_heads: int, frac: int,
+                        precision: str = "fp16", embed_edge: bool = True) -> RunPartition:
+        """Every layer tp: heads ``0 .. edge_heads-1`` and ``frac / TP_GRID`` of the FFN
+        columns on the edge, the rest on the cloud; the LM head on the embedding's side."""
+        heads = np.zeros((n_layers, n_heads), bool)
+        heads[:, :edge_heads] = True
+        return cls(heads, np.full(n_layers, FFN_TP), precision, embed_edge,
+                   np.full(n_layers, frac))
+
+    @classmethod
     def from_costmodel(cls, part, head_order: np.ndarray, precision: str | None = None):
         """From a ``costmodel.partition.Partition``: layer ``l``'s ``edge_heads[l]`` heads
         that go to the edge are the first ones of ``head_order[l]`` (``costmodel.spec.
-        edge_head_order``: least important first, K/V groups kept together). ``precision``
-        overrides ``ACT_PRECISIONS[act_prec]`` (e.g. "fp32" for exactness checks)."""
+        edge_head_order``: least important first, K/V groups kept together); the tp mode and
+        share (``ffn_frac``) carry over. ``precision`` overrides
+        ``ACT_PRECISIONS[act_prec]`` (e.g. "fp32" for exactness checks)."""
         from costmodel.partition import ACT_PRECISIONS
 
         prec = precision or ACT_PRECISIONS[int(part.act_prec)]
+        frac = getattr(part, "ffn_frac", None)
         return cls.from_counts(part.edge_heads, part.ffn, prec, bool(part.embed_edge),
-                               head_order)
+                               head_order, None if frac is None else np.asarray(frac))
 
     @classmethod
     def from_counts(cls, edge_heads, ffn, precision: str, embed_edge: bool,
-                    head_order: np.ndarray) -> RunPartition:
+                    head_order: np.ndarray, ffn_frac=None) -> RunPartition:
         """From per-layer edge head counts (the first ones of ``head_order[l]`` go to the
-        edge), FFN sides, a precision name and the embedding's side; NumPy only (an exported
-        policy's decision, ``bridge.exported_policy``)."""
+        edge), FFN sides (3: tp with ``ffn_frac``), a precision name and the embedding's side;
+        NumPy only (an exported policy's decision, ``bridge.exported_policy``)."""
         k = np.asarray(edge_heads, np.int64)
         order = np.asarray(head_order)
         heads = np.zeros(order.shape, bool)
         for layer, n in enumerate(k):
             heads[layer, order[layer, :n]] = True
-        return cls(heads, np.asarray(ffn), precision, bool(embed_edge))
+        return cls(heads, np.asarray(ffn), precision, bool(embed_edge), ffn_frac)
 
     def to_costmodel(self):
-        """The ``costmodel.partition.Partition`` with the same head counts (fp32 -> fp16)."""
+        """The ``costmodel.partition.Partition`` with the same head counts and tp shares
+        (fp32 -> fp16)."""
         from costmodel.partition import ACT_PRECISIONS, make_partition
 
         prec = "fp16" if self.precision == "fp32" else self.precision
         return make_partition(self.head_on_edge.sum(1), self.ffn, ACT_PRECISIONS.index(prec),
-                              self.embed_edge)
+                              self.embed_edge, self.ffn_frac)
 
     def describe(self) -> str:
         k = self.head_on_edge.sum(1)
-        ffn = "".join("ecs"[f] for f in self.ffn)
+        ffn = "".join("ecst"[f] for f in self.ffn)
+        tp = (f" tp_frac={self.ffn_frac[self.ffn == FFN_TP].tolist()}/{TP_GRID}"
+              if self.uses_tp else "")
         return (f"emb={'edge' if self.embed_edge else 'cloud'} heads_on_edge={k.tolist()} "
-                f"ffn={ffn} q={self.precision}")
+                f"ffn={ffn}{tp} q={self.precision}")
 
 
 def encode_open(rp: RunPartition, prompt_len: int, n_out: int, fingerprint: int) -> np.ndarray:
     """int64 vector of an OPEN frame: [L, H, precision, embed_edge, prompt_len, n_out,
-    fingerprint, head_on_edge (L*H), ffn (L)]."""
+    fingerprint, head_on_edge (L*H), ffn (L), ffn_frac (L)]."""
     n_l, n_h = rp.head_on_edge.shape
     head = [n_l, n_h, PRECISIONS.index(rp.precision), int(rp.embed_edge), prompt_len, n_out,
             fingerprint]
     return np.concatenate([np.asarray(head, np.int64), rp.head_on_edge.ravel().astype(np.int64),
-                           rp.ffn.astype(np.int64)])
+                           rp.ffn.astype(np.int64), rp.ffn_frac.astype(np.int64)])
+
+
+def open_size(n_layers: int, n_heads: int) -> int:
+    """Entries of an OPEN vector for a model of ``n_layers`` x ``n_heads``."""
+    return 7 + n_layers * n_heads + 2 * n_layers
 
 
 def decode_open(vec: np.ndarray) -> tuple[RunPartition, int, int, int]:
@@ -461,7 +538,7 @@ def decode_open(vec: np.ndarray) -> tuple[RunPartition, int, int, int]:
     if vec.ndim != 1 or vec.dtype != np.int64 or vec.size < 7:
         raise ValueError("OPEN payload must be an int64 vector of at least 7 entries")
     n_l, n_h, prec, emb, s, n_out, fp = (int(v) for v in vec[:7])
-    if n_l <= 0 or n_h <= 0 or vec.size != 7 + n_l * n_h + n_l:
+    if n_l <= 0 or n_h <= 0 or vec.size != open_size(n_l, n_h):
         raise ValueError(f"OPEN payload of {vec.size} entries does not fit L={n_l}, H={n_h}")
     if not 0 <= prec < len(PRECISIONS) or emb not in (0, 1) or s <= 0 or n_out <= 0:
         raise ValueError(f"OPEN fields out of range: precision {prec}, embed_edge {emb}, "
@@ -469,7 +546,9 @@ def decode_open(vec: np.ndarray) -> tuple[RunPartition, int, int, int]:
     heads = vec[7 : 7 + n_l * n_h].reshape(n_l, n_h)
     if not np.isin(heads, (0, 1)).all():
         raise ValueError("OPEN head mask entries must be 0 or 1")
-    rp = RunPartition(heads.astype(bool), vec[7 + n_l * n_h :], PRECISIONS[prec], bool(emb))
+    ffn = vec[7 + n_l * n_h : 7 + n_l * n_h + n_l]
+    frac = vec[7 + n_l * n_h + n_l :]
+    rp = RunPartition(heads.astype(bool), ffn, PRECISIONS[prec], bool(emb), frac)
     return rp, s, n_out, fp
 
 
@@ -518,23 +597,59 @@ def _cross(me: int, src: int, tag: int, layer: int, value_fn, precision, ex: Exe
     return ex.from_numpy(got)
 
 
+def _cross_both(me: int, src: int, tag: int, layer: int, value_fn, precision, ex: Executor):
+    """A crossing after which both sides hold the same tensor: the receiver the received
+    value, the sender what the receiver sees of it (its own wire round trip; the tensor
+    itself at fp32), so the residual held on both sides is one value bit for bit."""
+    if me != src:
+        got = yield Recv(tag, layer)
+        return ex.from_numpy(got)
+    t = value_fn()
+    v = ex.to_numpy(t)
+    yield Send(tag, layer, v, precision)
+    return t if precision == "fp32" else ex.from_numpy(wire.fake_quantize(v, precision))
+
+
+def _exchange(me: int, tag: int, layer: int, value_fns: dict, precision, ex: Executor):
+    """Each side in ``value_fns`` sends its tensor to the other (its own first, then it waits
+    for the other's, so the two directions overlap); returns {side: the value both hold}."""
+    got = {}
+    if me in value_fns:
+        got[me] = yield from _cross_both(me, me, tag, layer, value_fns[me], precision, ex)
+    if 1 - me in value_fns:
+        got[1 - me] = yield from _cross_both(me, 1 - me, tag, layer, None, precision, ex)
+    return got
+
+
 def _layer(me: int, ex: Executor, rp: RunPartition, i: int, x, s: int, offset: int,
            kv: dict) -> Generator:
-    """One layer from side ``me``'s view, residual ``x`` on side ``s`` (``x`` is None on the
-    other side); returns (residual or None, new side). Cases as in ``bridge.split._layer``."""
+    """One layer from side ``me``'s view, residual ``x`` on side ``s`` (EDGE, CLOUD or BOTH;
+    ``x`` is None on a side that does not hold it); returns (residual or None, new side).
+    Cases as in ``bridge.split._layer``."""
     n_h, q = ex.cfg.n_heads, rp.precision
     heads = {EDGE: [h for h in range(n_h) if rp.head_on_edge[i, h]],
              CLOUD: [h for h in range(n_h) if not rp.head_on_edge[i, h]]}
     f = int(rp.ffn[i])
-    a = CLOUD if f == FFN_CLOUD else EDGE
-    o = 1 - s
 
     def partial(x_in):
         p, kv[i] = ex.attn(i, x_in, heads[me], offset, kv.get(i))
         return p
 
+    if f == FFN_TP:
+        return (yield from _tp_layer(me, ex, rp, i, x, s, heads, partial))
+    a = CLOUD if f == FFN_CLOUD else EDGE
+
     h = None
-    if s == a:
+    if s == BOTH:  # both hold x: only the other side's partial crosses to a
+        o = 1 - a
+        if me == a:
+            h = x + partial(x) if heads[a] else x
+        if heads[o]:
+            p_o = yield from _cross(me, o, ATTN_OUT, i, lambda: partial(x), q, ex)
+            if me == a:
+                h = h + p_o
+    elif s == a:
+        o = 1 - s
         x_o = None
         if heads[o]:
             x_o = yield from _cross(me, s, ATTN_IN, i, lambda: x, q, ex)
@@ -561,6 +676,37 @@ def _layer(me: int, ex: Executor, rp: RunPartition, i: int, x, s: int, offset: i
         u_c = yield from _cross(me, EDGE, FFN_U, i, lambda: u, q, ex)
         return (h_c + ex.ffn_down(i, u_c) if me == CLOUD else None), CLOUD
     return (h + ex.ffn(i, h) if me == a else None), a
+
+
+def _tp_layer(me: int, ex: Executor, rp: RunPartition, i: int, x, s: int, heads: dict,
+              partial) -> Generator:
+    """A tensor-parallel layer (``docs/design.md §2``, the cost model's tp layer). Entering
+    both: the residual crosses from ``s`` to the other side if that side holds heads
+    (``attn_in``); otherwise it rides with ``s``'s partial sum. Exchange 1 (``tp_attn``):
+    each side holding heads sends its partial sum, both add them, edge's first. Exchange 2
+    (``tp_ffn``): each side sends the partial FFN output of its columns, both add them. Every
+    crossed value is used by both sides as the receiver sees it, so the two copies of the
+    residual are equal; the residual leaves the layer on both sides."""
+    q = rp.precision
+    if s != BOTH and heads[1 - s]:
+        x = yield from _cross_both(me, s, ATTN_IN, i, lambda: x, q, ex)
+        s = BOTH
+    if s == BOTH:
+        got = yield from _exchange(me, TP_ATTN, i, {side: (lambda: partial(x))
+                                                    for side in (EDGE, CLOUD) if heads[side]},
+                                   q, ex)
+        h = x
+        for side in (EDGE, CLOUD):
+            if side in got:
+                h = h + got[side]
+    else:  # the other side holds no heads and no residual: x + partial crosses
+        got = yield from _exchange(me, TP_ATTN, i, {s: lambda: x + partial(x)}, q, ex)
+        h = got[s]
+    d_ff = ex.cfg.d_ff
+    got = yield from _exchange(
+        me, TP_FFN, i, {side: (lambda side=side: ex.ffn_cols(i, h, *rp.tp_columns(i, d_ff, side)))
+                        for side in (EDGE, CLOUD)}, q, ex)
+    return h + got[EDGE] + got[CLOUD], BOTH
 
 
 def request_program(me: int, ex: Executor, rp: RunPartition, prompt_len: int, n_out: int,

@@ -56,7 +56,16 @@ from collections import Counter, OrderedDict, deque
 import numpy as np
 
 from bridge import wire
-from bridge.blocks import CLOUD, TOKENS, Executor, Recv, Send, decode_open, request_program
+from bridge.blocks import (
+    CLOUD,
+    TOKENS,
+    Executor,
+    Recv,
+    Send,
+    decode_open,
+    open_size,
+    request_program,
+)
 from bridge.wire import MsgType
 
 log = logging.getLogger(__name__)
@@ -143,7 +152,7 @@ class ServerLimits:
         _, max_prompt, _ = self.tokens(executor)
         width = max(c.d_model, c.d_ff, c.n_heads * c.head_dim)
         step = max(wire.payload_size(wire.DType.F32, (1, max_prompt, width)), 4 * max_prompt)
-        open_ = 8 * (7 + c.n_layers * c.n_heads + c.n_layers)
+        open_ = 8 * open_size(c.n_layers, c.n_heads)
         return {MsgType.OPEN: min(FRAME_OVERHEAD + open_, self.max_frame),
                 MsgType.STEP: min(FRAME_OVERHEAD + step, self.max_frame),
                 MsgType.CLOSE: FRAME_OVERHEAD}

@@ -45,7 +45,9 @@ from bridge.blocks import (
     FFN_CLOUD,
     FFN_EDGE,
     FFN_SPLIT,
+    FFN_TP,
     TOKEN_OUT,
+    TP_GRID,
     TOKENS,
     Executor,
     Output,
@@ -174,7 +176,7 @@ class RetryRecord:
 def cloud_share(rp: RunPartition, cfg) -> tuple[float, int]:
     """(weights the cloud holds for ``rp``, its block count) of a ``LlamaConfig``: query
     heads with their ``W_O`` slices and the K/V heads their groups need, FFN matrices (all
-    three, or the down projection of a split FFN), the LM head where the residual ends on the
+    three, the down projection of a split FFN, the cloud's columns of a tp FFN), the LM head where the residual ends on the
     cloud."""
     d, dh = cfg.d_model, cfg.head_dim
     group = cfg.n_heads // cfg.n_kv_heads
@@ -185,7 +187,8 @@ def cloud_share(rp: RunPartition, cfg) -> tuple[float, int]:
         params += k_c * 2 * d * dh + groups * 2 * d * dh
         blocks += k_c > 0
         f = int(rp.ffn[layer])
-        params += {FFN_CLOUD: 3, FFN_SPLIT: 1}.get(f, 0) * d * cfg.d_ff
+        tp_cloud = 3 * (1 - rp.ffn_frac[layer] / TP_GRID)
+        params += {FFN_CLOUD: 3, FFN_SPLIT: 1, FFN_TP: tp_cloud}.get(f, 0) * d * cfg.d_ff
         blocks += f != FFN_EDGE
     if rp.final_side == CLOUD:
         params += cfg.vocab_size * d

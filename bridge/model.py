@@ -7,9 +7,10 @@ Two code paths over the same weights:
   ``repeat_interleave`` for grouped-query attention, ``scaled_dot_product_attention``). It also
   takes an ``ActQuantPlan`` so the perplexity study can fake-quantize the residual stream at a
   layer input, one head's output or one FFN's output, and can start from a cached hidden state.
-- Block functions (``attn_heads_block``, ``ffn_up_block``, ``ffn_down_block``, ``embed_block``,
-  ``lm_head_block``): one head group (any subset of a layer's heads, with its K/V cache), the
-  two halves of the SwiGLU FFN, embedding and LM head. ``bridge.split`` composes them into a
+- Block functions (``attn_heads_block``, ``ffn_up_block``, ``ffn_down_block``,
+  ``ffn_cols_block``, ``embed_block``, ``lm_head_block``): one head group (any subset of a
+  layer's heads, with its K/V cache), the two halves of the SwiGLU FFN, a tensor-parallel share
+  of its columns, embedding and LM head. ``bridge.split`` composes them into a
   partitioned execution; its equality with ``forward`` is what the tests check.
 
 Shapes: tokens ``int64 [B, T]``, hidden states ``float32 [B, T, d]``. Heads are numbered
@@ -149,6 +150,32 @@ def ffn_up_block(cfg: LlamaConfig, layer: Layer, x: torch.Tensor) -> torch.Tenso
 def ffn_down_block(layer: Layer, a: torch.Tensor) -> torch.Tensor:
     """Second FFN half: ``W_down a`` for the activation ``a [B, T, d_ff]``."""
     return a @ layer.w_down.T
+
+
+def ffn_columns(
+    layer: Layer, lo: int, hi: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Contiguous copies of a tensor-parallel share's weights: the rows ``lo .. hi-1`` of
+    ``W_gate`` and ``W_up`` and the same columns of ``W_down``."""
+    return (
+        layer.w_gate[lo:hi].contiguous(),
+        layer.w_up[lo:hi].contiguous(),
+        layer.w_down[:, lo:hi].contiguous(),
+    )
+
+
+def ffn_cols_block(
+    cfg: LlamaConfig,
+    layer: Layer,
+    x: torch.Tensor,
+    cols: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """Partial FFN output of one tensor-parallel share (``cols = ffn_columns(layer, lo,
+    hi)``): ``W_down[:, lo:hi] (silu(W_gate[lo:hi] xn) * W_up[lo:hi] xn)``; the shares of a
+    partition of the ``d_ff`` columns sum to ``ffn_block``."""
+    gate, up, down = cols
+    xn = rms_norm(x, layer.ffn_norm, cfg.rms_eps)
+    return (F.silu(xn @ gate.T) * (xn @ up.T)) @ down.T
 
 
 def ffn_block(cfg: LlamaConfig, layer: Layer, x: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,12 @@
 
 Semantics (``docs/design.md §1``). The partition is the runtime's ``bridge.blocks.RunPartition``:
 per layer ``l``, the side of each head (``head_on_edge[l, h]``), the FFN side ``ffn[l]`` in
-{0: edge, 1: cloud, 2: split} and one precision for every tensor that crosses the link. The
-residual stream lives on one side at a time; it starts where the embedding runs
-(``embed_edge``) and the LM head runs where it ends (``final_side``: the cloud unless the last
-FFN is on the edge), as in the cost model.
+{0: edge, 1: cloud, 2: split, 3: tp} (tp with its edge share ``ffn_frac[l] / 16``) and one
+precision for every tensor that crosses the link. The residual stream lives on one side, or
+on both after a tensor-parallel layer; it starts where the embedding runs (``embed_edge``)
+and the LM head runs where it ends (``final_side``: the cloud unless the last FFN is on the
+edge; the embedding's side after a last tp layer), as in the cost model (``docs/design.md
+§2.3``).
 
 One layer, with the residual ``x`` on side ``s``. The attention outputs are summed on the
 *FFN side* ``a`` (the FFN's side; the edge for a split FFN, whose first half runs there), and
@@ -17,9 +19,20 @@ One layer, with the residual ``x`` on side ``s``. The attention outputs are summ
   continues there from the received copy; if ``s`` has heads too, their partial output
   crosses to ``a`` (``attn_out``).
 - ``s != a`` and all heads on ``s``: ``x + attn(x)`` crosses to ``a`` (``attn_out``).
+- ``x`` on both sides (after a tensor-parallel layer): nothing enters; heads on ``a`` read
+  their copy, the other side's partial output crosses to ``a`` (``attn_out``) if it holds
+  heads.
 - FFN on ``a`` (edge or cloud): ``h + FFN(h)`` stays on ``a``. Split FFN: ``u = W1 part(h)``
   on the edge, then ``h`` and ``u`` cross to the cloud in one message (``ffn_split``) and the
   cloud adds ``W_down u``; the residual is then on the cloud.
+- Tensor-parallel FFN (``ffn == 3``, the edge holding ``ffn_frac / 16`` of the ``d_ff``
+  columns): the residual enters both sides (``attn_in`` from ``s`` if the other side holds
+  heads; otherwise ``x + partial`` of ``s`` crosses as its exchange), each side with heads
+  sends its partial output (``tp_attn``) and both add them, edge's first; then each side runs
+  its FFN columns and sends the partial output (``tp_ffn``), both add them. Both sides use
+  every exchanged tensor as the receiver sees it, so the residual held on both is one value
+  (here: one tensor), and the LM head runs on the embedding's side when the last layer is
+  tp.
 
 Every crossing goes through ``bridge.quant.cross(tensor, precision)`` and is logged as a
 ``Crossing`` (one per message). Each head keeps its K/V cache on the side where it runs; a
@@ -33,12 +46,14 @@ import dataclasses
 
 import torch
 
-from bridge.blocks import CLOUD, EDGE, FFN_CLOUD, FFN_SPLIT, RunPartition
+from bridge.blocks import BOTH, CLOUD, EDGE, FFN_CLOUD, FFN_SPLIT, FFN_TP, RunPartition
 from bridge.model import (
     KVCache,
     LlamaModel,
     attn_heads_block,
     ffn_block,
+    ffn_cols_block,
+    ffn_columns,
     ffn_down_block,
     ffn_up_block,
 )
@@ -49,7 +64,7 @@ from bridge.quant import cross, wire_bytes
 class Crossing:
     """One message over the link."""
 
-    stage: str  # "tokens", "attn_in", "attn_out", "ffn_split", "token_out"
+    stage: str  # "tokens", "attn_in", "attn_out", "ffn_split", "tp_attn", "tp_ffn", "token_out"
     layer: int  # layer index (-1 before the first layer, L after the last)
     src: int  # sending side (0 edge, 1 cloud)
     elements: int  # number of values sent (all tensors of the message)
@@ -89,7 +104,8 @@ def _layer(
     kv: dict[tuple[int, int], KVCache],
     link: _Link,
 ) -> tuple[torch.Tensor, int]:
-    """One layer under ``part`` with the residual on side ``s``; returns (residual, side)."""
+    """One layer under ``part`` with the residual on side ``s`` (EDGE, CLOUD or BOTH);
+    returns (residual, side)."""
     cfg, layer = model.cfg, model.layers[i]
     heads = {
         EDGE: [h for h in range(cfg.n_heads) if part.head_on_edge[i, h]],
@@ -105,7 +121,32 @@ def _layer(
         )
         return p
 
-    if s == a:
+    if f == FFN_TP:
+        if s != BOTH and heads[o]:
+            (x,) = link.send([x], "attn_in", i, s)
+            s = BOTH
+        if s == BOTH:
+            h = x
+            for side in (EDGE, CLOUD):
+                if heads[side]:
+                    (p,) = link.send([partial(side, x)], "tp_attn", i, side)
+                    h = h + p
+        else:
+            (h,) = link.send([x + partial(s, x)], "tp_attn", i, s)
+        parts = []
+        for side in (EDGE, CLOUD):
+            lo, hi = part.tp_columns(i, cfg.d_ff, side)
+            y = ffn_cols_block(cfg, layer, h, ffn_columns(layer, lo, hi))
+            parts.append(link.send([y], "tp_ffn", i, side)[0])
+        return h + parts[0] + parts[1], BOTH
+
+    if s == BOTH:
+        o = 1 - a
+        h = x + partial(a, x) if heads[a] else x
+        if heads[o]:
+            (p_o,) = link.send([partial(o, x)], "attn_out", i, o)
+            h = h + p_o
+    elif s == a:
         h = x + partial(s, x) if heads[s] else x
         if heads[o]:
             (x_o,) = link.send([x], "attn_in", i, s)
@@ -150,8 +191,8 @@ def split_forward(
     x, s = model.embed_block(tokens), part.embed_side
     for i in range(cfg.n_layers):
         x, s = _layer(model, part, i, x, s, offset, kv, link)
-    logits = model.lm_head_block(x)  # on side s == part.final_side
-    if s != EDGE:
+    logits = model.lm_head_block(x)  # on side part.final_side
+    if part.final_side != EDGE:
         n = tokens.shape[0]
         link.log.append(Crossing("token_out", cfg.n_layers, CLOUD, n, 4.0 * n))
     prev = () if state is None else state.crossings

@@ -18,6 +18,7 @@ from bridge import wire
 from bridge.blocks import (
     CLOUD,
     EDGE,
+    FFN_U,
     TOKEN_OUT,
     TOKENS,
     RunPartition,
@@ -68,9 +69,11 @@ def check_against_unsplit(ex, prompt, tokens, logits, precision):
 
 
 partitions = st.builds(
-    lambda heads, ffn, emb: RunPartition(np.array(heads).reshape(L, H), ffn, "fp32", emb),
+    lambda heads, ffn, emb, frac: RunPartition(np.array(heads).reshape(L, H), ffn, "fp32", emb,
+                                               frac),
     st.lists(st.booleans(), min_size=L * H, max_size=L * H),
-    st.lists(st.integers(0, 2), min_size=L, max_size=L), st.booleans())
+    st.lists(st.integers(0, 3), min_size=L, max_size=L), st.booleans(),
+    st.lists(st.integers(1, 15), min_size=L, max_size=L))
 prompts = st.lists(st.integers(0, V - 1), min_size=1, max_size=8)
 
 
@@ -101,6 +104,52 @@ def test_toy_matches_torch_blocks():
     tokens = [3, 17, 42, 5, 60]
     np.testing.assert_allclose(EX.reference_logits(tokens), tex.reference_logits(tokens),
                                atol=1e-4)
+    d_ff = EX.cfg.d_ff
+    for lo, hi in ((0, 12), (12, d_ff), (20, 44)):
+        np.testing.assert_allclose(EX.ffn_cols(2, x, lo, hi),
+                                   tex.ffn_cols(2, torch.from_numpy(x), lo, hi).numpy(),
+                                   atol=1e-5)
+
+
+def test_tp_shares_sum_to_the_ffn():
+    """The two tp shares of every grid point sum to the whole FFN; the edge holds the first
+    ``frac / 16`` of the columns."""
+    x = np.random.default_rng(2).standard_normal((1, 3, EX.cfg.d_model)).astype(np.float32)
+    for frac in range(1, 16):
+        rp = RunPartition.tensor_parallel(L, H, 2, frac, "fp32")
+        (lo_e, hi_e), (lo_c, hi_c) = (rp.tp_columns(1, EX.cfg.d_ff, side)
+                                      for side in (EDGE, CLOUD))
+        assert (lo_e, hi_e, hi_c) == (0, lo_c, EX.cfg.d_ff)
+        assert hi_e == frac * EX.cfg.d_ff // 16
+        np.testing.assert_allclose(EX.ffn_cols(1, x, lo_e, hi_e) + EX.ffn_cols(1, x, lo_c, hi_c),
+                                   EX.ffn(1, x), atol=1e-5)
+    with pytest.raises(ValueError, match="ffn_frac"):
+        RunPartition(np.ones((L, H), bool), np.full(L, 3), "fp32", True, np.zeros(L))
+
+
+def test_tp_residual_is_one_value_on_both_sides():
+    """After a tp layer both sides hold the residual; with quantized exchanges they use what
+    the receiver sees, so the two copies are equal bit for bit (the cloud's tokens and the
+    edge's are the same, and the LM head on either side would agree)."""
+    from bridge import blocks
+
+    rp = RunPartition.tensor_parallel(L, H, 2, 5, "int8")
+    seen = {}
+    orig = blocks._tp_layer
+
+    def spy(me, *args):
+        out = yield from orig(me, *args)
+        seen.setdefault(me, []).append(np.array(out[0]))
+        return out
+
+    blocks._tp_layer = spy
+    try:
+        run_local(EX, rp, [3, 9, 27, 1], 3)
+    finally:
+        blocks._tp_layer = orig
+    assert len(seen[EDGE]) == len(seen[CLOUD]) == 3 * L
+    for a, b in zip(seen[EDGE], seen[CLOUD], strict=True):
+        assert np.array_equal(a, b)
 
 
 @settings(max_examples=60, deadline=None)
@@ -112,10 +161,14 @@ def test_local_split_equals_unsplit_fp32(rp, prompt, n_out):
     assert [lg is None for lg in out.logits] == [rp.final_side == CLOUD] * n_out
 
 
+def with_precision(rp, precision):
+    return RunPartition(rp.head_on_edge, rp.ffn, precision, rp.embed_edge, rp.ffn_frac)
+
+
 @settings(max_examples=40, deadline=None)
 @given(partitions, prompts, st.sampled_from(["fp16", "int8"]))
 def test_local_split_quantized_within_tolerance(rp, prompt, precision):
-    rp = RunPartition(rp.head_on_edge, rp.ffn, precision, rp.embed_edge)
+    rp = with_precision(rp, precision)
     out, _ = run_local(EX, rp, prompt, 3)
     check_against_unsplit(EX, prompt, out.tokens, out.logits, precision)
 
@@ -135,7 +188,8 @@ def test_wire_quantizer_is_bridge_cross():
 def test_crossings_match_cost_model_bytes(precision):
     """The runtime's crossings carry exactly the cost model's bytes (fp16 / int8 / int4
     elements at 2 / 1 / 0.5 bytes, tokens at 4; the per-row float32 scales of int8 / int4 are
-    the runtime's extra) for random head-count partitions."""
+    the runtime's extra) for random head-count partitions, tensor-parallel layers (any share)
+    included; and as many activation crossings per pass as the cost model counts."""
     from bridge.edge_run import executor_card
     from costmodel.accuracy import accuracy_profile
     from costmodel.costs import request_costs
@@ -149,9 +203,9 @@ def test_crossings_match_cost_model_bytes(precision):
     order = edge_head_order(accuracy_profile(card).head_w, card.group_size)
     rng = np.random.default_rng(1)
     q = ("fp16", "int8", "int4").index(precision)
-    for _ in range(25):
-        cm = make_partition(rng.integers(0, H + 1, L), rng.integers(0, 3, L), q,
-                            bool(rng.integers(0, 2)))
+    for _ in range(40):
+        cm = make_partition(rng.integers(0, H + 1, L), rng.integers(0, 4, L), q,
+                            bool(rng.integers(0, 2)), rng.integers(1, 16, L))
         rp = RunPartition.from_costmodel(cm, order)
         _, crossings = run_local(EX, rp, list(rng.integers(0, V, s)), t + 1)
         c = request_costs(cm, make_link(10.0, 20.0), spec)
@@ -160,16 +214,25 @@ def test_crossings_match_cost_model_bytes(precision):
             got = sum(x.elements * (4.0 if x.tag in (TOKENS, TOKEN_OUT) else act)
                       for x in crossings if x.src == side)
             assert got == pytest.approx(want, rel=1e-6), (rp.describe(), side)
+        # Activation messages of the prefill pass (a split FFN's h and u are one message).
+        n_pre = sum(x.tag not in (TOKENS, TOKEN_OUT, FFN_U) and x.elements == s * EX.cfg.d_model
+                    for x in crossings)
+        assert n_pre == float(c.n_crossings), rp.describe()
 
 
 def test_open_round_trip_and_validation():
     rng = np.random.default_rng(0)
-    rp = RunPartition(rng.random((L, H)) < 0.5, rng.integers(0, 3, L), "int8", False)
+    rp = RunPartition(rng.random((L, H)) < 0.5, [3, 0, 2, 3], "int8", False, [5, 0, 0, 12])
     vec = encode_open(rp, 7, 5, 12345)
     back, s, n, fp = decode_open(vec)
     assert (s, n, fp) == (7, 5, 12345)
     assert np.array_equal(back.head_on_edge, rp.head_on_edge)
     assert np.array_equal(back.ffn, rp.ffn) and back.precision == "int8" and not back.embed_edge
+    assert back.ffn_frac.tolist() == [5, 0, 0, 12]
+    bad = vec.copy()
+    bad[-1] = 16
+    with pytest.raises(ValueError, match="ffn_frac"):
+        decode_open(bad)
     with pytest.raises(ValueError, match="does not fit"):
         decode_open(vec[:-1])
     bad = vec.copy()
@@ -264,7 +327,7 @@ def server():
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(partitions, prompts, st.sampled_from(["fp32", "fp16", "int8", "int4"]))
 def test_networked_equals_local_split(server, rp, prompt, precision):
-    rp = RunPartition(rp.head_on_edge, rp.ffn, precision, rp.embed_edge)
+    rp = with_precision(rp, precision)
     with EdgeClient((server.host, server.port), EX, ClientConfig(timeout_s=10.0)) as client:
         res = client.run_request(prompt, rp, 3)
     ref, _ = run_local(EX, rp, prompt, 3)
@@ -430,6 +493,8 @@ def test_smollm2_networked_equals_split_forward():
             np.ones((n_l, n_h), bool), np.r_[np.zeros(10), np.ones(20)].astype(int), "fp32", True
         ),
         RunPartition(rng.random((n_l, n_h)) < 0.5, ffn, "int8", True),
+        RunPartition.tensor_parallel(n_l, n_h, 3, 6, "fp32"),
+        RunPartition.tensor_parallel(n_l, n_h, 6, 8, "int8", embed_edge=False),
     ]
     with (
         CloudServer(ex) as srv,
