@@ -42,7 +42,9 @@ class Config:
 
 
 # Batch = kinds x rates x seeds: 30 (quick) and 90 (full), as in figure 3.
-QUICK = Config(rates=(0.2, 0.5, 0.9), show_rate=0.5, n_slots=500, seeds=5)
+QUICK = Config(rates=(0.2, 0.5, 0.9), show_rate=0.5, n_slots=500, seeds=5,
+               policies=("oracle", "dp-estimate", "cloud-only", "edge-only", "best-cut",
+                         "static-cut", "greedy"))
 FULL = Config(seeds=5)
 
 
