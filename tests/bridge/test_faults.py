@@ -2,7 +2,10 @@
 corrupted and truncated frames (a frame-aware proxy), a cloud-server restart (a server process
 killed and started again), a wrong HMAC key, garbage and oversized frames.
 
-Over the tests below, 236 requests (160 + 40 + 36) on the NumPy toy model: none lost, none
+Partitions are random over every FFN mode, tensor-parallel layers (with random shares)
+included; one test kills and restarts the server in the middle of tp requests.
+
+Over the tests below, 239 requests (160 + 40 + 3 + 36) on the NumPy toy model: none lost, none
 answered twice, every answer equal to the in-process split of the same partition (bit for
 bit, where no fallback happened; the edge-only continuation of a fallback within fp32
 tolerance of the unsplit model), every answer within its precision's tolerance of the unsplit
@@ -43,7 +46,8 @@ def make_jobs(n: int, seed: int):
         prompt = rng.integers(0, V, rng.integers(1, 7)).tolist()
         prec = ["fp32", "fp32", "fp16", "int8", "int4"][rng.integers(0, 5)]
         heads = rng.random((L, H)) < rng.uniform(0.2, 0.8)
-        rp = RunPartition(heads, rng.integers(0, 3, L), prec, bool(rng.integers(0, 2)))
+        rp = RunPartition(heads, rng.integers(0, 4, L), prec, bool(rng.integers(0, 2)),
+                          rng.integers(1, 16, L))
         jobs.append((prompt, rp, int(rng.integers(2, 5))))
     return jobs
 
@@ -224,6 +228,61 @@ def test_cloud_server_restart():
     print(f"\nrestart: replays {replays}, retries {retries}, "
           f"fallbacks {sum(c.stats['fallbacks'] for c in clients)}")
     assert retries > 0 and replays > 0
+
+
+def test_cloud_server_restart_mid_tensor_parallel_request():
+    """The server process is killed (SIGKILL) and started again while tp requests (every
+    layer tensor-parallel: the residual on both sides, two exchanges a layer) are in flight;
+    each resumes by replaying its log to the new process and ends with the tokens of the
+    in-process split (bit for bit, logits too), at fp32 the unsplit model's greedy tokens,
+    without falling back to the edge."""
+    from bridge.transport import LinkConfig, LinkEmulator
+
+    port = _free_port()
+    procs = [_start_server_process(port)]
+    stop = threading.Event()
+
+    def restarter():
+        for wait_s in (0.7, 2.0):
+            if stop.wait(wait_s):
+                return
+            procs[-1].send_signal(signal.SIGKILL)
+            procs[-1].wait()
+            procs.append(_start_server_process(port))
+
+    jobs = [([5, 17, 33, 2, 9], RunPartition.tensor_parallel(L, H, 2, 5, "fp32"), 10),
+            ([40, 1, 7], RunPartition.tensor_parallel(L, H, 1, 11, "int8", False), 10),
+            ([12, 12, 60, 3], RunPartition(np.arange(L * H).reshape(L, H) % 3 == 0,
+                                           [3, 0, 3, 3], "fp16", True, [8, 0, 2, 15]), 10)]
+    cfg = ClientConfig(timeout_s=2.0, seed=3,
+                       backoff=BackoffConfig(base_s=0.05, factor=2.0, cap_s=0.8, max_retries=20))
+    client = EdgeClient(("127.0.0.1", port), EX, cfg, LinkEmulator(None, LinkConfig(rtt_ms=30.0)))
+    t = threading.Thread(target=restarter)
+    t.start()
+    try:
+        results = [client.run_request(p, rp, n) for p, rp, n in jobs]
+        client.close()
+    finally:
+        stop.set()
+        t.join(60)
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+    assert len(procs) == 3, "the restarts did not happen while the requests ran"
+    for (prompt, rp, n_out), res in zip(jobs, results, strict=True):
+        assert res.status == "answered" and res.fallback_at is None, res.error
+        ref, _ = run_local(EX, rp, prompt, n_out)
+        assert res.tokens == ref.tokens
+        for a, b in zip(res.logits, ref.logits, strict=True):
+            assert (a is None and b is None) or np.array_equal(a, b)
+    seq = list(jobs[0][0])
+    for _ in range(jobs[0][2]):
+        seq.append(int(np.argmax(EX.reference_logits(seq)[-1])))
+    assert results[0].tokens == seq[len(jobs[0][0]):]
+    check_schedule(client, cfg)
+    print(f"\ntp restart: replays {client.stats['replays']}, retries {client.stats['retries']}")
+    assert client.stats["replays"] > 0 and client.stats["retries"] > 0
 
 
 def test_wrong_key_garbage_and_memory_budget(caplog):
