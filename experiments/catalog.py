@@ -77,6 +77,7 @@ _MODULES = (
     "experiments.fig10_training_curves",
     "experiments.fig11_accuracy",
     "experiments.fig12_regime_map",
+    "experiments.fig13_learning",
     "experiments.fig14_certificate",
 )
 

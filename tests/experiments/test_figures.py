@@ -215,3 +215,38 @@ def _constant_bw():
     from lyapunov import processes as proc
 
     return proc.BandwidthConfig(kind="markov", levels_mbps=(20.0,), transition=((1.0,),))
+
+
+def test_learning_summary_gaps_and_verdicts():
+    """Figure 13's summary: paired gaps in % of |reference| with CIs, and "beats every
+    planner" only where the upper CI bound of the gap to each causal planner is below 0."""
+    from experiments import fig13_learning as fig13
+
+    rows = []
+    for seed in range(4):
+        for pol, v in (("oracle", 9.0), ("dp-bayes", 10.0), ("dp-estimate", 10.5),
+                       ("best-cut", 11.0), ("hier", 9.5 + 0.01 * seed),
+                       ("layerwise", 10.2 + 0.3 * (seed % 2))):
+            rows.append({"policy": pol, "condition": "exact", "trace": "t", "seed": seed,
+                         "dpp": v + 0.1 * seed})
+    summ = {r["policy"]: r for r in fig13.summarize(rows)}
+    assert summ["hier"]["beats_every_planner"] and not summ["layerwise"]["beats_every_planner"]
+    assert not summ["dp-estimate"]["beats_every_planner"]
+    np.testing.assert_allclose(summ["dp-estimate"]["gap_dp-bayes_pct"],
+                               np.mean([100 * 0.5 / (10 + 0.1 * s) for s in range(4)]))
+    assert "gap_dp-bayes_pct" in summ["oracle"] and summ["oracle"]["n"] == 4
+    assert "learning" in catalog() and catalog()["learning"].number == 13
+
+
+@pytest.mark.slow
+def test_learning_planners_end_to_end(tmp_path):
+    """Figure 13 at tiny size without learners (none trained): one row per planner, condition,
+    trace and seed; the summary and the PNG written."""
+    from experiments import fig13_learning as fig13
+
+    cfg = dataclasses.replace(fig13.QUICK, n_slots=6, seeds=2, train_steps=0)
+    fig13.run(cfg, tmp_path / "learning", identity_progress)
+    rows = read_rows(tmp_path / "learning" / "learning.csv")
+    assert len(rows) == len(fig13.PLANNERS) * 2 * len(cfg.eval_traces) * 2
+    assert all(np.isfinite(r["dpp"]) for r in rows)
+    assert fig13.plot(tmp_path / "learning")[0].exists()
