@@ -10,9 +10,15 @@ disturbed by other load on the machine):
 
 Prints one line per partition with the ratios to monolithic, then the cost of one decode-step
 exchange (``bridge.calibrate.exchange_cost``: a 576-wide activation, SmolLM2's d, as a STEP
-frame and its RESULT over loopback TCP; target at most 150 us). Usage:
+frame and its RESULT over loopback TCP; target at most 150 us).
 
-    python benchmarks/runtime_overhead.py --executor toy|smollm2 [--repeats 5]
+Tensor-parallel partitions (every layer tp: a K/V group's worth of heads and a share of the
+FFN columns on each side, the residual on both, two exchanges a layer) are timed per decode
+token: ``(t(T + 1 tokens) - t(1 token)) / T``, best of ``--repeats``, against the monolithic
+model's decode token (same threads per process); target within 1.3x on a two-core machine
+where both processes share the cores. Usage:
+
+    python benchmarks/runtime_overhead.py --executor toy|smollm2 [--repeats 5] [--tp-only]
 """
 
 from __future__ import annotations
@@ -59,6 +65,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each process")
     ap.add_argument("--exchanges", type=int, default=500,
                     help="round trips timed per precision for the exchange cost (0: skip)")
+    ap.add_argument("--tp-only", action="store_true",
+                    help="time only the tp partitions' decode against monolithic")
+    ap.add_argument("--tp-precision", default="fp16")
     args = ap.parse_args()
     if args.exchanges > 0:
         from bridge.calibrate import exchange_cost
@@ -89,6 +98,11 @@ def main() -> None:
                                               (np.arange(n_l) >= n_l // 2).astype(int), "fp16"),
         "half heads + split FFN": RunPartition(half, np.full(n_l, 2), "fp16"),
     }
+    if args.tp_only:
+        parts = {}
+    g = n_h // ex.cfg.n_kv_heads  # whole K/V groups on each side
+    tp_parts = {f"tp {k}/{n_h} heads, {f}/16 FFN": RunPartition.tensor_parallel(
+        n_l, n_h, k, f, args.tp_precision) for k, f in ((g, 6), (n_h - g, 8), (n_h - g, 12))}
     mono_rp = RunPartition.edge_only(n_l, n_h, "fp16")
 
     port = _free_port()
@@ -123,9 +137,40 @@ def main() -> None:
                       f"{local * 1e3:8.1f} ms ({local / mono:5.2f}x)  networked "
                       f"{net * 1e3:8.1f} ms ({net / mono:5.2f}x, "
                       f"{(net - local) / len(crossings) * 1e6:6.0f} us per crossing)")
+            _tp_decode(args, ex, client, prompt, mono_rp, tp_parts)
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _decode_time(run, n_new: int, repeats: int) -> float:
+    """Seconds per decode token: best of (t(n_new + 1 tokens) - t(1 token)) / n_new."""
+    run(1)
+    run(n_new + 1)
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(1)
+        t1 = time.perf_counter()
+        run(n_new + 1)
+        t2 = time.perf_counter()
+        best = min(best, ((t2 - t1) - (t1 - t0)) / n_new)
+    return best
+
+
+def _tp_decode(args, ex, client, prompt, mono_rp, tp_parts) -> None:
+    mono = _decode_time(lambda n: run_local(ex, mono_rp, prompt, n), args.new_tokens,
+                        args.repeats)
+    print(f"decode per token, {args.threads} torch thread(s) per process: monolithic "
+          f"{mono * 1e3:.2f} ms")
+    for name, rp in tp_parts.items():
+        net = _decode_time(lambda n, rp=rp: client.run_request(prompt, rp, n), args.new_tokens,
+                           args.repeats)
+        _, crossings = run_local(ex, rp, prompt, 2)
+        per_pass = sum(c.elements == ex.cfg.d_model for c in crossings)
+        print(f"  {name:28s} ({args.tp_precision}, {per_pass} exchanges a decode pass) "
+              f"networked {net * 1e3:8.2f} ms per token = {net / mono:5.2f}x monolithic "
+              f"(target <= 1.3x)", flush=True)
 
 
 if __name__ == "__main__":
