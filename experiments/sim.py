@@ -26,7 +26,7 @@ from lyapunov.simulate import batched_rollout
 # resource DP runs on every iteration of every slot (a batched cond becomes a select).
 # The solver-based policies take these as keywords (lyapunov.policies).
 SOLVER_KW = {"units": 0}
-SOLVER_POLICIES = ("oracle", "dp-estimate", "dp-joint", "greedy")
+SOLVER_POLICIES = ("oracle", "dp-estimate", "dp-joint", "greedy", "dp-bayes")
 BURST = (0.05, 0.2, 4.0)  # MMPP: Pr(lo -> hi), Pr(hi -> lo), rate_hi / rate_lo
 
 
