@@ -46,7 +46,7 @@ class CaughtCosts:
     costs: the request's costs as charged (the fallback's where ``caught``).
     caught: the partition crossed the link while it was down.
     failed: caught, and the edge could not finish the request alone.
-    runnable: the partition can ever run (memory and privacy floor; not the link).
+    runnable: the partition can ever run (edge and cloud memory, privacy floor; not the link).
     """
 
     costs: RequestCosts
@@ -68,7 +68,7 @@ def with_outage(p: P.Partition, link: LinkState, spec: CostSpec, wait_s,
     ``expected_wait_s()`` and False: the link stays down), ``resume_link`` the link the
     request resumes on (required when ``resumes`` can be true)."""
     c = request_costs(p, link, spec)
-    runnable = c.memory_ok & c.privacy_ok
+    runnable = c.memory_ok & c.cloud_memory_ok & c.privacy_ok
     caught = runnable & ~c.link_ok
     edge = request_costs(P.edge_only(spec.n_layers, spec.n_heads), link, spec)
     resumes = jnp.asarray(resumes, bool)

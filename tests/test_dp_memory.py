@@ -78,6 +78,7 @@ CARD_TP = ModelCard("tiny-mem-tp", n_layers=2, n_heads=2, n_kv_heads=2, d_model=
 BATCH_TP = all_partitions(CARD_TP.n_layers, CARD_TP.n_heads, tp_shares=tuple(range(1, 16)))
 
 
+@pytest.mark.slow
 @settings(max_examples=3, deadline=None)
 @given(fraction=st.floats(0.3, 0.9), bw=st.floats(1000.0, 10000.0), rtt=st.floats(0.01, 0.5))
 def test_resource_dp_with_tp_fits_and_brackets_brute_force(fraction, bw, rtt):

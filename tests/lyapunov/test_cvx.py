@@ -172,6 +172,7 @@ SPEC_PEER = make_spec(CARD, "rpi5", "pi5-peer", Workload(512, 16))
 ALL_TP = all_partitions(CARD.n_layers, CARD.n_heads, tp_shares=tuple(range(1, 16)))
 
 
+@pytest.mark.slow
 def test_tp_program_relaxes_and_milp_is_exact():
     """With tp (sides edge/cloud/both): LP <= exact min over every partition with budgets on
     the edge and the cloud == MILP; the rounded partitions fit both budgets."""
