@@ -1,14 +1,13 @@
 """Memory-resource DP: the edge memory budget as a resource dimension (docs/design.md §4).
 
 The budget is cut into `units` equal parts; each layer option's memory and each endpoint's
-(embedding and LM head, by the embedding side and the final side) is rounded to whole units.
-State: (residual side, units used); the sides and options are those of `costmodel.dp` (the
-paper's space, or with ``tp`` the tensor-parallel one). Rounded *up* (`up=True`) every partition the DP can return
-fits the real budget, and the result is optimal among partitions whose rounded memory fits;
-rounded *down* the set contains every memory-feasible partition, so its minimum is a lower
-bound on the constrained optimum (the slot oracle, `lyapunov.oracle`, uses both). Combined with
-the Lagrangian dual bound of `costmodel.dp.solve_memory` it gives a certified gap
-(`solve_memory_exact`).
+(embedding and LM head, by the embedding side and the final side) is rounded to whole units. State:
+(residual side, units used); the sides and options are those of `costmodel.dp` (the paper's space,
+or with ``tp`` the tensor-parallel one). Rounded *up* (`up=True`) every partition the DP can return
+fits the real budget, and the result is optimal among partitions whose rounded memory fits; rounded
+*down* the set contains every memory-feasible partition, so its minimum is a lower bound on the
+constrained optimum (the slot oracle, `lyapunov.oracle`, uses both). Combined with the Lagrangian
+dual bound of `costmodel.dp.solve_memory` it gives a certified gap (`solve_memory_exact`).
 """
 
 from __future__ import annotations

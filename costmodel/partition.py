@@ -13,8 +13,8 @@ embedding's side when it ends on both (moving it elsewhere only adds a crossing)
 
 The tp grid is 1/16 of d_ff: 688-column blocks for LLaMA-7B (d_ff = 11008), 96-column blocks
 for SmolLM2 (d_ff = 1536), whole multiples of 16 columns on every built-in card, so a real
-kernel runs each side's share as whole tiles; `ffn_frac` in 1..15 with TP (0 and 16 are the edge and cloud
-FFNs), 0 and ignored otherwise (docs/design.md §1, §2.8).
+kernel runs each side's share as whole tiles; `ffn_frac` in 1..15 with TP (0 and 16 are the edge
+and cloud FFNs), 0 and ignored otherwise (docs/design.md §1, §2.8).
 """
 
 from __future__ import annotations

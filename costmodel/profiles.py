@@ -74,8 +74,8 @@ class DeviceProfile:
                                f"got {self.role!r}")
         positive = ("peak_tflops", "mem_bw_gbs", "weight_bits", "kv_bits", "mem_budget_gb")
         fractions = ("eff_compute", "eff_memory")
-        nonneg = ("overhead_us", "msg_overhead_us", "power_active_w", "power_idle_w", "power_tx_w", "rtt_ms",
-                  "price_per_gpu_s", "price_per_gb")
+        nonneg = ("overhead_us", "msg_overhead_us", "power_active_w", "power_idle_w",
+                  "power_tx_w", "rtt_ms", "price_per_gpu_s", "price_per_gb")
         for field in positive + fractions + nonneg:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):

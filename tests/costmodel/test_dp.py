@@ -2,10 +2,10 @@
 
 `solve`: its value is the minimum of the weighted objective over all link- and privacy-feasible
 partitions (all head counts, FFN sides, precisions and embedding sides; with ``tp`` also every
-tensor-parallel share), and equals the objective of request_costs at its own partition. `solve_memory` with a binding budget: its
-partition fits; with a zero duality gap its value is the constrained optimum, otherwise the
-optimum lies in [lower_bound, value]. Random weights and link states, outages and privacy
-floors included.
+tensor-parallel share), and equals the objective of request_costs at its own partition.
+`solve_memory` with a binding budget: its partition fits; with a zero duality gap its value is the
+constrained optimum, otherwise the optimum lies in [lower_bound, value]. Random weights and link
+states, outages and privacy floors included.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ tensor-parallel cases at the end).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from costmodel_testkit import costs_jit
@@ -22,8 +24,6 @@ from costmodel_testkit import costs_jit
 from costmodel.accuracy import AccuracyProfile
 from costmodel.cards import ModelCard
 from costmodel.link import Workload, make_link
-import dataclasses
-
 from costmodel.partition import EDGE, TP, cloud_only, edge_only, layer_cut, make_partition
 from costmodel.profiles import DeviceProfile
 from costmodel.spec import make_spec
