@@ -88,7 +88,8 @@ def main() -> None:
                 d, a, n = measure(model, part, p, ref)
                 worst, agree, steps = max(worst, d), agree + a, steps + n
                 out, _ = split_generate(model, part, p, args.new)
-                first = next((i for i, (x, y) in enumerate(zip(out, ref)) if x != y), len(ref))
+                first = next((i for i, (x, y) in enumerate(zip(out, ref, strict=True))
+                              if x != y), len(ref))
                 free, total = free + first, total + len(ref)
             line = (f"{name},{prec},{worst:.3g},{agree / steps:.4f},{free / total:.4f}")
             rows.append(line)

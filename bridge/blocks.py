@@ -29,9 +29,10 @@ the embedding's side (``embed_edge``), layer ``l``'s output is on the cloud unle
 the edge or tensor-parallel (then on both sides: ``BOTH``), and the LM head runs where the
 residual ends (on the embedding's side when it ends on both). A tp layer exchanges partial sums
 twice (after the attention, after the FFN; ``TP_ATTN``, ``TP_FFN``), each side sending first and
-then receiving, and both add what the receiver sees, so the two copies of the residual agree. Token ids cross as int32: the prompt
-(and, when the LM head is on the edge, each fed-back token) to a cloud embedding, and every
-generated token to the edge when the LM head is on the cloud (``TOKEN_OUT``, streamed).
+then receiving, and both add what the receiver sees, so the two copies of the residual agree.
+Token ids cross as int32: the prompt (and, when the LM head is on the edge, each fed-back
+token) to a cloud embedding, and every generated token to the edge when the LM head is on the
+cloud (``TOKEN_OUT``, streamed).
 
 A request of ``n_out`` generated tokens is one prefill pass and ``n_out - 1`` decode passes
 (``costmodel.link.Workload(prompt_tokens=S, new_tokens=n_out - 1)``).

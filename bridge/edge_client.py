@@ -47,8 +47,8 @@ from bridge.blocks import (
     FFN_SPLIT,
     FFN_TP,
     TOKEN_OUT,
-    TP_GRID,
     TOKENS,
+    TP_GRID,
     Executor,
     Output,
     Recv,
@@ -176,8 +176,8 @@ class RetryRecord:
 def cloud_share(rp: RunPartition, cfg) -> tuple[float, int]:
     """(weights the cloud holds for ``rp``, its block count) of a ``LlamaConfig``: query
     heads with their ``W_O`` slices and the K/V heads their groups need, FFN matrices (all
-    three, the down projection of a split FFN, the cloud's columns of a tp FFN), the LM head where the residual ends on the
-    cloud."""
+    three, the down projection of a split FFN, the cloud's columns of a tp FFN), the LM head
+    where the residual ends on the cloud."""
     d, dh = cfg.d_model, cfg.head_dim
     group = cfg.n_heads // cfg.n_kv_heads
     params, blocks = 0.0, 0

@@ -320,7 +320,8 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
                 "bw_mbps": bw_slot if math.isfinite(bw_slot) else None,
                 "partition": cur_part.describe(), "uses_cloud": cur_part.uses_cloud,
                 "edge_heads": cur_part.head_on_edge.sum(1).tolist(),
-                "ffn": cur_part.ffn.tolist(), "precision": cur_part.precision,
+                "ffn": cur_part.ffn.tolist(), "ffn_frac": cur_part.ffn_frac.tolist(),
+                "precision": cur_part.precision,
                 "embed_edge": cur_part.embed_edge, "slot": cur_slot,
                 "retries": res.retries, "fallback_at": res.fallback_at,
                 "fallback_reason": res.fallback_reason, "ledger": res.ledger,
@@ -481,7 +482,8 @@ def add_predictions(summary: dict, config: EdgeConfig, executor: Executor | None
     predict = predictor(params.spec, config)
     for r in summary["requests"]:
         rp = RunPartition.from_counts(r["edge_heads"], r["ffn"], r["precision"],
-                                      r["embed_edge"], _identity_order(card))
+                                      r["embed_edge"], _identity_order(card),
+                                      r.get("ffn_frac"))
         bw_mbps = math.inf if r["bw_mbps"] is None else r["bw_mbps"]
         r["predicted_s"], r["predicted_caught"] = predict(rp, bw_mbps)
     answered = [r for r in summary["requests"] if r["status"] == "answered"]

@@ -79,6 +79,7 @@ _MODULES = (
     "experiments.fig12_regime_map",
     "experiments.fig13_learning",
     "experiments.fig14_certificate",
+    "experiments.fig15_runtime",
 )
 
 
