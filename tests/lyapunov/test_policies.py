@@ -265,11 +265,14 @@ def test_outage_probability_rule_of_succession():
 
 
 def test_outage_aware_choice_weighs_the_risk():
-    """LLaMA-7B on a Pi 5 with an idle datacenter (cloud-only 0.3 s, edge-only ~27 s): with no
-    outage risk the solver's cloud-only stays; with a certain outage edge-only wins (a caught
-    request pays the retry waits and then runs edge-only anyway); in between, the switch
-    happens exactly where the expected DPPs cross."""
-    params = E.Scenario(model="llama-7b", device="rpi5", cloud="datacenter").build()
+    """LLaMA-7B on a Pi 5 with an idle datacenter (cloud-only 0.3 s, edge-only ~27 s) and long
+    outages: with no outage risk the solver's cloud-only stays; with a certain outage edge-only
+    wins (a caught request pays the retry budget and then runs edge-only anyway); in between,
+    the switch happens exactly where the expected DPPs cross."""
+    # outages of 200 slots on average: a caught request spends its whole retry budget
+    params = E.Scenario(model="llama-7b", device="rpi5", cloud="datacenter",
+                        link=pr.LinkConfig(outage_prob=0.5, mean_outage_slots=200.0)).build()
+    assert not bool(params.retry_resumes)
     _, state = reset(jax.random.PRNGKey(1), params)
     obs = E.observe(state).replace(queues=Queues(*(jnp.float32(x) for x in (3.0, 0, 0, 0))))
     link = LinkState(*(jnp.float32(x) for x in (100.0, 100.0, 40.0, 1.0)))
