@@ -52,7 +52,8 @@ class Config:
     train_traces, eval_traces: disjoint shipped traces; n_slots, seeds: evaluation rollouts per
     trace; learners: labels of LEARNERS; train_steps: PPO environment steps per learner (0:
     train nothing, use existing runs only); num_envs, num_steps, log_every: PPO rollout shape;
-    solver_units: the solvers' memory sweep (0: off, as in the other slot figures)."""
+    solver_units: the solvers' memory sweep (0: off, as in the other slot figures);
+    bayes_draws: dp-bayes's (bandwidth, share) nodes of the predictive law."""
 
     model: str = "llama-7b"
     device: str = "orin-nx"
@@ -71,6 +72,7 @@ class Config:
     num_steps: int = 32
     log_every: int = 8
     solver_units: int = 0
+    bayes_draws: tuple[int, int] = (4, 3)
 
 
 QUICK = Config(conditions=("exact", "profile-error"), n_slots=100, seeds=2, train_steps=0)
@@ -162,6 +164,8 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     rows, timing = [], {}
     for name in progress(PLANNERS, desc="planners", total=len(PLANNERS)):
         kw = {"units": cfg.solver_units} if name in ("oracle", "dp-estimate", "dp-bayes") else {}
+        if name == "dp-bayes":
+            kw.update(n_bw=cfg.bayes_draws[0], n_share=cfg.bayes_draws[1])
         (pol,) = registry.resolve(name, **kw)
         t0 = time.perf_counter()
         for t in cfg.eval_traces:
