@@ -60,7 +60,7 @@ class Config:
 
     executor: str = "smollm2"
     policies: tuple[str, ...] = BASE_POLICIES
-    requests: int = 8
+    requests: int = 6
     seeds: int = 1
     prompt_tokens: int = 8
     new_tokens: int = 2
