@@ -190,33 +190,86 @@ def _memory(p, ours):
     return p[ours]["edge_memory_mean_gb"] / p[ours]["mem_budget_gb"] if ours in p else None
 
 
+def _where(r) -> str:
+    grid = r.get("grid", "wan")
+    at = (f"RTT {r['at_rtt_ms']:.3g} ms, {r['at_bw_mbps']:.4g} Mbit/s"
+          + (f", cloud share {r['at_cloud_share']:.3g}" if grid != "lan" else ""))
+    return (f"{r['model']}/{r['device']}/{r['cloud']}/privacy floor {r['privacy_layers']} "
+            f"({grid.upper()} grid, {at})")
+
+
+def regime_context(reg: list[dict]) -> dict:
+    """Figure 12's summary in words: per case and space, where each class wins; per space,
+    the largest split margin over the best layer-wise choice and where; per peer case, the
+    measured tensor-parallel margin next to the two-device bound."""
+    ctx = {}
+    reg = [{"grid": "wan", "space": "paper", **r} for r in reg]  # older runs: one space
+    margin = lambda r: ("only feasible class" if r["max_margin"] == float("inf")  # noqa: E731
+                        else f"max margin {r['max_margin']:.3g}x")
+    groups = dict.fromkeys((r["grid"], r["model"], r["device"], r["cloud"], r["privacy_layers"],
+                            r["space"]) for r in reg)
+    ctx["regime"] = [
+        f"regime map (figure 12, {g.upper()}, {'paper' if sp == 'paper' else 'tp'} space) "
+        f"{m}/{d}/{c}/privacy floor {p}: " + ", ".join(
+            f"{r['class']} wins {100 * r['fraction']:.0f}%"
+            + (f" ({margin(r)})" if r["fraction"] > 0 else "")
+            for r in reg if (r["grid"], r["model"], r["device"], r["cloud"],
+                             r["privacy_layers"], r["space"]) == (g, m, d, c, p, sp))
+        + " of the grid" for g, m, d, c, p, sp in groups]
+    for space, key in (("paper", "head_split"), ("tp", "tp_split")):
+        won = [r for r in reg if r["space"] == space and np.isfinite(
+            r.get("split_margin_max", float("nan")))]
+        best = max(won, key=lambda r: r["split_margin_max"]) if won else None
+        if best is not None:
+            ctx[f"{key}_max_margin"] = best["split_margin_max"]
+            ctx[f"{key}_where"] = _where({**best, "at_rtt_ms": best["split_at_rtt_ms"],
+                                          "at_bw_mbps": best["split_at_bw_mbps"],
+                                          "at_cloud_share": best["split_at_cloud_share"]})
+            ctx[f"{key}_bound"] = best["split_bound_there"]
+    peers = [r for r in reg if r["space"] == "tp" and r["class"] == "tensor-parallel split"
+             and str(r["cloud"]).endswith("-peer")]
+    ctx["two_device_bound"] = [
+        f"two-device bound (§2.6), {r['model']} on {r['device']} + {r['cloud']}: a split of one "
+        f"request over two devices is never faster than the work divided by the sum of their "
+        f"speeds (at most 2x the best layer-wise choice for identical peers; "
+        f"{r['split_bound_there']:.3g}x here); measured: the tensor-parallel split beats the "
+        f"best layer-wise choice by {r['split_margin_max']:.3g}x (the paper's space: "
+        + ", ".join(f"{x['split_margin_max']:.3g}x" for x in reg if x["space"] == "paper"
+                    and x["class"] == "head-level split" and (x["model"], x["device"],
+                                                              x["cloud"]) ==
+                    (r["model"], r["device"], r["cloud"]))
+        + ") at " + _where({**r, "at_rtt_ms": r["split_at_rtt_ms"],
+                             "at_bw_mbps": r["split_at_bw_mbps"]})
+        for r in peers if np.isfinite(r.get("split_margin_max", float("nan")))]
+    return ctx
+
+
+def _split_margins(ctx: dict) -> list[str]:
+    """The best split margin over the best layer-wise choice in each space (figure 12)."""
+    out = []
+    for key, space in (("head_split", "the paper's space (heads, sequential FFN split)"),
+                       ("tp_split", "with tensor-parallel FFNs")):
+        if f"{key}_max_margin" in ctx:
+            out.append(f"request level (figure 12), {space}: a split beats every layer-wise "
+                       f"choice by at most {ctx[f'{key}_max_margin']:.3g}x over the grids "
+                       "(1x: nowhere) "
+                       f"(at {ctx[f'{key}_where']}; two-device bound there "
+                       f"{ctx[f'{key}_bound']:.3g}x)")
+        else:
+            out.append(f"request level (figure 12), {space}: a split beats no layer-wise "
+                       "choice anywhere on the grids")
+    return out if "regime" in ctx else []
+
+
 def request_level_context(out: Path) -> dict:
     """Deterministic cost-model numbers that locate each claim's regime."""
     ctx = {}
     reg = _load(out, "regime_map", "summary.csv")
     if reg:
-        head = [r for r in reg if r["class"] == "head-level split" and r["fraction"] > 0]
-        best = max(head, key=lambda r: r["max_margin"]) if head else None
-
-        def margin(r):
-            m = r["max_margin"]
-            return "only feasible class" if m == float("inf") else f"max margin {m:.3g}x"
-
-        groups = dict.fromkeys((r["model"], r["device"], r["cloud"], r["privacy_layers"])
-                               for r in reg)
-        ctx["regime"] = [
-            f"regime map (figure 12) {m}/{d}/{c}/privacy floor {p}: " + ", ".join(
-                f"{r['class']} wins {100 * r['fraction']:.0f}%"
-                + (f" ({margin(r)})" if r["fraction"] > 0 else "")
-                for r in reg if (r["model"], r["device"], r["cloud"], r["privacy_layers"])
-                == (m, d, c, p)) + " of the grid" for m, d, c, p in groups]
-        if best is not None:
-            ctx["head_split_max_margin"] = best["max_margin"]
-            ctx["head_split_where"] = "/".join(str(best[k]) for k in (
-                "model", "device", "cloud", "privacy_layers"))
+        ctx.update(regime_context(reg))
     en = _load(out, "energy", "energy.csv")
     if en:
-        cuts = []
+        cuts, cuts_tp = [], []
         keys = dict.fromkeys((r["model"], r["device"], r["condition"], r["bw_mbps"]) for r in en)
         for k in keys:
             sel = {(r["strategy"], r["objective"]): r for r in en
@@ -227,12 +280,20 @@ def request_level_context(out: Path) -> dict:
                                                ("edge-only", "latency")) if s in sel]
             if ("best-headwise", "energy") in sel and lw:
                 cuts.append((1.0 - sel[("best-headwise", "energy")]["energy_j"] / min(lw), k))
+            if ("best-tp", "energy") in sel and lw:
+                cuts_tp.append((1.0 - sel[("best-tp", "energy")]["energy_j"] / min(lw), k))
         if cuts:
             m = max(cuts)
             ctx["energy_request_level"] = (
                 f"request level (figure 2): the energy-optimal head/FFN split uses at most "
                 f"{100 * m[0]:.3g}% less edge energy than the energy-optimal layer-wise choice "
                 f"(edge-only, cloud-only or a cut) ({'/'.join(map(str, m[1]))})")
+        if cuts_tp:
+            m = max(cuts_tp)
+            ctx["energy_request_level_tp"] = (
+                f"request level (figure 2), with tensor-parallel FFNs: at most {100 * m[0]:.3g}% "
+                f"less edge energy than the energy-optimal layer-wise choice "
+                f"({'/'.join(map(str, m[1]))})")
     acc = _load(out, "accuracy", "accuracy.csv")
     if acc:
         src = sorted({f"{r['model']}: {r['accuracy_source']}" for r in acc})
@@ -342,15 +403,13 @@ def build_claims(out: Path) -> list[dict]:
                _ratio_vs_existing, "mean latency of the best existing layer-wise partitioner "
                "(the lowest of adaptive best cut, static best cut and, where trained, "
                "layer-wise DRL) / that of ours", "x", 1.0, 1.4, "ge", out,
-               context=ctx.get("regime", []) + (
-                   [f"request level (figure 12): a head-level split beats every layer-wise "
-                    f"choice by at most {ctx['head_split_max_margin']:.3g}x over the grid "
-                    f"(at {ctx['head_split_where']}, privacy floor last)"]
-                   if "head_split_max_margin" in ctx else [])),
+               context=ctx.get("regime", []) + _split_margins(ctx)
+               + ctx.get("two_device_bound", [])),
         _claim("energy", "edge energy up to 41% lower than existing partitioners", _energy_cut,
                "1 - mean edge energy of ours / that of the best "
                "existing layer-wise partitioner (by latency)", "%", 100.0, 0.41, "ge", out,
-               context=[ctx["energy_request_level"]] if "energy_request_level" in ctx else []),
+               context=[ctx[k] for k in ("energy_request_level", "energy_request_level_tp")
+                        if k in ctx] + _split_margins(ctx) + ctx.get("two_device_bound", [])),
         _claim("p95", "p95 latency 53-61% lower than cloud-only", _p95_cut,
                "1 - p95 latency of ours / p95 of cloud-only", "%", 100.0, 0.53, "ge", out),
         _claim("accuracy", "accuracy maintained", _accuracy,

@@ -182,6 +182,10 @@ def _grid_rows(cfg: Config, grid: str, model: str, device: str, clouds, priv: in
                      "winner_tp": CLASSES[winner_tp[i]], "margin_tp": margin_tp[i],
                      "t_edge_s": t_e[i], "t_cloud_s": t_c[i], "t_pair_bound_s": t_pair[i],
                      "bound": best_lw[i] / t_pair[i],
+                     # the best split of each space over the best layer-wise choice (1: none
+                     # better)
+                     "split_margin": best_lw[i] / lat["best-headwise"][i],
+                     "split_margin_tp": best_lw[i] / lat["best-tp"][i],
                      "dp_split": bool(extra["headwise_is_split"][i]),
                      "dp_gap": float(extra["headwise_gap"][i]),
                      "tp_is_tp": bool(extra["tp_is_tp"][i]),
@@ -233,9 +237,23 @@ def summarize(rows) -> list[dict]:
                             "at_bw_mbps": top["bw_mbps"] if top else float("nan"),
                             "at_cloud_share": top["cloud_share"] if top else float("nan"),
                             "bound_there": top["bound"] if top else float("nan"),
+                            # over the whole grid: the space's best split over the best
+                            # layer-wise choice, where, and the bound there
+                            **_best_split(sel, "split_margin" if space == "paper"
+                                          else "split_margin_tp"),
                             "gap_points": gaps,
                             "exact_checked": sum(r["exact_checked"] for r in sel)})
     return out
+
+
+def _best_split(sel, col) -> dict:
+    fin = [r for r in sel if np.isfinite(r[col])]
+    if not fin:
+        return {"split_margin_max": float("nan")}
+    top = max(fin, key=lambda r: r[col])
+    return {"split_margin_max": top[col], "split_at_rtt_ms": top["rtt_ms"],
+            "split_at_bw_mbps": top["bw_mbps"], "split_at_cloud_share": top["cloud_share"],
+            "split_bound_there": top["bound"]}
 
 
 def _panel(ax, pts, wcol, mcol, cmap, label):

@@ -250,3 +250,32 @@ def test_learning_planners_end_to_end(tmp_path):
     assert len(rows) == len(fig13.PLANNERS) * 2 * len(cfg.eval_traces) * 2
     assert all(np.isfinite(r["dpp"]) for r in rows)
     assert fig13.plot(tmp_path / "learning")[0].exists()
+
+
+def test_lan_regime_map_tp_wins_for_peers_within_the_two_device_bound(tmp_path):
+    """Identical peers at 10 Gbit/s and 0.05-0.1 ms: the tensor-parallel split is a class of its
+    own (beats the paper's space), and no split's margin over the best layer-wise choice
+    exceeds the two-device bound (2x for identical peers)."""
+    from experiments import fig12_regime_map as fig12
+    from experiments.claims import regime_context
+
+    cfg = dataclasses.replace(fig12.QUICK, cases=(), lan_rtt_ms=(0.05, 0.1, 2),
+                              lan_bw_mbps=(10000.0, 10000.0, 1),
+                              lan_cases=(("llama-7b", "rpi5", "pi5-peer"),
+                                         ("llama-7b", "orin-nx", "orin-peer")))
+    fig12.run(cfg, tmp_path, identity_progress)
+    rows = read_rows(tmp_path / "regime.csv")
+    assert len(rows) == 4
+    for r in rows:
+        assert r["winner_tp"] == "tensor-parallel split" and r["margin_tp"] > 1.0 + cfg.tol
+        np.testing.assert_allclose(r["t_edge_s"], r["t_cloud_s"], rtol=1e-4)  # peers
+        assert r["bound"] <= 2.0 + 1e-4
+        for col in ("split_margin", "split_margin_tp"):
+            assert 1.0 - 1e-6 <= r[col] <= r["bound"] * (1 + 1e-5)
+        assert r["split_margin_tp"] >= r["split_margin"] - 1e-6
+        # the tp class's margin is over the head-level split, which is itself a split
+        assert r["margin_tp"] <= r["bound"] * (1 + 1e-5)
+    ctx = regime_context(read_rows(tmp_path / "summary.csv"))
+    assert ctx["tp_split_max_margin"] > ctx["head_split_max_margin"]
+    assert len(ctx["two_device_bound"]) == 2
+    assert all("pi5-peer" in x or "orin-peer" in x for x in ctx["two_device_bound"])
