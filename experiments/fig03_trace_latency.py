@@ -1,13 +1,18 @@
-"""Figure 3: request latency distribution (CDF) and p95 on the Norway HSDPA traces, for our
-controller against cloud-only, edge-only, the adaptive best layer cut (Neurosurgeon-style),
-the static best cut, and (when trained checkpoints exist) the layer-wise DRL baseline.
+"""Figure 3: request latency distribution (CDF) and p95 on the Norway HSDPA traces and on a 5G
+drive trace with outages, for our controller against cloud-only, edge-only, the adaptive best
+layer cut, the Neurosurgeon-style cut, the static best cut, and (when trained checkpoints
+exist) the layer-wise DRL baseline.
 
-The slot environment (lyapunov.env) replays the four shipped Norway traces concatenated, from a
-random offset per seed; arrivals are Poisson; the cloud share follows an AR(1) on its logit per
-condition (`experiments.conditions`). Every policy sees the same arrival, bandwidth and share
-paths for a given seed (common random numbers). Per slot, the latency is that of one request
-under the slot's partition in the slot's link (the cost model); the queueing delay is reported
-separately by Little's law (time-average backlog / arrival rate).
+The slot environment (lyapunov.env) replays the four shipped Norway traces concatenated (no
+outages), from a random offset per seed, in every condition; and, in the `outage_conditions`,
+the shipped 5Gophers Verizon drive trace (9% zero-throughput seconds, one 10 s outage), shown
+as the condition "<condition>/5g-drive". A request caught by an outage pays the retry waits
+and the fallback (docs/design.md §2.7): its latency is in the CDF and the p95, and failures
+are counted (`failure_frac`). Arrivals are Poisson; the cloud share follows an AR(1) on its
+logit per condition (`experiments.conditions`). Every policy sees the same arrival, bandwidth
+and share paths for a given seed (common random numbers). Per slot, the latency is that of
+one request under the slot's partition in the slot's link (the cost model); the queueing delay
+is reported separately by Little's law (time-average backlog / arrival rate).
 
 The policies are every jittable one of the policy registry (`lyapunov.registry`) and the
 trained checkpoints. "Ours" is the hierarchical PPO policy where a trained checkpoint exists,
@@ -69,6 +74,8 @@ class Config:
     models: tuple[str, ...] = ("llama-7b",)
     devices: tuple[str, ...] = ("orin-nx", "galaxy-s23", "rpi5")
     conditions: tuple[str, ...] = NAMES
+    outage_conditions: tuple[str, ...] = ("mec-contended",)
+    outage_trace: str = "fivegophers_verizon_drive_2"
     policies: tuple[str, ...] = dataclasses.field(default_factory=slot_policies)
     checkpoints: tuple[tuple[str, str], ...] = (("hier", "train/hier/seed0"),
                                                  ("layerwise", "train/layerwise/seed0"))
@@ -81,7 +88,9 @@ class Config:
 
 
 # Batch = devices x conditions x seeds: 30 (quick) and 90 (full), as in figure 4.
-QUICK = Config(devices=("orin-nx", "rpi5"), n_slots=500, seeds=5, train=QUICK_TRAIN)
+QUICK = Config(devices=("orin-nx", "rpi5"), n_slots=500, seeds=5, train=QUICK_TRAIN,
+               policies=("oracle", "dp-estimate", "cloud-only", "edge-only", "best-cut",
+                         "neurosurgeon"))
 FULL = Config(models=("gpt2-xl", "llama-7b", "llama-13b"))
 
 
@@ -98,53 +107,66 @@ def _edge_memory(actions, spec):
 
 def run(cfg: Config, out_dir: Path, progress) -> None:
     from lyapunov import registry, simulate
+    from lyapunov.traces import shipped_trace_path
 
     trace = norway_trace(out_dir)
+    outage = shipped_trace_path(cfg.outage_trace)
     rows, lat_arrays = [], {}
-    combos = [(d, c) for d in cfg.devices for c in cfg.conditions]
+    # Two batches (the traces differ in length, so their params do not stack): per batch
+    # (trace file, [(device, condition, the condition's name in the tables)]).
+    groups = [(trace, [(d, c, c) for d in cfg.devices for c in cfg.conditions])]
+    if cfg.outage_conditions:
+        groups.append((outage, [(d, c, f"{c}/5g-drive") for d in cfg.devices
+                                for c in cfg.outage_conditions]))
     keys = seed_keys(cfg.seeds)
     ensure_runs(Path(out_dir).parent, cfg.train, progress)
     ckpts = find_checkpoints(cfg, Path(out_dir).parent)
     jobs = [(m, p) for m in cfg.models for p in cfg.policies]
     jobs += [(c[0], label) for label, c in ckpts.items() if c[0] in cfg.models]
-    params_by_model = {}
+    params = {}
     for model, pname in progress(jobs, desc="policies", total=len(jobs)):
-        if model not in params_by_model:
-            built = [slot_scenario(model, d, CONDITIONS[c], trace, rate=cfg.rate, V=cfg.V,
-                                   tau_s=cfg.tau_s).build() for d, c in combos]
-            params_by_model[model] = built, stack([b for b in built for _ in range(cfg.seeds)])
-        built, batch = params_by_model[model]
         if pname in ckpts:
             import agents.policy_loader  # noqa: F401  (registers the checkpoint: loader)
 
             (pol,) = registry.resolve(f"checkpoint:{ckpts[pname][2]}")
         else:
             pol = policy(pname)
-        info, actions = rollouts(pol, batch, cfg.n_slots, jax.numpy.tile(keys, (len(combos), 1)))
-        mem = np.asarray(_edge_memory(actions, batch.spec))
-        for i, (device, cond) in enumerate(combos):
-            if pname in ckpts and (device != ckpts[pname][1]
-                                   or ckpts[pname][3] not in (None, cond)):
+        for g, (tr, combos) in enumerate(groups):
+            if (model, g) not in params:
+                built = [slot_scenario(model, d, CONDITIONS[c], tr, rate=cfg.rate, V=cfg.V,
+                                       tau_s=cfg.tau_s).build() for d, c, _ in combos]
+                params[model, g] = built, stack([b for b in built for _ in range(cfg.seeds)])
+            built, batch = params[model, g]
+            if pname in ckpts and not any(d == ckpts[pname][1] and ckpts[pname][3] in (None, c)
+                                          for d, c, _ in combos):
                 continue  # a trained policy is evaluated where it was trained
-            lat = np.full((cfg.seeds, cfg.n_slots), np.nan, np.float32)
-            for s in range(cfg.seeds):
-                j = i * cfg.seeds + s
-                one = jax.tree.map(lambda x, j=j: x[j], info)
-                summ = simulate.summarize(one, float(built[i].lam_mean), 0.0)
-                ok = one.feasible.astype(bool)
-                lat[s, ok] = one.latency_s[ok]
-                rows.append({"model": model, "device": device, "condition": cond,
-                             "policy": pname, "seed": s,
-                             **{k: v for k, v in summ.items() if k != "decision_time_s"},
-                             "delay_little_s": summ["backlog_mean"] / max(summ["arrivals_mean"],
-                                                                          1e-9) * cfg.tau_s,
-                             "edge_memory_mean_gb": float(np.mean(mem[j])),
-                             "edge_memory_max_gb": float(np.max(mem[j])),
-                             "mem_budget_gb": float(built[i].spec.edge.mem_budget) / 1e9})
-            lat_arrays[f"{model}|{device}|{cond}|{pname}"] = lat
+            info, actions = rollouts(pol, batch, cfg.n_slots,
+                                     jax.numpy.tile(keys, (len(combos), 1)))
+            mem = np.asarray(_edge_memory(actions, batch.spec))
+            for i, (device, base_cond, cond) in enumerate(combos):
+                if pname in ckpts and (device != ckpts[pname][1]
+                                       or ckpts[pname][3] not in (None, base_cond)):
+                    continue
+                lat = np.full((cfg.seeds, cfg.n_slots), np.nan, np.float32)
+                for s in range(cfg.seeds):
+                    j = i * cfg.seeds + s
+                    one = jax.tree.map(lambda x, j=j: x[j], info)
+                    summ = simulate.summarize(one, float(built[i].lam_mean), 0.0)
+                    ok = one.feasible.astype(bool)
+                    lat[s, ok] = one.latency_s[ok]
+                    rows.append({"model": model, "device": device, "condition": cond,
+                                 "policy": pname, "seed": s,
+                                 **{k: v for k, v in summ.items() if k != "decision_time_s"},
+                                 "delay_little_s": summ["backlog_mean"]
+                                 / max(summ["arrivals_mean"], 1e-9) * cfg.tau_s,
+                                 "edge_memory_mean_gb": float(np.mean(mem[j])),
+                                 "edge_memory_max_gb": float(np.max(mem[j])),
+                                 "mem_budget_gb": float(built[i].spec.edge.mem_budget) / 1e9})
+                lat_arrays[f"{model}|{device}|{cond}|{pname}"] = lat
     write_rows(out_dir / "summary.csv", rows)
     np.savez_compressed(out_dir / "latencies.npz", **lat_arrays)
     write_config(out_dir, cfg, experiment=NAME, trace=str(trace.name),
+                 outage_trace=cfg.outage_trace,
                  conditions={c: dataclasses.asdict(CONDITIONS[c]) for c in cfg.conditions},
                  checkpoints={k: {"model": v[0], "device": v[1], "path": str(v[2]),
                                   "condition": v[3]} for k, v in ckpts.items()},
@@ -210,8 +232,8 @@ def plot(run_dir: Path) -> list[Path]:
                 if j == 0:
                     ax.set_ylabel("CDF over slots")
         out.append(finish(fig, axes, run_dir / f"latency_cdf_{model}.png",
-                          f"{MODEL_LABEL.get(model, model)} on the Norway traces: latency CDF "
-                          "(dotted line: p95)", ncol=3))
+                          f"{MODEL_LABEL.get(model, model)} on the Norway traces and a 5G drive "
+                          "with outages (/5g-drive): latency CDF (dotted line: p95)", ncol=3))
         # p95 with 95% CI over seeds: groups conditions, bars policies.
         fig, axes = plt.subplots(1, len(devices), squeeze=False, figsize=(5.6 * len(devices), 3.4))
         for j, d in enumerate(devices):
@@ -227,9 +249,9 @@ def plot(run_dir: Path) -> list[Path]:
                 axes[0, j].set_ylabel("p95 request latency (s)")
         out.append(finish(fig, axes, run_dir / f"latency_p95_{model}.png",
                           f"{MODEL_LABEL.get(model, model)}: p95 latency on the Norway traces "
-                          "(mean and 95% CI over seeds)", ncol=3))
+                          "and a 5G drive with outages (mean and 95% CI over seeds)", ncol=3))
     return out
 
 
-EXPERIMENT = Experiment(NAME, 3, "Latency CDF and p95 on the Norway traces", QUICK, FULL, run,
-                        plot)
+EXPERIMENT = Experiment(NAME, 3, "Latency CDF and p95 on the Norway traces and a 5G drive with "
+                        "outages", QUICK, FULL, run, plot)
