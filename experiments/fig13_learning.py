@@ -170,8 +170,11 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
         t0 = time.perf_counter()
         for t in cfg.eval_traces:
             batch = stack([params[(c, t)] for c in cfg.conditions for _ in range(n_s)])
-            info = jax.tree.map(np.asarray, batched_rollout(pol, batch, cfg.n_slots,
-                                                            np.concatenate([keys] * n_c))[0])
+            # dp-bayes solves K slot problems per slot: its rollouts run one after another
+            # (a vmapped batch waits for its slowest member at every solver iteration)
+            info = jax.tree.map(np.asarray, batched_rollout(
+                pol, batch, cfg.n_slots, np.concatenate([keys] * n_c),
+                vectorize=name != "dp-bayes")[0])
             for ci, c in enumerate(cfg.conditions):
                 part = jax.tree.map(lambda x, ci=ci: x[ci * n_s:(ci + 1) * n_s], info)
                 rows += _rows(part, name, [(t, s) for s in range(n_s)], c)
