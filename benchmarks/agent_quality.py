@@ -151,7 +151,8 @@ def table(name: str, c: dict, summ: dict, train: dict) -> str:
                          f"{1e3 * s['decision_time_s']:.4g} |")
             continue
         lines.append(f"| {pol} | {s['dpp_mean']:.4g} | {gap(s, 'oracle')} | "
-                     f"{gap(s, 'dp-bayes')} | {gap(s, 'dp-estimate')} | {s['latency_mean_s']:.4g} | "
+                     f"{gap(s, 'dp-bayes')} | {gap(s, 'dp-estimate')} | "
+                     f"{s['latency_mean_s']:.4g} | "
                      f"{s['latency_p95_s']:.4g} | {s['backlog_mean']:.3g} | "
                      f"{s['stable_runs']}/{s['runs']} | {1e3 * s['decision_time_s']:.3g} |")
     lines.append("")
