@@ -395,6 +395,60 @@ def robustness_claim(out: Path) -> dict:
             "latency)", "context": []}
 
 
+PLANNERS_CAUSAL = ("dp-bayes", "dp-estimate", "best-cut")
+
+
+def _learning_gaps(rows, cond, pol, refs):
+    """Per (trace, seed): 100 (DPP of pol - min over refs) / |min over refs| in `cond`."""
+    by = {}
+    for r in rows:
+        if r["condition"] == cond:
+            by.setdefault(r["policy"], {})[(r["trace"], r["seed"])] = r["dpp"]
+    if pol not in by or not all(p in by for p in refs):
+        return None
+    units = sorted(by[pol])
+    best = [min(by[p][u] for p in refs) for u in units]
+    return [100.0 * (by[pol][u] - b) / abs(b) for u, b in zip(units, best, strict=True)]
+
+
+def learning_claims(out: Path) -> list[dict]:
+    """Figure 13: the learner against dp-bayes (exact model: within 1%) and against the
+    nominal-model planners under profile-error (at least 5% lower DPP)."""
+    rows = _load(out, "learning", "learning.csv")
+    specs = (
+        ("learning-exact", "hierarchical learner within 1% of dp-bayes where the model is exact",
+         "exact", ("dp-bayes",), 1.0,
+         "paired DPP gap of hier to dp-bayes on held-out traces (%, + = worse)"),
+        ("learning-mismatch", "hierarchical learner >= 5% lower DPP than the nominal-model "
+         "planners under profile-error +-30%", "profile-error", PLANNERS_CAUSAL, -5.0,
+         "paired DPP gap of hier to the best of dp-bayes, dp-estimate, best-cut per path "
+         "(%, - = better)"),
+    )
+    claims = []
+    for key, paper, cond, refs, thr, measure in specs:
+        if rows is None:
+            claims.append(_pending(key, paper, "needs figure 13 (learning)"))
+            continue
+        gaps = _learning_gaps(rows, cond, "hier", refs)
+        if gaps is None:
+            claims.append(_pending(key, paper, f"needs a trained hier learner in {cond} "
+                                               f"(figure 13, full mode)"))
+            continue
+        m, h, n = finite_mean_ci(gaps)
+        state = _state(m, h, thr, "le")
+        verdict, regime = _verdict({(cond,): state})
+        ctx = []
+        for other in ("hier-nomem", "layerwise"):
+            g = _learning_gaps(rows, cond, other, refs)
+            if g is not None:
+                ctx.append(f"{other}: {_fmt(*finite_mean_ci(g), '%')}")
+        claims.append({"key": key, "paper": paper, "ours": "hier", "measure": measure,
+                       "measured": {cond: {"mean": m, "ci95": h, "n": n,
+                                           "text": _fmt(m, h, n, "%")}},
+                       "verdict": verdict, "regime": regime, "context": ctx})
+    return claims
+
+
 def build_claims(out: Path) -> list[dict]:
     out = Path(out)
     ctx = request_level_context(out)
@@ -422,6 +476,7 @@ def build_claims(out: Path) -> list[dict]:
                context=[ctx["memory"]] if "memory" in ctx else []),
         stability_claim(out),
         robustness_claim(out),
+        *learning_claims(out),
     ]
     # The latency ratio against the static cut alone (the non-adaptive layer-wise partitioner).
     rows = _load(out, "trace_latency", "summary.csv")
