@@ -392,7 +392,7 @@ def certify(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: i
 def gap_function(g: Gap):
     """``f(SlotState) -> (gap, policy DPP, min DPP)`` (floats): the gap of ``g``'s policy on a
     state drawn by ``lyapunov.testing.slot_states``."""
-    from lyapunov import testing
+    from lyapunov import hypotheses as testing
 
     _, template = E.reset(jax.random.PRNGKey(0), g.params)
     up_ratio = float(g.params.link.up_ratio)
@@ -445,7 +445,7 @@ def search(g: Gap, examples: int = 100, q_max: float = 1e3) -> tuple[float, dict
     the larger of the search's and the shrunk state's."""
     from hypothesis import HealthCheck, Phase, given, settings, target
 
-    from lyapunov import testing
+    from lyapunov import hypotheses as testing
 
     f = gap_function(g)
     strat = testing.slot_states(g.params, q_max=q_max, outage=g.params.link.outage is not None)
