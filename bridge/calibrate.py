@@ -427,6 +427,9 @@ class TimedExecutor(Executor):
     def ffn_down(self, layer, u):
         return self._timed(self.inner.ffn_down, layer, u)[0]
 
+    def ffn_cols(self, layer, h, lo, hi):
+        return self._timed(self.inner.ffn_cols, layer, h, lo, hi)[0]
+
     def lm_head_last(self, x):
         out, t1 = self._timed(self.inner.lm_head_last, x)
         self.passes.append(t1)

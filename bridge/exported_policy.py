@@ -7,9 +7,10 @@ An edge that runs an exported policy needs NumPy and onnxruntime (or torch) only
 policy sees is built with the simulator's semantics:
 
 - features: ``observe_features`` is the NumPy mirror of ``agents.slot_env.observe_features``
-  (the same 16 scalars and ``[W, 3]`` history, float32), over a ``NumpyObserver`` that records
+  (the same 17 scalars and ``[W, 4]`` history, float32), over a ``NumpyObserver`` that records
   the measured slots exactly as ``bridge.runtime_policy.SlotObserver`` does (EWMA of the
-  link, bandwidth history, arrival-rate EWMA, slots since the last slot without throughput);
+  link, bandwidth history, arrival-rate EWMA, slots since the last slot without throughput;
+  the edge's heat and latency history as ``SlotObserver`` leaves them: the env's reset values);
 - masks: ``mask_context`` mirrors ``agents.actions.mask_context`` (edge bytes of one layer per
   head-count bin and FFN side, the embedding matrix, the budget less its safety margin);
 - the action: ``to_run_partition`` mirrors ``agents.actions.to_partition`` and
@@ -267,6 +268,11 @@ class NumpyObserver:
         self.bw_hist: deque[float] = deque(maxlen=c.history)
         self.lam_hat = float(np.float32(c.lam_mean))
         self.since_outage = int(c.history)
+        # ``lyapunov.env`` Obs.heat / Obs.lat_hist. The runtime scenario has no throttling
+        # mismatch (throttle_max 1), where the env defines heat as 0; ``SlotObserver`` keeps
+        # the latency history at its reset value (zeros), so the mirror does too.
+        self.heat = 0.0
+        self.lat_hist = np.zeros(c.history, np.float32)
 
     def sample(self, bw_mbps: float, rtt_ms: float) -> Link:
         bw = float(np.float32(min(float(bw_mbps), UNLIMITED_MBPS)))
@@ -298,7 +304,7 @@ class NumpyObserver:
     def observation(self, slot: int, queue: int, bw_now_mbps: float, rtt_ms: float) -> dict:
         """The causal observation at the start of ``slot`` (``lyapunov.env.observe`` of
         ``SlotObserver.state``): queue, last link, EWMA link, bandwidth history, share
-        history, arrival estimate."""
+        history, arrival estimate, heat, latency history."""
         link_t = self.sample(bw_now_mbps, rtt_ms)
         last = self.last if self.last is not None else link_t
         ewma = self.ewma if self.ewma is not None else link_t
@@ -307,7 +313,8 @@ class NumpyObserver:
         hist = [hist[0]] * (n - len(hist)) + hist
         return {"queue": float(queue), "last": last, "ewma": ewma,
                 "bw_hist": np.asarray(hist, np.float32), "share_hist": np.ones(n, np.float32),
-                "lam_hat": float(np.float32(self.lam_hat)), "t": slot}
+                "lam_hat": float(np.float32(self.lam_hat)), "t": slot,
+                "heat": float(np.float32(self.heat)), "lat_hist": self.lat_hist.copy()}
 
 
 def _log_share(share):
@@ -315,7 +322,7 @@ def _log_share(share):
 
 
 def observe_features(ob: dict, c: Constants) -> tuple[np.ndarray, np.ndarray]:
-    """(scalars [16], history [W, 3]) float32: ``agents.slot_env.observe_features`` of the
+    """(scalars [17], history [W, 4]) float32: ``agents.slot_env.observe_features`` of the
     observation (virtual queues 0: the runtime has no budgets)."""
     f = np.float32
     bw_s, rtt_s = f(max(c.bw_mean, 1e-3)), f(max(c.rtt_mean, 1e-3))
@@ -327,10 +334,13 @@ def observe_features(ob: dict, c: Constants) -> tuple[np.ndarray, np.ndarray]:
         np.log1p(f(last.bw_down)) / f(5.0), np.log1p(f(ewma.bw_down)) / f(5.0),
         f(last.rtt) / rtt_s, f(ewma.rtt) / rtt_s,
         _log_share(last.share), _log_share(ewma.share), f(last.up), f(c.headroom),
+        f(ob.get("heat", 0.0)),
     ], np.float32)
     bw = ob["bw_hist"].astype(np.float32)
+    lat = np.asarray(ob.get("lat_hist", np.zeros_like(bw)), np.float32)
     hist = np.stack([np.log1p(bw / bw_s), _log_share(ob["share_hist"]),
-                     (bw <= 0).astype(np.float32)], axis=-1).astype(np.float32)
+                     (bw <= 0).astype(np.float32), np.log1p(lat / f(10.0))],
+                    axis=-1).astype(np.float32)
     return scalars, hist
 
 
