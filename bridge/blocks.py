@@ -824,3 +824,10 @@ def run_local(ex: Executor, rp: RunPartition, prompt: list[int], n_out: int,
             raise RuntimeError(f"deadlock: edge waits for {pending[EDGE]}, cloud for "
                                f"{pending[CLOUD]}")
     return result[EDGE], crossings
+
+
+def set_torch_threads(threads: int) -> None:
+    """torch's intra-op threads for this process (callers outside bridge/ import no torch)."""
+    import torch
+
+    torch.set_num_threads(int(threads))

@@ -179,9 +179,9 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     from bridge.transport import LinkConfig
 
     if cfg.executor != "toy":
-        import torch
+        from bridge.blocks import set_torch_threads
 
-        torch.set_num_threads(cfg.threads)
+        set_torch_threads(cfg.threads)
     out_dir = Path(out_dir)
     ex = make_executor(cfg.executor)
     trained, note = _trained(cfg, out_dir)

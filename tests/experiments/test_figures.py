@@ -12,7 +12,7 @@ import pytest
 from costmodel import partition as P
 from costmodel.costs import request_costs
 from costmodel.link import make_link
-from costmodel.strategies import strategy_partition
+from costmodel.strategies import STRATEGIES, strategy_partition
 from experiments import fig01_latency_bandwidth as fig01
 from experiments import fig09_robustness as fig09
 from experiments.catalog import MODES, catalog, identity_progress
@@ -44,7 +44,7 @@ def test_latency_vs_bandwidth_end_to_end(tmp_path):
     meta = json.loads((tmp_path / "config.json").read_text())
     assert meta["config"]["n_bw"] == 3
     rows = read_rows(tmp_path / "latency.csv")
-    assert len(rows) == 3 * 4  # bandwidths x strategies
+    assert len(rows) == 3 * len(STRATEGIES)  # bandwidths x strategies
     cond = condition("dc-contended")
     spec = get_spec("gpt2-xl", "orin-nx", cond.cloud)
     for r in rows:
