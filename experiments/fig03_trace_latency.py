@@ -88,9 +88,8 @@ class Config:
 
 
 # Batch = devices x conditions x seeds: 30 (quick) and 90 (full), as in figure 4.
-QUICK = Config(devices=("orin-nx", "rpi5"), n_slots=500, seeds=5, train=QUICK_TRAIN,
-               policies=("oracle", "dp-estimate", "cloud-only", "edge-only", "best-cut",
-                         "neurosurgeon"))
+QUICK = Config(devices=("orin-nx",), n_slots=300, seeds=3, train=QUICK_TRAIN,
+               policies=("oracle", "dp-estimate", "cloud-only", "edge-only", "best-cut"))
 FULL = Config(models=("gpt2-xl", "llama-7b", "llama-13b"))
 
 

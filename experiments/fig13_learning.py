@@ -75,7 +75,8 @@ class Config:
     bayes_draws: tuple[int, int] = (4, 3)
 
 
-QUICK = Config(conditions=("exact", "profile-error"), n_slots=100, seeds=2, train_steps=0)
+QUICK = Config(conditions=("exact", "profile-error"), n_slots=60, seeds=2, train_steps=0,
+               eval_traces=("fivegophers_verizon_drive_2",))
 FULL = Config()
 
 
