@@ -74,11 +74,13 @@ def test_robustness_without_outages_is_nominal(tmp_path):
         if r["outage_frac"] == 0.0:
             assert r["completion"] == 1.0
             np.testing.assert_allclose(r["latency_mean_s"], meta["nominal_latency_s"], rtol=1e-9)
-        else:  # resuming from the checkpoint (with edge fallback) never completes fewer
-            other = [x for x in rows if x["seed"] == r["seed"] and x["outage_frac"] == 0.3
-                     and x["policy"] != r["policy"]][0]
-            if r["policy"] == "checkpoint-resume":
-                assert r["completion"] >= other["completion"]
+        elif r["policy"] == "checkpoint-resume-fast":
+            # with the same fast schedule, resuming from the checkpoint (with edge fallback)
+            # never completes fewer than restarting (the runtime's restart-safe defaults can:
+            # their 5 s timeouts eat the deadline, which is what the figure shows)
+            restart = [x for x in rows if x["seed"] == r["seed"] and x["outage_frac"] == 0.3
+                       and x["policy"] == "restart"][0]
+            assert r["completion"] >= restart["completion"]
 
 
 def test_segment_times_add_up():
