@@ -37,7 +37,7 @@ SIZE = {
     "serve-cloud": ({}, []),
     "run-edge": ({"--requests": "2"}, []),
 }
-FAST = ("costs", "simulate")
+FAST = ("costs",)
 
 
 def readme_commands() -> list[list[str]]:

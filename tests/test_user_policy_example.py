@@ -6,6 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # long: CI runs it with the slow tests
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "certify.md"
 
 

@@ -6,6 +6,10 @@ every answer right, every step executed once, the server's memory within the bou
 import importlib.util
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # long: CI runs it with the slow tests
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

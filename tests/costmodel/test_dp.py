@@ -15,6 +15,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from costmodel_reference import Link
 from costmodel_testkit import (
     TINY_GQA,
@@ -182,6 +183,7 @@ def test_solve_tp_equals_brute_force(seed):
     assert float(solve_tp(link, spec, w, tp=False).value) >= value - RTOL * (abs(value) + 1.0)
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None)
 @given(SEEDS, st.floats(0.0, 1.0))
 def test_solve_memory_tp_with_binding_cloud_budget(seed, frac):

@@ -63,6 +63,7 @@ def test_oracle_has_zero_gap_and_its_bounds_hold():
     assert "theorem" in certify.report(cert).lower() or "i.i.d." in certify.report(cert)
 
 
+@pytest.mark.slow
 def test_cloud_only_gap_is_found_and_shrunk():
     # On this tiny card the edge is far faster than the cloud: cloud-only has a large gap.
     cert = certify.certify("cloud-only", SCENARIO, n_slots=100, examples=20, n_states=8)

@@ -14,6 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -282,6 +283,7 @@ def test_oracle_tp_matches_brute_force():
     assert n_tp >= 2 and n_exact >= 5
 
 
+@pytest.mark.slow
 def test_oracle_tp_both_budgets_binding_is_sound():
     """Both budgets binding at once (the edge cannot hold the model, the cloud can hold only a
     part of it): the multipliers, one at a time, may find no partition that fits both. Then the
