@@ -86,6 +86,7 @@ def test_dp_estimate_equals_oracle_on_a_constant_link():
         obs, state, _, _, _ = step(jax.random.PRNGKey(t), state, a_o, const)
 
 
+@pytest.mark.slow
 def test_vmap_over_seeds_equals_a_loop():
     """vmap(rollout) of the oracle over seeds equals step-by-step runs of the same seeds
     (jit vs the eager policy around the jitted step)."""
@@ -342,6 +343,7 @@ def test_predictive_links_follow_the_processes():
     assert sorted(np.unique(np.asarray(links.bw_down_mbps)).tolist()) == [2.0, 3.0]
 
 
+@pytest.mark.slow
 def test_dp_bayes_expected_dpp_not_above_dp_estimate():
     """Under the predictive law, dp-bayes's partition has an expected slot DPP no higher than
     dp-estimate's (the latter is in its candidate set), and no higher than any layer cut's."""
@@ -360,6 +362,7 @@ def test_dp_bayes_expected_dpp_not_above_dp_estimate():
             assert jb <= jc + 1e-5 * abs(jc) + 1e-5
 
 
+@pytest.mark.slow
 def test_dp_bayes_registered_and_simulates():
     spec = registry.get("dp-bayes")
     assert spec.role == "ours" and not spec.clairvoyant
