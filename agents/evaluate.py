@@ -241,13 +241,15 @@ def add_args(ap: argparse.ArgumentParser) -> None:
 
     add_scenario_args(ap)
     ap.add_argument("--policy", nargs="+", required=True, help=registry.help_text())
-    ap.add_argument("--slots", type=int, default=1000)
-    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--slots", type=int, default=1000, help="slots per run (count)")
+    ap.add_argument("--seeds", type=int, default=1, help="seeds per policy and case (count)")
     ap.add_argument("--seed", type=int, default=0, help="first seed")
     ap.add_argument("--rates", type=float, nargs="*", default=[], help="arrival-rate grid")
     ap.add_argument("--Vs", type=float, nargs="*", default=[], help="V grid")
-    ap.add_argument("--models", nargs="*", default=[])
-    ap.add_argument("--devices", nargs="*", default=[])
+    ap.add_argument("--models", nargs="*", default=[],
+                    help="model cards of the scenario grid (default: the scenario's)")
+    ap.add_argument("--devices", nargs="*", default=[],
+                    help="edge devices of the scenario grid (default: the scenario's)")
     ap.add_argument("--out", default=None, help="CSV path")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON lines")
 

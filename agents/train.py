@@ -287,25 +287,33 @@ def config_from_json(d: dict) -> TrainConfig:
 
 def add_scenario_args(ap: argparse.ArgumentParser) -> None:
     """Flags of a `lyapunov.env.Scenario` (shared by train and evaluate)."""
-    ap.add_argument("--model", default="llama-7b")
-    ap.add_argument("--device", default="rpi5")
-    ap.add_argument("--cloud", default="datacenter")
+    ap.add_argument("--model", default="llama-7b",
+                    help="model card name (costmodel.cards or --card-file)")
+    ap.add_argument("--device", default="rpi5", help="edge device profile name")
+    ap.add_argument("--cloud", default="datacenter",
+                    help="cloud profile name (datacenter, mec, a peer, or --profile-file)")
     ap.add_argument("--trace", nargs="+", default=[],
                     help="bandwidth trace file(s) or shipped names (norway_bus_1, ...)")
     ap.add_argument("--bandwidth-process", default="ar1",
                     choices=("ar1", "markov", "constant"))
-    ap.add_argument("--bandwidth-mbps", type=float, default=10.0)
-    ap.add_argument("--arrival-rate", type=float, default=1.0)
-    ap.add_argument("--V", type=float, default=10.0)
+    ap.add_argument("--bandwidth-mbps", type=float, default=10.0,
+                    help="mean downlink bandwidth without a trace, Mbit/s")
+    ap.add_argument("--arrival-rate", type=float, default=1.0,
+                    help="Poisson arrivals, requests per slot")
+    ap.add_argument("--V", type=float, default=10.0,
+                    help="drift-plus-penalty weight V (>= 0; penalty units per backlog unit)")
     ap.add_argument("--tau", type=float, default=2.0, help="slot length, s")
     ap.add_argument("--rtt-ms", type=float, default=None, help="default: the cloud's RTT")
     ap.add_argument("--share", type=float, default=None,
                     help="median cloud share of an AR(1)-logit share process (default: 1)")
-    ap.add_argument("--share-logit-std", type=float, default=1.5)
+    ap.add_argument("--share-logit-std", type=float, default=1.5,
+                    help="sd of the cloud share's AR(1) logit (dimensionless)")
     ap.add_argument("--min-share", type=float, default=None,
                     help="floor of the share process (default: min(0.05, share / 10))")
-    ap.add_argument("--outage-prob", type=float, default=0.0)
-    ap.add_argument("--privacy-layers", type=int, default=0)
+    ap.add_argument("--outage-prob", type=float, default=0.0,
+                    help="stationary fraction of slots with a link outage, in [0, 1)")
+    ap.add_argument("--privacy-layers", type=int, default=0,
+                    help="embedding and the first N layers stay on the edge (0: no floor)")
     from lyapunov.env import MISMATCHES
 
     ap.add_argument("--mismatch", action="append", default=[], metavar="NAME",
@@ -347,27 +355,34 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     add_scenario_args(ap)
     ap.add_argument("--steps", type=int, default=200_000,
                     help="environment steps per seed (rounded to whole segments)")
-    ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--seeds", type=int, default=1, help="seeds trained at once (vmapped)")
+    ap.add_argument("--seed", type=int, default=0, help="first random seed")
+    ap.add_argument("--out", required=True,
+                    help="run directory to write (seed<k>/ checkpoints, metrics.csv)")
     kind = ap.add_mutually_exclusive_group()
     kind.add_argument("--layerwise", action="store_true", help="layer-wise DRL baseline")
     kind.add_argument("--flat-head", action="store_true", help="flat per-head ablation")
     ap.add_argument("--no-memory", action="store_true",
                     help="memoryless ablation: the networks see the current scalars only, not "
                          "the window of past slots (NetConfig.memory)")
-    ap.add_argument("--groups", type=int, default=4)
-    ap.add_argument("--head-bins", type=int, default=9)
-    ap.add_argument("--num-envs", type=int, default=16)
-    ap.add_argument("--num-steps", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--gamma", type=float, default=0.0)
+    ap.add_argument("--groups", type=int, default=4,
+                    help="layer groups the high level decides (count)")
+    ap.add_argument("--head-bins", type=int, default=9,
+                    help="head-count choices per group of the low level (count)")
+    ap.add_argument("--num-envs", type=int, default=16,
+                    help="parallel environments per PPO update (count)")
+    ap.add_argument("--num-steps", type=int, default=32,
+                    help="slots per environment per PPO update (count)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    ap.add_argument("--gamma", type=float, default=0.0,
+                    help="discount per slot, in [0, 1] (0: the per-slot DPP reward)")
     ap.add_argument("--reward-mode", default=None, choices=("relative", "dpp"),
                     help="default: relative for gamma = 0, dpp otherwise")
     ap.add_argument("--episode-slots", type=int, default=256,
                     help="slots before an environment resets (training only)")
-    ap.add_argument("--ent-coef", type=float, default=0.01)
-    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus coefficient")
+    ap.add_argument("--log-every", type=int, default=10,
+                    help="PPO updates per logged segment (count)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out")
 
 
