@@ -770,7 +770,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per block row")
     ap.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                     help="wall (latency) or cpu (process CPU time: for a shared machine)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def cli(args) -> int:

@@ -282,7 +282,8 @@ def parity(checkpoint_dir: str | Path, n: int = 1000, seed: int = 0) -> list[Par
 
 def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--checkpoint", required=True, help="agents checkpoint directory")
-    ap.add_argument("--format", choices=("torch", "onnx"), required=True)
+    ap.add_argument("--format", choices=("torch", "onnx"), required=True,
+                    help="exported file format")
     ap.add_argument("--out", required=True, help="output file (.pt or .onnx)")
     ap.add_argument("--model", default=None,
                     help="model card the policy was trained for (default: the checkpoint's)")

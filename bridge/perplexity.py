@@ -303,7 +303,8 @@ def run(
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("costmodel/data/accuracy/smollm2-135m.json"))
+    p.add_argument("--out", type=Path, default=Path("costmodel/data/accuracy/smollm2-135m.json"),
+                   help="accuracy JSON to write")
     p.add_argument("--windows", type=int, default=4, help="number of token windows")
     p.add_argument("--window", type=int, default=256, help="tokens per window")
     p.add_argument(
@@ -312,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=2,
         help="measure heads on every k-th layer (and the last); 1 = all layers",
     )
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
     a = p.parse_args(argv)
     run(a.out, a.windows, a.window, a.head_layer_stride, a.threads)
 

@@ -124,11 +124,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     import sys
 
     p = argparse.ArgumentParser(description="Time each block type of SmolLM2-135M (CSV).")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 64, 256])
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, required=True, help="CSV of block times to write")
+    p.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 64, 256],
+                   help="tokens per pass timed (counts)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per block (median)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per block first")
+    p.add_argument("--threads", type=int, default=2, help="torch threads while timing")
     a = p.parse_args(argv)
     measure_to_csv(
         a.out,
