@@ -280,8 +280,28 @@ def parity(checkpoint_dir: str | Path, n: int = 1000, seed: int = 0) -> list[Par
 # Command line
 
 
+def seed_dir(path: str | Path, seed: int | None = None) -> Path:
+    """The one checkpoint directory to export: ``path`` itself when it holds config.json,
+    else its ``seed<seed>/`` (default: its lowest seed). ValueError naming ``--seed`` when
+    the seed is not there."""
+    from agents.policy_loader import checkpoint_dirs
+
+    dirs = checkpoint_dirs(path)
+    if seed is None:
+        return dirs[0]
+    want = [d for d in dirs if d.name == f"seed{seed}"]
+    if not want:
+        raise ValueError(f"--seed {seed}: {path} holds {', '.join(d.name for d in dirs)}")
+    return want[0]
+
+
 def add_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--checkpoint", required=True, help="agents checkpoint directory")
+    ap.add_argument("--checkpoint", required=True,
+                    help="agents checkpoint: a seed directory (holds config.json) or a "
+                         "training run directory (its seed<k>/ subdirectories; see --seed)")
+    ap.add_argument("--seed", type=int, default=None, metavar="K",
+                    help="which seed<K>/ of a run directory to export (default: the lowest "
+                         "seed; an error for a seed directory that is not seed<K>)")
     ap.add_argument("--format", choices=("torch", "onnx"), required=True,
                     help="exported file format")
     ap.add_argument("--out", required=True, help="output file (.pt or .onnx)")
@@ -294,6 +314,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
 def cli(args) -> int:
     """Export, then (unless --parity 0) print the parity check; 1 if it fails."""
     fn = export_torch if args.format == "torch" else export_onnx
+    args.checkpoint = str(seed_dir(args.checkpoint, args.seed))
     path = fn(args.checkpoint, args.out, args.model)
     print(f"wrote {path} ({path.stat().st_size} bytes)")
     if args.parity <= 0:

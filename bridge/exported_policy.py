@@ -344,9 +344,25 @@ def observe_features(ob: dict, c: Constants) -> tuple[np.ndarray, np.ndarray]:
     return scalars, hist
 
 
-def policy_inputs(ob: dict, c: Constants, mask_outage: bool) -> dict:
-    """The exported network's inputs (batch 1) for one observation."""
-    scalars, hist = observe_features(ob, c)
+def legacy_inputs(scalars: np.ndarray, hist: np.ndarray, shapes) -> tuple:
+    """The features a network of feature ``shapes`` (n_scalars, hist_len, hist_ch) was trained
+    on: the entries appended since (the thermal state, the latency channel) dropped, as
+    ``agents.policy_loader.legacy_features`` does; ExportedPolicyError for any other mismatch."""
+    if shapes is None:
+        return scalars, hist
+    n_s, n_w, n_c = (int(v) for v in shapes)
+    if (16 <= n_s <= scalars.shape[-1] and 3 <= n_c <= hist.shape[-1]
+            and n_w == hist.shape[-2]):
+        return scalars[..., :n_s], hist[..., :n_c]
+    raise ExportedPolicyError(
+        f"exported policy expects {n_s} scalars and a [{n_w}, {n_c}] history; this runtime "
+        f"observes {scalars.shape[-1]} and {list(hist.shape[-2:])}: re-export the checkpoint")
+
+
+def policy_inputs(ob: dict, c: Constants, mask_outage: bool, shapes=None) -> dict:
+    """The exported network's inputs (batch 1) for one observation; ``shapes``: the
+    checkpoint's (n_scalars, hist_len, hist_ch), older feature sets trimmed to it."""
+    scalars, hist = legacy_inputs(*observe_features(ob, c), shapes)
     outage = (not ob["last"].up) and mask_outage
     return {"scalars": scalars[None], "history": hist[None],
             "layer_mem": c.layer_mem[None].astype(np.float32),
@@ -403,8 +419,8 @@ def runtime_policy(text: str, card, profile: dict, prompt_tokens: int, new_token
 
     def decide(o: Observation):
         ob = obs.observation(o.slot, o.queue, o.bw_now_mbps, o.rtt_ms)
-        heads, ffn, prec, embed = to_counts(exp.run(policy_inputs(ob, c, mask_outage)),
-                                            exp.space)
+        heads, ffn, prec, embed = to_counts(
+            exp.run(policy_inputs(ob, c, mask_outage, exp.config.get("shapes"))), exp.space)
         return RunPartition.from_counts(heads, ffn, precision or c.precisions[prec], embed,
                                         c.head_order)
 
@@ -434,8 +450,10 @@ def _registry_policy(text: str):
 
     def act(key, obs, params):
         x = jax_features(obs, params)
+        scalars, hist = legacy_inputs(np.asarray(x.scalars), np.asarray(x.history),
+                                      exp.config.get("shapes"))
         ctx = mask_context(params.spec, space, observed_outage(obs))
-        inputs = {"scalars": np.asarray(x.scalars)[None], "history": np.asarray(x.history)[None],
+        inputs = {"scalars": scalars[None], "history": hist[None],
                   "layer_mem": np.asarray(ctx.layer_mem)[None],
                   "emb_mem": np.asarray(ctx.emb_mem)[None],
                   "budget": np.asarray(ctx.budget)[None],

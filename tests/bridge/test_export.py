@@ -19,13 +19,15 @@ from bridge import export, policy_io, torch_policy  # noqa: E402
 from costmodel.cards import ModelCard  # noqa: E402
 from costmodel.spec import make_spec  # noqa: E402
 
-SHAPES = (16, 8, 3)  # observe_features' 16 scalars, a window of 8 slots, 3 channels
+SHAPES = (17, 8, 4)  # observe_features' 17 scalars, a window of 8 slots, 4 channels
+LEGACY_SHAPES = (16, 8, 3)  # before the thermal state and the latency channel
 
 
 SMALL = ModelCard("small-8x4", 8, 4, 2, 256, 768, 1000, "swiglu", True)
 
 
-def _save(path, kind, privacy_layers=0, sharpen=True, seed=0, card="smollm2-135m"):
+def _save(path, kind, privacy_layers=0, sharpen=True, seed=0, card="smollm2-135m",
+          shapes=SHAPES):
     """A freshly initialized policy (default: SmolLM2-135M on the Pi 5), saved with
     agents.checkpoint.
 
@@ -35,14 +37,14 @@ def _save(path, kind, privacy_layers=0, sharpen=True, seed=0, card="smollm2-135m
     spec = make_spec(card, "rpi5", privacy_layers=privacy_layers)
     space = make_space(spec, ActionConfig(kind=kind))
     net = NetConfig()
-    model = ActorCritic(space, *SHAPES, net, nnx.Rngs(seed))
+    model = ActorCritic(space, *shapes, net, nnx.Rngs(seed))
     if sharpen:
         rng = np.random.default_rng(seed)
         layers = [model.high] + ([model.low2] if kind != "layerwise" else [])
         for layer in layers:
             layer.kernel[...] = layer.kernel[...] * 300.0
             layer.bias[...] = rng.standard_normal(layer.bias.shape).astype(np.float32)
-    return checkpoint.save(path, model, net, SHAPES)
+    return checkpoint.save(path, model, net, shapes)
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +121,25 @@ def test_cli_torch_and_onnx(hier_ck, tmp_path, capsys):
         np.testing.assert_allclose(got_onnx[name], want[name], atol=1e-5, rtol=0)
     one = {k: v[:1] for k, v in inputs.items()}  # batch 1 through the dynamic batch axis
     assert export.onnx_reference(export.onnx_session(onnx_file))(**one)["low"].shape == (1, 30)
+
+
+def test_run_directory_exports_its_seed(hier_ck, tmp_path, capsys):
+    """``--checkpoint runs/hier`` (a training run: seed<k>/ subdirectories) exports its lowest
+    seed, ``--seed K`` another one; a seed that is not there is a one-line error."""
+    import argparse
+    import shutil
+
+    run = tmp_path / "run"
+    for k in (2, 1):
+        shutil.copytree(hier_ck, run / f"seed{k}")
+    assert export.seed_dir(run) == run / "seed1"
+    assert export.seed_dir(run, 2) == run / "seed2"
+    assert export.seed_dir(hier_ck) == hier_ck
+    with pytest.raises(ValueError, match="--seed 5: .* holds seed1, seed2"):
+        export.seed_dir(run, 5)
+    ap = argparse.ArgumentParser()
+    export.add_args(ap)
+    args = ap.parse_args(["--checkpoint", str(run), "--format", "onnx",
+                          "--out", str(tmp_path / "p.onnx"), "--parity", "0", "--seed", "2"])
+    assert export.cli(args) == 0 and (tmp_path / "p.onnx").stat().st_size > 1000
+    assert args.checkpoint == str(run / "seed2")

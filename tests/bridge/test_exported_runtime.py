@@ -97,17 +97,31 @@ def test_features_and_masks_match_the_simulator(files, with_trace):
         np_obs.measured(bw_prev, 12.0, arrivals)
 
 
-@pytest.mark.xfail(strict=True, reason="the exported ONNX graph's scalar input has the old "
-                   "feature count after the latency/heat features were added (known defect)")
-def test_exported_decisions_equal_the_checkpoints(files):
+@pytest.fixture(scope="module")
+def legacy_files(tmp_path_factory):
+    """The same, trained on the feature set before the thermal state and latency channel."""
+    sys.path.insert(0, str(ROOT / "tests" / "bridge"))
+    from test_export import LEGACY_SHAPES, _save
+
+    from bridge import export
+
+    d = tmp_path_factory.mktemp("xp_legacy")
+    ck = _save(d / "hier", "hier", seed=3, shapes=LEGACY_SHAPES)
+    return ck, export.export_onnx(ck, d / "p.onnx"), export.export_torch(ck, d / "p.pt")
+
+
+@pytest.mark.parametrize("which", ["current", "legacy"])
+def test_exported_decisions_equal_the_checkpoints(request, which):
     """The runtime's three routes (checkpoint through the registry and JAX, ONNX and torch
-    through NumPy) give the same partitions over a history with outages and bursts."""
+    through NumPy) give the same partitions over a history with outages and bursts; a policy
+    exported before the last features were added sees the features it was trained on."""
     from bridge.edge_run import EdgeConfig, _jax_policy
     from bridge.runtime_policy import Observation
     from costmodel.cards import get_card
     from lyapunov.processes import ArrivalConfig
 
-    ck, onnx_file, pt = files
+    ck, onnx_file, pt = request.getfixturevalue("files" if which == "current" else
+                                                "legacy_files")
     card = get_card("smollm2-135m")
     cfg = EdgeConfig(prompt_tokens=S, new_tokens=T, arrival=ArrivalConfig(rate=2.0),
                      profile_path="/nonexistent")
@@ -150,6 +164,11 @@ def test_wrong_model_and_old_files_are_refused(files, tmp_path):
                           dict(LOCAL_DEFAULT), S, T, Arrivals(), 20.0)
     with pytest.raises(xp.ExportedPolicyError, match="no such file"):
         xp.load_exported(f"onnx:{tmp_path / 'missing.onnx'}")
+    scalars, hist = np.zeros(17, np.float32), np.zeros((8, 4), np.float32)
+    assert [a.shape for a in xp.legacy_inputs(scalars, hist, (16, 8, 3))] == [(16,), (8, 3)]
+    for shapes in ((12, 8, 3), (17, 6, 4), (18, 8, 4)):
+        with pytest.raises(xp.ExportedPolicyError, match="re-export"):
+            xp.legacy_inputs(scalars, hist, shapes)
 
 
 SCRIPT = """
