@@ -323,6 +323,10 @@ def add_scenario_args(ap: argparse.ArgumentParser) -> None:
                          + " (lyapunov.env.Mismatch)")
     ap.add_argument("--mismatch-seed", type=int, default=0,
                     help="seed of the profile-error draw (fixed per scenario)")
+    ap.add_argument("--tp", action="store_true",
+                    help="tensor-parallel option space: the FFN's columns split between the "
+                         "sides with the residual on both (the planners solve in it, a trained "
+                         "agent acts in it; lyapunov.env.Scenario.tp)")
 
 
 def scenario_from_args(args, trace: str | None = None):
@@ -348,7 +352,8 @@ def scenario_from_args(args, trace: str | None = None):
                            seed=getattr(args, "mismatch_seed", 0))
     return Scenario(model=args.model, device=args.device, cloud=args.cloud, tau_s=args.tau,
                     V=args.V, arrival=pr.ArrivalConfig(rate=args.arrival_rate), link=link,
-                    privacy_layers=args.privacy_layers, mismatch=mismatch)
+                    privacy_layers=args.privacy_layers, mismatch=mismatch,
+                    tp=bool(getattr(args, "tp", False)))
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:

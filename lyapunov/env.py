@@ -157,6 +157,9 @@ class Scenario:
     reward_scale: reward = -DPP / reward_scale.
     mismatch: where the true costs depart from the nominal model (``Mismatch``; none by
       default).
+    tp: the option space of the slot: False the paper's (FFN edge/cloud/split, the residual
+      on one side), True adds the tensor-parallel FFN with the residual on both sides
+      (docs/design.md §2.8); the planners solve in it and the learned agents act in it.
     """
 
     model: str | ModelCard = "llama-7b"
@@ -187,6 +190,7 @@ class Scenario:
     episode_slots: int = 1000
     reward_scale: float = 1.0
     mismatch: Mismatch = Mismatch()
+    tp: bool = False
 
     def __post_init__(self):
         def num(field, lo, lo_open=False, allow_inf=False):
@@ -232,6 +236,8 @@ class Scenario:
             raise ScenarioError("Scenario.retry must be a costmodel.outage.RetryConfig")
         if not isinstance(self.mismatch, Mismatch):
             raise ScenarioError("Scenario.mismatch must be a lyapunov.env.Mismatch")
+        if not isinstance(self.tp, bool | np.bool_):
+            raise ScenarioError(f"Scenario.tp must be a bool, got {self.tp!r}")
 
     def build(self) -> EnvParams:
         """The params pytree (loads traces, validates the processes; errors name fields)."""
@@ -255,6 +261,9 @@ class EnvParams:
       when off; 1 / time constant in slots; heat threshold).
     diurnal_log_depth, diurnal_period: the diurnal mismatch (log of the share's peak-to-trough
       ratio, 0 when off; period in slots).
+    tp: (static) the option space of the slot: True adds the tensor-parallel FFN and the
+      residual side ``both`` (``Scenario.tp``, docs/design.md §2.8); the planners of
+      ``lyapunov.policies`` solve in it and the learned agents' action space follows it.
     """
 
     spec: CostSpec
@@ -280,6 +289,11 @@ class EnvParams:
     history: int = struct.field(pytree_node=False, default=8)
     episode_slots: int = struct.field(pytree_node=False, default=1000)
     precisions: tuple = struct.field(pytree_node=False, default=(0, 1, 2))
+    tp: bool = struct.field(pytree_node=False, default=False)
+
+    def __post_init__(self):
+        if not isinstance(self.tp, bool | np.bool_):
+            raise ScenarioError(f"EnvParams.tp must be a bool (static), got {self.tp!r}")
 
 
 def _process_mean(p) -> float:
@@ -370,7 +384,8 @@ def make_params(sc: Scenario) -> EnvParams:
         throttle_rate=f(1.0 / mm.throttle_slots), throttle_threshold=f(mm.throttle_threshold),
         diurnal_log_depth=f(math.log(mm.diurnal_depth) if "diurnal" in mm.kinds else 0.0),
         diurnal_period=f(mm.diurnal_period_slots),
-        history=sc.history, episode_slots=sc.episode_slots, precisions=tuple(sc.precisions))
+        history=sc.history, episode_slots=sc.episode_slots, precisions=tuple(sc.precisions),
+        tp=bool(sc.tp))
 
 
 def true_spec(spec: CostSpec, mm: Mismatch) -> CostSpec:

@@ -31,8 +31,12 @@ calls cvxpy from Python.
   observed history and the link processes' own dynamics (``predictive_links``), minimized over
   a candidate set built by the exact solver (``dp_bayes``).
 
-The solver-based factories (oracle, dp-estimate, dp-joint, greedy, dp-bayes) take the options of
-``solve_slot`` (``max_solves``, ``nu_iters``, ``units``) as keywords.
+The solver-based factories (oracle, dp-estimate, dp-outage, dp-joint, greedy, dp-bayes) take the
+options of ``solve_slot`` (``max_solves``, ``nu_iters``, ``units``) as keywords, and solve in the
+scenario's option space (``EnvParams.tp``: with it, the tensor-parallel FFN and the residual
+on both sides, docs/design.md §2.8). The layer-wise baselines (best-cut, static-cut,
+neurosurgeon) and cloud-/edge-only keep their meaning in either space; cvx builds its program
+in the scenario's space too.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ def oracle(**solver_kw) -> Policy:
     def act(key, state: EnvState, params: EnvParams):
         del key
         return solve_slot(state.queues, cost_link(state.link_t), params.spec, params.slot,
-                          params.precisions, **solver_kw).partition
+                          params.precisions, tp=params.tp, **solver_kw).partition
 
     return Policy("oracle", act, clairvoyant=True)
 
@@ -100,7 +104,7 @@ def dp_estimate(estimator: str = "last", **solver_kw) -> Policy:
         del key
         link = estimate_link(obs, estimator)
         return solve_slot(obs.queues, link, params.spec, params.slot, params.precisions,
-                          **solver_kw).partition
+                          tp=params.tp, **solver_kw).partition
 
     return Policy("dp-estimate", act)
 
@@ -163,7 +167,7 @@ def dp_outage(estimator: str = "last", **solver_kw) -> Policy:
                           bw_down_mbps=jnp.where(link.bw_down_mbps > 0, link.bw_down_mbps,
                                                  params.bw_mean_mbps))
         part = solve_slot(obs.queues, up, params.spec, params.slot, params.precisions,
-                          **solver_kw).partition
+                          tp=params.tp, **solver_kw).partition
         p_out = outage_probability(obs)
         return outage_aware_choice(part, obs, up, params, p_out)
 
@@ -185,7 +189,7 @@ def dp_joint(estimator: str = "last", **solver_kw) -> Policy:
         link = estimate_link(obs, estimator)
         sp = params.slot.replace(penalty=joint_penalty())
         return solve_slot(obs.queues, link, params.spec, sp, params.precisions,
-                          **solver_kw).partition
+                          tp=params.tp, **solver_kw).partition
 
     return Policy("dp-joint", act)
 
@@ -199,7 +203,7 @@ def greedy(estimator: str = "last", **solver_kw) -> Policy:
         link = estimate_link(obs, estimator)
         sp = params.slot.replace(V=jnp.float32(1.0))
         return solve_slot(Queues.zeros(), link, params.spec, sp, params.precisions,
-                          **solver_kw).partition
+                          tp=params.tp, **solver_kw).partition
 
     return Policy("greedy", act)
 
@@ -263,9 +267,11 @@ def cvx(clairvoyant: bool = True, estimator: str = "last", iters: int = 3,
         # The program holds per-option memory and edge time: key it by the spec's content.
         leaves = b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(spec))
         shape = (hashlib.sha1(leaves).hexdigest(), spec.n_layers, spec.n_heads, spec.n_kv,
-                 spec.d_model, spec.d_ff, spec.vocab, spec.privacy_layers, params.precisions)
+                 spec.d_model, spec.d_ff, spec.vocab, spec.privacy_layers, params.precisions,
+                 params.tp)
         if shape not in programs:
-            programs[shape] = cvx_mod.SlotProgram(spec, params.precisions, **program_kw)
+            programs[shape] = cvx_mod.SlotProgram(spec, params.precisions,
+                                                  **{"tp": params.tp, **program_kw})
         link = cost_link(x.link_t) if clairvoyant else estimate_link(x, estimator)
         res = cvx_mod.solve_slot_cvx(programs[shape], x.queues, link, spec, params.slot,
                                      iters=iters)
@@ -577,7 +583,7 @@ def dp_bayes(n_bw: int = 8, n_share: int = 4, **solver_kw) -> Policy:
 
         def solve(lk):
             return solve_slot(obs.queues, lk, spec, sp, params.precisions,
-                              **solver_kw).partition
+                              tp=params.tp, **solver_kw).partition
 
         per_draw = jax.vmap(solve)(links)
         mean = LinkState(jnp.sum(w * links.bw_up_mbps), jnp.sum(w * links.bw_down_mbps),

@@ -51,6 +51,19 @@ def test_scenario_validation_names_the_field():
         dataclasses.replace(SC, privacy_layers=5).build()
 
 
+def test_tp_option_space_flag_is_static_validated_and_off_by_default():
+    assert PARAMS.tp is False and SC.tp is False
+    with pytest.raises(E.ScenarioError, match="Scenario.tp"):
+        dataclasses.replace(SC, tp="yes")
+    with pytest.raises(E.ScenarioError, match="EnvParams.tp"):
+        PARAMS.replace(tp=1)
+    on = dataclasses.replace(SC, tp=True).build()
+    assert on.tp is True
+    # static: not a leaf (the same leaves as without it), and it survives a jit boundary
+    assert len(jax.tree.leaves(on)) == len(jax.tree.leaves(PARAMS))
+    assert jax.jit(lambda p: p)(on).tp is True
+
+
 def test_observation_holds_only_the_past():
     """Information structure: the observation at t carries the link of t-1 (and older), never
     the link of slot t that drives the slot's costs; after the step it becomes observed."""

@@ -391,3 +391,39 @@ def test_dp_bayes_no_worse_than_dp_estimate_on_held_out_traces():
                              .dpp).mean(1) for n, p in pols.items()}
         m, h = mean_ci(dpp["dp-bayes"] - dpp["dp-estimate"])
         assert m - h <= 0.0, (trace, m, h)
+
+
+# --- the tensor-parallel option space (EnvParams.tp) ---------------------------------------
+
+TP_CARD = ModelCard("tp-4x8", 4, 8, 8, 4096, 11008, 32000, "swiglu", False)
+TP_LINK = pr.LinkConfig(bandwidth=pr.BandwidthConfig(kind="constant", mean_mbps=10000.0),
+                        rtt_ms=0.05, rtt_jitter_ms=0.0,
+                        share=pr.ShareConfig(kind="constant", share=1.0))
+
+
+@pytest.mark.slow
+def test_planners_solve_in_the_scenarios_tp_space():
+    """Two Pi 5s on a 10 Gbit/s, 0.05 ms LAN (LLaMA-7B-wide layers): with EnvParams.tp the
+    planners choose tensor-parallel layers and the oracle's slot DPP is below the paper
+    space's; without it no planner ever returns a tp layer; best-cut keeps its meaning."""
+    from costmodel.partition import TP
+
+    sc = E.Scenario(model=TP_CARD, device="rpi5", cloud="pi5-peer", prompt_tokens=32,
+                    new_tokens=8, tau_s=2.0, V=10.0, link=TP_LINK, history=4)
+    paper, tp = sc.build(), dataclasses.replace(sc, tp=True).build()
+    obs, state = reset(jax.random.PRNGKey(0), tp)
+    state = state.replace(queues=Queues(*(jnp.float32(x) for x in (5.0, 0.0, 0.0, 0.0))))
+    obs = E.observe(state)
+    key = jax.random.PRNGKey(1)
+    dpp = {}
+    for params in (paper, tp):
+        a_o = P.oracle().act(key, state, params)
+        dpp[params.tp] = float(step(key, state, a_o, params)[4].dpp)
+        parts = {"oracle": a_o}
+        for name in ("dp-estimate", "dp-outage", "dp-joint", "greedy"):
+            parts[name] = P.get_policy(name).act(key, obs, params)
+        for name, part in parts.items():
+            n_tp = int((np.asarray(part.ffn) == TP).sum())
+            assert (n_tp > 0) == params.tp, (name, params.tp, np.asarray(part.ffn))
+        assert not (np.asarray(P.get_policy("best-cut").act(key, obs, params).ffn) == TP).any()
+    assert dpp[True] < dpp[False] - 1e-3, dpp
