@@ -5,15 +5,27 @@ Three kinds, one `Action` pytree (fields a kind does not use stay 0):
 
 - ``hier`` (the hierarchical actor): the L layers are cut into G groups of consecutive layers
   (layer l is in group ``l * G // L``, so group sizes differ by at most one). The *high level*
-  picks the embedding side, per group a mode in {edge, cloud, split}, and one activation
-  precision. The *low level* picks, for every layer of a split group, one joint option
-  ``j = b * 3 + f``: the edge head count ``head_counts[b]`` and the FFN side f in {edge, cloud,
-  split}. Layers of edge (cloud) groups are forced to (H heads, FFN edge) ((0, FFN cloud)).
+  picks the embedding side, per group a mode in {edge, cloud, split} (and tp in a
+  tensor-parallel space), and one activation precision. The *low level* picks, for every
+  layer of a split (tp) group, one joint option ``j = b * F + o``: the edge head count
+  ``head_counts[b]`` and the FFN option o: o < 3 the FFN side f = o in {edge, cloud, split}
+  (split groups), o >= 3 the tensor-parallel FFN with the edge's share of the columns
+  ``phi_grid[o - 3] / TP_GRID`` (tp groups; the residual stream then lives on both sides,
+  docs/design.md §2.8). F = 3 in the paper's space, 3 + len(phi_grid) with tp. Layers of
+  edge (cloud) groups are forced to (H heads, FFN edge) ((0, FFN cloud)).
 - ``flat_head`` (ablation, no hierarchy): embedding side, precision and the per-layer joint
   option for every layer, from one actor.
 - ``layerwise`` (the layer-wise DRL baseline): one categorical over L + 2 cuts (cut c < L+1:
   embedding and layers < c on the edge, the rest on the cloud, c = L is edge-only; c = L + 1 is
-  cloud-only with the embedding on the cloud) and the precision.
+  cloud-only with the embedding on the cloud) and the precision. It never has tp options.
+
+The tensor-parallel space (``ActionSpace.tp``) follows the scenario's option space
+(``lyapunov.env.EnvParams.tp``) unless ``ActionConfig.tp`` forces it. Its shares of the FFN
+columns are the grid ``phi_grid``: ``phi_bins = P > 0`` takes the P interior points of
+``round(linspace(0, TP_GRID, P + 2))`` (P = 7: eighths of the columns, j = 2, 4, .., 14 in
+units of 1/TP_GRID); ``phi_bins = 0`` every share 1..TP_GRID-1 of the cost model. The same
+argument as for the head counts: the costs are piecewise linear in the share, and a 15-way
+share on top of the head bins would spread exploration thin.
 
 Head counts. ``head_bins = K > 0`` uses the grid ``round(linspace(0, H, K))`` (0 and H always
 in it); ``head_bins = 0`` uses every count 0..H. The default K = 9 (eighths of the heads):
@@ -29,8 +41,12 @@ each step an option is allowed only if the memory already committed plus the opt
 plus the least memory any completion needs (``rest``: layers forced onto the edge by the
 privacy floor, and forced groups) fits the budget. This is exact: every sampled action fits,
 and every action that fits has positive probability (no conservative per-layer share). The LM
-head runs on the side of the last layer's output, so its memory is charged to the last layer's
-FFN-on-edge options, after the embedding side is known. The privacy floor (embedding and the
+head runs on the side of the last layer's output (on the embedding's side when the output is
+on both sides, after a tp layer), so its memory is charged to the last layer's FFN-on-edge
+options (and to its tp options when the embedding is on the edge), after the embedding side is
+known. A tp layer's edge memory is its edge heads plus its share phi of the FFN weights
+(``costmodel.costs.structure_terms``). The cloud's memory budget is not masked (the built-in
+clouds hold the whole model; the environment charges an infeasible partition). The privacy floor (embedding and the
 first ``privacy_layers`` layers on the edge) is a hard mask. An outage observed in the previous
 slot is a soft preference (``mask_outage``): only options without a link crossing are allowed
 (edge-only), unless that is memory-infeasible, in which case the memory mask alone applies.
@@ -53,10 +69,10 @@ import numpy as np
 from flax import struct
 
 from costmodel.costs import structure_terms
-from costmodel.partition import CLOUD, EDGE, Partition
+from costmodel.partition import CLOUD, EDGE, SPLIT, TP, TP_GRID, Partition
 from costmodel.spec import CostSpec
 
-MODE_EDGE, MODE_CLOUD, MODE_SPLIT = 0, 1, 2
+MODE_EDGE, MODE_CLOUD, MODE_SPLIT, MODE_TP = 0, 1, 2, 3
 KINDS = ("hier", "flat_head", "layerwise")
 NEG = -1e9  # logit of a masked option (finite: no NaN in gradients or entropies)
 MEM_RTOL = 1e-5  # safety margin of the budget check against float32 summation order
@@ -75,10 +91,14 @@ class ActionConfig:
       mode edge after edge, cloud after cloud; for layers, (H, edge) after the residual ended
       on the edge and (0, cloud) after it ended on the cloud. Crossings cost at least an RTT,
       so runs of one side are likelier to be good; the learned transition logits start at 0.
-    split_bias: prior logit added to the split mode of every group (hier). Negative: the
-      high level starts out preferring whole-group placements and refines into splits as it
-      learns; random splits at WAN RTTs are so slow that, explored too often early on, they
-      teach the policy to stay on the edge before it finds the cloud.
+    split_bias: prior logit added to the split mode (and the tp mode) of every group (hier).
+      Negative: the high level starts out preferring whole-group placements and refines into
+      splits as it learns; random splits at WAN RTTs are so slow that, explored too often
+      early on, they teach the policy to stay on the edge before it finds the cloud.
+    tp: the tensor-parallel options (group mode tp, FFN shares phi; hier and flat_head): None
+      follows the scenario (``EnvParams.tp``), True / False force them on / off.
+    phi_bins: P edge shares of a tp FFN on the grid of the module docstring; 0 = all
+      TP_GRID - 1 shares of the cost model.
     """
 
     kind: Literal["hier", "flat_head", "layerwise"] = "hier"
@@ -87,6 +107,8 @@ class ActionConfig:
     mask_outage: bool = True
     stay_bonus: float = 1.0
     split_bias: float = -1.0
+    tp: bool | None = None
+    phi_bins: int = 7
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -95,6 +117,11 @@ class ActionConfig:
             raise ValueError(f"ActionConfig.n_groups must be >= 1, got {self.n_groups}")
         if self.head_bins == 1 or self.head_bins < 0:
             raise ValueError(f"ActionConfig.head_bins must be 0 or >= 2, got {self.head_bins}")
+        if self.tp is not None and not isinstance(self.tp, bool):
+            raise ValueError(f"ActionConfig.tp must be None, True or False, got {self.tp!r}")
+        if not 0 <= self.phi_bins < TP_GRID:
+            raise ValueError(f"ActionConfig.phi_bins must be in [0, {TP_GRID - 1}], got "
+                             f"{self.phi_bins}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +131,9 @@ class ActionSpace:
     head_counts: the K edge head counts a layer option can take (ascending, 0 and H included).
     group_of_layer: the group index of each layer.
     precisions: the activation precisions the scenario allows (others are masked).
+    tp: the tensor-parallel options are in the space; phi_grid: their edge shares of the FFN
+      columns in units of 1/TP_GRID (empty without tp). Checkpoints written before tp
+      existed have neither (a paper-space policy).
     """
 
     kind: str
@@ -118,15 +148,46 @@ class ActionSpace:
     precisions: tuple[int, ...] = (0, 1, 2)
     stay_bonus: float = 0.0
     split_bias: float = 0.0
+    tp: bool = False
+    phi_grid: tuple[int, ...] = ()
 
     @property
     def n_bins(self) -> int:
         return len(self.head_counts)
 
     @property
+    def n_ffn(self) -> int:
+        """FFN options of a layer: edge, cloud, split, and with tp one per share of phi_grid."""
+        return 3 + len(self.phi_grid) if self.tp else 3
+
+    @property
+    def n_modes(self) -> int:
+        """Group modes of the high level: edge, cloud, split, and tp with tp."""
+        return 4 if self.tp else 3
+
+    @property
+    def n_states(self) -> int:
+        """Residual side states of the low level's chain: edge, cloud, and both with tp."""
+        return 3 if self.tp else 2
+
+    @property
     def n_low(self) -> int:
-        """Joint per-layer options (head count bin x FFN side)."""
-        return 3 * self.n_bins
+        """Joint per-layer options (head count bin x FFN option)."""
+        return self.n_ffn * self.n_bins
+
+    def ffn_options(self):
+        """(int [F] FFN side, int [F] tp share ffn_frac, bool [F] is tp) of the FFN options."""
+        o = np.arange(self.n_ffn)
+        grid = np.asarray((0,) + tuple(self.phi_grid), np.int32)
+        is_tp = o >= 3
+        return (np.where(is_tp, TP, o).astype(np.int32),
+                np.where(is_tp, grid[np.maximum(o - 2, 0)], 0).astype(np.int32), is_tp)
+
+    def low_options(self):
+        """(int [n_low] FFN side, int [n_low] ffn_frac, bool [n_low] is tp) of the joint
+        options b * F + o."""
+        f, j, is_tp = self.ffn_options()
+        return np.tile(f, self.n_bins), np.tile(j, self.n_bins), np.tile(is_tp, self.n_bins)
 
     @property
     def n_cuts(self) -> int:
@@ -135,7 +196,7 @@ class ActionSpace:
     @property
     def full_edge(self) -> int:
         """Joint index of (H heads, FFN edge)."""
-        return 3 * (self.n_bins - 1) + EDGE
+        return self.n_ffn * (self.n_bins - 1) + EDGE
 
     @property
     def full_cloud(self) -> int:
@@ -143,8 +204,19 @@ class ActionSpace:
         return CLOUD
 
 
-def make_space(spec: CostSpec, cfg: ActionConfig, precisions=(0, 1, 2)) -> ActionSpace:
-    """The action space of `cfg` for the model of `spec` and the allowed precisions."""
+def phi_grid(phi_bins: int) -> tuple[int, ...]:
+    """Edge shares of a tp FFN in units of 1/TP_GRID (module docstring)."""
+    if phi_bins == 0:
+        return tuple(range(1, TP_GRID))
+    pts = np.unique(np.round(np.linspace(0, TP_GRID, phi_bins + 2)).astype(int))
+    return tuple(int(j) for j in pts if 0 < j < TP_GRID)
+
+
+def make_space(spec: CostSpec, cfg: ActionConfig, precisions=(0, 1, 2),
+               tp: bool = False) -> ActionSpace:
+    """The action space of `cfg` for the model of `spec` and the allowed precisions; `tp`: the
+    scenario's option space (``EnvParams.tp``), used unless ``cfg.tp`` forces one (the
+    layer-wise kind never has tp options)."""
     n_l, n_h = spec.n_layers, spec.n_heads
     if cfg.head_bins == 0:
         counts = np.arange(n_h + 1)
@@ -152,10 +224,11 @@ def make_space(spec: CostSpec, cfg: ActionConfig, precisions=(0, 1, 2)) -> Actio
         counts = np.unique(np.round(np.linspace(0, n_h, cfg.head_bins)).astype(int))
     g = min(cfg.n_groups, n_l)
     groups = tuple(int(l * g // n_l) for l in range(n_l))
+    use_tp = bool(tp if cfg.tp is None else cfg.tp) and cfg.kind != "layerwise"
     return ActionSpace(cfg.kind, n_l, n_h, g, tuple(int(c) for c in counts), groups,
                        spec.privacy_layers, spec.tied, cfg.mask_outage,
                        tuple(sorted(int(q) for q in precisions)), float(cfg.stay_bonus),
-                       float(cfg.split_bias))
+                       float(cfg.split_bias), use_tp, phi_grid(cfg.phi_bins) if use_tp else ())
 
 
 @struct.dataclass
@@ -163,9 +236,9 @@ class Action:
     """A sampled action (any kind; unused fields are 0).
 
     embed: int32 [] 0 = embedding on the edge, 1 = on the cloud.
-    modes: int32 [G] per-group mode (hier).
+    modes: int32 [G] per-group mode (hier; MODE_TP only in a tp space).
     prec: int32 [] activation precision index.
-    low: int32 [L] per-layer joint option b * 3 + f (hier, flat_head).
+    low: int32 [L] per-layer joint option b * F + o (hier, flat_head; ActionSpace.n_ffn).
     cut: int32 [] cut index in [0, L + 1] (layerwise).
     """
 
@@ -180,7 +253,7 @@ class Action:
 class MaskContext:
     """What the masks need from one slot: memory of the options and the constraints.
 
-    layer_mem: float [K, 3] edge bytes of one layer per (head bin, FFN side).
+    layer_mem: float [K, F] edge bytes of one layer per (head bin, FFN option).
     emb_mem: float [] edge bytes of the embedding (or of the LM head) matrix.
     budget: float [] edge memory budget, bytes (with the MEM_RTOL margin).
     outage: bool [] the previous slot was in outage (and mask_outage is on).
@@ -195,10 +268,10 @@ class MaskContext:
 def mask_context(spec: CostSpec, space: ActionSpace, outage=False) -> MaskContext:
     """Memory tables of `space` under `spec`; `outage`: bool [] link down in the last slot."""
     k = jnp.asarray(space.head_counts)[:, None]
-    f = jnp.arange(3)[None, :]
-    _, mem = structure_terms(k, f, spec, 0.0, 0.0)
+    f, j, _ = space.ffn_options()
+    _, mem = structure_terms(k, jnp.asarray(f)[None, :], spec, 0.0, 0.0, jnp.asarray(j)[None, :])
     emb = spec.edge.weight_bytes * spec.vocab * spec.d_model
-    return MaskContext(jnp.broadcast_to(mem, (space.n_bins, 3)).astype(jnp.float32),
+    return MaskContext(jnp.broadcast_to(mem, (space.n_bins, space.n_ffn)).astype(jnp.float32),
                        jnp.asarray(emb, jnp.float32),
                        jnp.asarray(spec.edge.mem_budget * (1.0 - MEM_RTOL), jnp.float32),
                        jnp.asarray(outage, bool) & space.mask_outage)
@@ -336,12 +409,16 @@ def _lm_mem(ctx: MaskContext, space: ActionSpace, embed):
 
 
 def layer_options(ctx: MaskContext, space: ActionSpace, embed):
-    """float [L, K*3] memory of each joint layer option (LM head charged to the last layer's
-    FFN-on-edge options), and bool [L, K*3] the privacy mask."""
+    """float [L, K*F] memory of each joint layer option (LM head charged to the last layer's
+    FFN-on-edge options, and to its tp options when the embedding is on the edge: the LM head
+    runs on the embedding's side when the residual ends on both), and bool [L, K*F] the
+    privacy mask."""
     mem = jnp.broadcast_to(ctx.layer_mem.reshape(-1), (space.n_layers, space.n_low))
-    last_edge = (np.arange(space.n_layers)[:, None] == space.n_layers - 1) & (
-        np.arange(space.n_low)[None, :] % 3 == EDGE)
-    mem = mem + jnp.where(last_edge, _lm_mem(ctx, space, embed), 0.0)
+    f, _, is_tp = space.low_options()
+    last = np.arange(space.n_layers)[:, None] == space.n_layers - 1
+    lm_edge = jnp.asarray(last & (f == EDGE)[None, :]) | (
+        jnp.asarray(last & is_tp[None, :]) & (embed == EDGE))
+    mem = mem + jnp.where(lm_edge, _lm_mem(ctx, space, embed), 0.0)
     only_full = np.arange(space.n_low)[None, :] == space.full_edge
     allowed = ~_privacy_layer(space)[:, None] | only_full
     return mem, jnp.asarray(allowed)
@@ -352,11 +429,13 @@ def layer_steps(ctx: MaskContext, space: ActionSpace, embed, modes=None) -> Step
     flat per-head action (modes None: every layer free; outage prefers edge-only)."""
     mem, allowed = layer_options(ctx, space, embed)
     opts = jnp.arange(space.n_low)[None, :]
+    is_tp = jnp.asarray(space.low_options()[2])[None, :]
     prefer = jnp.ones_like(allowed)
     if modes is not None:
         mode_l = modes[jnp.asarray(space.group_of_layer)][:, None]
-        allowed = jnp.select([mode_l == MODE_EDGE, mode_l == MODE_CLOUD],
-                             [opts == space.full_edge, opts == space.full_cloud], allowed)
+        allowed = jnp.select([mode_l == MODE_EDGE, mode_l == MODE_CLOUD, mode_l == MODE_TP],
+                             [opts == space.full_edge, opts == space.full_cloud,
+                              allowed & is_tp], allowed & ~is_tp)
     else:
         prefer = jnp.broadcast_to((opts == space.full_edge) | ~ctx.outage, allowed.shape)
     min_mem = jnp.min(jnp.where(allowed, mem, jnp.inf), axis=1)
@@ -365,17 +444,27 @@ def layer_steps(ctx: MaskContext, space: ActionSpace, embed, modes=None) -> Step
 
 
 def group_steps(ctx: MaskContext, space: ActionSpace, embed) -> Steps:
-    """Per-group steps of the high level: options (edge, cloud, split)."""
+    """Per-group steps of the high level: options (edge, cloud, split) and tp with tp (a
+    group's memory under a mode: the least its layers can take in that mode)."""
     mem, priv_allowed = layer_options(ctx, space, embed)
+    is_tp = space.low_options()[2][None, :]
     full = mem[:, space.full_edge]  # [L]
-    least = jnp.min(jnp.where(priv_allowed, mem, jnp.inf), axis=1)  # privacy-forced or 0
+    # split: the paper's options (privacy-forced or 0); tp: the least tp share of each layer
+    least = jnp.min(jnp.where(priv_allowed & ~is_tp, mem, jnp.inf), axis=1)
     onehot = np.eye(space.n_groups, dtype=np.float32)[list(space.group_of_layer)]  # [L, G]
     g_full, g_least = full @ onehot, least @ onehot
     priv = _privacy_layer(space).astype(np.float32) @ onehot  # privacy layers per group
     size = onehot.sum(0)
-    g_mem = jnp.stack([g_full, jnp.zeros_like(g_full), g_least], axis=1)
-    allowed = jnp.asarray(np.stack([np.ones(space.n_groups, bool), priv == 0, priv < size], 1))
-    prefer = jnp.broadcast_to((jnp.arange(3) == MODE_EDGE)[None, :] | ~ctx.outage, g_mem.shape)
+    cols = [g_full, jnp.zeros_like(g_full), g_least]
+    ok = [np.ones(space.n_groups, bool), priv == 0, priv < size]
+    if space.tp:
+        least_tp = jnp.min(jnp.where(is_tp, mem, jnp.inf), axis=1)
+        cols.append(least_tp @ onehot)
+        ok.append(priv == 0)  # the privacy floor's layers run whole on the edge
+    g_mem = jnp.stack(cols, axis=1)
+    allowed = jnp.asarray(np.stack(ok, 1))
+    prefer = jnp.broadcast_to((jnp.arange(space.n_modes) == MODE_EDGE)[None, :] | ~ctx.outage,
+                              g_mem.shape)
     min_mem = jnp.min(jnp.where(allowed, g_mem, jnp.inf), axis=1)
     rest = jnp.broadcast_to(_rest_after(min_mem)[:, None], g_mem.shape)
     return Steps(g_mem, rest, allowed, prefer)
@@ -396,6 +485,7 @@ def embed_steps(ctx: MaskContext, space: ActionSpace) -> Steps:
 
 
 def prec_steps(space: ActionSpace) -> Steps:
+    """One step over the three activation precisions (those the scenario forbids masked)."""
     z = jnp.zeros((1, 3))
     allowed = jnp.asarray(np.isin(np.arange(3), space.precisions))[None]
     return Steps(z, z, allowed, jnp.ones((1, 3), bool))
@@ -419,9 +509,9 @@ def cut_steps(ctx: MaskContext, space: ActionSpace) -> Steps:
 class HighLogits:
     """Logits of the high level (or of the flat actors' global choices).
 
-    embed: float [2]; modes: float [G, 3]; prec: float [3]; cut: float [L + 2];
-    trans: float [3, 3] added to group g's mode logits given group g-1's mode (the embedding
-    side before group 0): the group modes form a Markov chain, like the residual side in the
+    embed: float [2]; modes: float [G, M]; prec: float [3]; cut: float [L + 2];
+    trans: float [M, M] added to group g's mode logits given group g-1's mode (the embedding
+    side before group 0); M = ActionSpace.n_modes (3, or 4 with tp): the group modes form a Markov chain, like the residual side in the
     DP, so "stay on the cloud" can be learned as one thing rather than G independent ones.
     """
 
@@ -485,9 +575,10 @@ def high_level(space: ActionSpace, ctx: MaskContext, logits: HighLogits, key=Non
     logp, ent = emb.logp.sum() + prec.logp.sum(), emb.entropy.sum() + prec.entropy.sum()
     modes = jnp.zeros((space.n_groups,), jnp.int32)
     if space.kind == "hier":
-        prior = space.stay_bonus * jnp.eye(3)
-        chain = Chain(logits.trans + prior, jnp.arange(3, dtype=jnp.int32), embed)
-        split_prior = jnp.asarray([0.0, 0.0, space.split_bias])
+        n_m = space.n_modes
+        prior = space.stay_bonus * jnp.eye(n_m)
+        chain = Chain(logits.trans + prior, jnp.arange(n_m, dtype=jnp.int32), embed)
+        split_prior = jnp.asarray([0.0, 0.0] + [space.split_bias] * (n_m - 2))
         grp = masked_choices(logits.modes + split_prior, group_steps(ctx, space, embed),
                              jnp.where(embed == EDGE, ctx.emb_mem, 0.0), ctx.budget,
                              actions=None if a is None else a.modes, noise=nz.modes,
@@ -501,32 +592,38 @@ def low_level(space: ActionSpace, ctx: MaskContext, logits, embed, modes, key=No
     """Sample (key or Gumbel noise), score (low) or take the mode (none given) of the
     per-layer joint options.
 
-    logits: float [L, K*3]; trans: float [2, K*3] added given the side the residual stream
-    left the previous layer on (the embedding's side before layer 0), plus the stay prior.
+    logits: float [L, K*F]; trans: float [S, K*F] added given the side the residual stream
+    left the previous layer on (edge, cloud, and both with tp; the embedding's side before
+    layer 0), plus the stay prior (full edge after edge, full cloud after cloud, any tp option
+    after both).
     """
     steps = layer_steps(ctx, space, embed, modes if space.kind == "hier" else None)
     used0 = jnp.where(embed == EDGE, ctx.emb_mem, 0.0)
     opts = jnp.arange(space.n_low)
-    prior = space.stay_bonus * jnp.stack([opts == space.full_edge, opts == space.full_cloud])
+    f, _, is_tp = space.low_options()
+    rows = [opts == space.full_edge, opts == space.full_cloud] + ([is_tp] if space.tp else [])
+    prior = space.stay_bonus * jnp.stack([jnp.asarray(r) for r in rows])
     trans = prior if trans is None else trans + prior
-    chain = Chain(trans, (opts % 3 != EDGE).astype(jnp.int32), embed)
+    state_of = np.select([f == EDGE, is_tp], [0, 2], 1).astype(np.int32)
+    chain = Chain(trans, jnp.asarray(state_of), embed)
     return masked_choices(logits, steps, used0, ctx.budget, key=key, actions=low, noise=noise,
                           chain=chain)
 
 
 def n_high(space: ActionSpace) -> int:
-    """Size of the flat high-level output: 2 + 3G + 3 + (L + 2) + 9."""
-    return 2 + 3 * space.n_groups + 3 + space.n_cuts + 9
+    """Size of the flat high-level output: 2 + MG + 3 + (L + 2) + M^2 (M = n_modes)."""
+    m = space.n_modes
+    return 2 + m * space.n_groups + 3 + space.n_cuts + m * m
 
 
-def high_from_flat(flat, n_groups: int) -> HighLogits:
-    """Split float [..., 2 + 3G + 3 + (L + 2) + 9] into HighLogits (the network's layout)."""
-    g = n_groups
-    i = [2, 2 + 3 * g, 5 + 3 * g, flat.shape[-1] - 9]
+def high_from_flat(flat, n_groups: int, n_modes: int = 3) -> HighLogits:
+    """Split float [..., 2 + MG + 3 + (L + 2) + M^2] into HighLogits (the network's layout)."""
+    g, m = n_groups, n_modes
+    i = [2, 2 + m * g, 5 + m * g, flat.shape[-1] - m * m]
     lead = flat.shape[:-1]
-    return HighLogits(flat[..., :i[0]], flat[..., i[0]:i[1]].reshape(*lead, g, 3),
+    return HighLogits(flat[..., :i[0]], flat[..., i[0]:i[1]].reshape(*lead, g, m),
                       flat[..., i[1]:i[2]], flat[..., i[2]:i[3]],
-                      flat[..., i[3]:].reshape(*lead, 3, 3))
+                      flat[..., i[3]:].reshape(*lead, m, m))
 
 
 def gumbel_like(key, logits: HighLogits) -> HighLogits:
@@ -551,25 +648,37 @@ def to_partition(action: Action, space: ActionSpace) -> Partition:
                          action.prec.astype(jnp.int32), ~cloud_only,
                          jnp.zeros(n_l, jnp.int32))
     counts = jnp.asarray(space.head_counts, jnp.int32)
-    ffn = (action.low % 3).astype(jnp.int32)
-    return Partition(counts[action.low // 3], ffn, action.prec.astype(jnp.int32),
-                     action.embed == EDGE, jnp.zeros_like(ffn))
+    f, j, _ = space.ffn_options()
+    o = action.low % space.n_ffn
+    return Partition(counts[action.low // space.n_ffn], jnp.asarray(f)[o],
+                     action.prec.astype(jnp.int32), action.embed == EDGE, jnp.asarray(j)[o])
 
 
 def from_partition(p: Partition, space: ActionSpace) -> Action:
-    """An action of `space` close to a partition (head counts rounded to the nearest bin; for
-    hier, groups whose layers are all (H, edge) or all (0, cloud) get that mode, else split;
-    for layerwise, the cut = number of leading full-edge layers). Used to score reference
-    partitions (e.g. the oracle's) under a policy; exact when the partition is representable.
+    """An action of `space` close to a partition (head counts rounded to the nearest bin, tp
+    shares to the nearest of phi_grid, a tp layer in a paper space to split; for hier, groups
+    whose layers are all (H, edge) or all (0, cloud) get that mode, all tp the tp mode, else
+    split; for layerwise, the cut = number of leading full-edge layers). Used to score
+    reference partitions (e.g. the oracle's) under a policy; exact when the partition is
+    representable (a hier group mixing tp and other layers is not).
     """
     counts = jnp.asarray(space.head_counts)
     b = jnp.argmin(jnp.abs(p.edge_heads[:, None] - counts[None, :]), axis=1)
-    low = (b * 3 + p.ffn).astype(jnp.int32)
+    tp_layer = p.ffn == TP
+    if space.tp:
+        grid = jnp.asarray(space.phi_grid)
+        o = jnp.where(tp_layer, 3 + jnp.argmin(jnp.abs(p.ffn_frac[:, None] - grid[None, :]),
+                                               axis=1), p.ffn)
+    else:
+        o = jnp.where(tp_layer, SPLIT, p.ffn)
+    low = (b * space.n_ffn + o).astype(jnp.int32)
     full_e, full_c = low == space.full_edge, low == space.full_cloud
     onehot = np.eye(space.n_groups, dtype=bool)[list(space.group_of_layer)]  # [L, G]
     all_e = jnp.all(full_e[:, None] | ~onehot, axis=0)
     all_c = jnp.all(full_c[:, None] | ~onehot, axis=0)
-    modes = jnp.select([all_e, all_c], [MODE_EDGE, MODE_CLOUD], MODE_SPLIT).astype(jnp.int32)
+    all_tp = jnp.all(tp_layer[:, None] | ~onehot, axis=0) & space.tp
+    modes = jnp.select([all_e, all_c, all_tp], [MODE_EDGE, MODE_CLOUD, MODE_TP],
+                       MODE_SPLIT).astype(jnp.int32)
     lead = jnp.cumprod(full_e).sum()
     cut = jnp.where(~p.embed_edge & jnp.all(full_c), space.n_layers + 1, lead)
     return Action(jnp.where(p.embed_edge, EDGE, CLOUD).astype(jnp.int32), modes,
@@ -577,6 +686,7 @@ def from_partition(p: Partition, space: ActionSpace) -> Action:
 
 
 def high_onehot(space: ActionSpace, embed, modes, prec):
-    """float [2 + 3G + 3]: the high-level choice as the low-level actor's conditioning input."""
-    return jnp.concatenate([jax.nn.one_hot(embed, 2), jax.nn.one_hot(modes, 3).reshape(-1),
+    """float [2 + MG + 3]: the high-level choice as the low-level actor's conditioning input."""
+    return jnp.concatenate([jax.nn.one_hot(embed, 2),
+                            jax.nn.one_hot(modes, space.n_modes).reshape(-1),
                             jax.nn.one_hot(prec, 3)])

@@ -4,7 +4,8 @@ resolves one as ``checkpoint:DIR`` through `agents.policy_loader` (docs/design.m
 
 Layout of a checkpoint directory:
 
-    config.json   {"format": 1, "space": ActionSpace fields, "net": NetConfig fields,
+    config.json   {"format": 1, "action_space_version": 2, "space": ActionSpace fields,
+                   "net": NetConfig fields,
                    "shapes": [n_scalars, hist_len, hist_ch], "train": the training config
                    (free-form JSON, e.g. agents.train.TrainConfig), "meta": {...}}
     params.npz    the ActorCritic's state, one array per leaf, keyed by its pytree path
@@ -12,6 +13,14 @@ Layout of a checkpoint directory:
 
 Loading rebuilds the module from the config with `nnx.eval_shape` (no initialization work),
 checks that every stored key and shape matches, and fills the leaves in.
+
+Action-space versions (``action_space_version``; how the action indices and the network's
+output layout are to be read, `agents.actions`): 1, the paper's space (joint layer options
+``b * 3 + f``, group modes edge/cloud/split), written before the key existed (a config
+without it is version 1); 2, adds the tensor-parallel space (``ActionSpace.tp`` and
+``phi_grid``: options ``b * F + o``, the tp group mode and the residual state both), identical
+to version 1 when tp is off. A version this code cannot interpret (another number, or a
+version-1 config that claims tp) is refused with a `CheckpointError` that says so.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from agents.actions import ActionSpace
 from agents.networks import ActorCritic, NetConfig
 
 FORMAT = 1
+ACTION_SPACE_VERSION = 2  # the version this code writes
+READABLE_ACTION_SPACE_VERSIONS = (1, 2)
 
 
 class CheckpointError(ValueError):
@@ -76,7 +87,8 @@ def save(path: str | Path, model: ActorCritic, net: NetConfig, shapes, train_con
     """Write a checkpoint directory; `train_state`: the nnx state of (model, optimizer)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    config = {"format": FORMAT, "space": _jsonable(model.space), "net": _jsonable(net),
+    config = {"format": FORMAT, "action_space_version": ACTION_SPACE_VERSION,
+              "space": _jsonable(model.space), "net": _jsonable(net),
               "shapes": [int(s) for s in shapes], "train": _jsonable(train_config),
               "meta": _jsonable(meta or {})}
     (path / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
@@ -101,13 +113,30 @@ def read_config(path: str | Path) -> dict:
     return config
 
 
+def action_space_version(config: dict, origin: str = "config.json") -> int:
+    """The action-space version of a checkpoint config (1 when it predates the key);
+    CheckpointError if this code cannot interpret it."""
+    v = config.get("action_space_version", 1)
+    tp = bool(config.get("space", {}).get("tp", False)) if isinstance(config.get("space"),
+                                                                       dict) else False
+    if isinstance(v, bool) or v not in READABLE_ACTION_SPACE_VERSIONS or (v == 1 and tp):
+        raise CheckpointError(
+            f"{origin}: action-space version {v!r}{' with tp' if tp else ''} cannot be "
+            f"interpreted by this code (it reads versions "
+            f"{', '.join(map(str, READABLE_ACTION_SPACE_VERSIONS))}); retrain the policy")
+    return int(v)
+
+
 def space_and_net(config: dict, origin: str = "config.json"
                   ) -> tuple[ActionSpace, NetConfig, tuple[int, int, int]]:
-    """The action space, network sizes and feature shapes a config.json describes."""
+    """The action space, network sizes and feature shapes a config.json describes (its
+    action-space version checked first)."""
+    action_space_version(config, origin)
     try:
         sp = dict(config["space"])
-        for k in ("head_counts", "group_of_layer", "precisions"):
-            sp[k] = tuple(sp[k])
+        for k in ("head_counts", "group_of_layer", "precisions", "phi_grid"):
+            if k in sp:
+                sp[k] = tuple(sp[k])
         shapes = tuple(int(n) for n in config["shapes"])
         return ActionSpace(**sp), NetConfig(**config["net"]), shapes
     except (KeyError, TypeError, ValueError) as err:

@@ -15,8 +15,10 @@ Heads. All networks work on a leading batch axis; the masked sampling of `agents
 written for one sample and vmapped. The high-level head emits the logits of every global
 choice (embedding side, G group modes, precision, and the L + 2 cuts of the layer-wise
 baseline; a kind ignores what it does not use). The low-level head maps the encoding and the
-one-hot high-level choice (embedding, modes, precision) to per-layer logits over the K x 3
-joint (head count, FFN side) options; for the flat per-head ablation it sees the encoding only.
+one-hot high-level choice (embedding, modes, precision) to per-layer logits over the K x F
+joint (head count, FFN option) options (F = 3, or 3 + the tp shares in a tensor-parallel
+space) and the logits of the residual-side transitions; for the flat per-head ablation it sees
+the encoding only.
 Output layers start at 0.01 gain (near-uniform initial policy).
 """
 
@@ -104,10 +106,11 @@ class ActorCritic(nnx.Module):
         g, n_l = space.n_groups, space.n_layers
         self.n_high = n_high(space)
         self.high = _dense(cfg.hidden, self.n_high, rngs, 0.01)
-        n_cond = (2 + 3 * g + 3) if space.kind == "hier" else 0
+        n_cond = (2 + space.n_modes * g + 3) if space.kind == "hier" else 0
         if space.kind != "layerwise":
             self.low1 = _dense(cfg.hidden + n_cond, cfg.low_hidden, rngs, 2**0.5)
-            self.low2 = _dense(cfg.low_hidden, (n_l + 2) * space.n_low, rngs, 0.01)
+            self.low2 = _dense(cfg.low_hidden, (n_l + space.n_states) * space.n_low, rngs,
+                               0.01)
         self.critic1 = _dense(cfg.hidden, cfg.hidden, rngs, 2**0.5)
         self.critic2 = _dense(cfg.hidden, 1, rngs, 1.0)
 
@@ -120,15 +123,16 @@ class ActorCritic(nnx.Module):
         return jnp.tanh(self.torso2(jnp.tanh(self.torso1(z))))
 
     def high_logits(self, h) -> HighLogits:
-        return high_from_flat(self.high(h), self.space.n_groups)
+        return high_from_flat(self.high(h), self.space.n_groups, self.space.n_modes)
 
     def low_logits(self, h, cond):
-        """(per-layer float [B, L, K*3], side transition float [B, 2, K*3]); cond float
+        """(per-layer float [B, L, K*F], side transition float [B, S, K*F]); cond float
         [B, n_cond] (None for the flat per-head kind)."""
         z = jnp.concatenate([h, cond], axis=-1) if cond is not None else h
         out = self.low2(jnp.tanh(self.low1(z)))
-        out = out.reshape(*out.shape[:-1], self.space.n_layers + 2, self.space.n_low)
-        return out[..., :-2, :], out[..., -2:, :]
+        n_l = self.space.n_layers
+        out = out.reshape(*out.shape[:-1], n_l + self.space.n_states, self.space.n_low)
+        return out[..., :n_l, :], out[..., n_l:, :]
 
     def value(self, h):
         """float [B]."""
@@ -152,7 +156,8 @@ def act(model: ActorCritic, x: Features, ctx: MaskContext, key):
     h = model.encode(x)
     hl = model.high_logits(h)
     # Gumbel noise for every choice of the batch in two PRNG calls (cheap to compile)
-    nz_high = high_from_flat(jax.random.gumbel(k_high, (b, model.n_high)), space.n_groups)
+    nz_high = high_from_flat(jax.random.gumbel(k_high, (b, model.n_high)), space.n_groups,
+                             space.n_modes)
     hi = jax.vmap(lambda c, lg, nz: high_level(space, c, lg, noise=nz))(ctx, hl, nz_high)
     embed, modes, prec, cut, logp_h, ent_h = hi
     if space.kind == "layerwise":

@@ -13,9 +13,10 @@ works everywhere a policy string is accepted (``simulate``, ``evaluate``, the ru
 ``checkpoint:DIR:sample`` samples from the trained distribution instead of taking the most
 likely option at every step (greedy, the default). A trained policy sees only the
 observation (it is causal) and works on any `lyapunov.env.EnvParams` whose model has the
-checkpoint's layers, heads, tied embedding, privacy floor and history window, and whose
-allowed precisions include the checkpoint's; anything else is a ValueError naming the
-mismatch. Every other failure (no such directory, no ``config.json``, a corrupt ``.npz``) is
+checkpoint's layers, heads, tied embedding, privacy floor and history window, whose
+allowed precisions include the checkpoint's, and whose option space includes its action
+space's (a tensor-parallel policy needs ``EnvParams.tp``; a paper-space one acts in either);
+anything else is a ValueError naming the mismatch. Every other failure (no such directory, no ``config.json``, a corrupt ``.npz``) is
 an `agents.checkpoint.CheckpointError` naming the path and what is missing.
 """
 
@@ -54,6 +55,8 @@ def check_compatible(space: ActionSpace, shapes, params, x, origin: str) -> None
     missing = sorted(set(space.precisions) - set(params.precisions))
     if missing:
         bad.append(f"precisions {space.precisions} vs {tuple(params.precisions)}")
+    if space.tp and not getattr(params, "tp", False):
+        bad.append("tensor-parallel options True vs tp False")
     if bad:
         raise ValueError(f"{origin}: trained for another model or scenario than these "
                          f"EnvParams (checkpoint vs EnvParams: {'; '.join(bad)})")

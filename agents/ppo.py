@@ -139,7 +139,9 @@ class EnvAdapter:
     metrics(info) -> dict of float [], averaged and logged per update;
     precisions(params) -> the allowed activation precisions (static);
     relative_reward(obs, info, params) -> float [] (PPOConfig.reward_mode "relative"; obs is
-      the observation the action was taken on).
+      the observation the action was taken on);
+    tp(params) -> the scenario's option space (static bool; the action space follows it
+      unless ActionConfig.tp forces one).
     The slot environment's adapter is `agents.slot_env.lyapunov_adapter`.
     """
 
@@ -151,6 +153,7 @@ class EnvAdapter:
     metrics: Callable
     precisions: Callable = lambda params: (0, 1, 2)
     relative_reward: Callable | None = None
+    tp: Callable = lambda params: False
 
 
 @struct.dataclass
@@ -325,7 +328,8 @@ class TrainSetup:
 
 
 def setup(cfg: PPOConfig, env: EnvAdapter, env_params, action: ActionConfig, net: NetConfig):
-    space = make_space(env.spec(env_params), action, env.precisions(env_params))
+    space = make_space(env.spec(env_params), action, env.precisions(env_params),
+                       tp=env.tp(env_params))
     init, graphdef = make_init(cfg, env, env_params, space, net)
     update = make_update(cfg, env, env_params, space, graphdef)
     return TrainSetup(space, graphdef, feature_shapes(env, env_params)), init, update

@@ -3,8 +3,9 @@ an observation, and the drift-plus-penalty rewards (docs/design.md §3).
 
 `lyapunov_adapter()` is the `agents.ppo.EnvAdapter` of `lyapunov.env`: it auto-resets after
 `episode_slots`, maps an `Obs` to `agents.networks.Features` (`observe_features`), reports the
-outage flag the action masks use (`observed_outage`) and the per-update metrics, and supplies
-`relative_reward` for `PPOConfig.reward_mode == "relative"`.
+outage flag the action masks use (`observed_outage`), the per-update metrics and the option
+space (``EnvParams.tp``: the action space follows it), and supplies `relative_reward` for
+`PPOConfig.reward_mode == "relative"`.
 
 Rewards. "dpp" is the environment's own reward, -DPP / its reward_scale. "relative" (for
 gamma = 0, where PPO is a contextual bandit on the per-slot drift-plus-penalty, the objective
@@ -122,4 +123,5 @@ def lyapunov_adapter() -> EnvAdapter:
     """The `EnvAdapter` of `lyapunov.env` (auto-reset after `episode_slots`)."""
     return EnvAdapter(reset=E.reset, step=_step, features=observe_features,
                       outage=observed_outage, spec=lambda p: p.spec, metrics=_metrics,
-                      precisions=lambda p: p.precisions, relative_reward=relative_reward)
+                      precisions=lambda p: p.precisions, relative_reward=relative_reward,
+                      tp=lambda p: p.tp)
