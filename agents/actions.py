@@ -41,17 +41,17 @@ each step an option is allowed only if the memory already committed plus the opt
 plus the least memory any completion needs (``rest``: layers forced onto the edge by the
 privacy floor, and forced groups) fits the budget. This is exact: every sampled action fits,
 and every action that fits has positive probability (no conservative per-layer share). The LM
-head runs on the side of the last layer's output (on the embedding's side when the output is
-on both sides, after a tp layer), so its memory is charged to the last layer's FFN-on-edge
-options (and to its tp options when the embedding is on the edge), after the embedding side is
-known. A tp layer's edge memory is its edge heads plus its share phi of the FFN weights
+head runs on the side of the last layer's output (on the embedding's side when the output is on
+both sides, after a tp layer), so its memory is charged to the last layer's FFN-on-edge options
+(and to its tp options when the embedding is on the edge), after the embedding side is known. A
+tp layer's edge memory is its edge heads plus its share phi of the FFN weights
 (``costmodel.costs.structure_terms``). The cloud's memory budget is not masked (the built-in
-clouds hold the whole model; the environment charges an infeasible partition). The privacy floor (embedding and the
-first ``privacy_layers`` layers on the edge) is a hard mask. An outage observed in the previous
-slot is a soft preference (``mask_outage``): only options without a link crossing are allowed
-(edge-only), unless that is memory-infeasible, in which case the memory mask alone applies.
-Each step keeps at least one option (the least-memory allowed one) so a distribution always
-exists. Forced steps have one option: log-probability 0, entropy 0.
+clouds hold the whole model; the environment charges an infeasible partition). The privacy
+floor (embedding and the first ``privacy_layers`` layers on the edge) is a hard mask. An outage
+observed in the previous slot is a soft preference (``mask_outage``): only options without a
+link crossing are allowed (edge-only), unless that is memory-infeasible, in which case the
+memory mask alone applies. Each step keeps at least one option (the least-memory allowed one)
+so a distribution always exists. Forced steps have one option: log-probability 0, entropy 0.
 
 The log-probability of an action is the sum over all steps of the masked log-softmax of the
 option taken; entropies are summed likewise (the entropy of the factored, masked
@@ -511,8 +511,9 @@ class HighLogits:
 
     embed: float [2]; modes: float [G, M]; prec: float [3]; cut: float [L + 2];
     trans: float [M, M] added to group g's mode logits given group g-1's mode (the embedding
-    side before group 0); M = ActionSpace.n_modes (3, or 4 with tp): the group modes form a Markov chain, like the residual side in the
-    DP, so "stay on the cloud" can be learned as one thing rather than G independent ones.
+    side before group 0); M = ActionSpace.n_modes (3, or 4 with tp): the group modes form
+    a Markov chain, like the residual side in the DP, so "stay on the cloud" can be learned
+    as one thing rather than G independent ones.
     """
 
     embed: jnp.ndarray

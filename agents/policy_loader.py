@@ -16,8 +16,9 @@ observation (it is causal) and works on any `lyapunov.env.EnvParams` whose model
 checkpoint's layers, heads, tied embedding, privacy floor and history window, whose
 allowed precisions include the checkpoint's, and whose option space includes its action
 space's (a tensor-parallel policy needs ``EnvParams.tp``; a paper-space one acts in either);
-anything else is a ValueError naming the mismatch. Every other failure (no such directory, no ``config.json``, a corrupt ``.npz``) is
-an `agents.checkpoint.CheckpointError` naming the path and what is missing.
+anything else is a ValueError naming the mismatch. Every other failure (no such directory, no
+``config.json``, a corrupt ``.npz``) is an `agents.checkpoint.CheckpointError` naming the path
+and what is missing.
 """
 
 from __future__ import annotations

@@ -87,8 +87,8 @@ def test_every_tp_option_maps_to_the_solvers_option_and_its_costs():
         side = EDGE if embed == EDGE else CLOUD
         total = None
         for layer in range(n_l):
-            t = jax.tree.map(lambda v, i=layer, s=side: v[i, s, space.head_counts[b[i]],
-                                                          o[i]], terms)
+            idx = (layer, side, space.head_counts[b[layer]], o[layer])
+            t = jax.tree.map(lambda v, idx=idx: v[idx], terms)
             total = t if total is None else total + t
             side = int(side_out[o[layer]])
         total = total + endpoint_terms(jnp.int32(EDGE if embed == EDGE else CLOUD),
