@@ -164,7 +164,7 @@ def random_inputs(cfg, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     counts = np.asarray(cfg.head_counts, np.float64)
     head = 10.0 ** rng.uniform(5, 7, n)
     ffn = 10.0 ** rng.uniform(6, 8, n)
-    frac = np.array([1.0, 0.0, 2.0 / 3.0])
+    frac = np.array([1.0, 0.0, 2.0 / 3.0] + [j / 16.0 for j in cfg.phi_grid][: cfg.n_ffn - 3])
     layer_mem = (head[:, None, None] * counts[None, :, None]
                  + ffn[:, None, None] * frac[None, None, :]).astype(f32)
     emb_mem = (10.0 ** rng.uniform(6, 8.5, n)).astype(f32)

@@ -14,6 +14,11 @@ Design: ``docs/design.md §4.5``.
   the layer-wise kind), with the memory masks computed from the mask-context inputs
   (``layer_mem``, ``emb_mem``, ``budget``, ``outage``: ``agents.actions.MaskContext``). Every
   loop is over a static count (groups, layers), so the module traces to a fixed ONNX graph.
+- the tensor-parallel action space (``space.tp``, action-space version 2): group mode tp, per
+  layer F = 3 + len(phi_grid) FFN options (the edge's shares of the FFN columns), the
+  residual state both in the low level's chain, the LM head's memory on a tp last layer
+  charged where the embedding is on the edge. A config with an action-space version this
+  module cannot interpret is refused (``agents.checkpoint.READABLE_ACTION_SPACE_VERSIONS``).
 
 Parameters come from an ``agents.checkpoint`` directory (``params.npz`` + ``config.json``):
 ``state_dict_from_flax`` maps the Flax leaves (``kernel [in, out]``, conv ``kernel [k, in,
@@ -34,7 +39,8 @@ import torch
 from torch import nn
 
 EDGE, CLOUD = 0, 1
-MODE_EDGE, MODE_CLOUD = 0, 1
+MODE_EDGE, MODE_CLOUD, MODE_SPLIT, MODE_TP = 0, 1, 2, 3
+READABLE_ACTION_SPACE_VERSIONS = (1, 2)  # agents.checkpoint
 NEG = -1e9  # agents.actions.NEG
 _KEY = re.compile(r"\['(\w+)'\]\['(kernel|bias)'\](?:\.value)?")
 
@@ -45,6 +51,13 @@ class PolicyConfig:
 
     def __init__(self, config: dict):
         sp = config["space"]
+        version = config.get("action_space_version", 1)
+        self.tp: bool = bool(sp.get("tp", False))
+        if (isinstance(version, bool) or version not in READABLE_ACTION_SPACE_VERSIONS
+                or (version == 1 and self.tp)):
+            raise ValueError(f"action-space version {version!r} cannot be interpreted by this "
+                             f"module (it reads versions {READABLE_ACTION_SPACE_VERSIONS})")
+        self.phi_grid: tuple[int, ...] = tuple(int(j) for j in sp.get("phi_grid", ()))
         self.kind: str = sp["kind"]
         self.n_layers: int = int(sp["n_layers"])
         self.n_heads: int = int(sp["n_heads"])
@@ -69,12 +82,24 @@ class PolicyConfig:
         return len(self.head_counts)
 
     @property
+    def n_ffn(self) -> int:
+        return 3 + len(self.phi_grid) if self.tp else 3
+
+    @property
+    def n_modes(self) -> int:
+        return 4 if self.tp else 3
+
+    @property
+    def n_states(self) -> int:
+        return 3 if self.tp else 2
+
+    @property
     def n_low(self) -> int:
-        return 3 * self.n_bins
+        return self.n_ffn * self.n_bins
 
     @property
     def full_edge(self) -> int:
-        return 3 * (self.n_bins - 1) + EDGE
+        return self.n_ffn * (self.n_bins - 1) + EDGE
 
     @property
     def full_cloud(self) -> int:
@@ -82,11 +107,12 @@ class PolicyConfig:
 
     @property
     def n_high(self) -> int:
-        return 2 + 3 * self.n_groups + 3 + (self.n_layers + 2) + 9
+        m = self.n_modes
+        return 2 + m * self.n_groups + 3 + (self.n_layers + 2) + m * m
 
     @property
     def n_cond(self) -> int:
-        return (2 + 3 * self.n_groups + 3) if self.kind == "hier" else 0
+        return (2 + self.n_modes * self.n_groups + 3) if self.kind == "hier" else 0
 
 
 def state_dict_from_flax(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -173,11 +199,14 @@ class TorchPolicy(nn.Module):
         self.high = nn.Linear(cfg.hidden, cfg.n_high)
         if cfg.kind != "layerwise":
             self.low1 = nn.Linear(cfg.hidden + cfg.n_cond, cfg.low_hidden)
-            self.low2 = nn.Linear(cfg.low_hidden, (cfg.n_layers + 2) * cfg.n_low)
+            self.low2 = nn.Linear(cfg.low_hidden, (cfg.n_layers + cfg.n_states) * cfg.n_low)
         self.critic1 = nn.Linear(cfg.hidden, cfg.hidden)
         self.critic2 = nn.Linear(cfg.hidden, 1)
         opts = torch.arange(cfg.n_low)
         self.register_buffer("opts", opts, persistent=False)
+        o = opts % cfg.n_ffn  # FFN option of each joint option: side o < 3, tp share o >= 3
+        self.register_buffer("ffn_edge", o == EDGE, persistent=False)
+        self.register_buffer("is_tp", o >= 3, persistent=False)
         self.register_buffer("group_of_layer", torch.tensor(cfg.group_of_layer), persistent=False)
         self.register_buffer("privacy", torch.arange(cfg.n_layers) < cfg.privacy_layers,
                              persistent=False)
@@ -194,11 +223,12 @@ class TorchPolicy(nn.Module):
         return torch.tanh(self.torso2(torch.tanh(self.torso1(z))))
 
     def low_logits(self, h: torch.Tensor, cond: torch.Tensor | None):
-        """(float [B, L, K*3] per-layer logits, float [B, 2, K*3] side transitions)."""
+        """(float [B, L, K*F] per-layer logits, float [B, S, K*F] side transitions)."""
         z = torch.cat([h, cond], dim=-1) if cond is not None else h
         out = self.low2(torch.tanh(self.low1(z)))
-        out = out.reshape(out.shape[0], self.cfg.n_layers + 2, self.cfg.n_low)
-        return out[:, :-2], out[:, -2:]
+        n_l = self.cfg.n_layers
+        out = out.reshape(out.shape[0], n_l + self.cfg.n_states, self.cfg.n_low)
+        return out[:, :n_l], out[:, n_l:]
 
     def value(self, h: torch.Tensor) -> torch.Tensor:
         return self.critic2(torch.tanh(self.critic1(h)))[:, 0]
@@ -214,10 +244,11 @@ class TorchPolicy(nn.Module):
         c = self.cfg
         b = layer_mem.shape[0]
         mem = layer_mem.reshape(b, 1, c.n_low).expand(b, c.n_layers, c.n_low)
-        last_edge = ((torch.arange(c.n_layers)[:, None] == c.n_layers - 1)
-                     & (self.opts[None, :] % 3 == EDGE))
+        last = torch.arange(c.n_layers)[:, None] == c.n_layers - 1
+        last_edge = (last & self.ffn_edge[None, :])[None] | (
+            (last & self.is_tp[None, :])[None] & (embed == EDGE)[:, None, None])
         lm = self._lm_mem(emb_mem, embed)[:, None, None]
-        mem = mem + torch.where(last_edge[None], lm, torch.zeros_like(lm))
+        mem = mem + torch.where(last_edge, lm, torch.zeros_like(lm))
         only_full = self.opts[None, :] == c.full_edge
         allowed = (~self.privacy[:, None] | only_full)[None].expand(b, -1, -1)
         return mem, allowed
@@ -233,8 +264,11 @@ class TorchPolicy(nn.Module):
         prefer = torch.ones_like(allowed)
         if modes is not None:
             mode_l = modes[:, self.group_of_layer][:, :, None]
+            is_tp = self.is_tp[None, None, :]
             allowed = _select(mode_l == MODE_EDGE, opts == c.full_edge,
-                              _select(mode_l == MODE_CLOUD, opts == c.full_cloud, allowed))
+                              _select(mode_l == MODE_CLOUD, opts == c.full_cloud,
+                                      _select(mode_l == MODE_TP, allowed & is_tp,
+                                              allowed & ~is_tp)))
         else:
             prefer = ((opts == c.full_edge) | ~outage[:, None, None]).expand_as(allowed)
         min_mem = torch.where(allowed, mem, torch.full_like(mem, float("inf"))).min(-1).values
@@ -245,14 +279,21 @@ class TorchPolicy(nn.Module):
         c = self.cfg
         mem, priv_allowed = self._layer_options(layer_mem, emb_mem, embed)
         full = mem[:, :, c.full_edge]
-        least = torch.where(priv_allowed, mem, torch.full_like(mem, float("inf"))).min(-1).values
+        inf = torch.full_like(mem, float("inf"))
+        is_tp = self.is_tp[None, None, :]
+        least = torch.where(priv_allowed & ~is_tp, mem, inf).min(-1).values
         g_full, g_least = full @ self.group_onehot, least @ self.group_onehot
         priv = self.privacy.to(torch.float32) @ self.group_onehot
         size = self.group_onehot.sum(0)
-        g_mem = torch.stack([g_full, torch.zeros_like(g_full), g_least], dim=2)
-        allowed = torch.stack([torch.ones(c.n_groups, dtype=torch.bool), priv == 0, priv < size],
-                              dim=1)[None].expand(g_mem.shape[0], -1, -1)
-        prefer = ((torch.arange(3) == MODE_EDGE)[None, None, :]
+        cols = [g_full, torch.zeros_like(g_full), g_least]
+        ok = [torch.ones(c.n_groups, dtype=torch.bool), priv == 0, priv < size]
+        if c.tp:
+            cols.append(torch.where(is_tp.expand_as(mem), mem, inf).min(-1).values
+                        @ self.group_onehot)
+            ok.append(priv == 0)
+        g_mem = torch.stack(cols, dim=2)
+        allowed = torch.stack(ok, dim=1)[None].expand(g_mem.shape[0], -1, -1)
+        prefer = ((torch.arange(c.n_modes) == MODE_EDGE)[None, None, :]
                   | ~outage[:, None, None]).expand_as(allowed)
         min_mem = torch.where(allowed, g_mem, torch.full_like(g_mem, float("inf"))).min(-1).values
         rest = _rest_after(min_mem)[:, :, None].expand_as(g_mem)
@@ -294,21 +335,21 @@ class TorchPolicy(nn.Module):
     def forward(self, scalars, history, layer_mem, emb_mem, budget, outage):
         """Logits, value and greedy action of a batch of observations.
 
-        scalars float [B, F], history float [B, W, C]; mask context: layer_mem float [B, K, 3],
+        scalars float [B, F], history float [B, W, C]; mask context: layer_mem float [B, K, F],
         emb_mem float [B], budget float [B], outage bool [B] (already and-ed with mask_outage,
         as ``agents.actions.mask_context`` does). Returns (high_logits [B, n_high],
-        low_logits [B, L, K*3], trans_logits [B, 2, K*3] (zeros for the layer-wise kind),
+        low_logits [B, L, K*F], trans_logits [B, S, K*F] (zeros for the layer-wise kind),
         value [B], embed [B], modes [B, G], prec [B], low [B, L], cut [B]); actions int64.
         """
         c = self.cfg
         b = scalars.shape[0]
         h = self.encode(scalars, history)
         flat = self.high(h)
-        g = c.n_groups
-        i0, i1, i2, i3 = 2, 2 + 3 * g, 5 + 3 * g, flat.shape[-1] - 9
-        lg_embed, lg_modes = flat[:, :i0], flat[:, i0:i1].reshape(b, g, 3)
+        g, n_m = c.n_groups, c.n_modes
+        i0, i1, i2, i3 = 2, 2 + n_m * g, 5 + n_m * g, flat.shape[-1] - n_m * n_m
+        lg_embed, lg_modes = flat[:, :i0], flat[:, i0:i1].reshape(b, g, n_m)
         lg_prec, lg_cut = flat[:, i1:i2], flat[:, i2:i3]
-        lg_trans = flat[:, i3:].reshape(b, 3, 3)
+        lg_trans = flat[:, i3:].reshape(b, n_m, n_m)
         zero_i = torch.zeros(b, dtype=torch.int64)
         prec = masked_greedy(lg_prec[:, None], *self._prec_steps(b), torch.zeros(b), budget)[:, 0]
         if c.kind == "layerwise":
@@ -324,19 +365,21 @@ class TorchPolicy(nn.Module):
         modes = None
         cond = None
         if c.kind == "hier":
-            trans = lg_trans + c.stay_bonus * torch.eye(3)
-            split_prior = torch.tensor([0.0, 0.0, c.split_bias])
+            trans = lg_trans + c.stay_bonus * torch.eye(n_m)
+            split_prior = torch.tensor([0.0, 0.0] + [c.split_bias] * (n_m - 2))
             modes = masked_greedy(lg_modes + split_prior,
                                   *self._group_steps(layer_mem, emb_mem, outage, embed),
-                                  used0, budget, trans, torch.arange(3), embed)
-            cond = torch.cat([_one_hot(embed, 2), _one_hot(modes, 3).reshape(b, -1),
+                                  used0, budget, trans, torch.arange(n_m), embed)
+            cond = torch.cat([_one_hot(embed, 2), _one_hot(modes, n_m).reshape(b, -1),
                               _one_hot(prec, 3)], dim=-1)
         ll, tr = self.low_logits(h, cond)
-        prior = c.stay_bonus * torch.stack([self.opts == c.full_edge,
-                                            self.opts == c.full_cloud]).to(torch.float32)
+        rows = [self.opts == c.full_edge, self.opts == c.full_cloud]
+        rows += [self.is_tp] if c.tp else []
+        prior = c.stay_bonus * torch.stack(rows).to(torch.float32)
+        # chain state after an option: 0 edge, 1 cloud (cloud or split FFN), 2 both (tp)
+        state_of = torch.where(self.ffn_edge, 0, torch.where(self.is_tp, 2, 1)).to(torch.int64)
         low = masked_greedy(ll, *self._layer_steps(layer_mem, emb_mem, outage, embed, modes),
-                            used0, budget, tr + prior, (self.opts % 3 != EDGE).to(torch.int64),
-                            embed)
+                            used0, budget, tr + prior, state_of, embed)
         modes = modes if modes is not None else torch.zeros(b, g, dtype=torch.int64)
         return flat, ll, tr, self.value(h), embed, modes, prec, low, zero_i
 

@@ -27,7 +27,7 @@ SMALL = ModelCard("small-8x4", 8, 4, 2, 256, 768, 1000, "swiglu", True)
 
 
 def _save(path, kind, privacy_layers=0, sharpen=True, seed=0, card="smollm2-135m",
-          shapes=SHAPES):
+          shapes=SHAPES, tp=False):
     """A freshly initialized policy (default: SmolLM2-135M on the Pi 5), saved with
     agents.checkpoint.
 
@@ -35,7 +35,7 @@ def _save(path, kind, privacy_layers=0, sharpen=True, seed=0, card="smollm2-135m
     greedy choices depend on the network and not only on the stay prior, as after training.
     """
     spec = make_spec(card, "rpi5", privacy_layers=privacy_layers)
-    space = make_space(spec, ActionConfig(kind=kind))
+    space = make_space(spec, ActionConfig(kind=kind), tp=tp)
     net = NetConfig()
     model = ActorCritic(space, *shapes, net, nnx.Rngs(seed))
     if sharpen:
@@ -63,14 +63,34 @@ def test_parity_hier_1000(hier_ck):
     _check(export.parity(hier_ck, n=1000, seed=0), 1000)
 
 
-@pytest.mark.parametrize("kind,privacy,sharpen", [("flat_head", 0, True),
-                                                   ("layerwise", 3, True),
-                                                   ("hier", 5, False)])
-def test_parity_other_kinds(tmp_path, kind, privacy, sharpen):
-    """The other action kinds, a privacy floor, and an untouched fresh policy (near-uniform
-    logits: the stay prior decides) on a smaller card (less to compile)."""
-    ck = _save(tmp_path / kind, kind, privacy, sharpen, seed=1, card=SMALL)
+@pytest.mark.parametrize("kind,privacy,sharpen,tp", [("flat_head", 0, True, False),
+                                                      ("layerwise", 3, True, False),
+                                                      ("hier", 5, False, False),
+                                                      ("hier", 0, True, True),
+                                                      ("hier", 2, True, True),
+                                                      ("flat_head", 0, True, True)])
+def test_parity_other_kinds(tmp_path, kind, privacy, sharpen, tp):
+    """The other action kinds, a privacy floor, an untouched fresh policy (near-uniform
+    logits: the stay prior decides) and the tensor-parallel action space (group mode tp, FFN
+    shares phi, the residual state both) on a smaller card (less to compile)."""
+    ck = _save(tmp_path / kind, kind, privacy, sharpen, seed=1, card=SMALL, tp=tp)
+    if tp:
+        module = torch_policy.from_checkpoint(ck)
+        assert module.cfg.tp and module.cfg.n_ffn == 3 + len(module.cfg.phi_grid)
+        out = export.torch_reference(module)(**export.random_inputs(module.cfg, 300, seed=2))
+        assert (out["low"] % module.cfg.n_ffn >= 3).any()  # tp options are chosen
+        if kind == "hier":
+            assert (out["modes"] == torch_policy.MODE_TP).any()
     _check(export.parity(ck, n=300, seed=2), 300)
+
+
+def test_torch_mirror_refuses_an_uninterpretable_action_space_version(hier_ck):
+    config = json.loads((hier_ck / "config.json").read_text())
+    for v in (0, 3):
+        with pytest.raises(ValueError, match="action-space version .* cannot be interpreted"):
+            torch_policy.PolicyConfig({**config, "action_space_version": v})
+    assert torch_policy.PolicyConfig({k: v for k, v in config.items()
+                                      if k != "action_space_version"}).n_ffn == 3
 
 
 def test_greedy_actions_vary_and_masks_bind(hier_ck):
