@@ -278,3 +278,50 @@ def test_uninterpretable_action_space_version_is_refused(tmp_path, version, tp):
                        match=r"action-space version .* cannot be interpreted") as err:
         checkpoint.load_model(path)
     assert "\n" not in str(err.value)
+
+
+# --- training in the tp space ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_short_ppo_run_in_the_tp_space_learns_tp_layers():
+    """Two Pi 5s on a 10 Gbit/s, 0.05 ms LAN with LLaMA-7B-wide layers, where the cost model
+    makes tensor-parallel layers pay (tests/lyapunov/test_policies.py): a short PPO run of the
+    hierarchical agent in the scenario's tp space (one jit) ends with greedy actions that use
+    tp layers."""
+    import dataclasses
+
+    from agents.policy_loader import learned_policy
+    from agents.ppo import PPOConfig, model_from_runner
+    from agents.train import TrainConfig, make_train
+    from costmodel.cards import ModelCard
+    from lyapunov import env as E
+    from lyapunov import processes as pr
+
+    card = ModelCard("tp-4x8", 4, 8, 8, 4096, 11008, 32000, "swiglu", False)
+    link = pr.LinkConfig(bandwidth=pr.BandwidthConfig(kind="constant", mean_mbps=10000.0),
+                         rtt_ms=0.05, rtt_jitter_ms=0.0,
+                         share=pr.ShareConfig(kind="constant", share=1.0))
+    sc = E.Scenario(model=card, device="rpi5", cloud="pi5-peer", prompt_tokens=32,
+                    new_tokens=8, tau_s=2.0, V=10.0, link=link, history=8, episode_slots=64,
+                    arrival=pr.ArrivalConfig(rate=2.0), tp=True)
+    cfg = TrainConfig(scenario=sc,
+                      ppo=PPOConfig(num_envs=8, num_steps=16, num_updates=30, update_epochs=4,
+                                    num_minibatches=4, lr=3e-3, ent_coef=0.01),
+                      action=ActionConfig(kind="hier", n_groups=2, head_bins=5, phi_bins=3),
+                      net=NetConfig(hidden=32, low_hidden=32, conv_channels=4), log_every=30)
+    train = make_train(cfg)
+    assert train.setup.space.tp
+    runner, _ = jax.jit(train)(jax.random.key(0))
+    model = model_from_runner(train.setup, runner.nets)
+    params = sc.build()
+    pol = learned_policy(model, "tp", shapes=train.setup.shapes)
+    obs, state = E.reset(jax.random.key(1), params)
+    n_tp = []
+    for t in range(4):
+        part = pol.act(jax.random.key(t), obs, params)
+        n_tp.append(int((np.asarray(part.ffn) == TP).sum()))
+        obs, state, *_ = E.step(jax.random.key(10 + t), state, part, params)
+    assert min(n_tp) > 0, n_tp
+    with pytest.raises(ValueError, match="tensor-parallel"):
+        pol.act(jax.random.key(0), obs, dataclasses.replace(sc, tp=False).build())
