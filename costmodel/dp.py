@@ -20,7 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from costmodel.costs import Terms, costs_from_terms, endpoint_terms, layer_terms
+from costmodel.costs import (
+    Terms,
+    costs_from_terms,
+    endpoint_terms,
+    layer_terms,
+    structure_terms,
+)
 from costmodel.link import LinkState
 from costmodel.partition import BOTH, CLOUD, EDGE, TP, TP_GRID, Partition
 from costmodel.spec import CostSpec
@@ -126,50 +132,152 @@ def option_partition(heads, opts, q, embed_edge, tp: bool) -> Partition:
 def solve_precision(q, link: LinkState, spec: CostSpec, w: Weights, tp: bool = False) -> DPResult:
     """Exact minimizer of the weighted objective for activation precision q (with the tp
     options and the side state BOTH if ``tp``, else the paper's space)."""
-    n_l, n_s, n_f = spec.n_layers, n_sides(tp), n_ffn_options(tp)
-    table = option_table(q, link, spec, w, tp).reshape(n_l, n_s, -1)  # option = k * F + o
+    return solve_tables(slot_tables(link, spec, (q,), tp), w)
+
+
+@struct.dataclass
+class SlotTables:
+    """Everything the DP needs about one (link, spec), for any weights (docs/design.md §4.2).
+
+    A layer option's terms depend on the layer only through its accuracy weight (head and FFN
+    importances), and its edge and cloud memory on nothing but the option, so the option table
+    of weights ``w`` is ``base(w)[q, side_in, option] + w_acc * acc_layer[layer, option]``:
+    computed once per slot, each DP call is then a weighted sum of these and the recursion.
+
+    base: float [6, P, S, O]: latency, energy, cloud cost, accuracy (the crossing part), edge
+      memory (GB), cloud memory (GB) of each (precision, input side, option = k * F + f).
+    acc_layer: float [L, O]: the accuracy drop (%) of the option's edge-precision weights.
+    ends: float [6, 2, S]: the same six of the endpoints (embedding side s0, final side).
+    allowed: bool [L, S, O] (the privacy floor) or None.
+    precisions: int [P].
+    """
+
+    base: jnp.ndarray
+    acc_layer: jnp.ndarray
+    ends: jnp.ndarray
+    allowed: jnp.ndarray | None
+    precisions: jnp.ndarray
+    tp: bool = struct.field(pytree_node=False, default=False)
+
+
+def _six(tt: Terms, q, spec: CostSpec, acc_w=True):
+    e, c = spec.edge, spec.cloud
+    energy = e.p_active * tt.busy + e.p_tx * tt.tx + e.p_idle * tt.idle
+    cost = c.price_gpu_s * tt.gpu_s + c.price_byte * (tt.up_bytes + tt.down_bytes)
+    acc = 100.0 * spec.act_rel[q] * tt.n_cross
+    if acc_w:
+        acc = acc + 100.0 * spec.weight_rel * tt.acc_w
+    return jnp.stack(jnp.broadcast_arrays(tt.latency, energy, cost, acc, tt.mem / 1e9,
+                                          tt.mem_cloud / 1e9))
+
+
+def slot_tables(link: LinkState, spec: CostSpec, precisions=(0, 1, 2),
+                tp: bool = False) -> SlotTables:
+    """The weight-free tables of one slot (``SlotTables``)."""
+    n_l, n_h, n_s, n_f = spec.n_layers, spec.n_heads, n_sides(tp), n_ffn_options(tp)
+    f, j, _ = option_grid(tp)
+    s = jnp.arange(n_s)[:, None, None]
+    k = jnp.arange(n_h + 1)[None, :, None]
+    fo, jo = jnp.asarray(f)[None, None, :], jnp.asarray(j)[None, None, :]
+    zero_cum = jnp.zeros((1, n_h + 1, 1))
+
+    def per_q(q):
+        tt = layer_terms(s, k, fo, q, link, spec, zero_cum, 0.0, jo)  # acc_w: without weights
+        return _six(tt, q, spec, acc_w=False).reshape(6, n_s, -1)
+
+    qs = jnp.asarray(precisions, jnp.int32)
+    base = jax.vmap(per_q, out_axes=1)(qs)  # [6, P, S, O]
+    acc_w, _ = structure_terms(jnp.arange(n_h + 1)[None, :, None], jnp.asarray(f)[None, None],
+                               spec, spec.head_cum[:, :, None], spec.ffn_w[:, None, None],
+                               jnp.asarray(j)[None, None])
+    acc_layer = (100.0 * spec.weight_rel * acc_w).reshape(n_l, -1)
+    ends = _six(endpoint_terms(jnp.arange(2)[:, None], jnp.arange(n_s)[None, :], link, spec),
+                0, spec)
+    allowed = option_allowed(spec, tp).reshape(n_l, n_s, -1) if spec.privacy_layers else None
+    return SlotTables(base, acc_layer, ends, allowed, qs, bool(tp))
+
+
+def _wvec(w: Weights):
+    return jnp.stack([jnp.asarray(x, jnp.float32) for x in (
+        w.latency, w.energy, w.cloud_cost, w.accuracy, w.memory, w.cloud_memory)])
+
+
+def _finite(val):
+    return jnp.where(jnp.isfinite(val), jnp.minimum(val, BIG), BIG)
+
+
+def tables_weighted(tb: SlotTables, w: Weights):
+    """(table [P, L, S, O], ends [2, S]) of the weighted objective, BIG where not finite or
+    not allowed; ``option_table`` of every precision at once."""
+    wv = _wvec(w)
+    fin = jnp.isfinite(tb.base)  # scalarize: a non-finite term makes the option BIG
+    base = jnp.where(fin.all(0), jnp.tensordot(wv, jnp.where(fin, tb.base, 0.0), 1), jnp.inf)
+    acc = jnp.where(w.accuracy != 0, w.accuracy * tb.acc_layer, 0.0)
+    table = _finite(base[:, None] + acc[None, :, None, :])
+    if tb.allowed is not None:
+        table = jnp.where(tb.allowed[None], table, BIG)
+    fin = jnp.isfinite(tb.ends)
+    ends = _finite(jnp.where(fin.all(0), jnp.tensordot(wv, jnp.where(fin, tb.ends, 0.0), 1),
+                             jnp.inf))
+    return table, ends
+
+
+def _out_index(tp: bool, n_h: int):
+    """Per residual output side, the static option indices (k * F + f) that end there."""
     _, _, out = option_grid(tp)
-    out = np.tile(out, spec.n_heads + 1)
-    masked = jnp.stack([jnp.where(jnp.asarray(out == so), table, BIG) for so in range(n_s)],
-                       axis=2)  # [L, s_in, s_out, opts]
-    trans = masked.min(-1)
-    arg = masked.argmin(-1)
+    out = np.tile(out, n_h + 1)
+    return [np.flatnonzero(out == so) for so in range(n_sides(tp))], out
 
-    def forward(v, tr):
-        cand = v[:, None] + tr  # [s_in, s_out]
-        return jnp.minimum(cand.min(0), BIG), cand.argmin(0)
 
-    def run(s0):
-        v0 = jnp.where(jnp.arange(n_s) == s0, 0.0, BIG)
-        v_last, back = jax.lax.scan(forward, v0, trans)
-        ends = scalarize(endpoint_terms(s0, jnp.arange(n_s), link, spec), q, spec, w)
-        total = jnp.minimum(v_last + ends, BIG)
-        if spec.privacy_layers:
-            total = jnp.where(s0 == CLOUD, BIG, total)
-        return total, back
+def _out_slices(tp: bool):
+    """Per residual output side, the contiguous slice of FFN options (``option_grid``) that
+    end there: edge; cloud and split; with tp, the tp shares (side both)."""
+    return [slice(0, 1), slice(1, 3)] + ([slice(3, n_ffn_options(tp))] if tp else [])
 
-    totals, backs = jax.vmap(run)(jnp.arange(2))  # [s0, s_last], [s0, L, s_out]
-    best = totals.reshape(-1).argmin()
-    s0, s_last = best // n_s, best % n_s
-    back = backs[s0]
 
-    def backward(s_out, bk):
-        s_in = bk[s_out]
+def solve_tables(tb: SlotTables, w: Weights) -> DPResult:
+    """Exact minimizer of the weighted objective over every precision of ``tb`` (the DP of
+    ``solve``; ties as there: first precision, then embedding side, final side, option)."""
+    table, ends = tables_weighted(tb, w)  # [P, L, S, O], [2, S]
+    n_p, n_l, n_s, n_o = table.shape
+    n_f = n_ffn_options(tb.tp)
+    n_h = n_o // n_f - 1
+    _, out = _out_index(tb.tp, n_h)
+    t5 = table.reshape(n_p, n_l, n_s, n_h + 1, n_f)  # the options ending on each side are a
+    trans = jnp.stack([t5[..., sl].min((-2, -1)) for sl in _out_slices(tb.tp)], -1)  # slice
+
+    def forward(v, tr):  # v [2, P, S]; tr [P, S, S]
+        cand = v[..., :, None] + tr[None]
+        return jnp.minimum(cand.min(-2), BIG), cand.argmin(-2)
+
+    v0 = jnp.where(jnp.arange(n_s)[None, None, :] == jnp.arange(2)[:, None, None], 0.0, BIG)
+    v0 = jnp.broadcast_to(v0, (2, n_p, n_s))
+    v_last, back = jax.lax.scan(forward, v0, jnp.moveaxis(trans, 1, 0))  # back [L, 2, P, S]
+    total = jnp.minimum(v_last + ends[:, None, :], BIG)  # [2, P, S]
+    if tb.allowed is not None:  # the privacy floor: the embedding on the edge
+        total = jnp.where((jnp.arange(2) == CLOUD)[:, None, None], BIG, total)
+    flat = jnp.moveaxis(total, 1, 0).reshape(-1)  # order: precision, s0, final side
+    best = flat.argmin()
+    qi, s0, s_last = best // (2 * n_s), (best // n_s) % 2, best % n_s
+    bk = back[:, s0, qi]  # [L, S]
+
+    def backward(s_out, b):
+        s_in = b[s_out]
         return s_in, (s_in, s_out)
 
-    _, (s_in, s_out) = jax.lax.scan(backward, s_last, back, reverse=True)
-    opt = arg[jnp.arange(n_l), s_in, s_out]
-    part = option_partition(opt // n_f, opt % n_f, q, s0 == EDGE, tp)
-    return DPResult(totals.reshape(-1)[best], part)
+    _, (s_in, s_out) = jax.lax.scan(backward, s_last, bk, reverse=True)
+    rows = table[qi, jnp.arange(n_l), s_in]  # [L, O]
+    rows = jnp.where(jnp.asarray(out)[None, :] == s_out[:, None], rows, BIG)
+    opt = rows.argmin(-1)
+    part = option_partition(opt // n_f, opt % n_f, tb.precisions[qi], s0 == EDGE, tb.tp)
+    return DPResult(flat[best], part)
 
 
 def solve(link: LinkState, spec: CostSpec, w: Weights, precisions=(0, 1, 2),
           tp: bool = False) -> DPResult:
     """Exact minimizer over the given activation precisions (no memory constraint); ``tp``
     (static) adds the tensor-parallel FFN options and the side state BOTH."""
-    res = jax.vmap(lambda q: solve_precision(q, link, spec, w, tp))(jnp.asarray(precisions))
-    i = res.value.argmin()
-    return jax.tree.map(lambda x: x[i], res)
+    return solve_tables(slot_tables(link, spec, precisions, tp), w)
 
 
 @struct.dataclass

@@ -1,0 +1,233 @@
+"""How the exact slot oracle scales with the card (docs/design.md §4.3), measured.
+
+For each case (card x edge x cloud x memory regime) and option space (the paper's, and tp),
+on a fixed set of link/queue states drawn once (seeded):
+
+- compile: seconds of the first call of ``lyapunov.oracle.solve_slot`` after
+  ``jax.clear_caches()`` (trace + compile + one decision: what a cold ``simulate`` pays);
+- decision: median and max wall ms of one decision over the states, after one warm-up call;
+- n_solves (mean), exact (how many), gap (largest reported relative gap
+  ``(objective - lower_bound) / |objective|``), and each state's objective and lower bound
+  (in the JSON), so that a later run can be checked against this one (``--reference``):
+  the new objective must be at most the reference objective plus the new reported gap.
+
+Memory regimes: ``free`` (the edge's budget raised to 10 TB: memory never binds) and
+``binds`` (the profile's budget where the card does not fit the edge, else half of the
+card's edge-only memory). The states price the cloud heavily (a cloud-cost budget with a
+large virtual queue in some states, slow links in others), so that the edge is worth filling
+and memory binds. ``70b/orin-nx/mec`` is the issue's 80 x 64 card on an Orin NX and the MEC
+(24 GB at 8 bits): the two budgets together cannot hold it, every decision is infeasible.
+``70b/orin-nx/mec160`` gives the MEC 160 GB, so only the edge's budget binds.
+
+Optional column (``--hier``): the hierarchical policy's decision time and training steps/s
+on the same cards (skipped with a note if ``agents`` does not import).
+
+Timings on a shared machine are upper bounds. Usage:
+
+    python benchmarks/oracle_scaling.py [--quick] [--states 6] [--spaces paper tp]
+        [--cases NAME ...] [--out results/oracle_scaling.json] [--reference OLD.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from costmodel.cards import ModelCard, get_card  # noqa: E402
+from costmodel.costs import request_costs  # noqa: E402
+from costmodel.link import LinkState, Workload  # noqa: E402
+from costmodel.partition import make_partition  # noqa: E402
+from costmodel.profiles import get_profile  # noqa: E402
+from costmodel.spec import make_spec  # noqa: E402
+from lyapunov.oracle import PenaltyWeights, SlotParams, solve_slot  # noqa: E402
+from lyapunov.queues import Budgets, Queues  # noqa: E402
+
+F32 = jnp.float32
+SYNTH = ModelCard("synthetic-8x8", 8, 8, 8, 1024, 2816, 32000, "swiglu", False)
+BIG70 = ModelCard("llama-70b-shaped", 80, 64, 8, 8192, 28672, 128256, "swiglu", False)
+MEC160 = dataclasses.replace(get_profile("mec"), name="mec160", mem_budget_gb=160.0)
+
+# name: (card, edge, cloud, regime)
+CASES = {
+    "8x8/free": (SYNTH, "orin-nx", "mec", "free"),
+    "8x8/binds": (SYNTH, "orin-nx", "mec", "binds"),
+    "gpt2-xl/free": ("gpt2-xl", "orin-nx", "mec", "free"),
+    "gpt2-xl/binds": ("gpt2-xl", "orin-nx", "mec", "binds"),
+    "llama-7b/free": ("llama-7b", "orin-nx", "mec", "free"),
+    "llama-7b/binds": ("llama-7b", "orin-nx", "mec", "binds"),
+    "llama-13b/free": ("llama-13b", "orin-nx", "mec", "free"),
+    "llama-13b/orin-nx": ("llama-13b", "orin-nx", "mec", "binds"),
+    "llama-13b/rpi5": ("llama-13b", "rpi5", "mec", "binds"),
+    "70b/free": (BIG70, "orin-nx", MEC160, "free"),
+    "70b/orin-nx/mec160": (BIG70, "orin-nx", MEC160, "binds"),
+    "70b/orin-nx/mec": (BIG70, "orin-nx", "mec", "binds"),
+}
+QUICK = ["8x8/free", "8x8/binds", "llama-7b/free", "llama-13b/rpi5", "70b/free",
+         "70b/orin-nx/mec160"]
+WORKLOAD = Workload(128, 32)
+
+
+def build_spec(card, edge, cloud, regime):
+    card = get_card(card) if isinstance(card, str) else card
+    edge = get_profile(edge) if isinstance(edge, str) else edge
+    full = make_spec(card, edge, cloud, WORKLOAD)
+    n_l, n_h = card.n_layers, card.n_heads
+    all_edge = make_partition([n_h] * n_l, [0] * n_l)
+    link = LinkState(F32(10.0), F32(10.0), F32(20.0), F32(0.2))
+    need_gb = float(request_costs(all_edge, link, full).edge_memory_gb)
+    if regime == "free":
+        budget = 1e4
+    else:
+        budget = edge.mem_budget_gb if need_gb > edge.mem_budget_gb else 0.5 * need_gb
+    edge = dataclasses.replace(edge, name=f"{edge.name}-{budget:.3g}GB", mem_budget_gb=budget)
+    return card, make_spec(card, edge, cloud, WORKLOAD), budget, need_gb
+
+
+def states(n, seed=0):
+    """(queues, link) pairs: links from fast to nearly out, cloud shares 0.05-0.5, backlogs,
+    and a cloud-cost virtual queue that is empty or large (the cloud priced heavily)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        bw = 10 ** rng.uniform(-0.5, 1.9)
+        link = LinkState(F32(bw), F32(bw), F32(rng.uniform(10, 200)), F32(rng.uniform(0.05, 0.5)))
+        zc = [1e6, 1e7, 0.0, 1e5][i % 4]
+        out.append((Queues(F32(rng.uniform(0, 20)), F32(0), F32(0), F32(zc)), link))
+    return out
+
+
+SLOT = SlotParams(F32(10.0), F32(2.0), Budgets(F32(math.inf), F32(math.inf), F32(1e-4)),
+                  PenaltyWeights(F32(1), F32(0), F32(0), F32(0)))
+
+
+def run_case(name, tp, n_states, extra_kw):
+    card, edge, cloud, regime = CASES[name]
+    card, spec, budget, need = build_spec(card, edge, cloud, regime)
+    sts = states(n_states)
+
+    def decide(q, link):
+        sol = solve_slot(q, link, spec, SLOT, tp=tp, **extra_kw)
+        jax.block_until_ready(sol.objective)
+        return sol
+
+    jax.clear_caches()
+    t0 = time.perf_counter()
+    decide(*sts[0])
+    compile_s = time.perf_counter() - t0
+    decide(*sts[1 % n_states])  # warm-up
+    times, recs = [], []
+    for q, link in sts:
+        t0 = time.perf_counter()
+        sol = decide(q, link)
+        times.append(time.perf_counter() - t0)
+        obj, lb = float(sol.objective), float(sol.lower_bound)
+        gap = getattr(sol, "gap", None)
+        gap = float(gap) if gap is not None else (
+            (obj - lb) / max(abs(obj), 1e-30) if obj < 1e29 else math.inf)
+        recs.append(dict(objective=obj, lower_bound=lb, exact=bool(sol.exact),
+                         feasible=bool(sol.feasible), n_solves=int(sol.n_solves), gap=gap,
+                         edge_gb=float(request_costs(sol.partition, link, spec).edge_memory_gb)
+                         if bool(sol.feasible) else None))
+    feas = [r for r in recs if r["feasible"]]
+    return dict(case=name, card=card.name, layers=card.n_layers, heads=card.n_heads,
+                lh=card.n_layers * card.n_heads, space="tp" if tp else "paper", regime=regime,
+                budget_gb=budget, edge_only_gb=need, compile_s=compile_s,
+                decision_ms_median=1e3 * float(np.median(times)),
+                decision_ms_max=1e3 * float(np.max(times)),
+                n_solves_mean=float(np.mean([r["n_solves"] for r in recs])),
+                n_exact=sum(r["exact"] for r in recs), n_feasible=len(feas), n=len(recs),
+                gap_max=max((r["gap"] for r in feas), default=None), states=recs)
+
+
+def hier_columns(name, n_states):
+    """The hierarchical policy's decision ms and training steps/s on the case's card, or a
+    note why not."""
+    try:
+        from agents import hierarchical  # noqa: F401
+    except Exception as exc:  # agents are being changed elsewhere: report, do not fail
+        return dict(hier_note=f"agents import failed: {type(exc).__name__}: {exc}"[:200])
+    return dict(hier_note="not implemented in this benchmark yet")
+
+
+def compare(rows, reference):
+    """Per state: new objective <= reference objective + new reported gap (relative)."""
+    ref = {(r["case"], r["space"]): r for r in reference}
+    bad = []
+    for r in rows:
+        old = ref.get((r["case"], r["space"]))
+        if old is None:
+            continue
+        for i, (a, b) in enumerate(zip(r["states"], old["states"], strict=False)):
+            if not b["feasible"]:
+                continue
+            if not a["feasible"]:
+                bad.append((r["case"], r["space"], i, "infeasible now", b["objective"]))
+                continue
+            slack = a["gap"] * abs(a["objective"]) + 1e-5 * (abs(a["objective"]) + 1.0)
+            if a["objective"] > b["objective"] + slack:
+                bad.append((r["case"], r["space"], i, a["objective"], b["objective"]))
+            a["ref_objective"] = b["objective"]
+    return bad
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer cases and 4 states")
+    ap.add_argument("--states", type=int, default=6, help="link/queue states per case")
+    ap.add_argument("--spaces", nargs="+", default=["paper", "tp"], choices=["paper", "tp"])
+    ap.add_argument("--cases", nargs="+", default=None, choices=sorted(CASES))
+    ap.add_argument("--out", default="results/oracle_scaling.json", help="JSON output")
+    ap.add_argument("--reference", default=None,
+                    help="an earlier JSON: check objective <= reference + reported gap")
+    ap.add_argument("--hier", action="store_true", help="add the hierarchical policy column")
+    ap.add_argument("--kw", default="{}", help="extra solve_slot keywords, JSON")
+    args = ap.parse_args(argv)
+    names = args.cases or (QUICK if args.quick else list(CASES))
+    n_states = 4 if args.quick and args.states == 6 else args.states
+    rows = []
+    for tp in [s == "tp" for s in args.spaces]:
+        for name in names:
+            row = run_case(name, tp, n_states, json.loads(args.kw))
+            if args.hier:
+                row.update(hier_columns(name, n_states))
+            rows.append(row)
+            print(f"{name:22s} {row['space']:5s} compile {row['compile_s']:6.2f} s  decision "
+                  f"{row['decision_ms_median']:8.1f} ms (max {row['decision_ms_max']:8.1f})  "
+                  f"solves {row['n_solves_mean']:5.1f}  exact {row['n_exact']}/{row['n']}  "
+                  f"gap {row['gap_max'] if row['gap_max'] is not None else float('nan'):.2e}",
+                  flush=True)
+    base = min(rows, key=lambda r: (r["lh"], r["decision_ms_median"]))
+    print(f"\n{'case':22s} {'L*H':>6s} {'space':5s} {'compile s':>9s} {'x':>5s} "
+          f"{'decision ms':>11s} {'x':>6s} {'exact':>6s} {'max gap':>9s}")
+    for r in rows:
+        print(f"{r['case']:22s} {r['lh']:6d} {r['space']:5s} {r['compile_s']:9.2f} "
+              f"{r['compile_s'] / base['compile_s']:5.1f} {r['decision_ms_median']:11.1f} "
+              f"{r['decision_ms_median'] / base['decision_ms_median']:6.1f} "
+              f"{r['n_exact']:>2d}/{r['n']:<3d} "
+              f"{r['gap_max'] if r['gap_max'] is not None else float('nan'):9.1e}")
+    bad = []
+    if args.reference:
+        bad = compare(rows, json.loads(pathlib.Path(args.reference).read_text())["rows"])
+        print(f"\nreference check ({args.reference}): {len(bad)} violations")
+        for b in bad:
+            print("  ", b)
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(rows=rows, violations=bad, jax=jax.__version__), indent=1))
+    print(f"wrote {out}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
