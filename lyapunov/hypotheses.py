@@ -47,31 +47,68 @@ def cards(draw, max_layers: int = 4, max_heads: int = 4) -> ModelCard:
                      n_heads * head_dim, d_ff, vocab, ffn, draw(st.booleans()))
 
 
+# The ranges the drawn profiles span: (low, high, log scale?) per DeviceProfile field, or the
+# choices of a discrete field. Also used, with a NumPy generator, where a test needs seeded
+# profiles outside hypothesis (``profile_from_rng``).
+PROFILE_RANGES = {
+    "peak_tflops": (0.01, 300.0, True), "mem_bw_gbs": (5.0, 3000.0, True),
+    "eff_compute": (0.1, 1.0, False), "eff_memory": (0.1, 1.0, False),
+    "overhead_us": (0.0, 1.0, 200.0), "msg_overhead_us": (0.0, 1.0, 500.0),
+    "weight_bits": (4.0, 4.5, 8.0, 16.0), "kv_bits": (8.0, 16.0),
+    "power_active_w": (1.0, 400.0, True), "power_idle_w": (0.1, 10.0, True),
+    "power_tx_w": (0.1, 5.0, True), "mem_budget_gb": (0.5, 80.0, True),
+    "rtt_ms": (0.5, 100.0, True), "price_per_gpu_s": (1e-5, 1e-2, True),
+    "price_per_gb": (1e-3, 0.2, True),
+}
+# Fields with an "off" value: (0.0, lo, hi) is 0 or a log-uniform draw in [lo, hi].
+_OPTIONAL = ("overhead_us", "msg_overhead_us")
+_CHOICES = ("weight_bits", "kv_bits")
+
+
+def _profile(role: str, name: str, value) -> DeviceProfile:
+    return DeviceProfile(name, role, **{k: value(k, r) for k, r in PROFILE_RANGES.items()})
+
+
 @st.composite
 def profiles(draw, role: str = "edge") -> DeviceProfile:
-    """A valid device profile with roofline, power, memory and price constants spread wide
-    (edge and cloud speeds sometimes comparable, where head- and FFN-level splits win)."""
-    def lu(lo, hi):
-        return draw(log_uniform(lo, hi))
+    """A valid device profile with roofline, power, memory, message-overhead and price
+    constants spread wide over ``PROFILE_RANGES`` (edge and cloud speeds sometimes comparable,
+    where head- and FFN-level splits win)."""
+    def value(k, r):
+        if k in _CHOICES:
+            return draw(st.sampled_from(r))
+        if k in _OPTIONAL:
+            return draw(st.one_of(st.just(0.0), log_uniform(r[1], r[2])))
+        return draw(log_uniform(r[0], r[1]) if r[2] else st.floats(r[0], r[1]))
 
-    return DeviceProfile(
-        f"drawn-{role}", role, peak_tflops=lu(0.01, 300.0), mem_bw_gbs=lu(5.0, 3000.0),
-        eff_compute=draw(st.floats(0.1, 1.0)), eff_memory=draw(st.floats(0.1, 1.0)),
-        overhead_us=draw(st.one_of(st.just(0.0), st.floats(1.0, 200.0))),
-        weight_bits=draw(st.sampled_from((4.0, 4.5, 8.0, 16.0))),
-        kv_bits=draw(st.sampled_from((8.0, 16.0))), power_active_w=lu(1.0, 400.0),
-        power_idle_w=lu(0.1, 10.0), power_tx_w=lu(0.1, 5.0), mem_budget_gb=lu(0.5, 80.0),
-        rtt_ms=lu(0.5, 100.0), price_per_gpu_s=lu(1e-5, 1e-2), price_per_gb=lu(1e-3, 0.2))
+    return _profile(role, f"drawn-{role}", value)
+
+
+def profile_from_rng(role: str, rng) -> DeviceProfile:
+    """The same distribution as :func:`profiles`, drawn with a NumPy ``Generator`` (for seeded
+    loops outside hypothesis)."""
+    def value(k, r):
+        if k in _CHOICES:
+            return float(rng.choice(r))
+        if k in _OPTIONAL:
+            return 0.0 if rng.random() < 0.5 else float(
+                10 ** rng.uniform(math.log10(r[1]), math.log10(r[2])))
+        lo, hi, log = r
+        return float(10 ** rng.uniform(math.log10(lo), math.log10(hi))) if log else float(
+            rng.uniform(lo, hi))
+
+    return _profile(role, f"random-{role}", value)
 
 
 @st.composite
 def links(draw, outage: bool = True) -> LinkState:
-    """A cost-model link (Mbit/s, ms, share); with ``outage`` the bandwidth may be 0."""
+    """A cost-model link (Mbit/s, ms, share); with ``outage`` the bandwidth may be 0. The RTT
+    is 0, a LAN's (0-2 ms, where tensor-parallel splits pay) or anything up to 300 ms."""
     bw = st.one_of(st.just(0.0), log_uniform(0.05, 5000.0)) if outage else log_uniform(
         0.05, 5000.0)
     up = draw(bw)
     down = up if draw(st.booleans()) else draw(bw)
-    rtt = draw(st.floats(0.0, 300.0))
+    rtt = draw(st.one_of(st.just(0.0), st.floats(0.0, 2.0), st.floats(0.0, 300.0)))
     share = draw(st.one_of(st.just(1.0), log_uniform(0.01, 1.0)))
     f = jnp.float32
     return LinkState(f(up), f(down), f(rtt), f(share))

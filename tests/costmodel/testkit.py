@@ -19,6 +19,8 @@ from costmodel.link import LinkState, Workload
 from costmodel.partition import Partition
 from costmodel.profiles import DeviceProfile, get_profile
 from costmodel.spec import make_spec
+from lyapunov import hypotheses as hyp
+from lyapunov.hypotheses import log_uniform  # noqa: F401 - the tests' import of it
 from tests.partitions import all_partitions as _enumerate
 
 # Two tiny cards: grouped-query attention (4 query heads on 2 K/V heads, SwiGLU, untied) and
@@ -54,19 +56,11 @@ def case(card: ModelCard | str, edge="rpi5", cloud="datacenter", prompt=128, new
     return spec, Scenario(card, e, c, acc, prompt, new, privacy)
 
 
-def log_uniform(lo: float, hi: float):
-    return st.floats(np.log10(lo), np.log10(hi)).map(lambda x: float(10.0 ** x))
-
-
-@st.composite
-def links(draw, outage=True):
-    """(up Mbit/s, down Mbit/s, RTT ms, cloud share); bandwidth 0 is an outage."""
-    bw = st.one_of(st.just(0.0), log_uniform(0.05, 5000.0)) if outage else log_uniform(0.05, 5e3)
-    up = draw(bw)
-    down = up if draw(st.booleans()) else draw(bw)
-    rtt = draw(st.one_of(st.just(0.0), st.floats(0.0, 2.0), st.floats(0.0, 200.0)))
-    share = draw(st.one_of(st.just(1.0), log_uniform(0.01, 1.0)))
-    return Link(up, down, rtt, share)
+def links(outage=True):
+    """Reference links (up Mbit/s, down Mbit/s, RTT ms, cloud share) of the project's link
+    strategy (``lyapunov.hypotheses.links``: bandwidth 0 is an outage, LAN RTTs favoured)."""
+    return hyp.links(outage).map(lambda lk: Link(*(float(x) for x in (
+        lk.bw_up_mbps, lk.bw_down_mbps, lk.rtt_ms, lk.cloud_share))))
 
 
 @st.composite
@@ -186,18 +180,6 @@ def _weighted(c, w: dict) -> np.ndarray:
 
 def random_profile(role: str, seed: int) -> DeviceProfile:
     """A valid profile with random roofline, power, memory and price constants, spread so that
-    edge and cloud speeds are sometimes comparable (where head- and FFN-level splits win)."""
-    rng = np.random.default_rng(seed)
-
-    def lu(lo, hi):
-        return float(10 ** rng.uniform(np.log10(lo), np.log10(hi)))
-
-    return DeviceProfile(
-        f"random-{role}-{seed}", role, peak_tflops=lu(0.01, 300.0), mem_bw_gbs=lu(5.0, 3000.0),
-        eff_compute=float(rng.uniform(0.1, 1.0)), eff_memory=float(rng.uniform(0.1, 1.0)),
-        overhead_us=float(rng.choice([0.0, lu(1.0, 200.0)])),
-        weight_bits=float(rng.choice([4.0, 4.5, 8.0, 16.0])),
-        msg_overhead_us=float(rng.choice([0.0, lu(1.0, 500.0)])),
-        kv_bits=float(rng.choice([8.0, 16.0])), power_active_w=lu(1.0, 400.0),
-        power_idle_w=lu(0.1, 10.0), power_tx_w=lu(0.1, 5.0), mem_budget_gb=lu(0.5, 80.0),
-        rtt_ms=lu(0.5, 100.0), price_per_gpu_s=lu(1e-5, 1e-2), price_per_gb=lu(1e-3, 0.2))
+    edge and cloud speeds are sometimes comparable (where head- and FFN-level splits win):
+    ``lyapunov.hypotheses.profiles``' distribution, seeded."""
+    return hyp.profile_from_rng(role, np.random.default_rng(seed))

@@ -23,6 +23,7 @@ from costmodel.cards import ModelCard  # noqa: E402
 from costmodel.costs import request_costs  # noqa: E402
 from costmodel.link import LinkState, Workload  # noqa: E402
 from costmodel.spec import make_spec  # noqa: E402
+from lyapunov import hypotheses as hyp  # noqa: E402
 from lyapunov.cvx import DVFS, SlotProgram, compare_with_oracle, solve_slot_cvx  # noqa: E402
 from lyapunov.oracle import PenaltyWeights, SlotParams  # noqa: E402
 from lyapunov.queues import Budgets, Queues  # noqa: E402
@@ -59,9 +60,7 @@ def _brute(link, spec, cw: dp.Weights, lam):
 
 @st.composite
 def instances(draw):
-    bw = 10 ** draw(st.floats(-0.5, 3.0))
-    link = LinkState(jnp.float32(bw), jnp.float32(bw), jnp.float32(draw(st.floats(0.5, 120.0))),
-                     jnp.float32(10 ** draw(st.floats(-3.0, 0.0))))
+    link = draw(hyp.links(outage=False))
     cw = dp.Weights(0.0, draw(st.floats(0.0, 5.0)), draw(st.floats(0.0, 5.0)),
                     draw(st.floats(0.0, 1e4)))
     lam = 10 ** draw(st.floats(-2.0, 2.0))
