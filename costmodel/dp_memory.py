@@ -1,6 +1,7 @@
 """Memory-resource DP: the edge memory budget as a resource dimension (docs/design.md §4).
 
-The budget is cut into `units` equal parts; each layer option's memory and each endpoint's
+The budget is cut into `units` equal parts (coarser if one option would span more than
+`shifts` units); each layer option's memory and each endpoint's
 (embedding and LM head, by the embedding side and the final side) is rounded to whole units. State:
 (residual side, units used); the sides and options are those of `costmodel.dp` (the paper's space,
 or with ``tp`` the tensor-parallel one). Rounded *up* (`up=True`) every partition the DP can return
@@ -16,18 +17,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costmodel.costs import endpoint_terms, structure_terms, total_terms
+from costmodel.costs import total_terms
 from costmodel.dp import (
     BIG,
     ConstrainedResult,
     DPResult,
+    SlotTables,
     Weights,
-    n_sides,
-    option_grid,
+    _out_index,
+    n_ffn_options,
     option_partition,
-    option_table,
     scalarize,
+    slot_tables,
     solve_memory,
+    tables_weighted,
 )
 from costmodel.link import LinkState
 from costmodel.partition import CLOUD, EDGE
@@ -43,74 +46,90 @@ def to_units(mem_bytes, unit, up):
 
 
 def solve_precision_resource(q, link: LinkState, spec: CostSpec, w: Weights, units: int = 128,
-                             up=True, tp: bool = False) -> DPResult:
+                             up=True, tp: bool = False, shifts: int = 64) -> DPResult:
     """Exact minimizer of the weighted objective at activation precision q over the partitions
-    whose edge memory, rounded (up or down) to ``budget / units`` per option and endpoint, fits
-    in ``units``; value BIG when none does. ``tp``: the option space (``costmodel.dp``)."""
-    n_l, n_h, n_s = spec.n_layers, spec.n_heads, n_sides(tp)
-    f_opt, j_opt, out = option_grid(tp)
-    n_f = len(f_opt)
-    n_opt = n_f * (n_h + 1)
-    unit = jnp.maximum(spec.edge.mem_budget / units, 1e-30)
-    table = option_table(q, link, spec, w, tp).reshape(n_l, n_s, n_opt)
-    k = jnp.arange(n_h + 1)[:, None]
-    _, mem = structure_terms(k, jnp.asarray(f_opt)[None, :], spec, 0.0, 0.0,
-                             jnp.asarray(j_opt)[None, :])
-    opt_units = to_units(mem, unit, up).reshape(-1)
-    opt_out = jnp.asarray(np.tile(out, n_h + 1))
+    whose edge memory, rounded (up or down) per option and endpoint to the unit of
+    ``solve_tables_resource``, fits; value BIG when none does. ``tp``: the option space
+    (``costmodel.dp``)."""
+    return solve_tables_resource(slot_tables(link, spec, (q,), tp), w,
+                                 spec.edge.mem_budget / 1e9, units, up, shifts)
+
+
+def resource_unit(tb: SlotTables, budget_gb, units: int, shifts: int):
+    """The memory unit (GB): ``budget / units``, or coarser if one option would otherwise span
+    more than ``shifts - 2`` units (then every option's rounded memory is below ``shifts``)."""
+    mem = tb.base[4, 0, 0]  # [O] GB: the same for every layer, side and precision
+    return jnp.maximum(jnp.maximum(budget_gb / units, mem.max() * (1.0 + 1e-4) / (shifts - 2)),
+                       1e-30)
+
+
+def solve_tables_resource(tb: SlotTables, w: Weights, budget_gb, units: int = 128, up=True,
+                          shifts: int = 64) -> DPResult:
+    """The resource DP over (residual side, units used) on the slot's tables (every precision
+    of ``tb``). Every layer has the same option memories, so an option's rounded memory is one
+    of ``shifts`` values: per (layer, input side, output side) only the best option of each
+    rounded memory matters (a segment minimum), and a layer's step is a min-plus convolution
+    of the value row with ``shifts`` entries, vectorized over sides, precisions and the
+    embedding side. Rounded up (``up``), every partition it admits fits ``budget_gb``; rounded
+    down, it admits every partition that fits (proofs/oracle.md, Proposition 3)."""
+    table, ends = tables_weighted(tb, w)  # [P, L, S, O], [2, S]
+    n_p, n_l, n_s, n_o = table.shape
+    n_f = n_ffn_options(tb.tp)
+    n_h = n_o // n_f - 1
+    k_sh = int(shifts)
+    unit = resource_unit(tb, budget_gb, units, k_sh)
+    cap = jnp.floor(budget_gb / unit * jnp.where(up, 1.0 - 1e-5, 1.0 + 1e-5))
+    opt_units = jnp.minimum(to_units(tb.base[4, 0, 0], unit, up), k_sh - 1)  # [O]
+    _, out = _out_index(tb.tp, n_h)
+    seg = jnp.asarray(out) * k_sh + opt_units
+    best = jax.ops.segment_min(jnp.moveaxis(table, -1, 0), seg, num_segments=n_s * k_sh)
+    best = jnp.minimum(jnp.moveaxis(best, 0, -1), BIG).reshape(n_p, n_l, n_s, n_s, k_sh)
     m = jnp.arange(units + 1)
-    src = m[None, :] - opt_units[:, None]  # [opt, M+1] units used before this layer
-    valid = src >= 0
-    src = jnp.clip(src, 0, units)
+    shift_idx = np.arange(units + 1)[None, :] + k_sh - np.arange(k_sh)[:, None]  # [K, M+1]
 
-    def forward(v, tab):  # v: [s, M+1] -> values only (an argmin here is ~20x slower on CPU)
-        cand = jnp.where(valid[None], v[:, src], BIG) + tab[:, :, None]  # [s_in, opt, M+1]
-        new = jnp.stack([jnp.where((opt_out == so)[None, :, None], cand, BIG).min((0, 1))
-                         for so in range(n_s)])
-        return jnp.minimum(new, BIG), v
+    def forward(v, b):  # v [2, P, S, M+1]; b [P, S_in, S_out, K]
+        pad = jnp.concatenate([jnp.full(v.shape[:-1] + (k_sh,), BIG), v], -1)
+        vs = pad[..., shift_idx]  # [2, P, S_in, K, M+1]: v[m - u]
+        cand = vs[:, :, :, None] + b[None, :, :, :, :, None]  # [2, P, S_in, S_out, K, M+1]
+        return jnp.minimum(cand.min((2, 4)), BIG), v
 
-    v0 = jnp.where(m[None, :] == 0, 0.0, BIG) * jnp.ones((n_s, 1))
-
-    def run(s0):
-        v_init = jnp.where(jnp.arange(n_s)[:, None] == s0, v0, BIG)
-        v_last, v_in = jax.lax.scan(forward, v_init, table)  # v_in: [L, S, M+1]
-        ends = endpoint_terms(s0, jnp.arange(n_s), link, spec)
-        end_val = scalarize(ends, q, spec, w)
-        end_units = to_units(ends.mem, unit, up)
-        fits = m[None, :] + end_units[:, None] <= units
-        total = jnp.where(fits, v_last + end_val[:, None], BIG)
-        if spec.privacy_layers:
-            total = jnp.where(s0 == CLOUD, BIG, total)
-        return jnp.minimum(total, BIG), v_in
-
-    totals, v_ins = jax.vmap(run)(jnp.arange(2))  # [s0, s_last, M+1], [s0, L, S, M+1]
-    flat = totals.reshape(-1)
-    best = flat.argmin()
-    s0 = best // (n_s * (units + 1))
-    s_last = (best // (units + 1)) % n_s
-    used = best % (units + 1)
+    v0 = jnp.where((jnp.arange(n_s)[None, :, None] == jnp.arange(2)[:, None, None])
+                   & (m == 0)[None, None, :], 0.0, BIG)
+    v0 = jnp.broadcast_to(v0[:, None], (2, n_p, n_s, units + 1))
+    v_last, v_in = jax.lax.scan(forward, v0, jnp.moveaxis(best, 1, 0))  # v_in [L, 2, P, S, M+1]
+    end_units = to_units(tb.ends[4], unit, up)  # [2, S]
+    fits = m[None, None, :] + end_units[..., None] <= cap
+    total = jnp.where(fits[:, None], v_last + ends[:, None, :, None], BIG)  # [2, P, S, M+1]
+    if tb.allowed is not None:
+        total = jnp.where((jnp.arange(2) == CLOUD)[:, None, None, None], BIG, total)
+    flat = jnp.minimum(jnp.moveaxis(total, 1, 0), BIG).reshape(-1)  # precision, s0, side, m
+    best_i = flat.argmin()
+    qi = best_i // (2 * n_s * (units + 1))
+    s0 = (best_i // (n_s * (units + 1))) % 2
+    s_last = (best_i // (units + 1)) % n_s
+    used = best_i % (units + 1)
+    out_j = jnp.asarray(out)
 
     def backward(carry, layer):  # recompute the argmin of the one state on the path
         s_out, mm = carry
-        v, tab = layer
-        before = mm - opt_units  # [opt]
+        v, tab = layer  # [S, M+1], [S, O]
+        before = mm - opt_units  # [O]
         cand = jnp.where(before[None, :] >= 0, v[:, jnp.clip(before, 0, units)], BIG) + tab
-        cand = jnp.where((opt_out == s_out)[None, :], cand, BIG)  # [s_in, opt]
+        cand = jnp.where((out_j == s_out)[None, :], cand, BIG)  # [s_in, opt]
         a = cand.reshape(-1).argmin()
-        s_in, opt = a // n_opt, a % n_opt
+        s_in, opt = a // n_o, a % n_o
         return (s_in, jnp.clip(mm - opt_units[opt], 0, units)), opt
 
-    _, opts = jax.lax.scan(backward, (s_last, used), (v_ins[s0], table), reverse=True)
-    part = option_partition(opts // n_f, opts % n_f, q, s0 == EDGE, tp)
-    return DPResult(flat[best], part)
+    _, opts = jax.lax.scan(backward, (s_last, used), (v_in[:, s0, qi], table[qi]), reverse=True)
+    part = option_partition(opts // n_f, opts % n_f, tb.precisions[qi], s0 == EDGE, tb.tp)
+    return DPResult(flat[best_i], part)
 
 
 def solve_resource(link: LinkState, spec: CostSpec, w: Weights, precisions=(0, 1, 2),
-                   units: int = 128, up=True, tp: bool = False) -> DPResult:
+                   units: int = 128, up=True, tp: bool = False, shifts: int = 64) -> DPResult:
     """The best of :func:`solve_precision_resource` over the given precisions."""
-    res = jax.vmap(lambda q: solve_precision_resource(q, link, spec, w, units, up, tp))(
-        jnp.asarray(precisions))
-    return jax.tree.map(lambda x: x[res.value.argmin()], res)
+    return solve_tables_resource(slot_tables(link, spec, precisions, tp), w,
+                                 spec.edge.mem_budget / 1e9, units, up, shifts)
 
 
 def solve_memory_exact(link: LinkState, spec: CostSpec, w: Weights, precisions=(0, 1, 2),

@@ -139,6 +139,8 @@ class SlotSolution:
     exact: the objective is the minimum over feasible partitions (within RTOL).
     feasible: some partition is feasible (memory, link, privacy).
     n_solves: exact DP calls used.
+    gap: the certified relative optimality gap ``(objective - lower_bound) / |objective|``
+      (0 when exact, ``inf`` when not feasible).
     """
 
     partition: Partition
@@ -151,6 +153,7 @@ class SlotSolution:
     exact: jnp.ndarray
     feasible: jnp.ndarray
     n_solves: jnp.ndarray
+    gap: jnp.ndarray
 
 
 @struct.dataclass
@@ -189,6 +192,7 @@ def _evaluate(part: Partition, link, spec: CostSpec, cw: dp.Weights) -> _Pt:
 # once): the two scale solves, then sweeps (low end, high end, stack), first at nu = 0, then
 # along the bisection on nu while memory binds.
 _FAST, _CHEAP, _LO, _HI, _STACK, _DONE = range(6)
+_GROWS = 4  # at most this many x1e6 growths of nu_max per multiplier (1e24)
 
 
 @struct.dataclass
@@ -205,6 +209,7 @@ class _State:
     c_s: jnp.ndarray
     m_s: jnp.ndarray
     nu_max: jnp.ndarray
+    nu_max0: jnp.ndarray  # nu_max as first set (its growth is capped relative to it)
     p_fast: _Pt
     p_lo: _Pt
     stack: jnp.ndarray  # [cap, 6] rows (l1, c1, lam1, l2, c2, lam2); point 1 at smaller lambda
@@ -289,7 +294,7 @@ def _query(pb: _Problem, s: _State):
         energy=jnp.select([fast, cheap], [0.0, cw.energy], cw.energy / norm),
         accuracy=jnp.select([fast, cheap], [0.0, cw.accuracy], cw.accuracy / norm),
         cloud_cost=jnp.select([fast, cheap], [0.0, cw.cloud_cost], cw.cloud_cost / norm),
-        memory=jnp.where(fast | cheap | (s.mode == 1), 0.0,
+        memory=jnp.where(fast | cheap | (s.mode >= 1), 0.0,
                          jnp.where(s.which == 1, s.nu_e, s.nu) / norm),
         cloud_memory=jnp.where(fast | cheap | (s.which == 0), 0.0, s.nu / norm))
     need = (s.phase < _STACK) | ((s.phase == _STACK) & worth)
@@ -329,20 +334,30 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
                   hi=jnp.where(to_cloud, nu_max, s.hi))
     first = first & ~to_cloud
     fits = jnp.where(to_cloud, False, jnp.where(s.which == 1, s.sb.cfit, s.sb.efit))
-    lo = jnp.where((s.nu_i >= 1) & ~fits, s.nu, s.lo)
-    hi = jnp.where((s.nu_i >= 1) & fits, s.nu, s.hi)
-    nu_i = s.nu_i + 1
-    nothing = (s.nu_i == 0) & ~fits  # even the memory-first minimizer does not fit
-    stop = (first & fits) | nothing | (nu_i > pb.nu_iters)
+    # nu_max did not make the minimizer fit: the objective's scale it was built from may be
+    # too small (V = Q = 0: only c, possibly 0 at both scale points), so grow it (x 1e6)
+    # before concluding that nothing fits; the memory-first minimizer is reached once
+    # nu (mem - mem_min) outweighs every difference of J.
+    grow = (s.nu_i == 0) & ~fits & ~to_cloud & (s.nu_max < 1e24 * s.nu_max0)
+    nu_max = jnp.where(grow, s.nu_max * 1e6, s.nu_max)
+    lo = jnp.where(((s.nu_i >= 1) & ~fits) | grow, s.nu, s.lo)
+    hi = jnp.where(((s.nu_i >= 1) & fits) | grow, jnp.where(grow, nu_max, s.nu), s.hi)
+    nu_i = jnp.where(grow, 0, s.nu_i + 1)
+    nothing = (s.nu_i == 0) & ~fits & ~grow  # even the memory-first minimizer does not fit
     gap = s.f_j - lower > RTOL * (jnp.abs(s.f_j) + jnp.abs(lower) + 1e-30)
+    # The bisection also ends once the gap is closed (a feasible point meets the bound).
+    stop = (first & fits) | nothing | (nu_i > pb.nu_iters) | ((s.nu_i >= 1) & ~gap & ~grow)
     in_res = s.mode >= 1
     to_res = (~in_res & stop & ~(first & fits) & ~nothing & gap & (pb.units > 0)
               & (s.which == 0))
-    nu = jnp.where(nu_i == 0, s.nu_max, jnp.sqrt(lo * hi))
+    nu = jnp.where(nu_i == 0, nu_max, jnp.sqrt(lo * hi))
+    # The rounded-down sweep is not priced (nu = 0): its minimizer, when it fits, is then
+    # certified optimal (pricing it with the best dual multiplier also gives a valid bound,
+    # but loses that; proofs/oracle.md, Proposition 5).
     lagr = s.replace(phase=jnp.where(to_res, _LO, jnp.where(stop, _DONE, _LO)),
                      mode=jnp.where(to_res, 1, 0), nu_i=nu_i,
                      nu=jnp.where(to_res, 0.0, nu), lo=lo, hi=hi, lower=lower,
-                     complete=complete, fits0=fits0)
+                     complete=complete, fits0=fits0, nu_max=nu_max)
     # After the rounded-down sweep (a lower bound), a rounded-up one (feasible points) if the
     # gap is still open; then stop.
     up_next = (s.mode == 1) & (s.f_j - lower > RTOL * (jnp.abs(s.f_j) + jnp.abs(lower) + 1e-30))
@@ -364,6 +379,7 @@ def _transition(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
     j_s = jnp.abs(pb.a) * l_s + pb.b / l_s + c_s + 1e-12
     nu_max = 1e6 * j_s / jnp.maximum(pb.budget, 1e-6)
     after_cheap = s.replace(phase=jnp.int32(_LO), l_s=l_s, c_s=c_s, m_s=m_s, nu_max=nu_max,
+                            nu_max0=nu_max,
                             lo=1e-12 * nu_max, hi=nu_max, nu=jnp.float32(0.0),
                             nu_i=jnp.int32(-1))
     # _LO
@@ -432,13 +448,14 @@ def _sweep(pb: _Problem, solve, solve_resource) -> _State:
     s0 = _State(
         phase=jnp.int32(_FAST), mode=jnp.int32(0), which=jnp.int32(0), nu_e=zero,
         nu_i=jnp.int32(-1), nu=zero, lo=zero,
-        hi=zero, l_s=f32(1.0), c_s=zero, m_s=f32(1.0), nu_max=zero, p_fast=no_point,
+        hi=zero, l_s=f32(1.0), c_s=zero, m_s=f32(1.0), nu_max=zero, nu_max0=zero,
+        p_fast=no_point,
         p_lo=no_point,
         stack=jnp.zeros((pb.cap, 6), f32), size=jnp.int32(0), n_sweep=jnp.int32(0),
         sb_j=big, sb=no_point, sb_lam=zero, f_j=big, f=no_point, f_lam=zero, f_nu=zero,
         lower=f32(-BIG), complete=jnp.bool_(True), fits0=jnp.bool_(False),
         n_solves=jnp.int32(0))
-    max_iter = (pb.nu_iters + 3) * (3 * pb.cap + 3) + 2
+    max_iter = (pb.nu_iters + 3 + 2 * _GROWS) * (3 * pb.cap + 3) + 2
 
     def cond(c):
         i, s = c
@@ -466,11 +483,11 @@ def _certificate(s: _State):
     return feasible, jnp.where(s.fits0, exact_unc, feasible & gap_ok & s.complete)
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("precisions", "max_solves", "nu_iters", "units", "tp"))
+@functools.partial(jax.jit, static_argnames=("precisions", "max_solves", "nu_iters", "units",
+                                            "tp", "shifts"))
 def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
                precisions=(0, 1, 2), max_solves: int = 48, nu_iters: int = 20,
-               units: int = 512, tp: bool = False) -> SlotSolution:
+               units: int = 512, tp: bool = False, shifts: int = 0) -> SlotSolution:
     """Exact minimizer of the slot's DPP expression (see the module docstring).
 
     Args:
@@ -486,6 +503,10 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
         (static; 0 skips that sweep).
       tp: the option space (static): False the paper's (no tensor-parallel FFN), True with tp
         FFNs and the residual on both sides (``costmodel.dp``).
+      shifts: the resource DP's distinct rounded option memories (static; the unit coarsens
+        if one option would span more, ``costmodel.dp_memory.resource_unit``); 0: automatic,
+        ``min(units + 1, max(64, 4 * units / layers))`` (every shift on small cards, where a
+        layer can be a large part of the budget; the cost is layers x shifts x units).
 
     Returns:
       SlotSolution. Jitted (called eagerly, every caller shares one compiled program per spec
@@ -498,13 +519,16 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
                   spec.cloud.mem_budget / 1e9, tuple(int(q) for q in precisions),
                   int(max_solves), int(nu_iters), int(units), bool(tp))
 
+    # The option terms do not depend on the weights: computed once per slot, outside the loop.
+    tables = dp.slot_tables(link, spec, pb.precisions, pb.tp)
+    n_shift = int(shifts) or min(pb.units + 1, max(64, -(-4 * pb.units // spec.n_layers)))
+
     def solve(w):
-        res = dp.solve(link, spec, w, pb.precisions, pb.tp)
-        return _evaluate(res.partition, link, spec, cw)
+        return _evaluate(dp.solve_tables(tables, w).partition, link, spec, cw)
 
     def solve_resource(w, up):
-        part = dp_memory.solve_resource(link, spec, w, pb.precisions, max(pb.units, 1),
-                                        up, pb.tp).partition
+        part = dp_memory.solve_tables_resource(tables, w, pb.budget, max(pb.units, 1), up,
+                                               n_shift).partition
         return _evaluate(part, link, spec, cw)
 
     s = _sweep(pb, solve, solve_resource)
@@ -512,11 +536,17 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
     pt = s.f
     dpp = slot_dpp(pt.costs, queues, 0.0, sp)
     shift = jnp.where(feasible, dpp - s.f_j, 0.0)  # DPP (A = 0) minus the action-dependent J
+    lb = jnp.minimum(s.lower + shift, jnp.where(feasible, dpp, BIG))
     return SlotSolution(
         partition=pt.part, objective=jnp.where(feasible, dpp, BIG),
-        lower_bound=jnp.minimum(s.lower + shift, jnp.where(feasible, dpp, BIG)),
+        lower_bound=lb,
         lambda_=s.f_lam, nu=s.f_nu, latency_s=pt.lat, c=pt.c, exact=exact,
-        feasible=feasible, n_solves=s.n_solves)
+        feasible=feasible, n_solves=s.n_solves, gap=_rel_gap(dpp, lb, feasible, exact))
+
+
+def _rel_gap(obj, lb, feasible, exact):
+    gap = jnp.maximum(obj - lb, 0.0) / jnp.maximum(jnp.abs(obj), 1e-30)
+    return jnp.where(feasible, jnp.where(exact, 0.0, gap), jnp.inf)
 
 
 @struct.dataclass

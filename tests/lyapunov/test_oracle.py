@@ -130,6 +130,11 @@ def _check(queues, link, sp, spec, frac, parts=ALL, tp=False):
     assert float(sol.lower_bound) <= jb + tol  # the certificate is a valid lower bound
     if bool(sol.exact):
         assert abs(float(sol.objective) - jb) <= tol, (float(sol.objective), jb)
+        assert float(sol.gap) == 0.0
+    # The reported relative gap certifies: the optimum is within it of the objective.
+    gap = float(sol.gap)
+    assert gap >= 0.0
+    assert float(sol.objective) - gap * abs(float(sol.objective)) <= jb + tol
     if frac > 1.0:  # memory never binds: the sweep alone is exact
         assert bool(sol.exact)
     return sol, jb
