@@ -1,7 +1,7 @@
 """Slot-level pieces of the queue-level experiments (figures 3, 4, 5, 10): environment scenarios
 of the named conditions (`experiments.conditions`), the Norway trace set, the policies with
 the experiments' solver options, and `rollouts`, the one batcher of `lyapunov.simulate.rollout`
-over (scenario, seed) pairs.
+over (scenario, seed) pairs, and `partition_kinds` (which slots' partitions are interior).
 
 Batching: every scenario of one figure uses the same process kinds (the share is always an
 AR(1) on the logit; the idle datacenter has zero spread), so their `EnvParams` share one pytree
@@ -114,3 +114,17 @@ def rollouts(pol, params_batch, n_slots: int, keys):
 
 def seed_keys(n_seeds: int, base: int = 0):
     return jax.random.split(jax.random.PRNGKey(base), n_seeds)
+
+
+def partition_kinds(actions, n_heads: int) -> dict[str, np.ndarray]:
+    """Per slot (bool, the actions' leading shape): "all_edge" (every layer's heads and FFN on
+    the edge), "all_cloud" (every layer's on the cloud; the embedding's side is not counted),
+    "interior" (neither: the partition uses both sides) and "tp" (some layer is tensor
+    parallel). `actions`: Partitions with [..., L] layer fields (`rollouts`' actions)."""
+    from costmodel.partition import CLOUD, EDGE, TP
+
+    heads, ffn = np.asarray(actions.edge_heads), np.asarray(actions.ffn)
+    edge = ((heads == n_heads) & (ffn == EDGE)).all(-1)
+    cloud = ((heads == 0) & (ffn == CLOUD)).all(-1)
+    return {"all_edge": edge, "all_cloud": cloud, "interior": ~(edge | cloud),
+            "tp": (ffn == TP).any(-1)}
