@@ -83,6 +83,96 @@ _MODULES = (
 )
 
 
+def _coerce(value, current, where: str):
+    """``value`` (a string from --set, or a JSON value) as the type of the field's
+    ``current`` value; ValueError naming ``where``."""
+    if isinstance(current, tuple):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        like = current[0] if current else ""
+        return tuple(_coerce(v, like, where) for v in items)
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{where}: expected true or false, got {value!r}")
+    if isinstance(current, (int, float)) and not isinstance(value, bool):
+        try:
+            out = type(current)(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected {type(current).__name__}, got {value!r}") \
+                from None
+        if isinstance(out, float) and out != out:
+            raise ValueError(f"{where}: NaN is not a value")
+        return out
+    if isinstance(current, str) or current is None:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ValueError(f"{where}: a {type(current).__name__} field cannot be set from the "
+                     f"command line or a config file")
+
+
+def with_overrides(cfg, changes: dict, origin: str):
+    """``cfg`` (a frozen config dataclass) with fields replaced: ``{"field": value}`` or
+    ``{"sub.field": value}`` into a nested config (e.g. figure 14's ``train.model``). Values are
+    coerced to the field's type; an unknown field or a bad value is a ValueError naming
+    ``origin`` and the field, with the valid fields listed."""
+    for key, value in changes.items():
+        head, _, rest = key.partition(".")
+        fields = {f.name for f in dataclasses.fields(cfg)}
+        if head not in fields:
+            raise ValueError(f"{origin}: {type(cfg).__name__} has no field {head!r} (valid: "
+                             f"{', '.join(sorted(fields))})")
+        current = getattr(cfg, head)
+        where = f"{origin}: field {key!r}"
+        if rest:
+            if not dataclasses.is_dataclass(current):
+                raise ValueError(f"{where}: {head!r} is not a nested config")
+            new = with_overrides(current, {rest: value}, f"{origin} ({head})")
+        else:
+            new = _coerce(value, current, where)
+        try:
+            cfg = dataclasses.replace(cfg, **{head: new})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from None
+    return cfg
+
+
+def parse_overrides(sets: Sequence[str] = (), config_file: str | Path | None = None
+                    ) -> dict[str, dict]:
+    """{experiment: {field: value}} from ``--config FILE`` (JSON: ``{"memory": {"model":
+    "my-card"}}``) and ``--set EXPERIMENT.FIELD=VALUE`` flags (applied after the file).
+    Experiment names are checked by :func:`run_figures`."""
+    out: dict[str, dict] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            data = json.loads(path.read_text())
+        except OSError as err:
+            raise ValueError(f"--config {path}: {err.strerror or err}") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--config {path}: not JSON ({err.msg}, line {err.lineno})") \
+                from None
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise ValueError(f"--config {path}: expected an object of experiment -> "
+                             f"{{field: value}}")
+        for name, fields in data.items():
+            out.setdefault(name, {}).update({k: (v, f"--config {path}") for k, v in
+                                             fields.items()})
+    for text in sets:
+        key, eq, value = text.partition("=")
+        name, dot, field = key.partition(".")
+        if not eq or not dot or not name or not field:
+            raise ValueError(f"--set {text!r}: expected EXPERIMENT.FIELD=VALUE")
+        out.setdefault(name, {})[field] = (value, f"--set {text}")
+    return out
+
+
 def catalog() -> dict[str, Experiment]:
     """All experiments by name, in figure order."""
     exps = [importlib.import_module(mod).EXPERIMENT for mod in _MODULES]
@@ -105,14 +195,16 @@ def enable_compilation_cache(out: Path) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def run_one(exp: Experiment, mode: str, out: Path, progress=None) -> dict:
-    """Run and plot one experiment; returns its status record."""
+def run_one(exp: Experiment, mode: str, out: Path, progress=None, cfg=None) -> dict:
+    """Run and plot one experiment (``cfg``: its config, default the mode's); returns its
+    status record."""
     out_dir = Path(out) / exp.name
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     record = {"name": exp.name, "number": exp.number, "title": exp.title, "mode": mode}
     try:
-        exp.run(exp.config(mode), out_dir, progress or identity_progress)
+        exp.run(cfg if cfg is not None else exp.config(mode), out_dir,
+                progress or identity_progress)
     except Unavailable as err:
         record.update(status="skipped", reason=str(err),
                       seconds=round(time.perf_counter() - t0, 1))
@@ -129,9 +221,12 @@ def run_one(exp: Experiment, mode: str, out: Path, progress=None) -> dict:
 
 
 def run_figures(mode: str = "quick", only: Sequence[str] | None = None, out: str | Path = "results",
-                show_progress: bool = True, claims: bool = True, cache: bool = True) -> dict:
+                show_progress: bool = True, claims: bool = True, cache: bool = True,
+                overrides: dict[str, dict] | None = None) -> dict:
     """Run the experiments (all, or those named in `only`) in `mode`, plot them, and write the
-    claims table; returns the summary also written to <out>/summary.json."""
+    claims table; returns the summary also written to <out>/summary.json. ``overrides``:
+    ``{experiment: {field: (value, origin)}}`` (:func:`parse_overrides`) replaces config
+    fields, e.g. a user card (registered with ``--card-file``) as figure 6's ``model``."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -143,6 +238,17 @@ def run_figures(mode: str = "quick", only: Sequence[str] | None = None, out: str
     unknown = [n for n in names if n not in reg]
     if unknown:
         raise ValueError(f"unknown experiment(s) {unknown}; valid: {', '.join(reg)}")
+    overrides = overrides or {}
+    bad = sorted(set(overrides) - set(reg))
+    if bad:
+        origin = next(iter(overrides[bad[0]].values()))[1]
+        raise ValueError(f"{origin}: unknown experiment {bad[0]!r}; valid: {', '.join(reg)}")
+    configs = {}
+    for name in names:
+        cfg = reg[name].config(mode)
+        for field, (value, origin) in overrides.get(name, {}).items():
+            cfg = with_overrides(cfg, {field: value}, origin)
+        configs[name] = cfg
     records = []
     t0 = time.perf_counter()
     bar = tqdm(names, desc="figures", unit="exp", disable=not show_progress, position=0)
@@ -153,7 +259,7 @@ def run_figures(mode: str = "quick", only: Sequence[str] | None = None, out: str
             return tqdm(iterable, desc=f"  {_name}: {desc}", total=total, leave=False,
                         position=1, disable=not show_progress)
 
-        records.append(run_one(reg[name], mode, out, inner))
+        records.append(run_one(reg[name], mode, out, inner, configs[name]))
     summary_path = out / "summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     merged = {r["name"]: r for r in previous.get("experiments", [])}

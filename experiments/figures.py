@@ -25,19 +25,29 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--list", action="store_true", help="list the experiments and exit")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     ap.add_argument("--no-claims", action="store_true", help="skip the claims table")
+    ap.add_argument("--config", default=None, metavar="FILE",
+                    help='JSON file of config fields per experiment, e.g. {"memory": {"model": '
+                         '"my-card"}} (a card registered with --card-file; units as in each '
+                         "experiment's Config docstring)")
+    ap.add_argument("--set", action="append", default=[], metavar="EXP.FIELD=VALUE",
+                    help="one config field of one experiment, e.g. memory.model=my-card "
+                         "(repeatable; after --config; lists comma-separated; units as in the "
+                         "experiment's Config docstring)")
 
 
 def main_figures(args: argparse.Namespace) -> int:
     """Entry point for the CLI: run, print one line per experiment, return an exit code."""
-    from experiments.catalog import catalog, run_figures
+    from experiments.catalog import catalog, parse_overrides, run_figures
 
     if args.list:
         for name, exp in catalog().items():
             print(f"{exp.number:2d}  {name:22s} {exp.title}")
         return 0
     try:
+        overrides = parse_overrides(getattr(args, "set", []), getattr(args, "config", None))
         summary = run_figures(args.mode, args.only, args.out,
-                              show_progress=not args.no_progress, claims=not args.no_claims)
+                              show_progress=not args.no_progress, claims=not args.no_claims,
+                              overrides=overrides)
     except ValueError as err:
         print(f"splitwise figures: {err}", file=sys.stderr)
         return 2

@@ -55,6 +55,12 @@ CASES = [
     (["run-edge", "--cloud", "127.0.0.1:7070", "--timeout", "0"], "--timeout"),
     (["serve-cloud", "--model", "{tmp}/nothere.gguf"], "nothere.gguf"),
     (["serve-cloud", "--key-file", "{tmp}/words.txt"], "words.txt"),
+    (["figures", "--only", "memory", "--set", "memory.modles=x"], "modles"),
+    (["figures", "--only", "memory", "--set", "memory.bw_mbps=fast"], "bw_mbps"),
+    (["figures", "--only", "memory", "--set", "memroy.models=x"], "memroy"),
+    (["figures", "--only", "memory", "--set", "memory"], "--set"),
+    (["figures", "--only", "memory", "--config", "{tmp}/words.txt"], "words.txt"),
+    (["figures", "--only", "memory", "--config", "{tmp}/nothere.json"], "nothere.json"),
 ]
 
 
