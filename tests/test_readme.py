@@ -32,7 +32,7 @@ SIZE = {
               ["--num-envs", "2", "--num-steps", "8", "--log-every", "1"]),
     "evaluate": ({"--slots": "4", "--seeds": "1"}, []),
     "figures": ({}, ["--only", "energy"]),
-    "calibrate": ({}, ["--quick"]),
+    "calibrate": ({}, ["--quick", "--clock", "cpu", "--threads", "1"]),  # CI may be busy
     "export": ({"--parity": "20"}, []),
     "serve-cloud": ({}, []),
     "run-edge": ({"--requests": "2"}, []),
