@@ -14,8 +14,8 @@ At the median share the contended conditions are where splitting can pay: a data
 and a MEC server at 10% in about 10 s; a logit sd of 1.5 moves the share over about a decade
 either way, so that the best partition changes from slot to slot.
 
-Beside them, LAN conditions (`LAN_CONDITIONS`, docs/design.md §2.8) for the trace-level runs
-of the tensor-parallel space: the "cloud" is a second device on the user's own LAN and the
+Beside them, LAN conditions (`LAN_CONDITIONS`, docs/design.md §2.6, §2.8) for the trace-level
+runs of the tensor-parallel space: the "cloud" is a second device on the user's own LAN and the
 bandwidth is a process of the condition (no cellular trace):
 
     name        cloud      RTT (jitter)     bandwidth (log AR(1))       share        space

@@ -7,18 +7,25 @@ law: the yardstick), dp-estimate, best-cut, and the trained learners: hierarchic
 memory (the window of past slots), without it (`NetConfig.memory=False`), and layer-wise PPO.
 Conditions: "exact" (the planners' model is the environment's) and each mismatch alone; the
 planners always plan with the nominal model, the learners train on the environment's rewards
-in the condition they are evaluated in.
+in the condition they are evaluated in. Beside them "exact-tp-lan" (issue (b)): the exact
+model in the tensor-parallel option space (docs/design.md §2.8) on a LAN condition
+(`experiments.conditions.LAN_CONDITIONS`, default "lan-peer": an Orin NX peer over Wi-Fi 6,
+bandwidth a log AR(1) process) where the oracle's partition is interior on most slots.
 
 Evaluation: LLaMA-7B on the Orin NX against a contended datacenter GPU, on bandwidth traces
 not used in training (a Norway trace and the 5G drive trace with outages), `seeds` seeds each,
 common random numbers; the unit of the 95% t-intervals is one (trace, seed) rollout, and the
 gaps are paired over them. Learners are trained on the other three Norway traces (one training
-seed); a run already in `<out>/learning_train/<condition>/<learner>/` is used as it is.
+seed); a run already in `<out>/learning_train/<condition>/<learner>/` is used as it is. In the
+LAN condition the bandwidth is the condition's process: the units are `seeds` rollouts of it
+(trace column: the condition's name), on seeds other than the learners' training seeds.
 
 The quick mode trains nothing (so that it stays cheap): it evaluates the planners, and the
 learners only where a run exists. Writes `learning.csv` (one row per policy, condition, trace,
-seed), `learning_summary.csv` (per policy and condition: mean DPP with its CI, the paired gap
-to dp-bayes and to the oracle in % with CIs, and whether the policy beats every planner) and
+seed, with the share of its slots whose partition is interior, all-edge, all-cloud, or uses a
+tp layer: `experiments.sim.partition_kinds`), `learning_summary.csv` (per policy and
+condition: mean DPP with its CI, the paired gap to dp-bayes and to the oracle in % with CIs,
+whether the policy beats every planner, and its mean interior and tp shares) and
 `learning.png`.
 """
 
@@ -33,7 +40,7 @@ import numpy as np
 from experiments.catalog import Experiment
 from experiments.conditions import condition
 from experiments.plotting import finish, policy_line, pyplot
-from experiments.sim import seed_keys, slot_scenario, stack
+from experiments.sim import partition_kinds, seed_keys, slot_scenario, stack
 from experiments.stats import mean_ci
 from experiments.tables import read_rows, write_config, write_rows
 
@@ -43,6 +50,7 @@ CAUSAL_PLANNERS = ("dp-bayes", "dp-estimate", "best-cut")
 # label -> (action kind, memory)
 LEARNERS = {"hier": ("hier", True), "hier-nomem": ("hier", False),
             "layerwise": ("layerwise", True)}
+LAN = "exact-tp-lan"  # the condition row of the LAN condition in the tp space
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +61,10 @@ class Config:
     trace; learners: labels of LEARNERS; train_steps: PPO environment steps per learner (0:
     train nothing, use existing runs only); num_envs, num_steps, log_every: PPO rollout shape;
     solver_units: the solvers' memory sweep (0: off, as in the other slot figures);
-    bayes_draws: dp-bayes's (bandwidth, share) nodes of the predictive law."""
+    bayes_draws: dp-bayes's (bandwidth, share) nodes of the predictive law;
+    lan: the LAN condition (`experiments.conditions.LAN_CONDITIONS`) of the "exact-tp-lan" row,
+    with cfg.model and cfg.device at the edge ("": no such row); lan_planners: the PLANNERS
+    evaluated there (each is one more compilation in the tp space: the quick mode keeps two)."""
 
     model: str = "llama-7b"
     device: str = "orin-nx"
@@ -73,16 +84,24 @@ class Config:
     log_every: int = 8
     solver_units: int = 0
     bayes_draws: tuple[int, int] = (4, 3)
+    lan: str = "lan-peer"
+    lan_planners: tuple[str, ...] = PLANNERS
 
 
 QUICK = Config(conditions=("exact", "profile-error"), n_slots=60, seeds=2, train_steps=0,
-               eval_traces=("fivegophers_verizon_drive_2",))
+               eval_traces=("fivegophers_verizon_drive_2",),
+               lan_planners=("oracle", "dp-estimate"))
 FULL = Config()
 
 
 def scenario(cfg: Config, cond: str, bw):
+    """The Scenario of condition row `cond` (bandwidth `bw`; the LAN row: its own process)."""
     from lyapunov.env import mismatch_of
 
+    if cond == LAN:
+        lan = condition(cfg.lan)
+        return slot_scenario(cfg.model, cfg.device, lan, None, rate=cfg.rate, V=cfg.V,
+                             bw=lan.bandwidth(), tp=lan.tp)
     kinds = () if cond == "exact" else (cond,)
     return slot_scenario(cfg.model, cfg.device, condition(cfg.cloud_condition), None,
                          rate=cfg.rate, V=cfg.V, bw=bw, mismatch=mismatch_of(kinds))
@@ -116,11 +135,13 @@ def ensure_learner(cfg: Config, out: Path, cond: str, label: str, log=None) -> P
     from agents.train import run as train_run
 
     kind, memory = LEARNERS[label]
+    # the LAN row trains on its own bandwidth process, the others on the training traces
+    traces = () if cond == LAN else tuple(cfg.train_traces)
     sc = dataclasses.replace(scenario(cfg, cond, _trace_bw(cfg.train_traces[0])),
                              episode_slots=256)
     per_update = cfg.num_envs * cfg.num_steps
     n = max(1, round(cfg.train_steps / per_update / cfg.log_every)) * cfg.log_every
-    tcfg = TrainConfig(scenario=sc, train_traces=tuple(cfg.train_traces),
+    tcfg = TrainConfig(scenario=sc, train_traces=traces,
                        ppo=PPOConfig(num_envs=cfg.num_envs, num_steps=cfg.num_steps,
                                      num_updates=n),
                        action=ActionConfig(kind=kind), net=NetConfig(memory=memory),
@@ -131,8 +152,9 @@ def ensure_learner(cfg: Config, out: Path, cond: str, label: str, log=None) -> P
     return d
 
 
-def _rows(info, policy, units, cond):
+def _rows(info, actions, n_heads, policy, units, cond):
     out = []
+    kinds = partition_kinds(actions, n_heads)
     for i, (trace, seed) in enumerate(units):
         ok = info.feasible[i].astype(bool)
         out.append({"policy": policy, "condition": cond, "trace": trace, "seed": seed,
@@ -142,7 +164,8 @@ def _rows(info, policy, units, cond):
                     "backlog": float(np.mean(info.backlog[i])),
                     "failure_frac": float(np.sum(info.failed[i])
                                           / max(np.sum(info.failed[i] + info.service[i]),
-                                                1e-9))})
+                                                1e-9)),
+                    **{f"{k}_share": float(np.mean(v[i])) for k, v in kinds.items()}})
     return out
 
 
@@ -154,6 +177,9 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     from lyapunov import registry
     from lyapunov.simulate import batched_rollout, rollout
 
+    bad = [p for p in cfg.lan_planners if p not in PLANNERS]
+    if bad:
+        raise ValueError(f"learning: lan_planners {bad} not in {PLANNERS}")
     out_dir = Path(out_dir)
     results = out_dir.parent
     keys = np.asarray(seed_keys(cfg.seeds))
@@ -161,6 +187,10 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     # every condition x seed (one compilation per policy and trace).
     params = {(c, t): scenario(cfg, c, _trace_bw(t)).build()
               for c in cfg.conditions for t in cfg.eval_traces}
+    if cfg.lan:
+        # the LAN row: one params (its own bandwidth process) shared by its seeds
+        params[(LAN, cfg.lan)] = scenario(cfg, LAN, None).build()
+    n_heads = next(iter(params.values())).spec.n_heads
     n_c, n_s = len(cfg.conditions), cfg.seeds
     rows, timing = [], {}
     for name in progress(PLANNERS, desc="planners", total=len(PLANNERS)):
@@ -173,16 +203,26 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
             batch = stack([params[(c, t)] for c in cfg.conditions for _ in range(n_s)])
             # dp-bayes solves K slot problems per slot: its rollouts run one after another
             # (a vmapped batch waits for its slowest member at every solver iteration)
-            info = jax.tree.map(np.asarray, batched_rollout(
+            info, actions = jax.tree.map(np.asarray, batched_rollout(
                 pol, batch, cfg.n_slots, np.concatenate([keys] * n_c),
-                vectorize=name != "dp-bayes")[0])
+                vectorize=name != "dp-bayes")[:2])
             for ci, c in enumerate(cfg.conditions):
-                part = jax.tree.map(lambda x, ci=ci: x[ci * n_s:(ci + 1) * n_s], info)
-                rows += _rows(part, name, [(t, s) for s in range(n_s)], c)
+                part = jax.tree.map(lambda x, ci=ci: x[ci * n_s:(ci + 1) * n_s],
+                                    (info, actions))
+                rows += _rows(*part, n_heads, name, [(t, s) for s in range(n_s)], c)
         timing[name] = time.perf_counter() - t0
+        if cfg.lan and name in cfg.lan_planners:
+            t0 = time.perf_counter()
+            info, actions = jax.tree.map(np.asarray, batched_rollout(
+                pol, params[(LAN, cfg.lan)], cfg.n_slots, keys,
+                vectorize=name != "dp-bayes", shared_params=True)[:2])
+            rows += _rows(info, actions, n_heads, name, [(cfg.lan, s) for s in range(n_s)],
+                          LAN)
+            timing[f"{name}/{LAN}"] = time.perf_counter() - t0
     trained = {}
+    conds = tuple(cfg.conditions) + ((LAN,) if cfg.lan else ())
     for label in progress(cfg.learners, desc="learners", total=len(cfg.learners)):
-        for c in cfg.conditions:
+        for c in conds:
             t0 = time.perf_counter()
             d = ensure_learner(cfg, results, c, label)
             if d is None:
@@ -190,11 +230,11 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
             trained[(label, c)] = str(d)
             model, conf = checkpoint.load_model(d / "seed0")
             pol = learned_policy(model, f"{label}", shapes=tuple(conf["shapes"]))
-            run_b = jax.jit(jax.vmap(lambda k, p, pol=pol: rollout(pol, p, cfg.n_slots, k)[0],
+            run_b = jax.jit(jax.vmap(lambda k, p, pol=pol: rollout(pol, p, cfg.n_slots, k)[:2],
                                      in_axes=(0, None)))
-            for t in cfg.eval_traces:
-                info = jax.tree.map(np.asarray, run_b(keys, params[(c, t)]))
-                rows += _rows(info, label, [(t, s) for s in range(n_s)], c)
+            for t in ((cfg.lan,) if c == LAN else cfg.eval_traces):
+                info, actions = jax.tree.map(np.asarray, run_b(keys, params[(c, t)]))
+                rows += _rows(info, actions, n_heads, label, [(t, s) for s in range(n_s)], c)
             timing[f"{label}/{c}"] = time.perf_counter() - t0
     write_rows(out_dir / "learning.csv", rows)
     write_rows(out_dir / "learning_summary.csv", summarize(rows))
@@ -206,7 +246,8 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
 def summarize(rows: list[dict]) -> list[dict]:
     """Per (condition, policy): mean DPP and its 95% CI over the (trace, seed) units, the
     paired gaps to dp-bayes and to the oracle (%, with CIs: (x - ref) / |ref| per unit), and
-    for a learner whether its upper CI bound of the gap to every causal planner is below 0."""
+    for a learner whether its upper CI bound of the gap to every causal planner is below 0; the
+    mean shares of slots with an interior partition and with a tp layer."""
     out = []
     conds = list(dict.fromkeys(r["condition"] for r in rows))
     for c in conds:
@@ -235,6 +276,10 @@ def summarize(rows: list[dict]) -> list[dict]:
                     g, gh = mean_ci(100.0 * (x - vec(ref)) / np.abs(vec(ref)))
                     beats.append(g + gh < 0)
             row["beats_every_planner"] = bool(beats) and all(beats)
+            for k in ("interior", "tp"):
+                if f"{k}_share" in sel[0]:
+                    row[f"{k}_share"] = float(np.mean([r[f"{k}_share"] for r in sel
+                                                       if r["policy"] == p]))
             out.append(row)
     return out
 
@@ -265,7 +310,7 @@ def plot(run_dir: Path) -> list[Path]:
     ax.set_ylabel("time-average DPP vs dp-bayes (%)")
     ax.set_title("Held-out traces, 95% CIs (paired over trace x seed)")
     return [finish(fig, axes, run_dir / "learning.png",
-                   "Where learning pays: learners vs the planners, exact model and mismatch",
+                   "Where learning pays: learners vs the planners, exact model, mismatch, tp LAN",
                    ncol=4)]
 
 
