@@ -19,13 +19,21 @@ and memory binds. ``70b/orin-nx/mec`` is the issue's 80 x 64 card on an Orin NX 
 (24 GB at 8 bits): the two budgets together cannot hold it, every decision is infeasible.
 ``70b/orin-nx/mec160`` gives the MEC 160 GB, so only the edge's budget binds.
 
-Optional column (``--hier``): the hierarchical policy's decision time and training steps/s
-on the same cards (skipped with a note if ``agents`` does not import).
+The hierarchical policy (``agents``, docs/design.md §4.5) on the same cards, slot and
+states (``--no-hier`` skips it): a freshly initialized ``ActorCritic`` of the hierarchical
+action space (default networks) run as ``agents.policy_loader.learned_policy`` (features,
+masks, both levels, greedy), jitted; its first call's seconds and the median / max ms of one
+decision after a warm-up; and PPO environment steps per second of ``agents.train.run`` on
+the case's scenario (one seed; 3 updates of one segment each, the first compiles; with
+``--quick`` 4 envs x 8 steps, 1 epoch, 1 minibatch, else 16 x 32, 4 epochs, 4 minibatches).
+The learner's compile takes about a minute on 2 cores whatever the card, so ``--train``
+chooses where it is measured (``--quick``: only the largest case, in the first space).
 
 Timings on a shared machine are upper bounds. Usage:
 
     python benchmarks/oracle_scaling.py [--quick] [--states 6] [--spaces paper tp]
         [--cases NAME ...] [--out results/oracle_scaling.json] [--reference OLD.json]
+        [--no-hier] [--train {all,largest,none}]
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from costmodel.link import LinkState, Workload  # noqa: E402
 from costmodel.partition import make_partition  # noqa: E402
 from costmodel.profiles import get_profile  # noqa: E402
 from costmodel.spec import make_spec  # noqa: E402
+from lyapunov.env import Scenario  # noqa: E402
 from lyapunov.oracle import PenaltyWeights, SlotParams, solve_slot  # noqa: E402
 from lyapunov.queues import Budgets, Queues  # noqa: E402
 
@@ -111,6 +120,11 @@ SLOT = SlotParams(F32(10.0), F32(2.0), Budgets(F32(math.inf), F32(math.inf), F32
                   PenaltyWeights(F32(1), F32(0), F32(0), F32(0)))
 
 
+def _lh(card):
+    card = get_card(card) if isinstance(card, str) else card
+    return card.n_layers * card.n_heads
+
+
 def run_case(name, tp, n_states, extra_kw):
     card, edge, cloud, regime = CASES[name]
     card, spec, budget, need = build_spec(card, edge, cloud, regime)
@@ -150,14 +164,95 @@ def run_case(name, tp, n_states, extra_kw):
                 gap_max=max((r["gap"] for r in feas), default=None), states=recs)
 
 
-def hier_columns(name, n_states):
-    """The hierarchical policy's decision ms and training steps/s on the case's card, or a
-    note why not."""
-    try:
-        from agents import hierarchical  # noqa: F401
-    except Exception as exc:  # agents are being changed elsewhere: report, do not fail
-        return dict(hier_note=f"agents import failed: {type(exc).__name__}: {exc}"[:200])
-    return dict(hier_note="not implemented in this benchmark yet")
+def hier_scenario(name, tp, episode_slots=64):
+    """The slot environment (`lyapunov.env.Scenario`) of a case: its card, its edge with the
+    case's memory budget, its cloud, the slot of ``SLOT`` (tau 2 s, V 10), option space `tp`."""
+    card, edge, cloud, regime = CASES[name]
+    card, _, budget, _ = build_spec(card, edge, cloud, regime)
+    return Scenario(model=card, device=edge, cloud=cloud, tau_s=2.0, V=10.0,
+                    prompt_tokens=WORKLOAD.prompt_tokens, new_tokens=WORKLOAD.new_tokens,
+                    mem_budget_gb=budget, episode_slots=episode_slots, tp=tp)
+
+
+def hier_decision(name, tp, n_states):
+    """Median and max ms of one jitted greedy decision of a freshly initialized hierarchical
+    policy (`agents.policy_loader.learned_policy`: features, action masks, both levels) on
+    the case's states (their queues and link put into an observation of the environment),
+    after one warm-up call; and the first call's seconds (trace + compile + one decision)."""
+    from flax import nnx
+
+    from agents.actions import ActionConfig, make_space
+    from agents.networks import ActorCritic, NetConfig
+    from agents.policy_loader import learned_policy
+    from agents.slot_env import observe_features
+    from lyapunov import env as E
+    from lyapunov.processes import LinkSample
+
+    params = hier_scenario(name, tp).build()
+    space = make_space(params.spec, ActionConfig(kind="hier"), params.precisions, tp=tp)
+    obs0, _ = E.reset(jax.random.key(0), params)
+    f = observe_features(obs0, params)
+    shapes = (f.scalars.shape[-1], f.history.shape[-2], f.history.shape[-1])
+    model = ActorCritic(space, *shapes, NetConfig(), nnx.Rngs(0))
+    policy = learned_policy(model, "hier", shapes=shapes)
+    act = jax.jit(policy.act)
+    obs = []
+    for q, link in states(n_states):
+        last = LinkSample(link.bw_up_mbps, link.bw_down_mbps, link.rtt_ms, link.cloud_share,
+                          jnp.bool_(True))
+        obs.append(obs0.replace(queues=q, link_last=last, link_ewma=link))
+    key = jax.random.key(1)
+    t0 = time.perf_counter()
+    jax.block_until_ready(act(key, obs[0], params))
+    first_s = time.perf_counter() - t0
+    jax.block_until_ready(act(key, obs[1 % n_states], params))  # warm-up
+    times = []
+    for o in obs:
+        t0 = time.perf_counter()
+        jax.block_until_ready(act(key, o, params))
+        times.append(time.perf_counter() - t0)
+    return dict(hier_compile_s=first_s, hier_ms_median=1e3 * float(np.median(times)),
+                hier_ms_max=1e3 * float(np.max(times)))
+
+
+def hier_training(name, tp, quick):
+    """PPO environment steps per second of the hierarchical policy on the case's scenario
+    (`agents.train.run`, one seed, default networks; 3 segments of one update each, the first
+    one compiles, the rate is that of the other two), and the first segment's seconds."""
+    from agents.actions import ActionConfig
+    from agents.networks import NetConfig
+    from agents.ppo import PPOConfig
+    from agents.train import TrainConfig, run
+
+    n_envs, n_steps = (4, 8) if quick else (16, 32)
+    cfg = TrainConfig(scenario=hier_scenario(name, tp),
+                      ppo=PPOConfig(num_envs=n_envs, num_steps=n_steps, num_updates=3,
+                                    update_epochs=1 if quick else 4,
+                                    num_minibatches=1 if quick else 4),
+                      action=ActionConfig(kind="hier"), net=NetConfig(), num_seeds=1,
+                      log_every=1)
+    out = run(cfg, log=lambda *a: None)["summary"]
+    return dict(train_steps_per_s=out["steps_per_s"], train_first_s=out["first_segment_s"],
+                train_batch=n_envs * n_steps)
+
+
+def hier_columns(name, tp, n_states, quick, train=True, train_limit_s=60.0):
+    """The hierarchical policy's decision ms and PPO training steps/s on the case's card.
+    Training is skipped (with the reason in ``train_note``) where `train` is False or where
+    the decision's first call alone took more than `train_limit_s` / 4 (training traces the
+    same policy inside the rollout and its gradient: several times that to compile)."""
+    row = hier_decision(name, tp, n_states)
+    if not train:
+        row["train_note"] = "training not requested (--no-train)"
+    elif row["hier_compile_s"] > train_limit_s / 4:
+        row["train_note"] = (f"skipped: the decision alone compiles in "
+                             f"{row['hier_compile_s']:.0f} s, training would take over "
+                             f"{train_limit_s:.0f} s")
+    else:
+        t0 = time.perf_counter()
+        row.update(hier_training(name, tp, quick))
+        row["train_wall_s"] = time.perf_counter() - t0
+    return row
 
 
 def compare(rows, reference):
@@ -190,32 +285,58 @@ def main(argv=None):
     ap.add_argument("--out", default="results/oracle_scaling.json", help="JSON output")
     ap.add_argument("--reference", default=None,
                     help="an earlier JSON: check objective <= reference + reported gap")
-    ap.add_argument("--hier", action="store_true", help="add the hierarchical policy column")
+    ap.add_argument("--no-hier", action="store_true",
+                    help="skip the hierarchical policy's columns (decision ms, training steps/s)")
+    ap.add_argument("--train", choices=["all", "largest", "none"], default=None,
+                    help="cases whose PPO training steps/s are measured (each compiles the "
+                         "learner, about a minute on 2 cores): all, the largest L*H case of "
+                         "the first space, or none; default all, largest with --quick")
     ap.add_argument("--kw", default="{}", help="extra solve_slot keywords, JSON")
     args = ap.parse_args(argv)
     names = args.cases or (QUICK if args.quick else list(CASES))
     n_states = 4 if args.quick and args.states == 6 else args.states
+    train = args.train or ("largest" if args.quick else "all")
+    largest = max(names, key=lambda n: _lh(CASES[n][0]))
     rows = []
     for tp in [s == "tp" for s in args.spaces]:
         for name in names:
             row = run_case(name, tp, n_states, json.loads(args.kw))
-            if args.hier:
-                row.update(hier_columns(name, n_states))
+            if not args.no_hier:
+                do_train = train == "all" or (train == "largest" and name == largest
+                                              and tp == (args.spaces[0] == "tp"))
+                row.update(hier_columns(name, tp, n_states, args.quick, train=do_train))
+                if not do_train:
+                    row["train_note"] = (f"--train {train}: measured on {largest} "
+                                         f"({args.spaces[0]}) only" if train == "largest"
+                                         else "--train none")
             rows.append(row)
             print(f"{name:22s} {row['space']:5s} compile {row['compile_s']:6.2f} s  decision "
                   f"{row['decision_ms_median']:8.1f} ms (max {row['decision_ms_max']:8.1f})  "
                   f"solves {row['n_solves_mean']:5.1f}  exact {row['n_exact']}/{row['n']}  "
                   f"gap {row['gap_max'] if row['gap_max'] is not None else float('nan'):.2e}",
                   flush=True)
+            if "hier_ms_median" in row:
+                tr = (f"train {row['train_steps_per_s']:7.0f} steps/s (first segment "
+                      f"{row['train_first_s']:.0f} s)" if "train_steps_per_s" in row
+                      else f"train: {row['train_note']}")
+                print(f"{'':22s} {'hier':5s} compile {row['hier_compile_s']:6.2f} s  decision "
+                      f"{row['hier_ms_median']:8.2f} ms (max {row['hier_ms_max']:8.2f})  {tr}",
+                      flush=True)
     base = min(rows, key=lambda r: (r["lh"], r["decision_ms_median"]))
     print(f"\n{'case':22s} {'L*H':>6s} {'space':5s} {'compile s':>9s} {'x':>5s} "
-          f"{'decision ms':>11s} {'x':>6s} {'exact':>6s} {'max gap':>9s}")
+          f"{'decision ms':>11s} {'x':>6s} {'exact':>6s} {'max gap':>9s} {'hier ms':>8s} "
+          f"{'train steps/s':>13s}")
     for r in rows:
         print(f"{r['case']:22s} {r['lh']:6d} {r['space']:5s} {r['compile_s']:9.2f} "
               f"{r['compile_s'] / base['compile_s']:5.1f} {r['decision_ms_median']:11.1f} "
               f"{r['decision_ms_median'] / base['decision_ms_median']:6.1f} "
               f"{r['n_exact']:>2d}/{r['n']:<3d} "
-              f"{r['gap_max'] if r['gap_max'] is not None else float('nan'):9.1e}")
+              f"{r['gap_max'] if r['gap_max'] is not None else float('nan'):9.1e} "
+              f"{r.get('hier_ms_median', float('nan')):8.2f} "
+              f"{r.get('train_steps_per_s', float('nan')):13.0f}")
+    notes = sorted({r["train_note"] for r in rows if "train_note" in r})
+    for n in notes:
+        print(f"train steps/s not measured: {n}")
     bad = []
     if args.reference:
         bad = compare(rows, json.loads(pathlib.Path(args.reference).read_text())["rows"])
