@@ -243,13 +243,15 @@ def test_learning_summary_gaps_and_verdicts():
 @pytest.mark.slow
 def test_learning_planners_end_to_end(tmp_path):
     """Figure 13 at tiny size without learners (none trained): one row per planner, condition,
-    trace and seed; the summary and the PNG written."""
+    trace and seed; the summary and the PNG written. (The LAN row has its own test,
+    tests/experiments/test_lan_condition.py; one condition keeps this one short.)"""
     from experiments import fig13_learning as fig13
 
-    cfg = dataclasses.replace(fig13.QUICK, n_slots=6, seeds=2, train_steps=0)
+    cfg = dataclasses.replace(fig13.QUICK, n_slots=6, seeds=2, train_steps=0,
+                              conditions=("exact",), lan="")
     fig13.run(cfg, tmp_path / "learning", identity_progress)
     rows = read_rows(tmp_path / "learning" / "learning.csv")
-    assert len(rows) == len(fig13.PLANNERS) * 2 * len(cfg.eval_traces) * 2
+    assert len(rows) == len(fig13.PLANNERS) * len(cfg.eval_traces) * 2
     assert all(np.isfinite(r["dpp"]) for r in rows)
     assert fig13.plot(tmp_path / "learning")[0].exists()
 
@@ -281,3 +283,26 @@ def test_lan_regime_map_tp_wins_for_peers_within_the_two_device_bound(tmp_path):
     assert ctx["tp_split_max_margin"] > ctx["head_split_max_margin"]
     assert len(ctx["two_device_bound"]) == 2
     assert all("pi5-peer" in x or "orin-peer" in x for x in ctx["two_device_bound"])
+
+
+def test_a_user_card_reaches_a_figure_through_its_config(tmp_path, capsys):
+    """`figures --card-file my.json --set memory.models=my-card` runs figure 6 on the user's
+    card (a config field like any other); the rows name it and its numbers differ from the
+    built-in card it was copied from only where the architecture does."""
+    from splitwise_cli import main
+
+    card = {"name": "my-card", "n_layers": 6, "n_heads": 8, "n_kv_heads": 2, "d_model": 512,
+            "d_ff": 1536, "vocab": 8000, "ffn_type": "swiglu", "tied_embeddings": True}
+    (tmp_path / "my.json").write_text(json.dumps(card))
+    (tmp_path / "cfg.json").write_text(json.dumps({"memory": {"devices": ["rpi5"],
+                                                              "conditions": ["dc-idle"]}}))
+    out = tmp_path / "out"
+    code = main(["figures", "--only", "memory", "--out", str(out), "--no-progress",
+                 "--no-claims", "--card-file", str(tmp_path / "my.json"), "--config",
+                 str(tmp_path / "cfg.json"), "--set", "memory.models=my-card"])
+    assert code == 0, capsys.readouterr().err
+    cfg = json.loads((out / "memory" / "config.json").read_text())["config"]
+    assert cfg["models"] == ["my-card"] and cfg["devices"] == ["rpi5"]
+    rows = [r for f in sorted((out / "memory").glob("*.csv")) for r in read_rows(f)]
+    assert rows and {r["model"] for r in rows if "model" in r} == {"my-card"}
+    assert list((out / "memory").glob("*.png"))
