@@ -29,8 +29,11 @@ so far: branch and bound, still exact. Intervals live on a fixed-size stack insi
 The edge memory budget couples layers. Its Lagrangian ``J + nu (mem - budget)`` is again
 ``g(l) + (c + nu mem) - nu budget`` (additive), so the same sweep minimizes it exactly and
 gives the dual bound ``D(nu) <= min_{feasible} J``. When the unconstrained minimizer fits
-(``nu = 0``) the answer is exact. Otherwise ``nu`` is bisected (geometrically) towards the
-smallest multiplier whose minimizer fits, keeping the best memory-feasible vertex seen; and if
+(``nu = 0``) the answer is exact. Otherwise ``nu`` is searched in a bracket (one end's
+minimizer too big, the other's fitting) by cutting planes: the next ``nu`` is where the two
+ends' Lagrangian lines meet (the geometric midpoint where that is not strictly inside), and the
+search ends when a sweep attains that value, the dual's maximum (proofs/oracle.md, Proposition
+6; a few sweeps where bisection took about 20), keeping the best memory-feasible vertex seen; and if
 the dual bound leaves a gap (it usually does: memory is lumpy), two more sweeps run with an
 exact resource DP over (side, memory units) in which every option's and endpoint's memory is
 rounded to ``budget / units``: rounded *down*, the set contains every feasible partition, so
@@ -226,6 +229,14 @@ class _State:
     complete: jnp.ndarray
     fits0: jnp.ndarray
     n_solves: jnp.ndarray
+    # The edge multiplier's bracket ends' sweep minimizers (J = g + c unpriced, edge GB): the
+    # next nu is where their two supporting lines of the dual meet (a cutting-plane step);
+    # sec: the sweep just finished ran at such a nu.
+    lo_j: jnp.ndarray
+    lo_m: jnp.ndarray
+    hi_j: jnp.ndarray
+    hi_m: jnp.ndarray
+    sec: jnp.ndarray
 
 
 class _Problem(struct.PyTreeNode):
@@ -316,10 +327,19 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     fits_e = jnp.where(s.which == 1, s.sb.cfit, s.sb.efit)
     complete = s.complete & complete_sweep
     fits0 = jnp.where(first, s.sb.ok, s.fits0)
+    # The edge's multiplier search has reached the dual's maximum (a cutting-plane step that
+    # attained its lines' value; see below).
+    pred = s.lo_j + s.nu * (s.lo_m - budget)  # the bracket ends' lines' value at this nu
+    dual = s.sb_j - s.nu * budget
+    at_max = (s.sec & (s.which == 0) & (s.mode == 0) & (s.nu_i >= 1)
+              & (dual >= pred - RTOL * (jnp.abs(pred) + jnp.abs(dual) + 1e-30)))
     # Where the edge's bisection ends (as below) with nothing that fits both.
     e_stop = (s.which == 0) & (s.mode == 0) & ~first & (
-        ((s.nu_i == 0) & ~fits_e) | (s.nu_i + 1 > pb.nu_iters))
+        ((s.nu_i == 0) & ~fits_e) | (s.nu_i + 1 > pb.nu_iters) | at_max)
     edge_hi = jnp.where((s.nu_i >= 1) & fits_e, s.nu, s.hi)
+    # At the dual's maximum, hold the edge's multiplier just above it (where the fitting
+    # bracket end's line is the lower), as the bisection's bracket would end.
+    edge_hi = jnp.where(at_max, jnp.minimum(s.nu * (1.0 + 1e-4), edge_hi), edge_hi)
     to_cloud = (((first & s.sb.efit & ~s.sb.cfit)
                  | (e_stop & ~((s.nu_i == 0) & ~fits_e) & (s.f_j >= BIG)))
                 & (pb.budget_c < jnp.inf))
@@ -350,14 +370,34 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     in_res = s.mode >= 1
     to_res = (~in_res & stop & ~(first & fits) & ~nothing & gap & (pb.units > 0)
               & (s.which == 0))
-    nu = jnp.where(nu_i == 0, nu_max, jnp.sqrt(lo * hi))
+    # Cutting plane on the edge's dual D(nu) = min_p J(p) + nu (mem(p) - budget) (concave,
+    # piecewise linear): each sweep's minimizer gives the line J + nu (mem - budget) >= D;
+    # the next nu is where the lines of the bracket ends' minimizers (one too big, one that
+    # fits) meet, kept strictly inside the bracket (else the geometric midpoint). When a
+    # sweep at such a nu attains the lines' value there, that nu maximizes D: the bound
+    # cannot improve and the multiplier search ends (proofs/oracle.md, Proposition 6).
+    edge_lagr = (s.which == 0) & (s.mode == 0)
+    j0 = pb.g(s.sb.lat) + s.sb.c
+    ok_pt = (s.sb.lat < BIG) & (s.sb.c < BIG) & edge_lagr
+    set_hi = ok_pt & fits & (s.nu_i >= 0)
+    set_lo = ok_pt & ~fits & ((s.nu_i == -1) | (s.nu_i >= 1))
+    lo_j, lo_m = jnp.where(set_lo, j0, s.lo_j), jnp.where(set_lo, s.sb.mem, s.lo_m)
+    hi_j, hi_m = jnp.where(set_hi, j0, s.hi_j), jnp.where(set_hi, s.sb.mem, s.hi_m)
+    stop = stop | (at_max & ~to_cloud & ~grow)
+    to_res = (~in_res & stop & ~(first & fits) & ~nothing & gap & (pb.units > 0)
+              & (s.which == 0))
+    dm = lo_m - hi_m
+    nu_c = (hi_j - lo_j) / jnp.where(dm > 0, dm, 1.0)
+    use_c = edge_lagr & (nu_i >= 1) & (dm > 0) & (nu_c > lo) & (nu_c < hi) & jnp.isfinite(nu_c)
+    nu = jnp.where(nu_i == 0, nu_max, jnp.where(use_c, nu_c, jnp.sqrt(lo * hi)))
     # The rounded-down sweep is not priced (nu = 0): its minimizer, when it fits, is then
     # certified optimal (pricing it with the best dual multiplier also gives a valid bound,
     # but loses that; proofs/oracle.md, Proposition 5).
     lagr = s.replace(phase=jnp.where(to_res, _LO, jnp.where(stop, _DONE, _LO)),
                      mode=jnp.where(to_res, 1, 0), nu_i=nu_i,
                      nu=jnp.where(to_res, 0.0, nu), lo=lo, hi=hi, lower=lower,
-                     complete=complete, fits0=fits0, nu_max=nu_max)
+                     complete=complete, fits0=fits0, nu_max=nu_max, lo_j=lo_j, lo_m=lo_m,
+                     hi_j=hi_j, hi_m=hi_m, sec=use_c & ~to_res)
     # After the rounded-down sweep (a lower bound), a rounded-up one (feasible points) if the
     # gap is still open; then stop.
     up_next = (s.mode == 1) & (s.f_j - lower > RTOL * (jnp.abs(s.f_j) + jnp.abs(lower) + 1e-30))
@@ -454,7 +494,8 @@ def _sweep(pb: _Problem, solve, solve_resource) -> _State:
         stack=jnp.zeros((pb.cap, 6), f32), size=jnp.int32(0), n_sweep=jnp.int32(0),
         sb_j=big, sb=no_point, sb_lam=zero, f_j=big, f=no_point, f_lam=zero, f_nu=zero,
         lower=f32(-BIG), complete=jnp.bool_(True), fits0=jnp.bool_(False),
-        n_solves=jnp.int32(0))
+        n_solves=jnp.int32(0), lo_j=zero, lo_m=zero, hi_j=zero, hi_m=zero,
+        sec=jnp.bool_(False))
     max_iter = (pb.nu_iters + 3 + 2 * _GROWS) * (3 * pb.cap + 3) + 2
 
     def cond(c):

@@ -188,6 +188,39 @@ def test_memory_binding_certificate():
     assert n >= 8 and n_exact >= 0.8 * n
 
 
+def test_multiplier_search_reaches_the_dual_maximum():
+    """Without the rounded resource sweeps (units=0) the lower bound is the best Lagrangian dual
+    bound the multiplier search found; the cutting-plane search (proofs/oracle.md, Proposition
+    6) stops only at the dual's maximum, so the bound is at least the brute-force dual
+    max_nu min_p [DPP(p) + nu (mem(p) - budget)] on a dense grid of nu (and at most the
+    optimum), where memory binds."""
+    rng = np.random.default_rng(3)
+    n = 0
+    for _ in range(10):
+        queues = Queues(*(jnp.float32(x) for x in rng.exponential([20.0, 5.0, 5.0, 1e3])))
+        sp = slot_params(10.0, 1.0, 1.0, 0.5)
+        bw = float(10 ** rng.uniform(-1, 2))
+        link = LinkState(*(jnp.float32(x) for x in (bw, bw, rng.uniform(5, 80), 0.05)))
+        mem = np.asarray(_mem(ALL, link, SPEC), np.float64)
+        budget = mem.min() + rng.uniform(0.05, 0.9) * (mem.max() - mem.min()) + 1e-9
+        spec = with_budget(SPEC, budget)
+        jb, _, costs = brute_force(queues, link, spec, sp, ALL)
+        sol = solve_slot(queues, link, spec, sp, units=0)
+        if not np.isfinite(float(jb)) or bool(sol.exact):
+            continue  # nothing fits, or the unpriced minimizer fits (memory does not bind)
+        n += 1
+        relaxed = np.asarray(costs.link_ok & costs.privacy_ok & costs.cloud_memory_ok)
+        j = np.asarray(slot_dpp(costs, queues, 0.0, sp), np.float64)[relaxed]
+        m = mem[relaxed]
+        spread = np.abs(j).max() + 1.0
+        nus = np.concatenate([[0.0], spread * np.logspace(-8, 6, 4000) / max(budget, 1e-9)])
+        dual = (j[None, :] + nus[:, None] * (m[None, :] - budget)).min(axis=1).max()
+        tol = 2e-4 * (abs(float(jb)) + abs(dual) + 1e-6)
+        assert float(sol.lower_bound) >= dual - tol, (float(sol.lower_bound), dual)
+        assert float(sol.lower_bound) <= float(jb) + tol
+    assert n >= 5
+
+
 def test_head_exchange():
     """Exchange argument: with distinct head importances, the k heads the oracle's partition
     puts on the edge (costmodel.spec.edge_head_order semantics: the first k of the order) are
