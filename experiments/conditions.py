@@ -71,12 +71,18 @@ class LanCondition(Condition):
 
     bw_mean_mbps, bw_std_mbps, bw_rho: stationary mean, sd (Mbit/s) and lag-1 correlation of
       the bandwidth. tp: the scenario's option space (`lyapunov.env.Scenario.tp`).
+    precisions: the activation precisions of the exchanges (indices of
+      `costmodel.partition.ACT_PRECISIONS`). fp16 and int8 only: a tensor-parallel layer
+      exchanges twice, and the measured int4 crossing cost (+11 % perplexity per crossing
+      group-wise, docs/design.md §2.5) makes an int4 tp partition of 32 layers unusable, which a
+      latency-only penalty would not see.
     """
 
     bw_mean_mbps: float = 400.0
     bw_std_mbps: float = 250.0
     bw_rho: float = 0.9
     tp: bool = True
+    precisions: tuple[int, ...] = (0, 1)
 
     def bandwidth(self):
         """The condition's `lyapunov.processes.BandwidthConfig`."""
@@ -101,6 +107,13 @@ NAMES = tuple(CONDITIONS)
 LAN_CONDITIONS = {c.name: c for c in (
     LanCondition("lan-peer", "orin-peer", 0.5, 0.1, 0.9, 1.0, 0.95,
                  "Orin NX peer on Wi-Fi 6", 400.0, 250.0, 0.9, True),
+    # Wired Gigabit Ethernet between two boards: TCP goodput of 1000BASE-T at a 1500-byte MTU
+    # is 941 Mbit/s (1460 payload bytes of 1538 on the wire); +-60 Mbit/s for cross traffic;
+    # 0.2 ms RTT through one switch. With fp16/int8 exchanges the oracle's choice is tensor
+    # parallel on every slot here, and on ~4% of Wi-Fi 6's slots (tests/experiments/
+    # test_lan_condition.py).
+    LanCondition("lan-peer-gbe", "orin-peer", 0.2, 0.05, 0.9, 1.0, 0.95,
+                 "Orin NX peer on Gigabit Ethernet", 941.0, 60.0, 0.9, True),
 )}
 
 

@@ -9,8 +9,9 @@ Conditions: "exact" (the planners' model is the environment's) and each mismatch
 planners always plan with the nominal model, the learners train on the environment's rewards
 in the condition they are evaluated in. Beside them "exact-tp-lan" (issue (b)): the exact
 model in the tensor-parallel option space (docs/design.md §2.8) on a LAN condition
-(`experiments.conditions.LAN_CONDITIONS`, default "lan-peer": an Orin NX peer over Wi-Fi 6,
-bandwidth a log AR(1) process) where the oracle's partition is interior on most slots.
+(`experiments.conditions.LAN_CONDITIONS`, default "lan-peer-gbe": an Orin NX peer on wired
+Gigabit Ethernet, bandwidth a log AR(1) process, fp16/int8 exchanges only) where the oracle's
+partition is interior (tensor parallel) on every slot; on Wi-Fi 6 ("lan-peer") it is so on few.
 
 Evaluation: LLaMA-7B on the Orin NX against a contended datacenter GPU, on bandwidth traces
 not used in training (a Norway trace and the 5G drive trace with outages), `seeds` seeds each,
@@ -85,7 +86,7 @@ class Config:
     log_every: int = 8
     solver_units: int = 0
     bayes_draws: tuple[int, int] = (4, 3)
-    lan: str = "lan-peer"
+    lan: str = "lan-peer-gbe"
     lan_planners: tuple[str, ...] = PLANNERS
 
 
@@ -102,7 +103,7 @@ def scenario(cfg: Config, cond: str, bw):
     if cond == LAN:
         lan = condition(cfg.lan)
         return slot_scenario(cfg.model, cfg.device, lan, None, rate=cfg.rate, V=cfg.V,
-                             bw=lan.bandwidth(), tp=lan.tp)
+                             bw=lan.bandwidth(), tp=lan.tp, precisions=lan.precisions)
     kinds = () if cond == "exact" else (cond,)
     return slot_scenario(cfg.model, cfg.device, condition(cfg.cloud_condition), None,
                          rate=cfg.rate, V=cfg.V, bw=bw, mismatch=mismatch_of(kinds))

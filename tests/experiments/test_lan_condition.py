@@ -43,7 +43,7 @@ def test_fig13_paper_rows_do_not_depend_on_the_lan_row():
         assert a == b and not a.tp
     lan = fig13.scenario(fig13.QUICK, fig13.LAN, None)
     assert lan.tp and lan.cloud == "orin-peer" and lan.link.bandwidth.kind == "ar1"
-    assert lan.build().tp
+    assert lan.build().tp and lan.precisions == (0, 1)  # no int4 exchanges (see LanCondition)
 
 
 def test_partition_kinds_of_known_partitions():
