@@ -174,7 +174,7 @@ def _six(tt: Terms, q, spec: CostSpec, acc_w=True):
 def slot_tables(link: LinkState, spec: CostSpec, precisions=(0, 1, 2),
                 tp: bool = False) -> SlotTables:
     """The weight-free tables of one slot (``SlotTables``)."""
-    n_l, n_h, n_s, n_f = spec.n_layers, spec.n_heads, n_sides(tp), n_ffn_options(tp)
+    n_l, n_h, n_s = spec.n_layers, spec.n_heads, n_sides(tp)
     f, j, _ = option_grid(tp)
     s = jnp.arange(n_s)[:, None, None]
     k = jnp.arange(n_h + 1)[None, :, None]
