@@ -4,11 +4,14 @@ every policy sees the same arrival path for a given seed."""
 
 from __future__ import annotations
 
+import pytest
+
 from agents.evaluate import run_policy
 from lyapunov.policies import get_policy
 from tests.agents.small import SCENARIO
 
 
+@pytest.mark.slow
 def test_seed_rows_do_not_depend_on_the_batch():
     params = SCENARIO.build()
     keys = ("dpp_mean", "backlog_mean", "latency_mean_s", "arrivals_mean")

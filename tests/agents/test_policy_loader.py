@@ -67,6 +67,7 @@ def test_seed_policies_name_a_model_mismatch(run_dir):
         jax.jit(lambda k: rollout(pol, other, 2, k)[1])(jax.random.PRNGKey(0))
 
 
+@pytest.mark.slow
 def test_evaluate_resolves_a_run_directory(run_dir, tmp_path):
     """What `splitwise evaluate --policy cloud-only checkpoint:runs/hier` runs: every seed."""
     cases = evaluate.scenario_grid(SCENARIO)
@@ -112,6 +113,7 @@ def test_loaded_parameters_are_the_saved_ones(run_dir):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_memoryless_checkpoint_and_legacy_features(tmp_path):
     """The memory flag is recorded and rebuilt (no conv layers without it); a checkpoint
     written before the thermal-state scalar and the latency channel (16 scalars, 3 channels,

@@ -52,6 +52,7 @@ def test_family_members(privacy):
     assert len(_rows(layer_wise_candidates(spec, (1,)))) == len(want) - 2 * (n_l - max(1, privacy))
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(card=st.sampled_from([TINY_GQA, TINY_MHA]), privacy=st.integers(0, 1), lk=links(),
        objective=st.sampled_from(["latency", "energy"]),
