@@ -300,10 +300,13 @@ def plot(run_dir: Path) -> list[Path]:
         xs, ys, es = [], [], []
         for i, c in enumerate(conds):
             r = [x for x in summ if x["condition"] == c and x["policy"] == p]
-            if r and "gap_dp-bayes_pct" in r[0]:
-                xs.append(i + (j - (len(pols) - 1) / 2) * width)
-                ys.append(r[0]["gap_dp-bayes_pct"])
-                es.append(r[0]["gap_dp-bayes_ci"])
+            gap = r[0].get("gap_dp-bayes_pct") if r else None
+            if gap is None or not np.isfinite(float(gap)):
+                continue  # no dp-bayes in that row (the quick LAN row runs the oracle only)
+            ci = r[0].get("gap_dp-bayes_ci")
+            xs.append(i + (j - (len(pols) - 1) / 2) * width)
+            ys.append(float(gap))
+            es.append(float(ci) if ci is not None and np.isfinite(float(ci)) else 0.0)
         line = policy_line(p)
         ax.bar(xs, ys, width, yerr=es, capsize=2, color=line.get("color") or f"C{j}",
                label=p)

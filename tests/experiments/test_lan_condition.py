@@ -89,3 +89,16 @@ def test_lan_oracle_is_interior_on_most_slots():
     assert (k["interior"] == k["tp"]).all()  # interior here means tensor parallel
     assert not k["all_cloud"].any()
     assert bool(np.asarray(info.feasible).all())
+
+
+def test_plot_skips_rows_without_a_dp_bayes_gap(tmp_path):
+    """The quick LAN row runs the oracle only: its summary row has no gap to dp-bayes, and the
+    plot leaves it out instead of failing (the demo crashed on it once)."""
+    head = ("condition,policy,n,dpp_mean,dpp_ci,gap_oracle_pct,gap_oracle_ci,gap_dp-bayes_pct,"
+            "gap_dp-bayes_ci,beats_every_planner,interior_share,tp_share\n")
+    (tmp_path / "learning_summary.csv").write_text(
+        head + "exact,oracle,2,36.0,4.2,0.0,0.0,-0.17,2.2,0,0.0,0.0\n"
+        "exact,dp-bayes,2,36.1,3.4,0.18,2.3,0.0,0.0,0,0.0,0.0\n"
+        "exact-tp-lan,oracle,2,30.0,1.0,0.0,0.0,,,0,1.0,1.0\n")
+    [png] = fig13.plot(tmp_path)
+    assert png.exists() and png.stat().st_size > 1000
