@@ -295,7 +295,9 @@ def add_scenario_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--trace", nargs="+", default=[],
                     help="bandwidth trace file(s) or shipped names (norway_bus_1, ...)")
     ap.add_argument("--bandwidth-process", default="ar1",
-                    choices=("ar1", "markov", "constant"))
+                    choices=("ar1", "markov", "constant"),
+                    help="bandwidth process without a trace: ar1 (correlated around "
+                         "--bandwidth-mbps), markov (levels in Mbit/s), constant (default ar1)")
     ap.add_argument("--bandwidth-mbps", type=float, default=10.0,
                     help="mean downlink bandwidth without a trace, Mbit/s")
     ap.add_argument("--arrival-rate", type=float, default=1.0,
