@@ -68,6 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from agents.space_geometry import SpaceGeometry
 from costmodel.costs import structure_terms
 from costmodel.partition import CLOUD, EDGE, SPLIT, TP, TP_GRID, Partition
 from costmodel.spec import CostSpec
@@ -125,7 +126,7 @@ class ActionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ActionSpace:
+class ActionSpace(SpaceGeometry):
     """Static sizes of an action space (hashable; derived once from a CostSpec and a config).
 
     head_counts: the K edge head counts a layer option can take (ascending, 0 and H included).
@@ -134,6 +135,8 @@ class ActionSpace:
     tp: the tensor-parallel options are in the space; phi_grid: their edge shares of the FFN
       columns in units of 1/TP_GRID (empty without tp). Checkpoints written before tp
       existed have neither (a paper-space policy).
+    The derived sizes and option tables (n_ffn, n_low, full_edge, ffn_options, ...) are
+    ``agents.space_geometry.SpaceGeometry``'s, shared with the exported torch policy.
     """
 
     kind: str
@@ -150,58 +153,6 @@ class ActionSpace:
     split_bias: float = 0.0
     tp: bool = False
     phi_grid: tuple[int, ...] = ()
-
-    @property
-    def n_bins(self) -> int:
-        return len(self.head_counts)
-
-    @property
-    def n_ffn(self) -> int:
-        """FFN options of a layer: edge, cloud, split, and with tp one per share of phi_grid."""
-        return 3 + len(self.phi_grid) if self.tp else 3
-
-    @property
-    def n_modes(self) -> int:
-        """Group modes of the high level: edge, cloud, split, and tp with tp."""
-        return 4 if self.tp else 3
-
-    @property
-    def n_states(self) -> int:
-        """Residual side states of the low level's chain: edge, cloud, and both with tp."""
-        return 3 if self.tp else 2
-
-    @property
-    def n_low(self) -> int:
-        """Joint per-layer options (head count bin x FFN option)."""
-        return self.n_ffn * self.n_bins
-
-    def ffn_options(self):
-        """(int [F] FFN side, int [F] tp share ffn_frac, bool [F] is tp) of the FFN options."""
-        o = np.arange(self.n_ffn)
-        grid = np.asarray((0,) + tuple(self.phi_grid), np.int32)
-        is_tp = o >= 3
-        return (np.where(is_tp, TP, o).astype(np.int32),
-                np.where(is_tp, grid[np.maximum(o - 2, 0)], 0).astype(np.int32), is_tp)
-
-    def low_options(self):
-        """(int [n_low] FFN side, int [n_low] ffn_frac, bool [n_low] is tp) of the joint
-        options b * F + o."""
-        f, j, is_tp = self.ffn_options()
-        return np.tile(f, self.n_bins), np.tile(j, self.n_bins), np.tile(is_tp, self.n_bins)
-
-    @property
-    def n_cuts(self) -> int:
-        return self.n_layers + 2
-
-    @property
-    def full_edge(self) -> int:
-        """Joint index of (H heads, FFN edge)."""
-        return self.n_ffn * (self.n_bins - 1) + EDGE
-
-    @property
-    def full_cloud(self) -> int:
-        """Joint index of (0 heads, FFN cloud)."""
-        return CLOUD
 
 
 def phi_grid(phi_bins: int) -> tuple[int, ...]:
@@ -612,9 +563,8 @@ def low_level(space: ActionSpace, ctx: MaskContext, logits, embed, modes, key=No
 
 
 def n_high(space: ActionSpace) -> int:
-    """Size of the flat high-level output: 2 + MG + 3 + (L + 2) + M^2 (M = n_modes)."""
-    m = space.n_modes
-    return 2 + m * space.n_groups + 3 + space.n_cuts + m * m
+    """Size of the flat high-level output (``SpaceGeometry.n_high``)."""
+    return space.n_high
 
 
 def high_from_flat(flat, n_groups: int, n_modes: int = 3) -> HighLogits:

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.space_geometry import FFN_EDGE, SpaceGeometry
+
 EDGE, CLOUD = 0, 1
 MODE_EDGE, MODE_CLOUD, MODE_SPLIT, MODE_TP = 0, 1, 2, 3
 READABLE_ACTION_SPACE_VERSIONS = (1, 2)  # agents.checkpoint
@@ -45,9 +47,10 @@ NEG = -1e9  # agents.actions.NEG
 _KEY = re.compile(r"\['(\w+)'\]\['(kernel|bias)'\](?:\.value)?")
 
 
-class PolicyConfig:
+class PolicyConfig(SpaceGeometry):
     """What the module needs from a checkpoint's config.json (``space``, ``net``, ``shapes``),
-    as plain attributes (no agents import)."""
+    as plain attributes; the sizes and option tables are ``SpaceGeometry``'s (NumPy only, the
+    same as the JAX agents')."""
 
     def __init__(self, config: dict):
         sp = config["space"]
@@ -76,39 +79,6 @@ class PolicyConfig:
         self.conv_channels: int = int(net["conv_channels"])
         self.kernel: int = int(net["kernel"])
         self.n_scalars, self.hist_len, self.hist_ch = (int(s) for s in config["shapes"])
-
-    @property
-    def n_bins(self) -> int:
-        return len(self.head_counts)
-
-    @property
-    def n_ffn(self) -> int:
-        return 3 + len(self.phi_grid) if self.tp else 3
-
-    @property
-    def n_modes(self) -> int:
-        return 4 if self.tp else 3
-
-    @property
-    def n_states(self) -> int:
-        return 3 if self.tp else 2
-
-    @property
-    def n_low(self) -> int:
-        return self.n_ffn * self.n_bins
-
-    @property
-    def full_edge(self) -> int:
-        return self.n_ffn * (self.n_bins - 1) + EDGE
-
-    @property
-    def full_cloud(self) -> int:
-        return CLOUD
-
-    @property
-    def n_high(self) -> int:
-        m = self.n_modes
-        return 2 + m * self.n_groups + 3 + (self.n_layers + 2) + m * m
 
     @property
     def n_cond(self) -> int:
@@ -204,9 +174,9 @@ class TorchPolicy(nn.Module):
         self.critic2 = nn.Linear(cfg.hidden, 1)
         opts = torch.arange(cfg.n_low)
         self.register_buffer("opts", opts, persistent=False)
-        o = opts % cfg.n_ffn  # FFN option of each joint option: side o < 3, tp share o >= 3
-        self.register_buffer("ffn_edge", o == EDGE, persistent=False)
-        self.register_buffer("is_tp", o >= 3, persistent=False)
+        side, _, is_tp = cfg.low_options()  # agents.space_geometry: one option table
+        self.register_buffer("ffn_edge", torch.from_numpy(side == FFN_EDGE), persistent=False)
+        self.register_buffer("is_tp", torch.from_numpy(is_tp), persistent=False)
         self.register_buffer("group_of_layer", torch.tensor(cfg.group_of_layer), persistent=False)
         self.register_buffer("privacy", torch.arange(cfg.n_layers) < cfg.privacy_layers,
                              persistent=False)

@@ -50,6 +50,9 @@ def test_phi_grid_and_space_sizes():
     assert not make_space(spec, ActionConfig(tp=False), tp=True).tp  # forced off
     assert make_space(spec, ActionConfig(tp=True)).tp  # forced on
     assert not make_space(spec, ActionConfig(kind="layerwise"), tp=True).tp
+    f, j, is_tp = on.ffn_options()  # edge, cloud, split, then the tp shares in order
+    assert f.tolist() == [EDGE, CLOUD, SPLIT] + [TP] * 7 and j.tolist() == [0] * 3 + list(
+        phi_grid(7)) and is_tp.tolist() == [False] * 3 + [True] * 7
     with pytest.raises(ValueError, match="phi_bins"):
         ActionConfig(phi_bins=16)
     with pytest.raises(ValueError, match="ActionConfig.tp"):
@@ -325,3 +328,11 @@ def test_short_ppo_run_in_the_tp_space_learns_tp_layers():
     assert min(n_tp) > 0, n_tp
     with pytest.raises(ValueError, match="tensor-parallel"):
         pol.act(jax.random.key(0), obs, dataclasses.replace(sc, tp=False).build())
+
+
+def test_the_numpy_geometry_names_the_cost_models_sides():
+    """agents.space_geometry repeats costmodel.partition's side codes (it must not import JAX,
+    the exported runtime imports it): they are equal."""
+    from agents import space_geometry as g
+
+    assert (g.FFN_EDGE, g.FFN_CLOUD, g.FFN_TP) == (EDGE, CLOUD, TP)
