@@ -23,9 +23,11 @@ demo: install
 test: install-dev
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-# Tests marked slow (model-level, training); CI runs them after `make test`.
+# Tests marked slow (model-level, training); CI runs them after `make test`. Few, long and
+# uneven: distributed test by test (worksteal), not file by file, so one file's tests do not
+# queue on one worker.
 test-slow: install-dev
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m slow
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m slow --durations=15
 
 lint: install-dev
 	$(BIN)/ruff check .

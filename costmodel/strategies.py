@@ -88,12 +88,13 @@ _best_layer_cut = jax.jit(best_layer_cut,
                           static_argnames=("precisions", "objective", "max_accuracy_pct"))
 _solve_memory = jax.jit(solve_memory, static_argnames=("precisions", "iters", "tp"))
 _solve_memory_exact = jax.jit(solve_memory_exact, static_argnames=("precisions", "units", "tp"))
+_request_costs = jax.jit(request_costs)  # one compile per shape, not hundreds of eager ops
 
 
 def _layer_cut(link, spec, max_accuracy_pct=None):
     """(partition, costs) of the best layer cut; (None, None) when no member qualifies."""
     p = _best_layer_cut(link, spec, max_accuracy_pct=max_accuracy_pct)
-    c = request_costs(p, link, spec)
+    c = _request_costs(p, link, spec)
     ok = bool(c.feasible) and (max_accuracy_pct is None
                                or float(c.accuracy_drop) <= max_accuracy_pct)
     return (p, c) if ok else (None, None)
@@ -125,7 +126,7 @@ def strategy_partition(name: str, link: LinkState, spec: CostSpec, weights: Weig
             # The multiplier leaves a duality gap: add the memory-resource DP, and keep the
             # best of the smaller spaces if it is better still (rounding memory can exclude it).
             res = _solve_memory_exact(link, spec, w, units=1024, tp=tp)
-            own = request_costs(res.partition, link, spec) if bool(res.feasible) else None
+            own = _request_costs(res.partition, link, spec) if bool(res.feasible) else None
             alt, alt_costs = (strategy_partition("best-headwise", link, spec, weights) if tp
                               else _layer_cut(link, spec))
             if alt is not None and (own is None or _score(alt_costs, w) < _score(own, w)):
@@ -135,7 +136,7 @@ def strategy_partition(name: str, link: LinkState, spec: CostSpec, weights: Weig
         p = res.partition
     else:
         raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(COMPARE)}")
-    c = request_costs(p, link, spec)
+    c = _request_costs(p, link, spec)
     return p, c
 
 

@@ -23,4 +23,4 @@ if _CACHE.lower() not in ("off", "0", "none", ""):
 
     os.makedirs(_CACHE, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", _CACHE)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -102,16 +102,57 @@ def test_fast_readme_commands(argv, tmp_path):
     assert out.stdout.strip()
 
 
+def _reads(argv: list[str]) -> set[str]:
+    """Paths a command reads from an earlier command (checkpoint:DIR, --checkpoint DIR)."""
+    out = {a.split(":", 1)[1] for a in argv if a.startswith("checkpoint:")}
+    out |= {b for a, b in zip(argv, argv[1:]) if a == "--checkpoint"}
+    return out
+
+
+def _out(argv: list[str]) -> str | None:
+    return next((b for a, b in zip(argv, argv[1:]) if a == "--out"), None)
+
+
+def chained(cmds: list[list[str]]) -> list[bool]:
+    """Per command: whether it belongs to the ordered chain (it writes what a later command
+    reads, it reads an earlier one's output, or it is the runtime's server/client pair)."""
+    read = set().union(*(_reads(c) for c in cmds))
+    return [c[0] in ("serve-cloud", "run-edge") or bool(_reads(c)) or _out(c) in read
+            for c in cmds]
+
+
+ALONE = [c for c, ch in zip(readme_commands(), chained(readme_commands())) if not ch
+         and c[0] not in FAST]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", ALONE, ids=lambda a: " ".join(a[:3]))
+def test_readme_command_alone(argv, tmp_path):
+    """A README command that neither reads nor writes another's files, as written (tiny
+    sizes); independent of the others, so the slow run spreads them over its workers."""
+    _setup(tmp_path)
+    _run(tiny(argv), tmp_path)
+
+
+def test_the_chain_holds_what_depends_on_order():
+    cmds = readme_commands()
+    chain = [c[0] for c, ch in zip(cmds, chained(cmds)) if ch]
+    assert chain[:3] == ["train", "evaluate", "export"], chain
+    assert chain[-2:] == ["serve-cloud", "run-edge"], chain
+    assert len(ALONE) + len(chain) + sum(c[0] in FAST for c in cmds) == len(cmds)
+
+
 @pytest.mark.slow
 def test_readme_commands_in_order(tmp_path):
-    """The whole README, in order: train -> evaluate -> export use the same run; serve-cloud
-    runs in the background while run-edge sends it requests."""
+    """The README's dependent commands, in order: train -> evaluate -> export use the same
+    run; serve-cloud runs in the background while run-edge sends it requests."""
     _setup(tmp_path)
     port = str(_free_port())
     server = None
+    cmds = readme_commands()
     try:
-        for argv in readme_commands():
-            if argv[0] in FAST:
+        for argv, in_chain in zip(cmds, chained(cmds)):
+            if argv[0] in FAST or not in_chain:
                 continue
             argv = [a.replace("7070", port) for a in tiny(argv)]
             if argv[0] == "serve-cloud":

@@ -42,6 +42,7 @@ def run_dir(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_run_directory_resolves_to_every_seed(run_dir):
     pols = registry.resolve(f"checkpoint:{run_dir}")
     assert [p.name for p in pols] == ["hier/seed0", "hier/seed1"]

@@ -197,7 +197,7 @@ def _model(space, scale=300.0):
     return model, net
 
 
-@pytest.mark.parametrize("kind", ["hier", "flat_head"])
+@pytest.mark.parametrize("kind", [pytest.param("hier", marks=pytest.mark.slow), "flat_head"])
 def test_tp_networks_sample_fit_and_rescore(kind):
     """Sampled tp-space actions fit the budget, include tp layers, and their recomputed
     log-probabilities equal the sampled ones; greedy is among them."""
@@ -251,6 +251,7 @@ def test_checkpoint_records_the_version_and_round_trips_tp(tmp_path):
     assert model.space == space and model.space.tp
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_legacy_checkpoint_without_version_is_version_1_and_acts(tmp_path):
     """A config written before the version and tp existed (no key, no tp fields) loads as the
     paper's space and acts."""

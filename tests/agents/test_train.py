@@ -53,9 +53,9 @@ def trained():
     return train.setup, runner, metrics, time.perf_counter() - t0
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_training_beats_random_and_approaches_oracle(trained):
-    """3 seeds of a small card, trained once by the fixture (not marked slow: it runs in the
-    default test run)."""
+    """3 seeds of a small card, trained once by the fixture."""
     ts, runner, metrics, wall = trained
     params = SCENARIO.build()
     keys = jnp.stack([jax.random.PRNGKey(s) for s in EVAL_SEEDS])

@@ -398,6 +398,7 @@ def _same_partition(a, b) -> bool:
                for f in ("edge_heads", "ffn", "act_prec", "embed_edge"))
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_runtime_policies_decide_the_registry_policies_values():
     """The runtime resolves names through ``lyapunov.registry`` and acts on the simulator's
     observation: edge-only / cloud-only are the cost model's partitions; best-cut is

@@ -65,6 +65,7 @@ def test_latency_vs_bandwidth_end_to_end(tmp_path):
         assert at["best-headwise"]["latency_s"] <= best_other * (1 + 1e-5)
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_robustness_without_outages_is_nominal(tmp_path):
     cfg = dataclasses.replace(fig09.QUICK, outage_fracs=(0.0, 0.3), n_requests=20, seeds=2)
     fig09.run(cfg, tmp_path, identity_progress)
@@ -259,6 +260,7 @@ def test_learning_planners_end_to_end(tmp_path):
     assert fig13.plot(tmp_path / "learning")[0].exists()
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_lan_regime_map_tp_wins_for_peers_within_the_two_device_bound(tmp_path):
     """Identical peers at 10 Gbit/s and 0.05-0.1 ms: the tensor-parallel split is a class of its
     own (beats the paper's space), and no split's margin over the best layer-wise choice

@@ -224,6 +224,7 @@ def test_dp_joint_solves_the_joint_penalty():
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_neurosurgeon_cut_from_fitted_regressions():
     """The Neurosurgeon-style baseline picks a member of the layer-wise family, never faster
     (under the exact model) than best-cut on the same link, predicts the latency of its pick
@@ -362,19 +363,19 @@ def test_dp_bayes_expected_dpp_not_above_dp_estimate():
             assert jb <= jc + 1e-5 * abs(jc) + 1e-5
 
 
-@pytest.mark.slow
-def test_dp_bayes_registered_and_simulates():
+def test_dp_bayes_is_registered_as_ours_and_causal():
+    """(Its rollouts run in test_dp_bayes_no_worse_than_dp_estimate_on_held_out_traces.)"""
     spec = registry.get("dp-bayes")
     assert spec.role == "ours" and not spec.clairvoyant
-    res = simulate(registry.resolve("dp-bayes", n_bw=3, n_share=2)[0], SC, 8, seed=0)
-    assert math.isfinite(res["dpp_mean"]) and res["policy"] == "dp-bayes"
+    assert registry.resolve("dp-bayes", n_bw=3, n_share=2)[0].name == "dp-bayes"
 
 
 @pytest.mark.slow
 def test_dp_bayes_no_worse_than_dp_estimate_on_held_out_traces():
-    """Held-out traces (a Norway trace and the 5G drive with outages), 5 seeds, LLaMA-7B on
-    the Orin NX against a contended datacenter: dp-bayes's time-average DPP is no worse than
-    dp-estimate's (the paired difference's 95% interval does not lie above 0)."""
+    """A held-out trace (the 5G drive with outages, the harder of the held-out set), 5 seeds,
+    LLaMA-7B on the Orin NX against a contended datacenter: dp-bayes's time-average DPP is no
+    worse than dp-estimate's (the paired difference's 95% interval does not lie above 0).
+    (benchmarks/agent_quality.py compares them on the Norway traces too.)"""
     from experiments.conditions import condition
     from experiments.sim import slot_scenario
     from experiments.stats import mean_ci
@@ -383,7 +384,7 @@ def test_dp_bayes_no_worse_than_dp_estimate_on_held_out_traces():
 
     keys = jnp.stack([jax.random.PRNGKey(s) for s in range(5)])
     pols = {n: registry.resolve(n, units=0)[0] for n in ("dp-estimate", "dp-bayes")}
-    for trace in ("norway_ferry_1", "fivegophers_verizon_drive_2"):
+    for trace in ("fivegophers_verizon_drive_2",):
         bw = pr.BandwidthConfig(kind="trace", trace_path=str(shipped_trace_path(trace)))
         params = slot_scenario("llama-7b", "orin-nx", condition("dc-contended"), None,
                                bw=bw).build()

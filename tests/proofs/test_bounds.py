@@ -302,7 +302,7 @@ def _columns(pts):
     return lat, cost, mem
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(grid_points, st.floats(0.0, 5.0), st.floats(0.0, 50.0), st.floats(0.1, 2.0))
 def test_concave_objective_minimized_at_swept_hull_vertex(pts, V, Q, tau):
     """oracle.md Lemma 1 and Proposition 2: the minimum of V l - Q tau / l + c over a finite set
