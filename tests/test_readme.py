@@ -105,12 +105,12 @@ def test_fast_readme_commands(argv, tmp_path):
 def _reads(argv: list[str]) -> set[str]:
     """Paths a command reads from an earlier command (checkpoint:DIR, --checkpoint DIR)."""
     out = {a.split(":", 1)[1] for a in argv if a.startswith("checkpoint:")}
-    out |= {b for a, b in zip(argv, argv[1:]) if a == "--checkpoint"}
+    out |= {b for a, b in zip(argv, argv[1:], strict=False) if a == "--checkpoint"}
     return out
 
 
 def _out(argv: list[str]) -> str | None:
-    return next((b for a, b in zip(argv, argv[1:]) if a == "--out"), None)
+    return next((b for a, b in zip(argv, argv[1:], strict=False) if a == "--out"), None)
 
 
 def chained(cmds: list[list[str]]) -> list[bool]:
@@ -121,7 +121,7 @@ def chained(cmds: list[list[str]]) -> list[bool]:
             for c in cmds]
 
 
-ALONE = [c for c, ch in zip(readme_commands(), chained(readme_commands())) if not ch
+ALONE = [c for c, ch in zip(readme_commands(), chained(readme_commands()), strict=True) if not ch
          and c[0] not in FAST]
 
 
@@ -136,7 +136,7 @@ def test_readme_command_alone(argv, tmp_path):
 
 def test_the_chain_holds_what_depends_on_order():
     cmds = readme_commands()
-    chain = [c[0] for c, ch in zip(cmds, chained(cmds)) if ch]
+    chain = [c[0] for c, ch in zip(cmds, chained(cmds), strict=True) if ch]
     assert chain[:3] == ["train", "evaluate", "export"], chain
     assert chain[-2:] == ["serve-cloud", "run-edge"], chain
     assert len(ALONE) + len(chain) + sum(c[0] in FAST for c in cmds) == len(cmds)
@@ -151,7 +151,7 @@ def test_readme_commands_in_order(tmp_path):
     server = None
     cmds = readme_commands()
     try:
-        for argv, in_chain in zip(cmds, chained(cmds)):
+        for argv, in_chain in zip(cmds, chained(cmds), strict=True):
             if argv[0] in FAST or not in_chain:
                 continue
             argv = [a.replace("7070", port) for a in tiny(argv)]
