@@ -36,6 +36,7 @@ import numpy as np
 from agents import checkpoint
 from agents.policy_loader import learned_policy
 from lyapunov import registry
+from lyapunov.simulate import decision_time
 
 METRIC_KEYS = ("latency_mean_s", "latency_p95_s", "energy_mean_j", "accuracy_drop_mean",
                "cloud_cost_mean", "backlog_mean", "dpp_mean", "penalty_mean", "service_mean",
@@ -97,15 +98,6 @@ def scenario_grid(base, models: Sequence[str] = (), devices: Sequence[str] = (),
     return cases
 
 
-def decision_time(policy, params, x, repeats: int = 20) -> float:
-    """Mean wall time of one jitted decision at batch 1, after warm-up."""
-    fn = jax.jit(policy.act)
-    key = jax.random.PRNGKey(0)
-    jax.block_until_ready(fn(key, x, params))
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        jax.block_until_ready(fn(key, x, params))
-    return (time.perf_counter() - t0) / repeats
 
 
 def run_policy(policy, params, n_slots: int, seeds: Sequence[int]) -> list[dict]:
@@ -121,7 +113,7 @@ def run_policy(policy, params, n_slots: int, seeds: Sequence[int]) -> list[dict]
     info, _, state = jax.block_until_ready(
         batched_rollout(policy, params, n_slots, keys, vectorize=False, shared_params=True))
     last = jax.tree.map(lambda v: v[0], state)
-    dt = decision_time(policy, params, last if policy.clairvoyant else E.observe(last))
+    dt = decision_time(policy, params, last if policy.clairvoyant else E.observe(last), 20)
     rows = []
     for i, s in enumerate(seeds):
         out = summarize(jax.tree.map(lambda v, i=i: v[i], info), float(params.lam_mean), dt)
@@ -169,7 +161,7 @@ def run_checkpoints(group: CheckpointGroup, params, n_slots: int,
     info, last = jax.block_until_ready(
         jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))(stacked, keys))
     pol0 = learned_policy(models[0], group.paths[0], group.sample, shapes)
-    dt = decision_time(pol0, params, E.observe(jax.tree.map(lambda v: v[0, 0], last)))
+    dt = decision_time(pol0, params, E.observe(jax.tree.map(lambda v: v[0, 0], last)), 20)
     out = []
     for i, name in enumerate(group.names):
         rows = []

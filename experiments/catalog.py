@@ -222,11 +222,15 @@ def run_one(exp: Experiment, mode: str, out: Path, progress=None, cfg=None) -> d
 
 def run_figures(mode: str = "quick", only: Sequence[str] | None = None, out: str | Path = "results",
                 show_progress: bool = True, claims: bool = True, cache: bool = True,
-                overrides: dict[str, dict] | None = None) -> dict:
+                overrides: dict[str, dict] | None = None, jobs: int = 1,
+                registrations: Sequence[tuple[str, str]] = ()) -> dict:
     """Run the experiments (all, or those named in `only`) in `mode`, plot them, and write the
     claims table; returns the summary also written to <out>/summary.json. ``overrides``:
     ``{experiment: {field: (value, origin)}}`` (:func:`parse_overrides`) replaces config
-    fields, e.g. a user card (registered with ``--card-file``) as figure 6's ``model``."""
+    fields, e.g. a user card (registered with ``--card-file``) as figure 6's ``model``.
+    ``jobs`` > 1 runs the experiments in that many worker processes (:func:`_run_parallel`);
+    ``registrations``: ("card" | "profile", file) the workers register first, as the CLI's
+    ``--card-file`` / ``--profile-file`` did in this process."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -251,15 +255,19 @@ def run_figures(mode: str = "quick", only: Sequence[str] | None = None, out: str
         configs[name] = cfg
     records = []
     t0 = time.perf_counter()
-    bar = tqdm(names, desc="figures", unit="exp", disable=not show_progress, position=0)
-    for name in bar:
-        bar.set_postfix_str(name)
+    if jobs > 1 and len(names) > 1:
+        records = _run_parallel(names, configs, mode, out, jobs, cache, registrations,
+                                show_progress)
+    else:
+        bar = tqdm(names, desc="figures", unit="exp", disable=not show_progress, position=0)
+        for name in bar:
+            bar.set_postfix_str(name)
 
-        def inner(iterable, desc="", total=None, _name=name):
-            return tqdm(iterable, desc=f"  {_name}: {desc}", total=total, leave=False,
-                        position=1, disable=not show_progress)
+            def inner(iterable, desc="", total=None, _name=name):
+                return tqdm(iterable, desc=f"  {_name}: {desc}", total=total, leave=False,
+                            position=1, disable=not show_progress)
 
-        records.append(run_one(reg[name], mode, out, inner, configs[name]))
+            records.append(run_one(reg[name], mode, out, inner, configs[name]))
     summary_path = out / "summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     merged = {r["name"]: r for r in previous.get("experiments", [])}
@@ -275,3 +283,69 @@ def run_figures(mode: str = "quick", only: Sequence[str] | None = None, out: str
 
         summary["claims"] = [str(p) for p in write_claims(out)]
     return summary
+
+
+# --- parallel runs ----------------------------------------------------------------------------
+# XLA compiles a program on one core, and the experiments are independent (each writes its own
+# folder), so on a machine with several cores they run in worker processes. Two things order
+# them: the training runs that figures 3, 10 and 14 read are made first (one job per agent
+# kind), so that no two workers train into the same folder and every figure sees the same
+# runs whatever the schedule; then the experiments, longest first by the last recorded wall
+# time in <out>/summary.json (catalog order where there is none). Workers are spawned, not
+# forked (JAX is not fork-safe), and register the user's cards and profiles again.
+
+
+def _worker_init(registrations, out: str, cache: bool) -> None:
+    from costmodel.cards import load_card
+    from costmodel.profiles import load_profile
+
+    for kind, path in registrations:
+        (load_card if kind == "card" else load_profile)(path)
+    if cache:
+        enable_compilation_cache(Path(out))
+
+
+def _worker_run(name: str, mode: str, out: str, cfg) -> dict:
+    return run_one(catalog()[name], mode, Path(out), None, cfg)
+
+
+def _worker_train(out: str, spec, kind: str) -> str:
+    from experiments.training import ensure_runs
+
+    ensure_runs(Path(out), spec, identity_progress, kinds=(kind,))
+    return kind
+
+
+def _run_parallel(names, configs, mode, out: Path, jobs: int, cache: bool, registrations,
+                  show_progress: bool) -> list[dict]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    from experiments.training import KINDS, has_run
+
+    specs = {getattr(configs[n], "train", None) for n in names} - {None}
+    train = [(spec, k) for spec in sorted(specs, key=repr) for k in KINDS
+             if not has_run(out / "train" / k)]
+    previous = {}
+    if (out / "summary.json").exists():
+        previous = {r["name"]: r.get("seconds", 0.0) for r in
+                    json.loads((out / "summary.json").read_text()).get("experiments", [])}
+    order = sorted(names, key=lambda n: -previous.get(n, 0.0))
+    records = {}
+    with ProcessPoolExecutor(jobs, mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(tuple(registrations), str(out), cache)) as pool:
+        if train:
+            futs = [pool.submit(_worker_train, str(out), spec, k) for spec, k in train]
+            for f in tqdm(as_completed(futs), total=len(futs), desc="training agents",
+                          disable=not show_progress):
+                f.result()
+        futs = {pool.submit(_worker_run, n, mode, str(out), configs[n]): n for n in order}
+        bar = tqdm(as_completed(futs), total=len(futs), desc=f"figures ({jobs} jobs)",
+                   unit="exp", disable=not show_progress)
+        for f in bar:
+            rec = f.result()
+            records[rec["name"]] = rec
+            bar.set_postfix_str(f"{rec['name']} {rec.get('seconds', 0):.0f} s")
+    return [records[n] for n in names]

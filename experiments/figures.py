@@ -9,6 +9,7 @@ config).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -23,6 +24,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="run only these experiments (see --list)")
     ap.add_argument("--out", default="results", help="output folder (default: results)")
     ap.add_argument("--list", action="store_true", help="list the experiments and exit")
+    ap.add_argument("--jobs", type=int, default=None, metavar="N",
+                    help="worker processes that run experiments side by side (count; default: "
+                         "the CPU cores, at most 4; 1: one after another in this process)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     ap.add_argument("--no-claims", action="store_true", help="skip the claims table")
     ap.add_argument("--config", default=None, metavar="FILE",
@@ -43,11 +47,17 @@ def main_figures(args: argparse.Namespace) -> int:
         for name, exp in catalog().items():
             print(f"{exp.number:2d}  {name:22s} {exp.title}")
         return 0
+    jobs = args.jobs if args.jobs is not None else min(4, os.cpu_count() or 1)
+    if jobs < 1:
+        print(f"splitwise figures: --jobs must be >= 1, got {jobs}", file=sys.stderr)
+        return 2
+    registrations = ([("card", p) for p in getattr(args, "card_file", [])]
+                     + [("profile", p) for p in getattr(args, "profile_file", [])])
     try:
         overrides = parse_overrides(getattr(args, "set", []), getattr(args, "config", None))
         summary = run_figures(args.mode, args.only, args.out,
                               show_progress=not args.no_progress, claims=not args.no_claims,
-                              overrides=overrides)
+                              overrides=overrides, jobs=jobs, registrations=registrations)
     except ValueError as err:
         print(f"splitwise figures: {err}", file=sys.stderr)
         return 2

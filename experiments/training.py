@@ -50,12 +50,13 @@ def has_run(d: Path) -> bool:
             and (d / "seed0" / "params.npz").exists())
 
 
-def ensure_runs(out: Path, spec: TrainSpec | None, progress) -> dict[str, Path]:
-    """{kind: run directory} under <out>/train, training the missing ones when `spec` is given;
-    only the runs that exist afterwards."""
+def ensure_runs(out: Path, spec: TrainSpec | None, progress,
+                kinds: tuple[str, ...] = KINDS) -> dict[str, Path]:
+    """{kind: run directory} under <out>/train, training the missing ones of ``kinds`` when
+    `spec` is given; only the runs that exist afterwards."""
     out = Path(out)
     runs = {k: out / "train" / k for k in KINDS}
-    missing = [k for k, d in runs.items() if not has_run(d)]
+    missing = [k for k, d in runs.items() if not has_run(d) and k in kinds]
     if missing and spec is not None:
         from agents.actions import ActionConfig
         from agents.ppo import PPOConfig

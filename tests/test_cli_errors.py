@@ -61,6 +61,7 @@ CASES = [
     (["figures", "--only", "memory", "--set", "memory"], "--set"),
     (["figures", "--only", "memory", "--config", "{tmp}/words.txt"], "words.txt"),
     (["figures", "--only", "memory", "--config", "{tmp}/nothere.json"], "nothere.json"),
+    (["figures", "--only", "memory", "--jobs", "0"], "--jobs"),
 ]
 
 

@@ -312,3 +312,21 @@ def test_a_user_card_reaches_a_figure_through_its_config(tmp_path, capsys):
     rows = [r for f in sorted((out / "memory").glob("*.csv")) for r in read_rows(f)]
     assert rows and {r["model"] for r in rows if "model" in r} == {"my-card"}
     assert list((out / "memory").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_parallel_figures_equal_sequential_ones(tmp_path):
+    """`figures --jobs 2` runs experiments in spawned workers: the same rows as one after
+    another in this process, every experiment's record, and the summary in catalog order."""
+    from experiments.catalog import run_figures
+
+    only = ["speedup", "operational_cost"]
+    seq = run_figures("quick", only, tmp_path / "seq", show_progress=False, claims=False)
+    par = run_figures("quick", only, tmp_path / "par", show_progress=False, claims=False,
+                      jobs=2)
+    assert [r["name"] for r in par["experiments"]] == [r["name"] for r in seq["experiments"]]
+    assert all(r["status"] == "done" for r in par["experiments"])
+    for name, csv in (("speedup", "speedup.csv"), ("operational_cost", "operational_cost.csv")):
+        a = read_rows(tmp_path / "seq" / name / csv)
+        b = read_rows(tmp_path / "par" / name / csv)
+        assert a == b and len(a) > 0, name
