@@ -305,8 +305,15 @@ def _worker_init(registrations, out: str, cache: bool) -> None:
         enable_compilation_cache(Path(out))
 
 
-def _worker_run(name: str, mode: str, out: str, cfg) -> dict:
-    return run_one(catalog()[name], mode, Path(out), None, cfg)
+# Experiments that compile the same programs (figure 2 prices the partitions figure 1 solves,
+# with the same solver calls): run one after the other in one worker, the second reads the
+# first's compiled programs from the cache (about 30 s instead of 3 minutes, measured).
+SHARED_PROGRAMS = (("latency_vs_bandwidth", "energy"),)
+
+
+def _worker_run(names: tuple[str, ...], mode: str, out: str, cfgs: tuple) -> list[dict]:
+    return [run_one(catalog()[n], mode, Path(out), None, c) for n, c in zip(names, cfgs,
+                                                                           strict=True)]
 
 
 def _worker_train(out: str, spec, kind: str) -> str:
@@ -332,7 +339,13 @@ def _run_parallel(names, configs, mode, out: Path, jobs: int, cache: bool, regis
     if (out / "summary.json").exists():
         previous = {r["name"]: r.get("seconds", 0.0) for r in
                     json.loads((out / "summary.json").read_text()).get("experiments", [])}
-    order = sorted(names, key=lambda n: -previous.get(n, 0.0))
+    jobs_of = []  # tuples of names, one worker job each
+    for n in names:
+        group = next((g for g in SHARED_PROGRAMS if n in g), (n,))
+        job = tuple(x for x in group if x in names)
+        if job not in jobs_of:
+            jobs_of.append(job)
+    order = sorted(jobs_of, key=lambda j: -sum(previous.get(n, 0.0) for n in j))
     records = {}
     with ProcessPoolExecutor(jobs, mp.get_context("spawn"), initializer=_worker_init,
                              initargs=(tuple(registrations), str(out), cache)) as pool:
@@ -341,11 +354,14 @@ def _run_parallel(names, configs, mode, out: Path, jobs: int, cache: bool, regis
             for f in tqdm(as_completed(futs), total=len(futs), desc="training agents",
                           disable=not show_progress):
                 f.result()
-        futs = {pool.submit(_worker_run, n, mode, str(out), configs[n]): n for n in order}
-        bar = tqdm(as_completed(futs), total=len(futs), desc=f"figures ({jobs} jobs)",
-                   unit="exp", disable=not show_progress)
-        for f in bar:
-            rec = f.result()
-            records[rec["name"]] = rec
-            bar.set_postfix_str(f"{rec['name']} {rec.get('seconds', 0):.0f} s")
+        futs = [pool.submit(_worker_run, j, mode, str(out), tuple(configs[n] for n in j))
+                for j in order]
+        bar = tqdm(total=len(names), desc=f"figures ({jobs} jobs)", unit="exp",
+                   disable=not show_progress)
+        for f in as_completed(futs):
+            for rec in f.result():
+                records[rec["name"]] = rec
+                bar.update(1)
+                bar.set_postfix_str(f"{rec['name']} {rec.get('seconds', 0):.0f} s")
+        bar.close()
     return [records[n] for n in names]

@@ -320,13 +320,18 @@ def test_parallel_figures_equal_sequential_ones(tmp_path):
     another in this process, every experiment's record, and the summary in catalog order."""
     from experiments.catalog import run_figures
 
-    only = ["speedup", "operational_cost"]
-    seq = run_figures("quick", only, tmp_path / "seq", show_progress=False, claims=False)
-    par = run_figures("quick", only, tmp_path / "par", show_progress=False, claims=False,
-                      jobs=2)
+    only = ["speedup", "accuracy"]
+    small = {"models": (("gpt2-xl",), "test"), "devices": (("rpi5",), "test"),
+             "conditions": (("dc-idle",), "test")}
+    kw = dict(show_progress=False, claims=False, overrides={n: small for n in only})
+    seq = run_figures("quick", only, tmp_path / "seq", **kw)
+    (tmp_path / "par").mkdir()  # the workers read the programs the first run compiled
+    (tmp_path / "par" / ".jax_cache").symlink_to(tmp_path / "seq" / ".jax_cache")
+    par = run_figures("quick", only, tmp_path / "par", jobs=2, **kw)
     assert [r["name"] for r in par["experiments"]] == [r["name"] for r in seq["experiments"]]
     assert all(r["status"] == "done" for r in par["experiments"])
-    for name, csv in (("speedup", "speedup.csv"), ("operational_cost", "operational_cost.csv")):
+    for name, csv in (("speedup", "speedup.csv"), ("accuracy", "accuracy.csv")):
         a = read_rows(tmp_path / "seq" / name / csv)
         b = read_rows(tmp_path / "par" / name / csv)
-        assert a == b and len(a) > 0, name
+        # (json text compares NaN, an infeasible row's speedup, as equal to itself)
+        assert json.dumps(a) == json.dumps(b) and len(a) > 0, name
