@@ -38,6 +38,7 @@ solve = jax.jit(solve_memory_exact, static_argnames=("precisions", "units"))
 batched = jax.jit(jax.vmap(request_costs, in_axes=(0, None, None)))
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 @settings(max_examples=6, deadline=None)
 @given(fraction=st.floats(0.3, 0.9), bw=st.floats(0.5, 200), rtt=st.floats(1, 80),
        share=st.floats(0.02, 1.0), w_energy=st.floats(0, 0.2))

@@ -135,6 +135,7 @@ def test_dvfs_slows_the_edge_when_energy_matters():
     assert res.rounded_dvfs_value < res.rounded_value
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_compare_with_oracle_and_mm():
     """The reporting function: relaxation gap >= 0 (up to solver tolerance), rounding never
     beats the exact oracle, times are reported; the MM cvx slot solution is feasible and no

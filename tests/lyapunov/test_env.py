@@ -271,6 +271,7 @@ def test_common_random_numbers():
         _tree_close(o[1].link_state, outs[0][1].link_state, rtol=0)
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_jit_equals_nojit():
     obs, state = reset(jax.random.PRNGKey(9), PARAMS)
     with jax.disable_jit():

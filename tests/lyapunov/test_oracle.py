@@ -150,6 +150,7 @@ def test_oracle_matches_brute_force(inst):
     _check(queues, link, sp, SPEC, frac)
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_oracle_matches_brute_force_privacy_floor():
     """Same with a privacy floor (embedding and layer 0 on the edge; cloud-only forbidden)."""
     rng = np.random.default_rng(1)
@@ -295,6 +296,7 @@ def with_cloud_budget(spec, budget_gb):
     return spec.replace(cloud=spec.cloud.replace(mem_budget=jnp.float32(budget_gb * 1e9)))
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_oracle_tp_matches_brute_force():
     """With tp: exact where it claims exactness, feasible iff some partition is, a valid lower
     bound; including budgets on the edge and on the cloud that bind."""

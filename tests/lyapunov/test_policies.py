@@ -50,6 +50,7 @@ def _states(n, seed=0):
     return out
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_oracle_dpp_is_the_per_slot_minimum():
     """On the same state and the same key, no policy's slot DPP is below the oracle's."""
     names = ["dp-estimate", "greedy", "cloud-only", "edge-only", "best-cut", "static-cut", "cvx"]
@@ -108,6 +109,7 @@ def test_vmap_over_seeds_equals_a_loop():
     assert np.all(np.asarray(info.backlog) >= 0)
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_simulate_metrics_crn_and_stability():
     low = dataclasses.replace(SC, arrival=pr.ArrivalConfig(rate=0.5), e_bar_j=math.inf)
     a = simulate("cloud-only", low, 64, seed=3)
@@ -135,6 +137,7 @@ def test_cvx_policy_runs_in_simulate():
     assert out["unrunnable_frac"] == 0.0 and math.isfinite(out["dpp_mean"])
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_baselines():
     """Known values: cloud-only under a privacy floor keeps the floor on the edge; static-cut is
     the best cut for the stationary mean link; best-cut is the fastest feasible member of the
@@ -266,6 +269,7 @@ def test_outage_probability_rule_of_succession():
     assert float(P.outage_probability(down)) == pytest.approx(2 / 4)
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_outage_aware_choice_weighs_the_risk():
     """LLaMA-7B on a Pi 5 with an idle datacenter (cloud-only 0.3 s, edge-only ~27 s) and long
     outages: with no outage risk the solver's cloud-only stays; with a certain outage edge-only
