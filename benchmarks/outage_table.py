@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=5, help="seeds (trace offset, arrivals, share)")
     ap.add_argument("--slots", type=int, default=500, help="slots per seed")
     ap.add_argument("--checkpoint", default=None, help="a trained agent's run or seed dir")
+    ap.add_argument("--policies", nargs="*", default=list(POLICIES),
+                    help="registered policies to run (default: the table's six; none: only "
+                         "--checkpoint; rows of one seed set are comparable across runs, "
+                         "common random numbers)")
     ap.add_argument("--json", default=None, help="write the rows here too")
     args = ap.parse_args(argv)
 
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     from lyapunov import registry
 
     params = scenario(args.trace).build()
-    specs = list(POLICIES) + ([f"checkpoint:{args.checkpoint}"] if args.checkpoint else [])
+    specs = list(args.policies) + ([f"checkpoint:{args.checkpoint}"] if args.checkpoint else [])
     table = []
     for spec in specs:
         for pol in registry.resolve(spec):
