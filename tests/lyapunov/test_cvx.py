@@ -94,7 +94,12 @@ def test_relaxation_bounds_and_boolean_exact(inst):
         assert lp.partition is None and milp.partition is None
         return
     assert lp.relaxed_value <= exact + tol
-    assert math.isclose(milp.relaxed_value, exact, rel_tol=1e-5, abs_tol=1e-9)
+    # HiGHS under its time limit (30 s; a loaded CI worker reached it once) may return an
+    # incumbent: then the result must say so, and its value may only be above the optimum.
+    if milp.status == "optimal":
+        assert math.isclose(milp.relaxed_value, exact, rel_tol=1e-5, abs_tol=1e-9)
+    else:
+        assert milp.relaxed_value >= exact - tol, milp.status
     for res in (lp, milp):
         own = request_costs(res.partition, link, spec)
         assert bool(own.feasible)  # rounding is feasible
