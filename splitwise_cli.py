@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     from lyapunov import registry
 
     ap = argparse.ArgumentParser(prog="splitwise", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--version", action="version", version=f"splitwise {VERSION}")
+    ap.add_argument("--version", action="version", version=f"splitwise {VERSION}",
+                    help="print the version and exit")
     sub = ap.add_subparsers(dest="command", required=True)
     files = argparse.ArgumentParser(add_help=False)
     _add_file_args(files)
@@ -264,11 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("calibrate", add_help=False,
                        help="time SmolLM2 blocks here and fit a device profile (torch)")
-    c.add_argument("rest", nargs=argparse.REMAINDER)
+    c.add_argument("rest", nargs=argparse.REMAINDER,
+                   help="the command's own flags (see its --help)")
     c.set_defaults(func=cmd_bridge)
     c = sub.add_parser("export", add_help=False,
                        help="export a trained policy to torch or ONNX (torch)")
-    c.add_argument("rest", nargs=argparse.REMAINDER)
+    c.add_argument("rest", nargs=argparse.REMAINDER,
+                   help="the command's own flags (see its --help)")
     c.set_defaults(func=cmd_bridge)
 
     def _bounded(kind, lowest: float, strict: bool):
@@ -313,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("run-edge", add_help=False,
                        help="run requests split between this edge and a cloud (an exported "
                             "policy needs no JAX)")
-    c.add_argument("rest", nargs=argparse.REMAINDER)
+    c.add_argument("rest", nargs=argparse.REMAINDER,
+                   help="the command's own flags (see its --help)")
     c.set_defaults(func=cmd_bridge)
     return ap
 

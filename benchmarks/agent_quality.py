@@ -165,12 +165,13 @@ def table(name: str, c: dict, summ: dict, train: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES),
+                    help="model/device cases trained and evaluated")
     ap.add_argument("--steps", type=int, default=300_000, help="training steps per agent")
-    ap.add_argument("--slots", type=int, default=1000)
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--slots", type=int, default=1000, help="evaluation slots per seed")
+    ap.add_argument("--seeds", type=int, default=5, help="evaluation seeds (count)")
     ap.add_argument("--cvx-slots", type=int, default=10, help="0: skip the cvxpy policy")
-    ap.add_argument("--out", default="results/agent_quality")
+    ap.add_argument("--out", default="results/agent_quality", help="output folder")
     ap.add_argument("--retrain", action="store_true", help="train even if a run exists")
     ap.add_argument("--no-eval", action="store_true",
                     help="summarize the stored eval.csv / cvx.csv of each case")

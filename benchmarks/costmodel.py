@@ -80,10 +80,10 @@ def timed(fn, min_time: float = 0.3, repeats: int = 5, warmup: bool = True) -> f
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="llama-7b")
-    parser.add_argument("--device", default="rpi5")
-    parser.add_argument("--cloud", default="datacenter")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="llama-7b", help="model card name")
+    parser.add_argument("--device", default="rpi5", help="edge device profile name")
+    parser.add_argument("--cloud", default="datacenter", help="cloud profile name")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the drawn partitions")
     args = parser.parse_args(argv)
     ref = _load_reference()
 

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default=None, help="agents checkpoint directory")
     ap.add_argument("--kind", default="hier", choices=("hier", "flat_head", "layerwise"),
                     help="action kind of the fresh policy (without --checkpoint)")
-    ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--calls", type=int, default=300, help="timed decisions per backend (count)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)

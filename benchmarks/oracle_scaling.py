@@ -280,8 +280,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer cases and 4 states")
     ap.add_argument("--states", type=int, default=6, help="link/queue states per case")
-    ap.add_argument("--spaces", nargs="+", default=["paper", "tp"], choices=["paper", "tp"])
-    ap.add_argument("--cases", nargs="+", default=None, choices=sorted(CASES))
+    ap.add_argument("--spaces", nargs="+", default=["paper", "tp"], choices=["paper", "tp"],
+                    help="option spaces timed (paper: no tensor-parallel FFN)")
+    ap.add_argument("--cases", nargs="+", default=None, choices=sorted(CASES),
+                    help="model/device cases timed (default: all)")
     ap.add_argument("--out", default="results/oracle_scaling.json", help="JSON output")
     ap.add_argument("--reference", default=None,
                     help="an earlier JSON: check objective <= reference + reported gap")

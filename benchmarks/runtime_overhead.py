@@ -58,16 +58,17 @@ def _best_time(fn, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--executor", default="toy")
-    ap.add_argument("--prompt-tokens", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--executor", default="toy", help="block executor: toy or smollm2")
+    ap.add_argument("--prompt-tokens", type=int, default=16, help="prompt length (tokens)")
+    ap.add_argument("--new-tokens", type=int, default=8, help="generated tokens per request")
+    ap.add_argument("--repeats", type=int, default=5, help="timed requests per partition (count)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each process")
     ap.add_argument("--exchanges", type=int, default=500,
                     help="round trips timed per precision for the exchange cost (0: skip)")
     ap.add_argument("--tp-only", action="store_true",
                     help="time only the tp partitions' decode against monolithic")
-    ap.add_argument("--tp-precision", default="fp16")
+    ap.add_argument("--tp-precision", default="fp16",
+                    help="precision of the tp partial sums exchanged (fp32, fp16, int8, int4)")
     args = ap.parse_args()
     if args.exchanges > 0:
         from bridge.calibrate import exchange_cost

@@ -65,10 +65,11 @@ def measure(model, part, prompt: list[int], ref_tokens: list[int]):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--new", type=int, default=16)
-    ap.add_argument("--prompts", type=int, default=3)
-    ap.add_argument("--precisions", default="fp32,fp16,int8,int4")
-    ap.add_argument("--csv", default=None)
+    ap.add_argument("--new", type=int, default=16, help="generated tokens per prompt")
+    ap.add_argument("--prompts", type=int, default=3, help="prompts compared (count)")
+    ap.add_argument("--precisions", default="fp32,fp16,int8,int4",
+                    help="comma-separated exchange precisions compared")
+    ap.add_argument("--csv", default=None, help="also write the rows to this CSV file")
     args = ap.parse_args()
     import torch
 

@@ -53,14 +53,15 @@ def _policy(name: str, n_layers: int):
 def main() -> None:
     global ex_heads
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--executor", default="toy")
-    ap.add_argument("--trace", default="norway_bus_1")
-    ap.add_argument("--requests", type=int, default=20)
+    ap.add_argument("--executor", default="toy", help="block executor: toy or smollm2")
+    ap.add_argument("--trace", default="norway_bus_1", help="shipped bandwidth trace name")
+    ap.add_argument("--requests", type=int, default=20, help="requests per policy (count)")
     ap.add_argument("--rate", type=float, default=0.5, help="arrivals per 1 s slot")
-    ap.add_argument("--rtt-ms", type=float, default=20.0)
-    ap.add_argument("--prompt-tokens", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=8)
-    ap.add_argument("--policy", action="append", default=[])
+    ap.add_argument("--rtt-ms", type=float, default=20.0, help="emulated round-trip time (ms)")
+    ap.add_argument("--prompt-tokens", type=int, default=16, help="prompt length (tokens)")
+    ap.add_argument("--new-tokens", type=int, default=8, help="generated tokens per request")
+    ap.add_argument("--policy", action="append", default=[],
+                    help="policy to run (registered name or checkpoint:DIR; repeatable)")
     args = ap.parse_args()
     ex = make_executor(args.executor)
     ex_heads = ex.cfg.n_heads
