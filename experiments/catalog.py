@@ -332,9 +332,11 @@ def _run_parallel(names, configs, mode, out: Path, jobs: int, cache: bool, regis
 
     from experiments.training import KINDS, has_run
 
-    specs = {getattr(configs[n], "train", None) for n in names} - {None}
-    train = [(spec, k) for spec in sorted(specs, key=repr) for k in KINDS
-             if not has_run(out / "train" / k)]
+    # One training spec, the first experiment's that has one, as in a sequential run (where
+    # the first experiment to need a run trains it); two specs must not train one folder.
+    spec = next((c.train for n in names if (c := configs[n]) is not None
+                 and getattr(c, "train", None) is not None), None)
+    train = [(spec, k) for k in KINDS if spec is not None and not has_run(out / "train" / k)]
     previous = {}
     if (out / "summary.json").exists():
         previous = {r["name"]: r.get("seconds", 0.0) for r in
