@@ -121,8 +121,8 @@ def chained(cmds: list[list[str]]) -> list[bool]:
             for c in cmds]
 
 
-ALONE = [c for c, ch in zip(readme_commands(), chained(readme_commands()), strict=True) if not ch
-         and c[0] not in FAST]
+_CMDS = readme_commands()
+ALONE = [c for c, ch in zip(_CMDS, chained(_CMDS), strict=True) if not ch and c[0] not in FAST]
 
 
 @pytest.mark.slow
