@@ -105,6 +105,14 @@ def penalty_value(pw: PenaltyWeights, latency, energy, accuracy, cloud_cost):
     return out
 
 
+def _point_dpp(pt: _Pt, queues: Queues, sp: SlotParams):
+    """``slot_dpp`` (``A = 0``) of a point of the sweep."""
+    mu = service_rate(pt.lat, sp.tau)
+    pen = penalty_value(sp.penalty, pt.lat, pt.energy, pt.accuracy, pt.cloud_cost)
+    return dpp_objective(queues, sp.V, pen, 0.0, mu, pt.energy, pt.accuracy, pt.cloud_cost,
+                         sp.budgets)
+
+
 def slot_dpp(costs: RequestCosts, queues: Queues, arrivals, sp: SlotParams):
     """The slot's DPP expression ``V p + Q (A - mu) + sum_i Z_i (x_i - x_bar_i)`` of a *feasible*
     partition with request costs ``costs`` (``lyapunov.queues.dpp_objective``)."""
@@ -161,13 +169,16 @@ class SlotSolution:
 
 @struct.dataclass
 class _Pt:
-    """One DP solution: partition, its request costs, latency, c, edge and cloud memory (GB),
-    feasible (everything), and whether it fits the edge's and the cloud's memory (with a
-    finite latency and the privacy floor)."""
+    """One DP solution: partition, its latency, per-request edge energy, accuracy drop and
+    cloud cost (what ``slot_dpp`` needs), c, edge and cloud memory (GB), feasible
+    (everything), and whether it fits the edge's and the cloud's memory (with a finite
+    latency and the privacy floor)."""
 
     part: Partition
-    costs: RequestCosts
     lat: jnp.ndarray
+    energy: jnp.ndarray
+    accuracy: jnp.ndarray
+    cloud_cost: jnp.ndarray
     c: jnp.ndarray
     mem: jnp.ndarray
     ok: jnp.ndarray
@@ -187,8 +198,9 @@ def _evaluate(part: Partition, link, spec: CostSpec, cw: dp.Weights) -> _Pt:
     costs = costs_from_terms(tt, part.act_prec, link, spec, privacy_ok(part, spec))
     ok = (lat < BIG) & (c < BIG) & costs.feasible
     base = (lat < BIG) & (c < BIG) & costs.link_ok & costs.privacy_ok
-    return _Pt(part, costs, lat, c, tt.mem / 1e9, ok, tt.mem_cloud / 1e9,
-               base & costs.memory_ok, base & costs.cloud_memory_ok)
+    return _Pt(part, lat, costs.energy_j, costs.accuracy_drop, costs.cloud_cost, c,
+               tt.mem / 1e9, ok, tt.mem_cloud / 1e9, base & costs.memory_ok,
+               base & costs.cloud_memory_ok)
 
 
 # Phases of the solver's state machine (one DP call per loop iteration, so the DP is compiled
@@ -406,44 +418,52 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     return _where(in_res, res, lagr)
 
 
-def _transition(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
-    n_solves = s.n_solves + (s.phase < _STACK) + worth
-    s = s.replace(n_solves=n_solves)
-    # _FAST
-    after_fast = s.replace(p_fast=pt, phase=jnp.int32(_CHEAP))
-    # _CHEAP: scales, then the nu = 0 sweep
+def _after_fast(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
+    return s.replace(p_fast=pt, phase=jnp.int32(_CHEAP))
+
+
+def _after_cheap(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
+    """The scales (from the fastest and the cheapest partition), then the nu = 0 sweep."""
     pf = s.p_fast
     l_s = jnp.where(pf.lat < BIG, pf.lat, 1.0)
     c_s = jnp.maximum(jnp.where(pf.c < BIG, pf.c, 0.0), jnp.where(pt.c < BIG, pt.c, 0.0))
     m_s = jnp.maximum(pf.mem, 1e-3)
     j_s = jnp.abs(pb.a) * l_s + pb.b / l_s + c_s + 1e-12
     nu_max = 1e6 * j_s / jnp.maximum(pb.budget, 1e-6)
-    after_cheap = s.replace(phase=jnp.int32(_LO), l_s=l_s, c_s=c_s, m_s=m_s, nu_max=nu_max,
-                            nu_max0=nu_max,
-                            lo=1e-12 * nu_max, hi=nu_max, nu=jnp.float32(0.0),
-                            nu_i=jnp.int32(-1))
-    # _LO
-    after_lo = s.replace(p_lo=pt, phase=jnp.int32(_HI))
-    # _HI: start the sweep's stack with [p_lo, p_hi]
+    return s.replace(phase=jnp.int32(_LO), l_s=l_s, c_s=c_s, m_s=m_s, nu_max=nu_max,
+                     nu_max0=nu_max, lo=1e-12 * nu_max, hi=nu_max, nu=jnp.float32(0.0),
+                     nu_i=jnp.int32(-1))
+
+
+def _after_lo(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
+    return s.replace(p_lo=pt, phase=jnp.int32(_HI))
+
+
+def _after_hi(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
+    """Start the sweep's stack with [p_lo, p_hi]."""
     lam_lo, lam_hi = _lam_range(s)
     p_lo, nu = s.p_lo, s.nu
     j_lo, j_hi = pb.j_lagr(p_lo, s), pb.j_lagr(pt, s)
     t_lo, t_hi = pb.j_true(p_lo), pb.j_true(pt)
     row = jnp.stack([p_lo.lat, p_lo.c + _price(p_lo, s), lam_lo, pt.lat, pt.c + _price(pt, s),
                      lam_hi])
-    after_hi = s.replace(
+    out = s.replace(
         phase=jnp.int32(_STACK), stack=s.stack.at[0].set(row), size=jnp.int32(1),
         n_sweep=jnp.int32(2), sb_j=jnp.minimum(j_lo, j_hi), sb=_where(j_hi < j_lo, pt, p_lo),
         sb_lam=jnp.where(j_hi < j_lo, lam_hi, lam_lo))
     better_f = (t_hi < s.f_j) | (t_lo < s.f_j)
     take_hi = t_hi < t_lo
-    after_hi = after_hi.replace(
+    return out.replace(
         f_j=jnp.where(better_f, jnp.minimum(t_lo, t_hi), s.f_j),
         f=_where(better_f, _where(take_hi, pt, p_lo), s.f),
         f_lam=jnp.where(better_f, jnp.where(take_hi, lam_hi, lam_lo), s.f_lam),
         f_nu=jnp.where(better_f, nu, s.f_nu))
-    # _STACK: pop; a point strictly below the chord is a new vertex that splits the interval
+
+
+def _after_stack(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
+    """Pop; a point strictly below the chord is a new vertex that splits the interval."""
     _, _, (l1, c1, lam1, l2, c2, lam2) = _top(pb, s)
+    nu = s.nu
     size = s.size - 1
     cp = pt.c + _price(pt, s)
     vline = lam * l1 + c1
@@ -460,7 +480,7 @@ def _transition(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
                                         stack[i_b]))
     size = size + 2 * push
     n_sweep = s.n_sweep + worth
-    after_stack = s.replace(
+    out = s.replace(
         stack=stack, size=size, n_sweep=n_sweep,
         sb_j=jnp.where(better, jp, s.sb_j), sb=_where(better, pt, s.sb),
         sb_lam=jnp.where(better, lam, s.sb_lam),
@@ -468,20 +488,29 @@ def _transition(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
         f_lam=jnp.where(fbetter, lam, s.f_lam), f_nu=jnp.where(fbetter, nu, s.f_nu))
     end = (size == 0) | (n_sweep >= cap)
     complete_sweep = (size == 0) & ~(new & ~push)
-    after_stack = _where(end, _end_sweep(pb, after_stack, complete_sweep), after_stack)
-    return jax.tree.map(
-        lambda *xs: jnp.select([s.phase == k for k in range(5)], xs[:5], xs[0]),
-        after_fast, after_cheap, after_lo, after_hi, after_stack)
+    # A conditional, not a select: the sweep's end is a separate computation, so XLA does not
+    # copy its scalar logic into every leaf of the state (compile time).
+    return jax.lax.cond(end, lambda o: _end_sweep(pb, o, complete_sweep), lambda o: o, out)
 
 
-def _sweep(pb: _Problem, solve, solve_resource) -> _State:
-    """Run the state machine to its end. ``solve(w) -> _Pt`` is the exact linear oracle
-    (argmin of the weighted objective ``w``), ``solve_resource(w, up) -> _Pt`` the resource
-    DP over the rounded budget (used only when ``pb.units > 0``)."""
+def _transition(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
+    """The state after one iteration's solve ``pt``, by phase (a ``lax.switch``: each phase's
+    update is its own computation)."""
+    s = s.replace(n_solves=s.n_solves + (s.phase < _STACK) + worth)
+    phases = [_after_fast, _after_cheap, _after_lo, _after_hi, _after_stack]
+    return jax.lax.switch(jnp.clip(s.phase, 0, _STACK),
+                          [functools.partial(f, pb) for f in phases], s, pt, lam, worth)
+
+
+def _sweep(pb: _Problem, solve, solve_resource, evaluate) -> _State:
+    """Run the state machine to its end. ``solve(w)`` is the exact linear oracle (argmin of
+    the weighted objective ``w``), ``solve_resource(w, up)`` the resource DP over the rounded
+    budget (used only when ``pb.units > 0``); both return a partition, which
+    ``evaluate(part) -> _Pt`` prices (once per iteration, after the branch)."""
     f32 = jnp.float32
-    # The sentinel "no point yet": a solve's pytree shape with latency and cost at BIG, so it
-    # loses every comparison; it fills the state's point slots and is the no-solve branch.
-    shapes = jax.eval_shape(solve, dp.Weights())
+    # The sentinel "no point yet": a point's pytree shape with latency and cost at BIG, so it
+    # loses every comparison; it fills the state's point slots and stands for "no solve".
+    shapes = jax.eval_shape(lambda w: evaluate(solve(w)), dp.Weights())
     no_point = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
     no_point = no_point.replace(lat=f32(BIG), c=f32(BIG))
     zero, big = f32(0.0), f32(BIG)
@@ -505,11 +534,12 @@ def _sweep(pb: _Problem, solve, solve_resource) -> _State:
     def body(c):
         i, s = c
         need, w, lam, worth = _query(pb, s)
-        branch = jnp.where(need, 1 + jnp.minimum(s.mode, 1), 0)
-        branches = [lambda w, up: no_point, lambda w, up: solve(w)]
         if pb.units > 0:
-            branches.append(solve_resource)
-        pt = jax.lax.switch(jnp.minimum(branch, len(branches) - 1), branches, w, s.mode == 2)
+            part = jax.lax.cond(s.mode >= 1, solve_resource, lambda w, up: solve(w), w,
+                                s.mode == 2)
+        else:
+            part = solve(w)
+        pt = _where(need, evaluate(part), no_point)
         return i + 1, _transition(pb, s, pt, lam, worth)
 
     _, s = jax.lax.while_loop(cond, body, (jnp.int32(0), s0))
@@ -565,17 +595,16 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
     n_shift = int(shifts) or min(pb.units + 1, max(64, -(-4 * pb.units // spec.n_layers)))
 
     def solve(w):
-        return _evaluate(dp.solve_tables(tables, w).partition, link, spec, cw)
+        return dp.solve_tables(tables, w).partition
 
     def solve_resource(w, up):
-        part = dp_memory.solve_tables_resource(tables, w, pb.budget, max(pb.units, 1), up,
+        return dp_memory.solve_tables_resource(tables, w, pb.budget, max(pb.units, 1), up,
                                                n_shift).partition
-        return _evaluate(part, link, spec, cw)
 
-    s = _sweep(pb, solve, solve_resource)
+    s = _sweep(pb, solve, solve_resource, lambda part: _evaluate(part, link, spec, cw))
     feasible, exact = _certificate(s)
     pt = s.f
-    dpp = slot_dpp(pt.costs, queues, 0.0, sp)
+    dpp = _point_dpp(pt, queues, sp)
     shift = jnp.where(feasible, dpp - s.f_j, 0.0)  # DPP (A = 0) minus the action-dependent J
     lb = jnp.minimum(s.lower + shift, jnp.where(feasible, dpp, BIG))
     return SlotSolution(
@@ -623,11 +652,15 @@ def minimize_points(lat, c, mem, a, b, budget, max_solves: int = 48,
                   int(max_solves), int(nu_iters), 0)
 
     def solve(w):
-        i = (w.latency * lat + w.energy * c + w.memory * mem).argmin()
-        fits = mem[i] <= pb.budget
-        return _Pt(i, None, lat[i], c[i], mem[i], fits, f32(0.0), fits, jnp.bool_(True))
+        return (w.latency * lat + w.energy * c + w.memory * mem).argmin()
 
-    s = _sweep(pb, solve, None)
+    def evaluate(i):
+        fits = mem[i] <= pb.budget
+        zero = f32(0.0)
+        return _Pt(i, lat[i], zero, zero, zero, c[i], mem[i], fits, zero, fits,
+                   jnp.bool_(True))
+
+    s = _sweep(pb, solve, None, evaluate)
     feasible, exact = _certificate(s)
     return PointSolution(s.f.part, jnp.where(feasible, s.f_j, BIG),
                          jnp.minimum(s.lower, s.f_j), exact, feasible, s.n_solves)
