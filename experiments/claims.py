@@ -359,8 +359,21 @@ def certificate_context(out: Path) -> list[str]:
             + f"; penalty {r['penalty_mean']:.3g} <= bound {r['penalty_bound']:.3g}: "
             f"{'yes' if r['penalty_ok'] else 'NO'}; backlog {r['backlog_mean']:.3g} <= bound "
             f"{r['backlog_bound']:.3g}: {'yes' if r['backlog_ok'] else 'NO'} ({r['verdict']}; "
-            "clairvoyant comparator, conservative C)")
+            "clairvoyant comparator, conservative C)" + _bayes_context(r))
     return lines
+
+
+def _bayes_context(r: dict) -> str:
+    """The observation-conditional certificate of a row (empty for a clairvoyant policy or a
+    row written before it existed)."""
+    cb = r.get("C_bayes_mean")
+    if cb is None or isinstance(cb, (bool, str)):
+        return ""
+    return (f"; given its observation C_bayes mean {cb:.3g}, max {r['C_bayes_max']:.3g} "
+            f"(information gap {r['C_mean'] - cb:.3g}), with the blind p* "
+            f"{r['p_star_blind']:.3g}: penalty bound {r['penalty_bound_bayes']:.3g} "
+            f"{'holds' if r['penalty_ok_bayes'] else 'FAILS'}, backlog bound "
+            f"{r['backlog_bound_bayes']:.3g} {'holds' if r['backlog_ok_bayes'] else 'FAILS'}")
 
 
 def robustness_claim(out: Path) -> dict:

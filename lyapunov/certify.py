@@ -16,8 +16,20 @@ for a given policy and scenario (docs/design.md §3-4):
   outage slots (where a crossing partition is priced by ``costmodel.outage``), and the
   policy's own action keeps ``C >= 0``. This comparator is **clairvoyant**: it sees the slot's
   link, which a causal controller does not, so ``C`` is conservative (it includes the cost of
-  not knowing the link). No observation-conditional (Bayes) comparator is implemented; the
-  ``comparator`` field of a :class:`Certificate` says which one defines ``C``.
+  not knowing the link).
+- **C_bayes** (causal policies) = the policy's *expected* DPP expression given what it
+  observes, minus the least expected DPP over a candidate set, both under the predictive law
+  of the slot's link given the observation (``lyapunov.policies.predictive_links``, the
+  processes' own dynamics and outage chain; nominal cost model; ``expected_slot_dpp``). The
+  set is dp-bayes's (``bayes_candidates``: the exact minimizer of each predictive draw, of the
+  mean link and of the last measured link, edge-only; same key as the policy's, so the same
+  draws), the layer-wise family and the policy's own action. This is the gap that knowing the
+  link's law but not its value leaves: the information gap ``C - C_bayes`` is what no causal
+  controller can close. It pairs with an information-blind comparator policy: Theorem 1's
+  argument holds with ``C_bayes`` and ``p*_blind``, the optimum of the LP below restricted to
+  one distribution over the layer-wise family for every state (a stationary policy that sees
+  nothing; every family member is in the set, so ``C_bayes`` bounds the gap to it, and
+  ``p*_blind >= p*``). Both certificates are reported; each is valid on its own.
   ``C`` is measured (a) on the states the policy's own rollout visits, and (b) on states drawn
   by the hypothesis strategies of ``lyapunov.testing`` (queues, link, cloud share, outage),
   the worst found shrunk to a reproducible counterexample.
@@ -58,19 +70,23 @@ from lyapunov import env as E
 from lyapunov import processes as proc
 from lyapunov import registry
 from lyapunov.oracle import solve_slot
-from lyapunov.policies import Policy
+from lyapunov.policies import Policy, bayes_candidates, concat_partitions, expected_scores
 from lyapunov.queues import Queues
 from proofs import bounds
 
 COMPARATOR = ("clairvoyant: min over the exact slot oracle on the slot's link, the layer-wise "
-              "family and the policy's own action, priced by the environment (conservative C; "
-              "no observation-conditional Bayes comparator is implemented)")
+              "family and the policy's own action, priced by the environment (conservative C)")
+COMPARATOR_BAYES = ("bayes: min of the expected DPP under the predictive link law given the "
+                    "observation, over dp-bayes's candidates, the layer-wise family and the "
+                    "policy's own action (C_bayes; pairs with p*_blind)")
 # The keys `splitwise certify --json` prints (the Certificate's fields, in this order).
 JSON_KEYS = ("policy", "comparator", "V", "n_slots", "seed", "C_mean", "C_p95", "C_max",
              "C_slope", "C_search_max", "counterexample", "B", "p_star", "eps", "p_eps",
              "penalty_bound", "backlog_bound", "penalty_mean", "backlog_mean", "penalty_ok",
-             "backlog_ok", "iid", "not_iid", "verdict", "oracle_exact_frac", "reduced_options",
-             "n_states")
+             "backlog_ok", "C_bayes_mean", "C_bayes_p95", "C_bayes_max", "p_star_blind",
+             "eps_blind", "p_eps_blind", "penalty_bound_bayes", "backlog_bound_bayes",
+             "penalty_ok_bayes", "backlog_ok_bayes", "iid", "not_iid", "verdict",
+             "oracle_exact_frac", "reduced_options", "n_states")
 
 
 @dataclasses.dataclass
@@ -87,6 +103,11 @@ class Certificate:
     iid, not_iid: whether the scenario meets A1-A2 and the reasons it does not.
     verdict: "theorem" (i.i.d. scenario: the bounds are the theorem's, estimated) or
       "empirical".
+    C_bayes_mean, C_bayes_p95, C_bayes_max: the observation-conditional gap over the rollout
+      (None for a clairvoyant policy, which observes the link). p_star_blind, eps_blind,
+      p_eps_blind: the blind LP's optimum, Slater slack and penalty (one distribution over the
+      layer-wise family for every state). penalty_bound_bayes, backlog_bound_bayes and their
+      verdicts: the bounds with C_bayes_mean and the blind LP (None without C_bayes).
     oracle_exact_frac: fraction of slots where the oracle certified its minimum.
     reduced_options: options per state in the LP; n_states: link states in the LP.
     """
@@ -112,6 +133,16 @@ class Certificate:
     backlog_mean: float
     penalty_ok: bool
     backlog_ok: bool
+    C_bayes_mean: float | None
+    C_bayes_p95: float | None
+    C_bayes_max: float | None
+    p_star_blind: float
+    eps_blind: float
+    p_eps_blind: float
+    penalty_bound_bayes: float | None
+    backlog_bound_bayes: float | None
+    penalty_ok_bayes: bool | None
+    backlog_ok_bayes: bool | None
     iid: bool
     not_iid: list
     verdict: str
@@ -119,6 +150,7 @@ class Certificate:
     reduced_options: int
     n_states: int
     gaps: np.ndarray = dataclasses.field(repr=False, default=None)
+    gaps_bayes: np.ndarray | None = dataclasses.field(repr=False, default=None)
 
     def as_dict(self) -> dict:
         """The JSON_KEYS fields, infinities as the string "inf" (valid JSON)."""
@@ -183,13 +215,26 @@ def _price(state: E.EnvState, two, fam, key, params: E.EnvParams):
     return jax.vmap(lambda a: E.step(key, state, a, params)[4])(acts)
 
 
+def bayes_gap(key, obs: E.Obs, action, fam, params: E.EnvParams):
+    """(gap, expected DPP of ``action``, least expected DPP) given the observation: over the
+    predictive law of the slot's link (``lyapunov.policies.predictive_links`` with ``key``,
+    the policy's own key, so dp-bayes sees the same draws) and the nominal cost model, the
+    action against dp-bayes's candidates, the layer-wise family ``fam`` and itself."""
+    cands, links, w, p_out = bayes_candidates(key, obs, params)
+    every = concat_partitions(jax.tree.map(lambda x: x[None], action), cands, fam)
+    scores = expected_scores(every, links, w, p_out, obs.queues, params)
+    best = scores.min()
+    return jnp.maximum(scores[0] - best, 0.0), scores[0], best
+
+
 class Gap:
     """The per-slot gap of one policy on one scenario's states (jitted pieces, compiled once).
 
-    ``gap(state, k_env, k_pol)`` -> ``(action, gap, dpp of the action, min dpp, oracle
-    exact)``: the policy acts on ``state`` (its observation for a causal policy), and its DPP
-    is compared with the minimum over {oracle on the slot's link, layer-wise family, own
-    action}, all priced by ``lyapunov.env.step`` with ``k_env``.
+    ``gap(state, k_env, k_pol, bayes)`` -> ``(action, gap, dpp of the action, min dpp, oracle
+    exact, bayes gap)``: the policy acts on ``state`` (its observation for a causal policy),
+    and its DPP is compared with the minimum over {oracle on the slot's link, layer-wise
+    family, own action}, all priced by ``lyapunov.env.step`` with ``k_env``; with ``bayes``
+    (and a causal policy) also its observation-conditional gap (:func:`bayes_gap`; else None).
     """
 
     def __init__(self, policy: Policy, params: E.EnvParams):
@@ -198,20 +243,27 @@ class Gap:
         self.act = jax.jit(policy.act)
         self.step = jax.jit(E.step)
         self.price = jax.jit(_price)
+        self.bayes = jax.jit(bayes_gap)
 
     def oracle(self, queues, link_sample):
         """The exact slot minimizer on the slot's link (``solve_slot``, called eagerly: one
-        compiled program shared by every caller)."""
+        compiled program shared by every caller), in the scenario's option space."""
         p = self.params
-        return solve_slot(queues, E.cost_link(link_sample), p.spec, p.slot, p.precisions)
+        return solve_slot(queues, E.cost_link(link_sample), p.spec, p.slot, p.precisions,
+                          tp=p.tp)
 
-    def gap(self, state: E.EnvState, k_env, k_pol):
+    def gap(self, state: E.EnvState, k_env, k_pol, bayes: bool = False):
         pol = self.policy
-        action = self.act(k_pol, state if pol.clairvoyant else E.observe(state), self.params)
+        obs = None if pol.clairvoyant else E.observe(state)
+        action = self.act(k_pol, state if pol.clairvoyant else obs, self.params)
         sol = self.oracle(state.queues, state.link_t)
         info = self.price(state, _stack(action, sol.partition), self.fam, k_env, self.params)
         dpp = np.asarray(info.dpp, np.float64)
-        return action, max(dpp[0] - dpp.min(), 0.0), dpp[0], dpp.min(), bool(sol.exact)
+        gap_b = None
+        if bayes and obs is not None:
+            gap_b = float(self.bayes(k_pol, obs, action, self.fam, self.params)[0])
+        return (action, max(dpp[0] - dpp.min(), 0.0), dpp[0], dpp.min(), bool(sol.exact),
+                gap_b)
 
 
 def _rollout(g: Gap, n_slots: int, key):
@@ -222,8 +274,8 @@ def _rollout(g: Gap, n_slots: int, key):
     _, state = jax.jit(E.reset)(k_reset, g.params)
     infos, rows = [], []
     for t in range(n_slots):
-        action, gap, _, _, exact = g.gap(state, env_keys[t], pol_keys[t])
-        rows.append((gap, exact, state.queues, state.link_t))
+        action, gap, _, _, exact, gap_b = g.gap(state, env_keys[t], pol_keys[t], bayes=True)
+        rows.append((gap, exact, state.queues, state.link_t, gap_b))
         _, state, _, _, info = g.step(env_keys[t], state, action, g.params)
         infos.append(info)
     info = jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *infos)
@@ -231,7 +283,8 @@ def _rollout(g: Gap, n_slots: int, key):
     exact = np.array([r[1] for r in rows])
     queues = jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *[r[2] for r in rows])
     links = jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *[r[3] for r in rows])
-    return info, gaps, exact, queues, links
+    gaps_b = None if rows[0][4] is None else np.array([r[4] for r in rows])
+    return info, gaps, exact, queues, links, gaps_b
 
 
 # --- the reduced linear program -----------------------------------------------------------
@@ -305,6 +358,16 @@ def lp_bounds(pen, mu, xs, budgets, lam):
     return p_star, float(res2.x[-1]), float(wp @ y)
 
 
+def blind_lp_bounds(pen, mu, xs, budgets, lam, cols):
+    """``lp_bounds`` of the information-blind problem: one distribution over the options
+    ``cols`` (state-independent partitions) for every state, i.e. the LP of their outcomes
+    averaged over the S states, as one state. Its ``p*`` is at least ``lp_bounds``'s on any
+    option set holding ``cols``."""
+    def avg(x):
+        return np.asarray(x, np.float64)[:, cols].mean(0, keepdims=True)
+    return lp_bounds(avg(pen), avg(mu), [avg(x) for x in xs], budgets, lam)
+
+
 # --- the certificate -----------------------------------------------------------------------
 
 
@@ -348,7 +411,7 @@ def certify(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: i
         raise ValueError(f"n_slots must be >= 4, got {n_slots}")
     params = scenario.build() if isinstance(scenario, E.Scenario) else scenario
     g = Gap(pol, params)
-    info, gaps, exact, queues, links = _rollout(g, n_slots, jax.random.PRNGKey(seed))
+    info, gaps, exact, queues, links, gaps_b = _rollout(g, n_slots, jax.random.PRNGKey(seed))
     backlog = (queues.q + queues.z_e + queues.z_a + queues.z_c).astype(np.float64)
     slope = float(np.polyfit(backlog, gaps, 1)[0]) if np.ptp(backlog) > 0 else 0.0
 
@@ -357,6 +420,9 @@ def certify(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: i
     pen, mu, e, a, c = option_outcomes(g, jax.tree.map(lambda x: x[idx], links), template)
     lam = float(params.lam_mean)
     p_star, eps, p_eps = lp_bounds(pen, mu, [e, a, c], _budgets(params), lam)
+    n_fam = len(jax.tree.leaves(g.fam)[0])  # option_outcomes: the family follows 2 oracle columns
+    pb_star, eps_b, p_eps_b = blind_lp_bounds(pen, mu, [e, a, c], _budgets(params), lam,
+                                              slice(2, 2 + n_fam))
     departures = info.service + info.failed
     mu_max = float(max(mu.max(), departures.max()))
     x_max = [float(max(x.max(), y.max())) for x, y in
@@ -369,21 +435,34 @@ def certify(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: i
     pb = bounds.penalty_bound(B, C_mean, V, p_star)
     bb = bounds.backlog_bound(B, C_mean, V, eps, p_eps, min(p_star, penalty_mean))
     reasons = not_iid_reasons(params)
+    bayes = dict(C_bayes_mean=None, C_bayes_p95=None, C_bayes_max=None, penalty_bound_bayes=None,
+                 backlog_bound_bayes=None, penalty_ok_bayes=None, backlog_ok_bayes=None)
+    if gaps_b is not None:
+        cb = float(gaps_b.mean())
+        pbb = bounds.penalty_bound(B, cb, V, pb_star)
+        bbb = bounds.backlog_bound(B, cb, V, eps_b, p_eps_b, min(pb_star, penalty_mean))
+        bayes = dict(C_bayes_mean=cb, C_bayes_p95=float(np.percentile(gaps_b, 95)),
+                     C_bayes_max=float(gaps_b.max()), penalty_bound_bayes=pbb,
+                     backlog_bound_bayes=bbb, penalty_ok_bayes=bool(penalty_mean <= pbb),
+                     backlog_ok_bayes=bool(backlog_mean <= bbb))
 
     worst, example = None, None
     if examples > 0:
         worst, example = search(g, examples=examples,
                                 q_max=max(10.0 * float(backlog.max()), 10.0 * lam + 10.0))
     return Certificate(
-        policy=pol.name, comparator=COMPARATOR, V=V, n_slots=int(n_slots), seed=int(seed),
+        policy=pol.name,
+        comparator=COMPARATOR if gaps_b is None else f"{COMPARATOR}; {COMPARATOR_BAYES}",
+        V=V, n_slots=int(n_slots), seed=int(seed),
         C_mean=C_mean, C_p95=float(np.percentile(gaps, 95)), C_max=float(gaps.max()),
         C_slope=slope, C_search_max=worst, counterexample=example, B=B, p_star=p_star,
         eps=eps, p_eps=p_eps, penalty_bound=pb, backlog_bound=bb, penalty_mean=penalty_mean,
         backlog_mean=backlog_mean, penalty_ok=bool(penalty_mean <= pb),
-        backlog_ok=bool(backlog_mean <= bb), iid=not reasons, not_iid=reasons,
+        backlog_ok=bool(backlog_mean <= bb), p_star_blind=pb_star, eps_blind=eps_b,
+        p_eps_blind=p_eps_b, **bayes, iid=not reasons, not_iid=reasons,
         verdict="theorem" if not reasons else "empirical",
         oracle_exact_frac=float(exact.mean()), reduced_options=int(pen.shape[1]),
-        n_states=int(pen.shape[0]), gaps=gaps)
+        n_states=int(pen.shape[0]), gaps=gaps, gaps_bayes=gaps_b)
 
 
 # --- (b): the hypothesis search over states ------------------------------------------------
@@ -400,7 +479,7 @@ def gap_function(g: Gap):
     def f(s):
         state = testing.env_state(s, template, up_ratio)
         k_env, k_pol = jax.random.split(jax.random.PRNGKey(s.key))
-        _, gap, d, m, _ = g.gap(state, k_env, k_pol)
+        _, gap, d, m, _, _ = g.gap(state, k_env, k_pol)
         return float(gap), float(d), float(m)
 
     return f
@@ -508,6 +587,18 @@ def report(cert: Certificate) -> str:
         f"{_fmt(cert.backlog_bound)} = (B + C_mean + V (p_eps - p_lo))/eps : "
         f"{ok[cert.backlog_ok]}",
     ]
+    if cert.C_bayes_mean is not None:
+        lines += [
+            f"C_bayes (rollout) mean {_fmt(cert.C_bayes_mean)}   p95 {_fmt(cert.C_bayes_p95)}   "
+            f"max {_fmt(cert.C_bayes_max)}   (given the observation; information gap "
+            f"C - C_bayes = {_fmt(cert.C_mean - cert.C_bayes_mean)})",
+            f"p*, eps blind     {_fmt(cert.p_star_blind)}   {_fmt(cert.eps_blind)}   "
+            f"(one distribution over the layer-wise family for every state)",
+            f"with C_bayes      penalty {_fmt(cert.penalty_mean)} <= "
+            f"{_fmt(cert.penalty_bound_bayes)} : {ok[cert.penalty_ok_bayes]};   backlog "
+            f"{_fmt(cert.backlog_mean)} <= {_fmt(cert.backlog_bound_bayes)} : "
+            f"{ok[cert.backlog_ok_bayes]}",
+        ]
     if cert.iid:
         lines.append("verdict           i.i.d. scenario: the bounds are Theorem 1's (A1-A2 "
                      "hold), with C, p*, eps estimated from this run")

@@ -563,6 +563,42 @@ def expected_slot_dpp(part: Partition, links: LinkState, weights, p_out, queues:
     return (1.0 - p_out) * j_up + p_out * j_down
 
 
+def bayes_candidates(key, obs: Obs, params: EnvParams, n_bw: int = 8, n_share: int = 4,
+                     **solver_kw):
+    """(candidates [K + 3] Partition, links [K], weights [K], outage probability): dp-bayes's
+    candidate set under the predictive law of the coming slot's link (``predictive_links``):
+    the exact slot minimizer of each of the K draws (``lyapunov.oracle.solve_slot``), the
+    minimizer at the predictive mean link, the minimizer at the last measured link
+    (dp-estimate's choice) and edge-only (never crosses the link)."""
+    links, w, p_out = predictive_links(key, obs, params, n_bw, n_share)
+    spec, sp = params.spec, params.slot
+
+    def solve(lk):
+        return solve_slot(obs.queues, lk, spec, sp, params.precisions, tp=params.tp,
+                          **solver_kw).partition
+
+    per_draw = jax.vmap(solve)(links)
+    mean = LinkState(jnp.sum(w * links.bw_up_mbps), jnp.sum(w * links.bw_down_mbps),
+                     params.rtt_mean_ms, jnp.sum(w * links.cloud_share))
+    last = estimate_link(obs, "last")
+    extra = jax.tree.map(lambda *x: jnp.stack(x), solve(mean), solve(last),
+                         P.edge_only(spec.n_layers, spec.n_heads))
+    return concat_partitions(per_draw, extra), links, w, p_out
+
+
+def concat_partitions(*batches) -> Partition:
+    """Batches of partitions joined along the leading axis (dtypes of the first)."""
+    return jax.tree.map(lambda a, *bs: jnp.concatenate([a, *(b.astype(a.dtype) for b in bs)]),
+                        *batches)
+
+
+def expected_scores(cands: Partition, links, weights, p_out, queues: Queues, params: EnvParams):
+    """``expected_slot_dpp`` of each partition of the batch ``cands`` (NaN read as +inf)."""
+    scores = jax.vmap(lambda c: expected_slot_dpp(c, links, weights, p_out, queues,
+                                                  params))(cands)
+    return jnp.where(jnp.isnan(scores), jnp.inf, scores)
+
+
 def dp_bayes(n_bw: int = 8, n_share: int = 4, **solver_kw) -> Policy:
     """The expected-DPP planner: minimizes the slot's DPP expression averaged over the
     predictive law of the slot's link (``predictive_links``: the processes' own dynamics from
@@ -570,33 +606,17 @@ def dp_bayes(n_bw: int = 8, n_share: int = 4, **solver_kw) -> Policy:
 
     The expectation of the DPP over K link draws is not a weighted sum over layers (the
     latency enters through the concave ``-Q tau / latency``), so it is minimized exactly over
-    a candidate set, not over every partition: the exact slot minimizer of each of the K
-    draws (``lyapunov.oracle.solve_slot``), the minimizer at the predictive mean link, the
+    a candidate set (``bayes_candidates``), not over every partition: the exact slot
+    minimizer of each of the K draws, the minimizer at the predictive mean link, the
     minimizer at the last measured link (dp-estimate's choice, so its expected DPP is never
     above dp-estimate's under the same predictive law) and edge-only (never crosses the link).
     A partition optimal for the average is often optimal for some draw, but not always: the
     result is exact over the candidate set, an upper bound on the expected-DPP minimum."""
 
     def act(key, obs: Obs, params: EnvParams):
-        links, w, p_out = predictive_links(key, obs, params, n_bw, n_share)
-        spec, sp = params.spec, params.slot
-
-        def solve(lk):
-            return solve_slot(obs.queues, lk, spec, sp, params.precisions,
-                              tp=params.tp, **solver_kw).partition
-
-        per_draw = jax.vmap(solve)(links)
-        mean = LinkState(jnp.sum(w * links.bw_up_mbps), jnp.sum(w * links.bw_down_mbps),
-                         params.rtt_mean_ms, jnp.sum(w * links.cloud_share))
-        last = estimate_link(obs, "last")
-        extra = jax.tree.map(lambda *x: jnp.stack(x), solve(mean), solve(last),
-                             P.edge_only(spec.n_layers, spec.n_heads))
-        cands = jax.tree.map(lambda a, b: jnp.concatenate([a, b.astype(a.dtype)]), per_draw,
-                             extra)
-        scores = jax.vmap(lambda c: expected_slot_dpp(c, links, w, p_out, obs.queues,
-                                                      params))(cands)
-        i = jnp.argmin(jnp.where(jnp.isnan(scores), jnp.inf, scores))
-        return jax.tree.map(lambda x: x[i], cands)
+        cands, links, w, p_out = bayes_candidates(key, obs, params, n_bw, n_share, **solver_kw)
+        scores = expected_scores(cands, links, w, p_out, obs.queues, params)
+        return jax.tree.map(lambda x: x[jnp.argmin(scores)], cands)
 
     return Policy("dp-bayes", act)
 

@@ -40,6 +40,26 @@ def test_lp_matches_the_proofs_reference_problem():
     assert certify.lp_bounds(p[rep], mu[rep], [x[rep]], [0.2], 10.0)[1] < 0
 
 
+def test_blind_lp_known_values_and_never_below_the_state_dependent_lp():
+    # Two equally likely states; A serves 2 in state 0 only, B in state 1 only, both at
+    # penalty 1; C serves 1 in both at penalty 3. Seeing the state, A then B serve 2 at
+    # penalty 1; blind, every option serves 1 on average.
+    pen = np.array([[1.0, 1.0, 3.0], [1.0, 1.0, 3.0]])
+    mu = np.array([[2.0, 0.0, 1.0], [0.0, 2.0, 1.0]])
+    cols = slice(0, 3)
+    assert certify.lp_bounds(pen, mu, [], [], 1.5)[0] == pytest.approx(1.0)
+    assert certify.blind_lp_bounds(pen, mu, [], [], 1.5, cols)[0] == math.inf
+    p_b, eps_b, _ = certify.blind_lp_bounds(pen, mu, [], [], 0.5, cols)
+    assert p_b == pytest.approx(1.0) and eps_b == pytest.approx(0.5)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        pen, mu, x = rng.uniform(0, 2, (3, 6, 4))
+        lam, bar = rng.uniform(0.2, 1.0), rng.uniform(0.3, 1.5)
+        full = certify.lp_bounds(pen, mu, [x], [bar], lam)
+        blind = certify.blind_lp_bounds(pen, mu, [x], [bar], lam, slice(1, 3))
+        assert blind[0] >= full[0] - 1e-9 and blind[1] <= full[1] + 1e-9
+
+
 def test_iid_reasons():
     assert certify.not_iid_reasons(SCENARIO.build()) == []
     ar1 = Scenario(model=TOY, link=proc.LinkConfig(outage_prob=0.05))
@@ -60,7 +80,29 @@ def test_oracle_has_zero_gap_and_its_bounds_hold():
               "comparator"):
         assert k in d
     assert "clairvoyant" in d["comparator"]
+    assert d["C_bayes_mean"] is None  # the oracle observes the link: no Bayes gap
     assert "theorem" in certify.report(cert).lower() or "i.i.d." in certify.report(cert)
+
+
+def test_bayes_gap_equals_clairvoyant_gap_on_a_known_link():
+    """With a constant link the predictive law is the slot's link itself: the expected DPP is
+    the DPP, dp-bayes's candidates hold the exact oracle's minimizer, so the two gaps agree
+    slot by slot; dp-bayes's own gap is then 0 and dp-estimate's is not always."""
+    link = proc.LinkConfig(bandwidth=proc.BandwidthConfig(kind="constant", mean_mbps=3.0),
+                           rtt_ms=20.0)
+    sc = Scenario(model=TOY, prompt_tokens=32, new_tokens=8, V=10.0,
+                  arrival=proc.ArrivalConfig(rate=0.5), link=link)
+    for name in ("dp-bayes", "cloud-only"):
+        cert = certify.certify(name, sc, n_slots=40, examples=0, n_states=4)
+        assert cert.gaps_bayes is not None and "bayes" in cert.comparator
+        scale = 1e-4 * (1.0 + np.abs(cert.gaps).max())
+        np.testing.assert_allclose(cert.gaps_bayes, cert.gaps, atol=scale)
+        if name == "dp-bayes":
+            assert cert.C_bayes_max <= scale
+        else:
+            assert cert.C_bayes_mean > 1.0  # the card is much faster on the edge
+        assert cert.p_star_blind >= cert.p_star - 1e-6
+        assert cert.penalty_ok_bayes is not None
 
 
 @pytest.mark.slow
