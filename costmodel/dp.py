@@ -25,6 +25,7 @@ from costmodel.costs import (
     costs_from_terms,
     endpoint_terms,
     layer_terms,
+    sides,
     structure_terms,
 )
 from costmodel.link import LinkState
@@ -271,6 +272,27 @@ def solve_tables(tb: SlotTables, w: Weights) -> DPResult:
     opt = rows.argmin(-1)
     part = option_partition(opt // n_f, opt % n_f, tb.precisions[qi], s0 == EDGE, tb.tp)
     return DPResult(flat[best], part)
+
+
+SIX = ("latency_s", "energy_j", "cloud_cost", "accuracy_drop", "edge_memory_gb",
+       "cloud_memory_gb")  # the rows of SlotTables.base and of path_totals
+
+
+def path_totals(tb: SlotTables, part: Partition):
+    """float [6] (``SIX``: latency, edge energy, cloud cost, accuracy drop, edge and cloud
+    memory in GB) of ``part`` read from the slot's tables: the per-layer options' rows plus the
+    endpoints', the sums the DP minimizes (equal to ``costs.total_terms`` up to float32
+    rounding, and to its ``inf`` latency where a crossing option meets a down link). The
+    partition must be in the tables' option space (its precision among ``tb.precisions``)."""
+    n_f = n_ffn_options(tb.tp)
+    s_in, s_last = sides(part)
+    f_idx = jnp.where(part.ffn == TP, part.ffn_frac + 2, part.ffn)  # option_grid's order
+    opt = part.edge_heads * n_f + f_idx
+    qi = jnp.argmax(tb.precisions == part.act_prec)
+    rows = tb.base[:, qi, s_in, opt]  # [6, L]
+    acc = tb.acc_layer[jnp.arange(opt.shape[0]), opt].sum()
+    s0 = jnp.where(part.embed_edge, EDGE, CLOUD)
+    return rows.sum(-1) + tb.ends[:, s0, s_last] + jnp.zeros(6).at[3].set(acc)
 
 
 def solve(link: LinkState, spec: CostSpec, w: Weights, precisions=(0, 1, 2),

@@ -59,7 +59,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from costmodel import dp, dp_memory
-from costmodel.costs import RequestCosts, costs_from_terms, privacy_ok, total_terms
+from costmodel.costs import RequestCosts, privacy_ok
 from costmodel.link import LinkState
 from costmodel.partition import Partition
 from costmodel.spec import CostSpec
@@ -191,16 +191,18 @@ def _where(cond, a, b):
     return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
-def _evaluate(part: Partition, link, spec: CostSpec, cw: dp.Weights) -> _Pt:
-    tt = total_terms(part, link, spec)
-    c = dp.scalarize(tt, part.act_prec, spec, cw)
-    lat = jnp.where(jnp.isfinite(tt.latency), tt.latency, BIG)
-    costs = costs_from_terms(tt, part.act_prec, link, spec, privacy_ok(part, spec))
-    ok = (lat < BIG) & (c < BIG) & costs.feasible
-    base = (lat < BIG) & (c < BIG) & costs.link_ok & costs.privacy_ok
-    return _Pt(part, lat, costs.energy_j, costs.accuracy_drop, costs.cloud_cost, c,
-               tt.mem / 1e9, ok, tt.mem_cloud / 1e9, base & costs.memory_ok,
-               base & costs.cloud_memory_ok)
+def _evaluate(part: Partition, tables: dp.SlotTables, spec: CostSpec, cw: dp.Weights) -> _Pt:
+    """The point of a partition, read from the slot's tables (``dp.path_totals``: the sums the
+    DP minimizes, so the cost model is traced once per slot, in ``dp.slot_tables``)."""
+    six = dp.path_totals(tables, part)
+    lat_raw, energy, cloud_cost, accuracy, mem, mem_c = (six[i] for i in range(6))
+    c = dp._finite(dp._wvec(cw) @ six)  # as dp.scalarize: latency weight 0, non-finite BIG
+    link_ok = jnp.isfinite(lat_raw)
+    lat = jnp.where(link_ok, lat_raw, BIG)
+    base = (lat < BIG) & (c < BIG) & link_ok & privacy_ok(part, spec)
+    efit = base & (mem * 1e9 <= spec.edge.mem_budget)
+    cfit = base & (mem_c * 1e9 <= spec.cloud.mem_budget)
+    return _Pt(part, lat, energy, accuracy, cloud_cost, c, mem, efit & cfit, mem_c, efit, cfit)
 
 
 # Phases of the solver's state machine (one DP call per loop iteration, so the DP is compiled
@@ -601,7 +603,7 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
         return dp_memory.solve_tables_resource(tables, w, pb.budget, max(pb.units, 1), up,
                                                n_shift).partition
 
-    s = _sweep(pb, solve, solve_resource, lambda part: _evaluate(part, link, spec, cw))
+    s = _sweep(pb, solve, solve_resource, lambda part: _evaluate(part, tables, spec, cw))
     feasible, exact = _certificate(s)
     pt = s.f
     dpp = _point_dpp(pt, queues, sp)

@@ -217,3 +217,26 @@ def test_solve_memory_tp_with_binding_cloud_budget(seed, frac):
         assert _close(value, best, scale), (value, best)
     else:
         assert lower - RTOL * scale <= best <= value + RTOL * scale, (lower, best, value)
+
+
+@settings(max_examples=6, deadline=None)
+@given(SEEDS)
+def test_path_totals_are_the_request_costs_of_every_partition(seed):
+    """``dp.path_totals`` (the sums the DP minimizes, which the slot oracle prices its points
+    with) equal request_costs for every partition of a tiny card in the tp space, outages and
+    privacy floors included: latency (inf where a crossing meets a down link), energy, cloud
+    cost, accuracy drop and both memories."""
+    x = instance(seed, TP_CONFIGS)
+    spec = _case(x)
+    link = one_link(x["link"])
+    parts = ALL_TP[x["card"].name]
+    tables = dp.slot_tables(link, spec, (0, 1, 2), True)
+    six = np.asarray(jax.jit(jax.vmap(dp.path_totals, in_axes=(None, 0)))(tables, parts))
+    c = costs_many(parts, link, spec)
+    want = np.stack([np.asarray(getattr(c, f), np.float64) for f in (
+        "latency_s", "energy_j", "cloud_cost", "accuracy_drop", "edge_memory_gb",
+        "cloud_memory_gb")], 1)
+    fin = np.isfinite(want[:, 0])
+    np.testing.assert_array_equal(np.isfinite(six[:, 0]), fin)
+    np.testing.assert_allclose(six[fin], want[fin], rtol=2e-5, atol=1e-9)
+    assert fin.sum() > 0
