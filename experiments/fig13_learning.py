@@ -64,9 +64,11 @@ class Config:
     solver_units: the solvers' memory sweep (0: off, as in the other slot figures);
     bayes_draws: dp-bayes's (bandwidth, share) nodes of the predictive law;
     lan: the LAN condition (`experiments.conditions.LAN_CONDITIONS`) of the "exact-tp-lan" row,
-    with cfg.model and cfg.device at the edge ("": no such row); lan_planners: the PLANNERS
-    evaluated there (each is one more compilation in the tp space, 72-74 s each on the 2
-    shared cores under load: the quick mode keeps the oracle, for its interior share)."""
+    with cfg.model and cfg.device at the edge ("": no such row); planners: the PLANNERS
+    evaluated (each is one compilation per trace; dp-bayes is the yardstick of the gaps, the
+    oracle the bound); lan_planners: those of them evaluated there too (each is one more
+    compilation in the tp space, 72-74 s each on the 2 shared cores under load: the quick
+    mode keeps the oracle, for its interior share)."""
 
     model: str = "llama-7b"
     device: str = "orin-nx"
@@ -87,6 +89,7 @@ class Config:
     solver_units: int = 0
     bayes_draws: tuple[int, int] = (4, 3)
     lan: str = "lan-peer-gbe"
+    planners: tuple[str, ...] = PLANNERS
     lan_planners: tuple[str, ...] = PLANNERS
 
 
@@ -179,9 +182,10 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     from lyapunov import registry
     from lyapunov.simulate import batched_rollout, rollout
 
-    bad = [p for p in cfg.lan_planners if p not in PLANNERS]
-    if bad:
-        raise ValueError(f"learning: lan_planners {bad} not in {PLANNERS}")
+    for field in ("planners", "lan_planners"):
+        bad = [p for p in getattr(cfg, field) if p not in PLANNERS]
+        if bad:
+            raise ValueError(f"learning: {field} {bad} not in {PLANNERS}")
     out_dir = Path(out_dir)
     results = out_dir.parent
     keys = np.asarray(seed_keys(cfg.seeds))
@@ -195,7 +199,7 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     n_heads = next(iter(params.values())).spec.n_heads
     n_c, n_s = len(cfg.conditions), cfg.seeds
     rows, timing = [], {}
-    for name in progress(PLANNERS, desc="planners", total=len(PLANNERS)):
+    for name in progress(cfg.planners, desc="planners", total=len(cfg.planners)):
         kw = {"units": cfg.solver_units} if name in ("oracle", "dp-estimate", "dp-bayes") else {}
         if name == "dp-bayes":
             kw.update(n_bw=cfg.bayes_draws[0], n_share=cfg.bayes_draws[1])
@@ -213,7 +217,7 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
                                     (info, actions))
                 rows += _rows(*part, n_heads, name, [(t, s) for s in range(n_s)], c)
         timing[name] = time.perf_counter() - t0
-        if cfg.lan and name in cfg.lan_planners:
+        if cfg.lan and name in cfg.lan_planners:  # (a LAN planner not in planners: not run)
             t0 = time.perf_counter()
             info, actions = jax.tree.map(np.asarray, batched_rollout(
                 pol, params[(LAN, cfg.lan)], cfg.n_slots, keys,

@@ -16,7 +16,8 @@ def test_seed_rows_do_not_depend_on_the_batch():
     params = SCENARIO.build()
     keys = ("dpp_mean", "backlog_mean", "latency_mean_s", "arrivals_mean")
     rows = {}
-    for name in ("oracle", "cloud-only"):
+    # (a causal planner: the oracle's rollout compiles for minutes and adds nothing here)
+    for name in ("best-cut", "cloud-only"):
         pol = get_policy(name)
         both = run_policy(pol, params, 24, [0, 3])
         alone = run_policy(pol, params, 24, [3])
@@ -26,5 +27,5 @@ def test_seed_rows_do_not_depend_on_the_batch():
         assert both[0]["arrivals_mean"] != both[1]["arrivals_mean"]  # seeds differ
         assert both[0]["decision_time_s"] > 0
         rows[name] = both
-    for o, c in zip(rows["oracle"], rows["cloud-only"], strict=True):
+    for o, c in zip(rows["best-cut"], rows["cloud-only"], strict=True):
         assert o["arrivals_mean"] == c["arrivals_mean"]  # same arrival path

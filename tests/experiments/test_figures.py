@@ -247,15 +247,19 @@ def test_learning_summary_gaps_and_verdicts():
 @pytest.mark.slow
 def test_learning_planners_end_to_end(tmp_path):
     """Figure 13 at tiny size without learners (none trained): one row per planner, condition,
-    trace and seed; the summary and the PNG written. (The LAN row has its own test,
-    tests/experiments/test_lan_condition.py; one condition keeps this one short.)"""
+    trace and seed; the summary (gaps to the oracle) and the PNG written. Two planners, one
+    condition: each planner is a compilation of its own (dp-bayes's rollouts run in
+    tests/lyapunov/test_policies.py; the LAN row has tests/experiments/test_lan_condition.py)."""
     from experiments import fig13_learning as fig13
 
     cfg = dataclasses.replace(fig13.QUICK, n_slots=6, seeds=2, train_steps=0,
-                              conditions=("exact",), lan="")
+                              conditions=("exact",), lan="", planners=("oracle", "best-cut"))
     fig13.run(cfg, tmp_path / "learning", identity_progress)
     rows = read_rows(tmp_path / "learning" / "learning.csv")
-    assert len(rows) == len(fig13.PLANNERS) * len(cfg.eval_traces) * 2
+    assert len(rows) == 2 * len(cfg.eval_traces) * 2
+    summ = read_rows(tmp_path / "learning" / "learning_summary.csv")
+    cut = next(r for r in summ if r["policy"] == "best-cut")
+    assert np.isfinite(cut["gap_oracle_pct"]) and cut["n"] == 2
     assert all(np.isfinite(r["dpp"]) for r in rows)
     assert fig13.plot(tmp_path / "learning")[0].exists()
 
