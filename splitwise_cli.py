@@ -165,7 +165,8 @@ def cmd_certify(args) -> int:
 
     scenario = scenario_from_args(args, args.trace[0] if args.trace else None)
     cert = certify(args.policy, scenario, n_slots=args.slots, seed=args.seed,
-                   examples=args.examples, n_states=args.states)
+                   examples=args.examples, n_states=args.states,
+                   bayes_draws=None if args.no_bayes else tuple(args.bayes_draws))
     print(json.dumps(cert.as_dict()) if args.json else report(cert))
     return 0
 
@@ -243,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hypothesis-drawn states searched for the worst gap (0: skip)")
     c.add_argument("--states", type=_positive_int, default=64,
                    help="link states of the reduced linear program for p* and eps")
+    c.add_argument("--bayes-draws", type=_positive_int, nargs=2, default=(8, 4),
+                   metavar=("N_BW", "N_SHARE"),
+                   help="predictive-law nodes (bandwidth, cloud share; counts) of the "
+                        "observation-conditional comparator C_bayes: one exact slot solve "
+                        "per node pair and slot")
+    c.add_argument("--no-bayes", action="store_true",
+                   help="skip C_bayes (the clairvoyant certificate only)")
     c.add_argument("--json", action="store_true", help="print the certificate as JSON")
     c.set_defaults(func=cmd_certify)
 

@@ -39,7 +39,8 @@ class Config:
     rate, V on the Norway traces), so that they can be certified where they were trained;
     policies: registered names certified; trained: also certify the agents found under
     <out>/train; n_slots: rollout length; examples: hypothesis-drawn states searched for the
-    worst gap; n_states: link states of the reduced linear program for p* and eps."""
+    worst gap; n_states: link states of the reduced linear program for p* and eps;
+    bayes_draws: (bandwidth, share) nodes of the predictive law of C_bayes's comparator."""
 
     train: TrainSpec = QUICK_TRAIN
     policies: tuple[str, ...] = ("dp-estimate", "best-cut")
@@ -47,10 +48,11 @@ class Config:
     n_slots: int = 200
     examples: int = 20
     n_states: int = 16
+    bayes_draws: tuple[int, int] = (4, 3)
 
 
 QUICK = Config()
-FULL = Config(train=FULL_TRAIN, n_slots=1000, examples=200, n_states=64,
+FULL = Config(train=FULL_TRAIN, n_slots=1000, examples=200, n_states=64, bayes_draws=(8, 4),
               policies=("dp-estimate", "dp-outage", "best-cut", "neurosurgeon", "greedy"))
 
 
@@ -79,7 +81,7 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     for spec in progress(_specs(cfg, out_dir), desc="certify"):
         try:
             cert = certify(spec, params, n_slots=cfg.n_slots, examples=cfg.examples,
-                           n_states=cfg.n_states)
+                           n_states=cfg.n_states, bayes_draws=cfg.bayes_draws)
         except ValueError as err:  # e.g. a checkpoint trained for another model
             skipped.append(f"{spec}: {err}")
             continue

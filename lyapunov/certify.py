@@ -58,6 +58,7 @@ Remark 4); ``C_slope`` is the least-squares slope of the per-slot gap on ``Q + s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -215,12 +216,14 @@ def _price(state: E.EnvState, two, fam, key, params: E.EnvParams):
     return jax.vmap(lambda a: E.step(key, state, a, params)[4])(acts)
 
 
-def bayes_gap(key, obs: E.Obs, action, fam, params: E.EnvParams):
+def bayes_gap(key, obs: E.Obs, action, fam, params: E.EnvParams, n_bw: int = 8,
+              n_share: int = 4):
     """(gap, expected DPP of ``action``, least expected DPP) given the observation: over the
     predictive law of the slot's link (``lyapunov.policies.predictive_links`` with ``key``,
-    the policy's own key, so dp-bayes sees the same draws) and the nominal cost model, the
-    action against dp-bayes's candidates, the layer-wise family ``fam`` and itself."""
-    cands, links, w, p_out = bayes_candidates(key, obs, params)
+    the policy's own key, so dp-bayes with the same draws sees the same law) and the nominal
+    cost model, the action against dp-bayes's candidates (``n_bw`` x ``n_share`` draws; the
+    solver without its memory sweep, ``units=0``), the layer-wise family ``fam`` and itself."""
+    cands, links, w, p_out = bayes_candidates(key, obs, params, n_bw, n_share, units=0)
     every = concat_partitions(jax.tree.map(lambda x: x[None], action), cands, fam)
     scores = expected_scores(every, links, w, p_out, obs.queues, params)
     best = scores.min()
@@ -237,13 +240,14 @@ class Gap:
     (and a causal policy) also its observation-conditional gap (:func:`bayes_gap`; else None).
     """
 
-    def __init__(self, policy: Policy, params: E.EnvParams):
+    def __init__(self, policy: Policy, params: E.EnvParams, bayes_draws=(8, 4)):
         self.policy, self.params = policy, params
         self.fam = family(params)
         self.act = jax.jit(policy.act)
         self.step = jax.jit(E.step)
         self.price = jax.jit(_price)
-        self.bayes = jax.jit(bayes_gap)
+        self.bayes = jax.jit(functools.partial(bayes_gap, n_bw=int(bayes_draws[0]),
+                                               n_share=int(bayes_draws[1])))
 
     def oracle(self, queues, link_sample):
         """The exact slot minimizer on the slot's link (``solve_slot``, called eagerly: one
@@ -266,7 +270,7 @@ class Gap:
                 gap_b)
 
 
-def _rollout(g: Gap, n_slots: int, key):
+def _rollout(g: Gap, n_slots: int, key, bayes: bool = True):
     """The rollout of ``lyapunov.simulate`` (same keys, so the same arrival and link paths)
     with the gap of every slot and the queues and link at its start (NumPy)."""
     k_reset, k_env, k_pol = jax.random.split(key, 3)
@@ -274,7 +278,7 @@ def _rollout(g: Gap, n_slots: int, key):
     _, state = jax.jit(E.reset)(k_reset, g.params)
     infos, rows = [], []
     for t in range(n_slots):
-        action, gap, _, _, exact, gap_b = g.gap(state, env_keys[t], pol_keys[t], bayes=True)
+        action, gap, _, _, exact, gap_b = g.gap(state, env_keys[t], pol_keys[t], bayes=bayes)
         rows.append((gap, exact, state.queues, state.link_t, gap_b))
         _, state, _, _, info = g.step(env_keys[t], state, action, g.params)
         infos.append(info)
@@ -395,7 +399,8 @@ def drift_constant_of(params: E.EnvParams, mu_max: float, x_max: list[float]) ->
 
 
 def certify(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: int = 500,
-            seed: int = 0, examples: int = 100, n_states: int = 64) -> Certificate:
+            seed: int = 0, examples: int = 100, n_states: int = 64,
+            bayes_draws: tuple[int, int] | None = (8, 4)) -> Certificate:
     """Measure ``C`` and the bounds for ``policy`` on ``scenario`` (see the module docstring).
 
     policy: a jittable Policy or a policy string (``lyapunov.registry.resolve``; the first of
@@ -403,6 +408,8 @@ def certify(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: i
     seed: rollout keys (the same paths as ``lyapunov.simulate.simulate`` with this seed).
     examples: hypothesis examples of the state search (0 skips it).
     n_states: link states of the reduced LP (evenly spaced slots of the rollout).
+    bayes_draws: (bandwidth, share) nodes of the predictive law of the observation-conditional
+      comparator (its cost: one exact slot solve per draw per slot); None skips C_bayes.
     """
     pol = _policy(policy)
     if not pol.jittable:
@@ -410,8 +417,9 @@ def certify(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: i
     if n_slots < 4:
         raise ValueError(f"n_slots must be >= 4, got {n_slots}")
     params = scenario.build() if isinstance(scenario, E.Scenario) else scenario
-    g = Gap(pol, params)
-    info, gaps, exact, queues, links, gaps_b = _rollout(g, n_slots, jax.random.PRNGKey(seed))
+    g = Gap(pol, params, bayes_draws or (1, 1))
+    info, gaps, exact, queues, links, gaps_b = _rollout(g, n_slots, jax.random.PRNGKey(seed),
+                                                        bayes=bayes_draws is not None)
     backlog = (queues.q + queues.z_e + queues.z_a + queues.z_c).astype(np.float64)
     slope = float(np.polyfit(backlog, gaps, 1)[0]) if np.ptp(backlog) > 0 else 0.0
 
