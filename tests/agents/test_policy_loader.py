@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 import agents.policy_loader  # noqa: F401  (registers the checkpoint: loader)
-from agents import checkpoint, evaluate
+from agents import checkpoint
 from agents.actions import make_space
 from agents.ppo import build_model, feature_shapes
 from agents.slot_env import lyapunov_adapter
@@ -66,15 +66,6 @@ def test_seed_policies_name_a_model_mismatch(run_dir):
     other = dataclasses.replace(SCENARIO, model="gpt2-xl").build()
     with pytest.raises(ValueError, match=r"hier/seed0: .*layers 4 vs 48"):
         jax.jit(lambda k: rollout(pol, other, 2, k)[1])(jax.random.PRNGKey(0))
-
-
-@pytest.mark.slow
-def test_evaluate_resolves_a_run_directory(run_dir, tmp_path):
-    """What `splitwise evaluate --policy cloud-only checkpoint:runs/hier` runs: every seed."""
-    cases = evaluate.scenario_grid(SCENARIO)
-    rows = evaluate.evaluate(["cloud-only", f"checkpoint:{run_dir}"], cases, seeds=[0],
-                             n_slots=4)
-    assert [r["policy"] for r in rows] == ["cloud-only", "hier/seed0", "hier/seed1"]
 
 
 def test_broken_directories_are_named(run_dir, tmp_path):
