@@ -205,7 +205,7 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
             kw.update(n_bw=cfg.bayes_draws[0], n_share=cfg.bayes_draws[1])
         (pol,) = registry.resolve(name, **kw)
         t0 = time.perf_counter()
-        for t in cfg.eval_traces:
+        for t in cfg.eval_traces if cfg.conditions else ():  # (conditions=(): the LAN row only)
             batch = stack([params[(c, t)] for c in cfg.conditions for _ in range(n_s)])
             # dp-bayes solves K slot problems per slot: its rollouts run one after another
             # (a vmapped batch waits for its slowest member at every solver iteration)
@@ -251,7 +251,8 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
 
 def summarize(rows: list[dict]) -> list[dict]:
     """Per (condition, policy): mean DPP and its 95% CI over the (trace, seed) units, the
-    paired gaps to dp-bayes and to the oracle (%, with CIs: (x - ref) / |ref| per unit), and
+    paired gaps to the oracle, dp-bayes and dp-estimate (%, with CIs: (x - ref) / |ref| per
+    unit; where the reference ran), and
     for a learner whether its upper CI bound of the gap to every causal planner is below 0; the
     mean shares of slots with an interior partition and with a tp layer."""
     out = []
@@ -271,7 +272,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             m, h = mean_ci(x)
             row = {"condition": c, "policy": p, "n": len(x), "dpp_mean": float(m),
                    "dpp_ci": float(h)}
-            for ref in ("oracle", "dp-bayes"):
+            for ref in ("oracle", "dp-bayes", "dp-estimate"):
                 if ref in by:
                     g, gh = mean_ci(100.0 * (x - vec(ref)) / np.abs(vec(ref)))
                     row[f"gap_{ref}_pct"] = float(g)

@@ -241,6 +241,9 @@ def test_learning_summary_gaps_and_verdicts():
     np.testing.assert_allclose(summ["dp-estimate"]["gap_dp-bayes_pct"],
                                np.mean([100 * 0.5 / (10 + 0.1 * s) for s in range(4)]))
     assert "gap_dp-bayes_pct" in summ["oracle"] and summ["oracle"]["n"] == 4
+    np.testing.assert_allclose(summ["hier"]["gap_dp-estimate_pct"],
+                               np.mean([100 * (9.5 + 0.01 * s - 10.5) / (10.5 + 0.1 * s)
+                                        for s in range(4)]))
     assert "learning" in catalog() and catalog()["learning"].number == 13
 
 
