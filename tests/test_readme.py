@@ -31,7 +31,9 @@ SIZE = {
     "train": ({"--steps": "64", "--seeds": "1"},
               ["--num-envs", "2", "--num-steps", "8", "--log-every", "1"]),
     "evaluate": ({"--slots": "4", "--seeds": "1"}, []),
-    "figures": ({}, ["--only", "memory"]),  # the cheapest experiment (make demo runs all)
+    # the cheapest experiment, on one model, device and condition (make demo runs them all)
+    "figures": ({}, ["--only", "memory", "--set", "memory.models=gpt2-xl", "--set",
+                     "memory.devices=rpi5", "--set", "memory.conditions=dc-idle"]),
     "calibrate": ({}, ["--quick", "--clock", "cpu", "--threads", "1"]),  # CI may be busy
     "export": ({"--parity": "20"}, []),
     "serve-cloud": ({}, []),
