@@ -105,22 +105,23 @@ def penalty_value(pw: PenaltyWeights, latency, energy, accuracy, cloud_cost):
     return out
 
 
+def _dpp(latency, energy, accuracy, cloud_cost, queues: Queues, arrivals, sp: SlotParams):
+    mu = service_rate(latency, sp.tau)
+    pen = penalty_value(sp.penalty, latency, energy, accuracy, cloud_cost)
+    return dpp_objective(queues, sp.V, pen, arrivals, mu, energy, accuracy, cloud_cost,
+                         sp.budgets)
+
+
 def _point_dpp(pt: _Pt, queues: Queues, sp: SlotParams):
     """``slot_dpp`` (``A = 0``) of a point of the sweep."""
-    mu = service_rate(pt.lat, sp.tau)
-    pen = penalty_value(sp.penalty, pt.lat, pt.energy, pt.accuracy, pt.cloud_cost)
-    return dpp_objective(queues, sp.V, pen, 0.0, mu, pt.energy, pt.accuracy, pt.cloud_cost,
-                         sp.budgets)
+    return _dpp(pt.lat, pt.energy, pt.accuracy, pt.cloud_cost, queues, 0.0, sp)
 
 
 def slot_dpp(costs: RequestCosts, queues: Queues, arrivals, sp: SlotParams):
     """The slot's DPP expression ``V p + Q (A - mu) + sum_i Z_i (x_i - x_bar_i)`` of a *feasible*
     partition with request costs ``costs`` (``lyapunov.queues.dpp_objective``)."""
-    mu = service_rate(costs.latency_s, sp.tau)
-    pen = penalty_value(sp.penalty, costs.latency_s, costs.energy_j, costs.accuracy_drop,
-                        costs.cloud_cost)
-    return dpp_objective(queues, sp.V, pen, arrivals, mu, costs.energy_j, costs.accuracy_drop,
-                         costs.cloud_cost, sp.budgets)
+    return _dpp(costs.latency_s, costs.energy_j, costs.accuracy_drop, costs.cloud_cost, queues,
+                arrivals, sp)
 
 
 def c_weights(queues: Queues, sp: SlotParams) -> dp.Weights:
