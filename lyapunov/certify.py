@@ -212,8 +212,7 @@ def _stack(*parts):
 def _price(state: E.EnvState, two, fam, key, params: E.EnvParams):
     """The environment's outcome of every action of ``two`` (a batch of 2) and ``fam`` on
     ``state`` with the same key (same arrivals): ``StepInfo`` with a leading [2 + K] axis."""
-    acts = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), two, fam)
-    return jax.vmap(lambda a: E.step(key, state, a, params)[4])(acts)
+    return jax.vmap(lambda a: E.step(key, state, a, params)[4])(concat_partitions(two, fam))
 
 
 def bayes_gap(key, obs: E.Obs, action, fam, params: E.EnvParams, n_bw: int = 8,
@@ -237,7 +236,8 @@ class Gap:
     exact, bayes gap)``: the policy acts on ``state`` (its observation for a causal policy),
     and its DPP is compared with the minimum over {oracle on the slot's link, layer-wise
     family, own action}, all priced by ``lyapunov.env.step`` with ``k_env``; with ``bayes``
-    (and a causal policy) also its observation-conditional gap (:func:`bayes_gap`; else None).
+    (a causal policy and ``bayes_draws`` not None) also its observation-conditional gap
+    (:func:`bayes_gap`; else None).
     """
 
     def __init__(self, policy: Policy, params: E.EnvParams, bayes_draws=(8, 4)):
@@ -246,8 +246,8 @@ class Gap:
         self.act = jax.jit(policy.act)
         self.step = jax.jit(E.step)
         self.price = jax.jit(_price)
-        self.bayes = jax.jit(functools.partial(bayes_gap, n_bw=int(bayes_draws[0]),
-                                               n_share=int(bayes_draws[1])))
+        self.bayes = None if bayes_draws is None or policy.clairvoyant else jax.jit(
+            functools.partial(bayes_gap, n_bw=int(bayes_draws[0]), n_share=int(bayes_draws[1])))
 
     def oracle(self, queues, link_sample):
         """The exact slot minimizer on the slot's link (``solve_slot``, called eagerly: one
@@ -264,13 +264,13 @@ class Gap:
         info = self.price(state, _stack(action, sol.partition), self.fam, k_env, self.params)
         dpp = np.asarray(info.dpp, np.float64)
         gap_b = None
-        if bayes and obs is not None:
+        if bayes and self.bayes is not None:
             gap_b = float(self.bayes(k_pol, obs, action, self.fam, self.params)[0])
         return (action, max(dpp[0] - dpp.min(), 0.0), dpp[0], dpp.min(), bool(sol.exact),
                 gap_b)
 
 
-def _rollout(g: Gap, n_slots: int, key, bayes: bool = True):
+def _rollout(g: Gap, n_slots: int, key):
     """The rollout of ``lyapunov.simulate`` (same keys, so the same arrival and link paths)
     with the gap of every slot and the queues and link at its start (NumPy)."""
     k_reset, k_env, k_pol = jax.random.split(key, 3)
@@ -278,7 +278,7 @@ def _rollout(g: Gap, n_slots: int, key, bayes: bool = True):
     _, state = jax.jit(E.reset)(k_reset, g.params)
     infos, rows = [], []
     for t in range(n_slots):
-        action, gap, _, _, exact, gap_b = g.gap(state, env_keys[t], pol_keys[t], bayes=bayes)
+        action, gap, _, _, exact, gap_b = g.gap(state, env_keys[t], pol_keys[t], bayes=True)
         rows.append((gap, exact, state.queues, state.link_t, gap_b))
         _, state, _, _, info = g.step(env_keys[t], state, action, g.params)
         infos.append(info)
@@ -417,9 +417,8 @@ def certify(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: i
     if n_slots < 4:
         raise ValueError(f"n_slots must be >= 4, got {n_slots}")
     params = scenario.build() if isinstance(scenario, E.Scenario) else scenario
-    g = Gap(pol, params, bayes_draws or (1, 1))
-    info, gaps, exact, queues, links, gaps_b = _rollout(g, n_slots, jax.random.PRNGKey(seed),
-                                                        bayes=bayes_draws is not None)
+    g = Gap(pol, params, bayes_draws)
+    info, gaps, exact, queues, links, gaps_b = _rollout(g, n_slots, jax.random.PRNGKey(seed))
     backlog = (queues.q + queues.z_e + queues.z_a + queues.z_c).astype(np.float64)
     slope = float(np.polyfit(backlog, gaps, 1)[0]) if np.ptp(backlog) > 0 else 0.0
 

@@ -233,9 +233,7 @@ def test_path_totals_are_the_request_costs_of_every_partition(seed):
     tables = dp.slot_tables(link, spec, (0, 1, 2), True)
     six = np.asarray(jax.jit(jax.vmap(dp.path_totals, in_axes=(None, 0)))(tables, parts))
     c = costs_many(parts, link, spec)
-    want = np.stack([np.asarray(getattr(c, f), np.float64) for f in (
-        "latency_s", "energy_j", "cloud_cost", "accuracy_drop", "edge_memory_gb",
-        "cloud_memory_gb")], 1)
+    want = np.stack([np.asarray(getattr(c, f), np.float64) for f in dp.SIX], 1)
     fin = np.isfinite(want[:, 0])
     np.testing.assert_array_equal(np.isfinite(six[:, 0]), fin)
     np.testing.assert_allclose(six[fin], want[fin], rtol=2e-5, atol=1e-9)
