@@ -315,13 +315,6 @@ class ConstrainedResult:
         return self.value - self.lower_bound
 
 
-def _value_and_mem(part: Partition, link, spec, w):
-    from costmodel.costs import total_terms
-
-    tt = total_terms(part, link, spec)
-    return scalarize(tt, part.act_prec, spec, w), tt.mem / 1e9, tt.mem_cloud / 1e9
-
-
 def solve_memory(link: LinkState, spec: CostSpec, w: Weights, precisions=(0, 1, 2),
                  iters: int = 40, nu_max: float = 1e6, tp: bool = False) -> ConstrainedResult:
     """Minimize the objective subject to edge memory <= budget and cloud memory <= the cloud's
@@ -337,11 +330,15 @@ def solve_memory(link: LinkState, spec: CostSpec, w: Weights, precisions=(0, 1, 
     budget = spec.edge.mem_budget / 1e9
     cbudget = spec.cloud.mem_budget / 1e9
     f32 = jnp.float32
+    # The cost model is traced once, outside the loop: each step is a DP on the slot's tables,
+    # its point priced from them (path_totals: the sums the DP minimizes).
+    tables = slot_tables(link, spec, precisions, tp)
 
     def at(nu, nu_c):
         wn = w.replace(memory=w.memory + nu, cloud_memory=w.cloud_memory + nu_c)
-        res = solve(link, spec, wn, precisions, tp)
-        val, mem, mem_c = _value_and_mem(res.partition, link, spec, w)
+        res = solve_tables(tables, wn)
+        six = path_totals(tables, res.partition)
+        val, mem, mem_c = _finite(_wvec(w) @ six), six[4], six[5]
         dual = val + nu * (mem - budget) + nu_c * (mem_c - cbudget)
         return res.partition, val, mem, mem_c, dual
 

@@ -72,22 +72,26 @@ def _pick(mask, a, b):
 def _evaluate_one(spec: CostSpec, link: LinkState, w: Weights):
     """Per-strategy costs for one (spec, link) sample."""
     n_l, n_h = spec.n_layers, spec.n_heads
-    edge = request_costs(P.edge_only(n_l, n_h), link, spec)
-    cloud = request_costs(P.cloud_only(n_l), link, spec)
     cands = layer_wise_candidates(spec)
     n_edge = (cands.ffn == P.EDGE).sum(1)  # NumPy: layers on the edge per candidate
-    cc = jax.vmap(request_costs, in_axes=(0, None, None))(jax.tree.map(jnp.asarray, cands),
-                                                           link, spec)
+    # Edge-only, cloud-only and the layer-wise candidates through one traced cost model.
+    ends = stack([P.edge_only(n_l, n_h), P.cloud_only(n_l)])
+    every = jax.tree.map(lambda a, b: jnp.concatenate([jnp.asarray(a), jnp.asarray(b)]), ends,
+                         cands)
+    allc = jax.vmap(request_costs, in_axes=(0, None, None))(every, link, spec)
+    edge, cloud, cc = (jax.tree.map(lambda x, sl=sl: x[sl], allc)
+                       for sl in (0, 1, slice(2, None)))
     score = _score(cc, w)
     i_cut = score.argmin()
     cut = jax.tree.map(lambda x: x[i_cut], cc)
     cut_layer, cut_prec = jnp.asarray(n_edge)[i_cut], jnp.asarray(cands.act_prec)[i_cut]
     res = solve_memory(link, spec, w)
-    dp_costs = request_costs(res.partition, link, spec)
+    res_tp = solve_memory(link, spec, w, tp=True)
+    both = jax.vmap(request_costs, in_axes=(0, None, None))(
+        stack([res.partition, res_tp.partition]), link, spec)
+    dp_costs, tp_costs = (jax.tree.map(lambda x, i=i: x[i], both) for i in range(2))
     use_dp = _score(dp_costs, w) <= score[i_cut]
     head = _pick(use_dp, dp_costs, cut)
-    res_tp = solve_memory(link, spec, w, tp=True)
-    tp_costs = request_costs(res_tp.partition, link, spec)
     use_tp = _score(tp_costs, w) <= _score(head, w)
     tp_best = _pick(use_tp, tp_costs, head)
     heads = res.partition.edge_heads
