@@ -149,8 +149,8 @@ def outage_aware_choice(part: Partition, obs: Obs, link: LinkState, params: EnvP
 
     # The three (partition, link) pairs through one traced cost model (vmap): a third of the
     # program to compile.
-    pair = jax.tree.map(lambda a, b, c: jnp.stack([a, b, c]), part, part, edge)
-    links = jax.tree.map(lambda a, b, c: jnp.stack([a, b, c]), link, down, link)
+    pair = jax.tree.map(lambda *x: jnp.stack(x), part, part, edge)
+    links = jax.tree.map(lambda *x: jnp.stack(x), link, down, link)
     j_up, j_down, j_edge = jax.vmap(dpp)(pair, links)
     j_part = (1.0 - p_out) * j_up + p_out * j_down
     use_edge = j_edge < j_part
