@@ -168,13 +168,13 @@ def test_run_resume_and_evaluate(tmp_path):
         "run/seed0", "run/seed1"]
     group = CheckpointGroup(("ppo-s0", "ppo-s1"),
                             (str(tmp_path / "run" / "seed0"), str(tmp_path / "run" / "seed1")))
-    rows = evaluate(["edge-only", "cloud-only", group], cases, seeds=[0, 1], n_slots=16,
+    rows = evaluate(["edge-only", group], cases, seeds=[0, 1], n_slots=16,
                     out_csv=tmp_path / "eval.csv")
-    assert len(rows) == 4 * 2 * 2
+    assert len(rows) == 3 * 2 * 2
     stored = list(csv.DictReader(open(tmp_path / "eval.csv")))
-    assert len(stored) == 16 and {"policy", "V", "seed", "dpp_mean", "latency_p95_s",
+    assert len(stored) == 12 and {"policy", "V", "seed", "dpp_mean", "latency_p95_s",
                                   "decision_time_s", "stable"} <= set(stored[0])
-    assert {r["policy"] for r in stored} == {"edge-only", "cloud-only", "ppo-s0", "ppo-s1"}
+    assert {r["policy"] for r in stored} == {"edge-only", "ppo-s0", "ppo-s1"}
     for v in ("1", "10"):
         for seed in ("0", "1"):
             arr = {r["arrivals_mean"] for r in stored if r["V"] == v and r["seed"] == seed}
