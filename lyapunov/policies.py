@@ -560,10 +560,13 @@ def expected_slot_dpp(part: Partition, links: LinkState, weights, p_out, queues:
         j = dpp_objective(queues, sp.V, pen, 0.0, dep, e, a, cc, sp.budgets)
         return jnp.where(oc.runnable, j, jnp.inf)
 
-    j_up = jnp.sum(weights * jax.vmap(one)(links))
-    down = jax.tree.map(lambda x: x[0], links)
-    down = down.replace(bw_up_mbps=jnp.float32(0.0), bw_down_mbps=jnp.float32(0.0))
-    j_down = jnp.where(p_out > 0, one(down), 0.0)
+    down = jax.tree.map(lambda x: x[:1], links)
+    down = down.replace(bw_up_mbps=jnp.zeros(1, jnp.float32),
+                        bw_down_mbps=jnp.zeros(1, jnp.float32))
+    # The draws and the outage through one traced cost model (vmap).
+    j = jax.vmap(one)(jax.tree.map(lambda a, b: jnp.concatenate([a, b]), links, down))
+    j_up = jnp.sum(weights * j[:-1])
+    j_down = jnp.where(p_out > 0, j[-1], 0.0)
     return (1.0 - p_out) * j_up + p_out * j_down
 
 
@@ -581,13 +584,16 @@ def bayes_candidates(key, obs: Obs, params: EnvParams, n_bw: int = 8, n_share: i
         return solve_slot(obs.queues, lk, spec, sp, params.precisions, tp=params.tp,
                           **solver_kw).partition
 
-    per_draw = jax.vmap(solve)(links)
     mean = LinkState(jnp.sum(w * links.bw_up_mbps), jnp.sum(w * links.bw_down_mbps),
                      params.rtt_mean_ms, jnp.sum(w * links.cloud_share))
     last = estimate_link(obs, "last")
-    extra = jax.tree.map(lambda *x: jnp.stack(x), solve(mean), solve(last),
-                         P.edge_only(spec.n_layers, spec.n_heads))
-    return concat_partitions(per_draw, extra), links, w, p_out
+    # The K draws, the mean and the last link through one traced slot solver (vmap).
+    every = jax.tree.map(lambda a, b, c: jnp.concatenate(
+        [jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)[None],
+         jnp.asarray(c, jnp.float32)[None]]), links, mean, last)
+    solved = jax.vmap(solve)(every)
+    edge = jax.tree.map(lambda x: x[None], P.edge_only(spec.n_layers, spec.n_heads))
+    return concat_partitions(solved, edge), links, w, p_out
 
 
 def concat_partitions(*batches) -> Partition:
