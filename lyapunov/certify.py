@@ -71,7 +71,7 @@ from lyapunov import env as E
 from lyapunov import processes as proc
 from lyapunov import registry
 from lyapunov.oracle import solve_slot
-from lyapunov.policies import Policy, bayes_candidates, concat_partitions, expected_scores
+from lyapunov.policies import Policy, bayes_candidates, concat_batches, expected_scores
 from lyapunov.queues import Queues
 from proofs import bounds
 
@@ -212,7 +212,7 @@ def _stack(*parts):
 def _price(state: E.EnvState, two, fam, key, params: E.EnvParams):
     """The environment's outcome of every action of ``two`` (a batch of 2) and ``fam`` on
     ``state`` with the same key (same arrivals): ``StepInfo`` with a leading [2 + K] axis."""
-    return jax.vmap(lambda a: E.step(key, state, a, params)[4])(concat_partitions(two, fam))
+    return jax.vmap(lambda a: E.step(key, state, a, params)[4])(concat_batches(two, fam))
 
 
 def bayes_gap(key, obs: E.Obs, action, fam, params: E.EnvParams, n_bw: int = 8,
@@ -223,7 +223,7 @@ def bayes_gap(key, obs: E.Obs, action, fam, params: E.EnvParams, n_bw: int = 8,
     cost model, the action against dp-bayes's candidates (``n_bw`` x ``n_share`` draws; the
     solver without its memory sweep, ``units=0``), the layer-wise family ``fam`` and itself."""
     cands, links, w, p_out = bayes_candidates(key, obs, params, n_bw, n_share, units=0)
-    every = concat_partitions(jax.tree.map(lambda x: x[None], action), cands, fam)
+    every = concat_batches(jax.tree.map(lambda x: x[None], action), cands, fam)
     scores = expected_scores(every, links, w, p_out, obs.queues, params)
     best = scores.min()
     return jnp.maximum(scores[0] - best, 0.0), scores[0], best

@@ -561,10 +561,9 @@ def expected_slot_dpp(part: Partition, links: LinkState, weights, p_out, queues:
         return jnp.where(oc.runnable, j, jnp.inf)
 
     down = jax.tree.map(lambda x: x[:1], links)
-    down = down.replace(bw_up_mbps=jnp.zeros(1, jnp.float32),
-                        bw_down_mbps=jnp.zeros(1, jnp.float32))
+    down = down.replace(bw_up_mbps=jnp.zeros(1), bw_down_mbps=jnp.zeros(1))
     # The draws and the outage through one traced cost model (vmap).
-    j = jax.vmap(one)(jax.tree.map(lambda a, b: jnp.concatenate([a, b]), links, down))
+    j = jax.vmap(one)(concat_batches(links, down))
     j_up = jnp.sum(weights * j[:-1])
     j_down = jnp.where(p_out > 0, j[-1], 0.0)
     return (1.0 - p_out) * j_up + p_out * j_down
@@ -588,16 +587,15 @@ def bayes_candidates(key, obs: Obs, params: EnvParams, n_bw: int = 8, n_share: i
                      params.rtt_mean_ms, jnp.sum(w * links.cloud_share))
     last = estimate_link(obs, "last")
     # The K draws, the mean and the last link through one traced slot solver (vmap).
-    every = jax.tree.map(lambda a, b, c: jnp.concatenate(
-        [jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)[None],
-         jnp.asarray(c, jnp.float32)[None]]), links, mean, last)
-    solved = jax.vmap(solve)(every)
+    solved = jax.vmap(solve)(concat_batches(links, jax.tree.map(lambda *x: jnp.stack(x),
+                                                                 mean, last)))
     edge = jax.tree.map(lambda x: x[None], P.edge_only(spec.n_layers, spec.n_heads))
-    return concat_partitions(solved, edge), links, w, p_out
+    return concat_batches(solved, edge), links, w, p_out
 
 
-def concat_partitions(*batches) -> Partition:
-    """Batches of partitions joined along the leading axis (dtypes of the first)."""
+def concat_batches(*batches):
+    """Batches of one pytree structure (partitions, links) joined along the leading axis
+    (dtypes of the first)."""
     return jax.tree.map(lambda a, *bs: jnp.concatenate([a, *(b.astype(a.dtype) for b in bs)]),
                         *batches)
 
