@@ -153,13 +153,15 @@ def run_checkpoints(group: CheckpointGroup, params, n_slots: int,
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *[nnx.state(m) for m in models])
     keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds])
 
-    def one(state, key):
+    def one(state, key, params):
         pol = learned_policy(nnx.merge(graphdef, state), group.paths[0], group.sample, shapes)
         info, _, last = rollout(pol, params, n_slots, key)
         return info, last
 
-    info, last = jax.block_until_ready(
-        jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))(stacked, keys))
+    # params is an argument, not a constant of the program: the cases of a grid (V, share,
+    # trace of one length) reuse one compile
+    run = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0, None)), in_axes=(0, None, None)))
+    info, last = jax.block_until_ready(run(stacked, keys, params))
     pol0 = learned_policy(models[0], group.paths[0], group.sample, shapes)
     dt = decision_time(pol0, params, E.observe(jax.tree.map(lambda v: v[0, 0], last)), 20)
     out = []

@@ -138,9 +138,12 @@ def test_run_resume_and_evaluate(tmp_path):
     from agents.evaluate import CheckpointGroup, evaluate, resolve_policy, scenario_grid
     from agents.train import config_from_json, config_to_json, run
 
+    # a constant learning rate: the resumed run (to 6 updates) is then the same program as the
+    # first (4 updates), one compile (a schedule over num_updates makes a second program)
     cfg = dataclasses.replace(
         CFG, ppo=dataclasses.replace(CFG.ppo, num_envs=4, num_steps=8, num_updates=4,
-                                     update_epochs=1, num_minibatches=2),
+                                     update_epochs=1, num_minibatches=2,
+                                     lr_schedule="constant"),
         num_seeds=2, log_every=2)
     lines = []
     res = run(cfg, tmp_path / "run", log=lines.append)
