@@ -4,6 +4,7 @@ log-probabilities recomputed from stored actions equal the ones of sampling."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,13 @@ N = 512
 
 def _sample(space, ctx, key, scale=5.0):
     """N actions under random logits (large scale: the policy strongly prefers some options,
-    which pushes it against the masks)."""
+    which pushes it against the masks). One program per space: the masks and the scale are
+    arguments, so tests that differ only in the budget, the outage or the scale share it."""
+    return _sample_jit(space, ctx, jax.random.split(key, N), jnp.float32(scale))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sample_jit(space, ctx, keys, scale):
     g, n_l = space.n_groups, space.n_layers
 
     def one(k):
@@ -50,7 +57,7 @@ def _sample(space, ctx, key, scale=5.0):
         low = low_level(space, ctx, ll, embed, modes, key=ks[6], trans=tr)
         return Action(embed, modes, prec, low.actions, cut)
 
-    return jax.jit(jax.vmap(one))(jax.random.split(key, N))
+    return jax.vmap(one)(keys)
 
 
 def _mem_and_priv(parts, spec):

@@ -293,11 +293,17 @@ def test_outside_capacity_region_backlog_grows_linearly():
 # set as its linear oracle. Points sit on a grid (latency 0.1 .. 10 s, cost 0 .. 5) so that
 # every hull slope lies inside the sweep's lambda range (docstring of lyapunov.oracle).
 
+MAX_POINTS = 14
 grid_points = st.lists(st.tuples(st.integers(1, 100), st.integers(0, 50), st.integers(0, 40)),
-                       min_size=1, max_size=14)
+                       min_size=1, max_size=MAX_POINTS)
 
 
 def _columns(pts):
+    """(lat, cost, mem) of the points, the last repeated up to MAX_POINTS: the
+    same set (a repeated point changes no minimum, hull or count of distinct points, and the
+    linear oracle's argmin returns a point's first index), and one shape, so one compile of
+    `minimize_points` for every example."""
+    pts = list(pts) + [pts[-1]] * (MAX_POINTS - len(pts))
     lat, cost, mem = (np.array(col, np.float64) / 10.0 for col in zip(*pts, strict=True))
     return lat, cost, mem
 
@@ -339,9 +345,7 @@ def test_memory_relaxation_duality_gap_hand_worked():
     point minimizes F + eta m for no eta, so the Lagrangian sweep alone (no resource DP, which
     needs the DP's structure) returns the second, and the oracle reports the gap, not exactness.
     """
-    cost = np.array([0.0, 2.0, 1.5])
-    mem = np.array([2.0, 0.0, 1.0])
-    lat = np.ones(3)
+    lat, cost, mem = _columns([(10, 0, 20), (10, 20, 0), (10, 15, 10)])
     f = lat + cost
     primal = f[mem <= 1.0].min()
     etas = np.linspace(0.0, 3.0, 301)
