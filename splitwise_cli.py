@@ -3,7 +3,9 @@
 Every command registers the model cards and device profiles named by ``--card-file`` /
 ``--profile-file`` before it runs, and keeps compiled XLA programs in a persistent cache
 (``$SPLITWISE_JAX_CACHE``, default ``$XDG_CACHE_HOME/splitwise/jax`` or
-``~/.cache/splitwise/jax``; ``off`` disables it), so a repeated command skips compilation.
+``~/.cache/splitwise/jax``; ``off`` disables it), so a repeated command skips compilation;
+``simulate`` also keeps its traced programs there (``lyapunov.stored_programs``), so a repeated
+run skips tracing too.
 A bad input ends the command with one line naming the argument, file and field and exit
 status 2 (``SPLITWISE_DEBUG=1`` shows the traceback instead).
 """
@@ -367,7 +369,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_bridge(argparse.Namespace(command=command, rest=argv[1:]))
         args = build_parser().parse_args(argv)
         if command not in ("serve-cloud",):
-            enable_compilation_cache()
+            where = enable_compilation_cache()
+            if where is not None and command == "simulate":
+                from lyapunov import stored_programs
+
+                stored_programs.enable(where)  # for this command only (finally below)
         load_user_files(args)
         return args.func(args)
     except BrokenPipeError:
@@ -381,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"splitwise {command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "lyapunov.stored_programs" in sys.modules:
+            sys.modules["lyapunov.stored_programs"].enable(None)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""How much the persistent compilation cache saves a repeated command.
+"""How much the persistent caches save a repeated command.
 
 Runs the same `splitwise simulate --slots 10` three times in fresh processes with a new, empty
-cache directory: the first run compiles and fills the cache, the later ones read it. Prints the
-wall times and their ratio (measured in this run; nothing is assumed).
+cache directory: the first run traces, compiles and fills it (XLA executables and the stored
+traced programs of `lyapunov.stored_programs`), the later ones read it. Prints the wall times,
+their ratio, and the floor no cache removes (a fresh Python that imports JAX; measured in this
+run; nothing is assumed).
 
     python benchmarks/compile_cache.py [--model llama-7b] [--policy oracle]
 """
@@ -32,9 +34,9 @@ def timed(argv: list[str], cache: str) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="llama-7b", help="model card")
-    ap.add_argument("--policy", default="oracle", help="policy to simulate")
-    ap.add_argument("--slots", type=int, default=10, help="slots per run")
+    ap.add_argument("--model", default="llama-7b", help="model card name")
+    ap.add_argument("--policy", default="oracle", help="policy to simulate (registered name)")
+    ap.add_argument("--slots", type=int, default=10, help="slots per run (count)")
     args = ap.parse_args(argv)
     cmd = ["simulate", "--model", args.model, "--policy", args.policy, "--slots",
            str(args.slots), "--json"]
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"second (warm):      {times[1]:.2f} s")
     print(f"third (warm):       {times[2]:.2f} s")
     print(f"ratio cold / warm:  {times[0] / min(times[1:]):.2f}x   cache size {size / 1e6:.1f} MB")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import jax, jax.numpy"], check=True)
+    print(f"floor (python + import jax): {time.perf_counter() - t0:.2f} s")
 
 
 if __name__ == "__main__":

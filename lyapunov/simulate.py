@@ -23,6 +23,7 @@ from lyapunov import env as E
 from lyapunov import registry
 from lyapunov.policies import Policy
 from lyapunov.queues import backlog_growth_rate, is_rate_stable
+from lyapunov.stored_programs import PACKAGES, stored_jit
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +129,14 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else 0.0
 
 
-def decision_time(policy: Policy, params, x, repeats: int = 10) -> float:
-    """Mean wall time (s) of one jitted decision at batch 1, after a warm-up call."""
-    act = jax.jit(policy.act)
+def decision_time(policy: Policy, params, x, repeats: int = 10, stored=None) -> float:
+    """Mean wall time (s) of one jitted decision at batch 1, after a warm-up call.
+
+    stored: the static key of the policy's stored program (``lyapunov.stored_programs``;
+    None: trace it)."""
     key = jax.random.PRNGKey(0)
+    act = (jax.jit(policy.act) if stored is None else
+           stored_jit("act", policy.act, stored, key, x, params))
     jax.block_until_ready(act(key, x, params))
     t0 = time.perf_counter()
     for _ in range(repeats):
@@ -161,7 +166,9 @@ def simulate(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: 
     """
     if n_slots < 4:
         raise ValueError(f"n_slots must be >= 4, got {n_slots}")
+    stored = None
     if isinstance(policy, str):
+        stored = _stored_key(policy)
         found = registry.resolve(policy)
         if len(found) > 1:
             log.info("%s names %d policies (%s); simulating the first", policy, len(found),
@@ -170,11 +177,16 @@ def simulate(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: 
     params = _as_params(scenario)
     key = jax.random.PRNGKey(seed)
     if policy.jittable:
-        run = jax.jit(rollout, static_argnums=(0, 2))
-        info, _, state = run(policy, params, n_slots, key)
+        if stored is None:
+            info, _, state = jax.jit(rollout, static_argnums=(0, 2))(policy, params, n_slots,
+                                                                    key)
+        else:
+            run = stored_jit("rollout", lambda p, k: rollout(policy, p, n_slots, k),
+                             (stored, n_slots), params, key)
+            info, _, state = run(params, key)
         jax.block_until_ready(info)
         x = state if policy.clairvoyant else E.observe(state)
-        decision = decision_time(policy, params, x)
+        decision = decision_time(policy, params, x, stored=stored)
     else:
         info, decision = _loop(policy, params, n_slots, key, progress)
     out = summarize(info, float(params.lam_mean), decision)
@@ -182,6 +194,20 @@ def simulate(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: 
     if return_trajectory:
         out["trajectory"] = jax.tree.map(np.asarray, info)
     return out
+
+
+def _stored_key(text: str):
+    """The static key of the stored programs of the policy named ``text``
+    (``lyapunov.stored_programs``): a registered name whose factory lives in the project's
+    packages (its program is then fixed by the sources and the arguments); None for anything
+    else (a checkpoint's weights are constants of its program; a policy registered from
+    outside is code the stored program's key does not cover)."""
+    if ":" in text:
+        return None
+    spec = registry.get(text)
+    if spec.factory is None or spec.factory.__module__.split(".")[0] not in PACKAGES:
+        return None
+    return ("policy", text)
 
 
 def _loop(policy: Policy, params, n_slots, key, progress):
