@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 VERSION = "0.2.0"
+COMMANDS = ("costs", "simulate", "certify", "train", "evaluate", "figures", "calibrate",
+            "export", "serve-cloud", "run-edge")
 
 
 def _add_scenario_args(ap: argparse.ArgumentParser) -> None:
@@ -146,8 +148,11 @@ SIMULATE_KEYS = ("latency_mean_s", "latency_p95_s", "energy_mean_j", "accuracy_d
 
 
 def cmd_simulate(args) -> int:
-    from agents.train import scenario_from_args
+    from lyapunov.scenario_args import scenario_from_args
     from lyapunov.simulate import simulate
+
+    if ":" in args.policy:
+        import agents.policy_loader  # noqa: F401 - registers checkpoint:DIR
 
     scenario = scenario_from_args(args, args.trace[0] if args.trace else None)
     res = simulate(args.policy, scenario, args.slots, args.seed)
@@ -162,8 +167,8 @@ def cmd_simulate(args) -> int:
 
 def cmd_certify(args) -> int:
     import agents.policy_loader  # noqa: F401 - registers checkpoint:DIR
-    from agents.train import scenario_from_args
     from lyapunov.certify import certify, report
+    from lyapunov.scenario_args import scenario_from_args
 
     scenario = scenario_from_args(args, args.trace[0] if args.trace else None)
     cert = certify(args.policy, scenario, n_slots=args.slots, seed=args.seed,
@@ -201,8 +206,13 @@ def cmd_bridge(args) -> int:
     return module.main(args.rest) or 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with ``only``, the flags of that command alone (the others
+    are listed, without flags), so that one command's parser imports only what it needs."""
     from lyapunov import registry
+
+    def want(name: str) -> bool:
+        return only is None or only == name
 
     ap = argparse.ArgumentParser(prog="splitwise", description=__doc__.split("\n\n")[0])
     ap.add_argument("--version", action="version", version=f"splitwise {VERSION}",
@@ -222,12 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the rows as JSON")
     c.set_defaults(func=cmd_costs)
 
-    from agents import evaluate as agents_evaluate
-    from agents import train as agents_train
+    from lyapunov.scenario_args import add_scenario_args
 
     c = sub.add_parser("simulate", parents=[files],
                        help="run one policy on one scenario of the slot model")
-    agents_train.add_scenario_args(c)
+    add_scenario_args(c)
     c.add_argument("--policy", default="oracle", help=registry.help_text())
     c.add_argument("--slots", type=_positive_int, default=1000, help="slots to simulate (> 0)")
     c.add_argument("--seed", type=int, default=0, help="random seed (arrivals, link paths)")
@@ -237,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("certify", parents=[files],
                        help="estimate a policy's additive DPP gap C and the stability bounds "
                             "it implies (proofs/performance.md)")
-    agents_train.add_scenario_args(c)
+    add_scenario_args(c)
     c.add_argument("--policy", default="dp-estimate", help=registry.help_text())
     c.add_argument("--slots", type=_positive_int, default=500,
                    help="slots of the policy's own rollout (> 0)")
@@ -258,19 +267,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("train", parents=[files],
                        help="train the hierarchical (or layer-wise) PPO policy")
-    agents_train.add_args(c)
+    if want("train"):  # imports flax and optax
+        from agents import train as agents_train
+
+        agents_train.add_args(c)
     c.set_defaults(func=cmd_train)
 
     c = sub.add_parser("evaluate", parents=[files],
                        help="run policies on a scenario grid (one CSV row each)")
-    agents_evaluate.add_args(c)
-    c.set_defaults(func=cmd_evaluate)
+    if want("evaluate"):
+        from agents import evaluate as agents_evaluate
 
-    from experiments.figures import add_arguments as figures_args
+        agents_evaluate.add_args(c)
+    c.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("figures", parents=[files],
                        help="regenerate the figures and the claims table")
-    figures_args(c)
+    if want("figures"):
+        from experiments.figures import add_arguments as figures_args
+
+        figures_args(c)
     c.set_defaults(func=cmd_figures)
 
     c = sub.add_parser("calibrate", add_help=False,
@@ -367,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         if command in ("calibrate", "export", "run-edge"):
             # These live in bridge/; their flags are parsed there, imported lazily.
             return cmd_bridge(argparse.Namespace(command=command, rest=argv[1:]))
-        args = build_parser().parse_args(argv)
+        args = build_parser(command if command in COMMANDS else None).parse_args(argv)
         if command not in ("serve-cloud",):
             where = enable_compilation_cache()
             if where is not None and command == "simulate":

@@ -36,6 +36,7 @@ import numpy as np
 from agents import checkpoint
 from agents.policy_loader import learned_policy
 from lyapunov import registry
+from lyapunov.scenario_args import add_scenario_args, scenario_from_args
 from lyapunov.simulate import decision_time
 
 METRIC_KEYS = ("latency_mean_s", "latency_p95_s", "energy_mean_j", "accuracy_drop_mean",
@@ -231,8 +232,6 @@ def aggregate(rows: list[dict], key: str = "dpp_mean") -> dict[tuple, float]:
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:
-    from agents.train import add_scenario_args
-
     add_scenario_args(ap)
     ap.add_argument("--policy", nargs="+", required=True, help=registry.help_text())
     ap.add_argument("--slots", type=int, default=1000, help="slots per run (count)")
@@ -249,8 +248,6 @@ def add_args(ap: argparse.ArgumentParser) -> None:
 
 
 def cli(args) -> int:
-    from agents.train import scenario_from_args
-
     base = scenario_from_args(args, None)
     traces = list(args.trace)
     cases = scenario_grid(base, models=args.models, devices=args.devices, traces=traces,

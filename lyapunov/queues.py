@@ -29,7 +29,9 @@ Conventions (all functions are elementwise, so they jit, vmap and broadcast):
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 
@@ -185,11 +187,13 @@ def backlog_growth_rate(q_t):
       q_t: float [T] (T >= 4) backlog trajectory; leading batch axes are allowed ([..., T]).
 
     Returns:
-      float [...] slope.
+      float [...] slope (NumPy for host data, so a summary compiles nothing; JAX for JAX
+      arrays and under a transformation).
     """
-    q_t = jnp.asarray(q_t)
+    xp = jnp if isinstance(q_t, jax.Array) else np
+    q_t = xp.asarray(q_t)
     tail = q_t[..., q_t.shape[-1] // 2:]
-    t = jnp.arange(tail.shape[-1], dtype=tail.dtype)
+    t = xp.arange(tail.shape[-1], dtype=tail.dtype)
     t_c = t - t.mean()
     y_c = tail - tail.mean(axis=-1, keepdims=True)
     return (y_c * t_c).sum(axis=-1) / (t_c**2).sum()
@@ -210,4 +214,4 @@ def is_rate_stable(q_t, arrival_rate, rel_tol: float = 0.05):
     Returns:
       bool [...].
     """
-    return backlog_growth_rate(q_t) <= rel_tol * jnp.asarray(arrival_rate)
+    return backlog_growth_rate(q_t) <= rel_tol * arrival_rate

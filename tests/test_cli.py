@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import splitwise_cli
 from splitwise_cli import main
 
 KEYS = {"strategy", "latency_s", "energy_j", "cloud_cost", "accuracy_drop", "edge_memory_gb",
@@ -73,3 +74,22 @@ def test_tp_between_orin_peers_beats_the_paper_space(capsys):
     # At most the two-device bound: half of edge-only's time, and strictly better than 1.2x.
     speedup = rows["edge-only"]["latency_s"] / rows["best-tp"]["latency_s"]
     assert 1.2 < speedup <= 2.0
+
+
+def test_one_commands_parser_imports_only_what_it_needs():
+    """`COMMANDS` are the parser's subcommands; building the parser of `simulate` (or
+    `costs`) imports neither the agents nor optax (a process's start-up time, measured in
+    benchmarks/compile_cache.py), and the full parser still knows every command's flags."""
+    import subprocess
+    import sys
+
+    full = splitwise_cli.build_parser()
+    sub = next(a for a in full._actions if a.dest == "command")
+    assert tuple(sub.choices) == splitwise_cli.COMMANDS
+    assert "--steps" in sub.choices["train"].format_help()
+    code = ("import sys, splitwise_cli; a = splitwise_cli.build_parser('simulate')"
+            ".parse_args(['simulate', '--slots', '4']); print(a.slots, "
+            "sorted(m for m in sys.modules if m == 'optax' or m.startswith('agents')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split(maxsplit=1)
+    assert out == ["4", "[]\n"]

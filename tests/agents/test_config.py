@@ -9,6 +9,7 @@ import pytest
 
 from agents import evaluate, train
 from agents.ppo import PPOConfig
+from lyapunov.scenario_args import scenario_from_args
 
 
 def _parse(add, argv):
@@ -44,7 +45,7 @@ def test_evaluate_flags_and_grid():
     args = _parse(evaluate.add_args, ["--policy", "oracle", "best-cut", "--trace",
                                       "norway_bus_1", "norway_metro_1", "--Vs", "1", "10",
                                       "--seeds", "2"])
-    base = train.scenario_from_args(args, None)
+    base = scenario_from_args(args, None)
     cases = evaluate.scenario_grid(base, traces=args.trace, Vs=args.Vs)
     assert len(cases) == 4
     labels = [c.label_dict for c in cases]
