@@ -141,9 +141,9 @@ def load_test(clients: int = 50, requests: int = 4, seed: int = 0) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clients", type=int, default=50, help="concurrent edge clients")
-    ap.add_argument("--requests", type=int, default=4, help="requests per client")
-    ap.add_argument("--seed", type=int, default=0, help="partitions and prompts")
+    ap.add_argument("--clients", type=int, default=50, help="concurrent edge clients (count)")
+    ap.add_argument("--requests", type=int, default=4, help="requests per client (count)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed of the partitions and prompts (integer)")
     a = ap.parse_args()
     for k, v in load_test(a.clients, a.requests, a.seed).items():
         print(f"{k:24s} {v}")
