@@ -146,6 +146,4 @@ def load_checkpoint_policies(arg: str, sample: bool = False, **solver_kw) -> lis
     return [load_policy(d, sample=sample) for d in checkpoint_dirs(arg)]
 
 
-register_loader("checkpoint", load_checkpoint_policies,
-                help="DIR[:sample]: a trained seed directory, or every seed of a training run "
-                     "directory (agents.policy_loader)")
+register_loader("checkpoint", load_checkpoint_policies)  # help: registry.LOADER_HELP

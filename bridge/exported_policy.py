@@ -471,9 +471,8 @@ def _register() -> None:
 
     for prefix in PREFIXES:
         if prefix not in registry.loaders():
-            registry.register_loader(
-                prefix, lambda arg, _p=prefix, **kw: [_registry_policy(f"{_p}:{arg}")],
-                help=f"a policy exported with `splitwise export --format {prefix}` (FILE)")
+            registry.register_loader(  # help: registry.LOADER_HELP
+                prefix, lambda arg, _p=prefix, **kw: [_registry_policy(f"{_p}:{arg}")])
 
 
 _register()

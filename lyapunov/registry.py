@@ -29,9 +29,16 @@ ROLES: tuple[str, ...] = ("reference", "ours", "baseline")
 
 # Modules that register built-in policies, imported on the first lookup.
 BUILTIN_MODULES = ("lyapunov.policies",)
-# Where the loader of a known prefix is registered (for the error of an unregistered one).
+# The known loader prefixes: the module that registers each (for the error of an unregistered
+# one) and its help, which the CLI lists whether or not the module has been imported.
 LOADER_MODULES = {"checkpoint": "agents.policy_loader", "onnx": "bridge.exported_policy",
                   "torch": "bridge.exported_policy"}
+LOADER_HELP = {
+    "checkpoint": "DIR[:sample]: a trained seed directory, or every seed of a training run "
+                  "directory (agents.policy_loader)",
+    "onnx": "a policy exported with `splitwise export --format onnx` (FILE)",
+    "torch": "a policy exported with `splitwise export --format torch` (FILE)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +97,13 @@ def register(spec: PolicySpec) -> PolicySpec:
     return spec
 
 
-def register_loader(prefix: str, loader: Callable[..., list], help: str) -> None:
+def register_loader(prefix: str, loader: Callable[..., list], help: str | None = None) -> None:
     """Resolve ``"prefix:ARG"`` with ``loader(ARG, **kw) -> list[Policy]``; one per prefix."""
     if not prefix or ":" in prefix:
         raise ValueError(f"loader prefix must be a word without ':', got {prefix!r}")
     if prefix in _LOADERS:
         raise ValueError(f"a loader for {prefix!r}: is already registered")
-    _LOADERS[prefix] = _Loader(prefix, loader, help)
+    _LOADERS[prefix] = _Loader(prefix, loader, help or LOADER_HELP.get(prefix, ""))
 
 
 def _specs() -> dict[str, PolicySpec]:
@@ -166,7 +173,8 @@ def help_text() -> str:
     specs = _specs()
     parts = [f"{n} ({s.role}{', learned: use checkpoint:DIR' if s.learned else ''})"
              for n, s in specs.items()]
-    parts += [f"{p}:ARG ({ld.help})" for p, ld in _LOADERS.items()]
+    helps = {**LOADER_HELP, **{p: ld.help for p, ld in _LOADERS.items()}}
+    parts += [f"{p}:ARG ({h})" for p, h in helps.items()]
     return "; ".join(parts)
 
 

@@ -87,9 +87,12 @@ def test_one_commands_parser_imports_only_what_it_needs():
     sub = next(a for a in full._actions if a.dest == "command")
     assert tuple(sub.choices) == splitwise_cli.COMMANDS
     assert "--steps" in sub.choices["train"].format_help()
-    code = ("import sys, splitwise_cli; a = splitwise_cli.build_parser('simulate')"
-            ".parse_args(['simulate', '--slots', '4']); print(a.slots, "
+    # ... and its --policy help still names the loaders no module has registered yet
+    code = ("import sys, splitwise_cli; p = splitwise_cli.build_parser('simulate'); "
+            "a = p.parse_args(['simulate', '--slots', '4']); "
+            "h = p._actions[-1].choices['simulate'].format_help(); "
+            "print(a.slots, 'checkpoint:ARG' in h and 'onnx:ARG' in h, "
             "sorted(m for m in sys.modules if m == 'optax' or m.startswith('agents')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split(maxsplit=1)
-    assert out == ["4", "[]\n"]
+                         check=True).stdout.split(maxsplit=2)
+    assert out == ["4", "True", "[]\n"]
