@@ -146,4 +146,4 @@ def load_checkpoint_policies(arg: str, sample: bool = False, **solver_kw) -> lis
     return [load_policy(d, sample=sample) for d in checkpoint_dirs(arg)]
 
 
-register_loader("checkpoint", load_checkpoint_policies)  # help: registry.LOADER_HELP
+register_loader("checkpoint", load_checkpoint_policies)  # help: registry.KNOWN_LOADERS

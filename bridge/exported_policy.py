@@ -471,7 +471,7 @@ def _register() -> None:
 
     for prefix in PREFIXES:
         if prefix not in registry.loaders():
-            registry.register_loader(  # help: registry.LOADER_HELP
+            registry.register_loader(  # help: registry.KNOWN_LOADERS
                 prefix, lambda arg, _p=prefix, **kw: [_registry_policy(f"{_p}:{arg}")])
 
 

@@ -29,15 +29,16 @@ ROLES: tuple[str, ...] = ("reference", "ours", "baseline")
 
 # Modules that register built-in policies, imported on the first lookup.
 BUILTIN_MODULES = ("lyapunov.policies",)
-# The known loader prefixes: the module that registers each (for the error of an unregistered
-# one) and its help, which the CLI lists whether or not the module has been imported.
-LOADER_MODULES = {"checkpoint": "agents.policy_loader", "onnx": "bridge.exported_policy",
-                  "torch": "bridge.exported_policy"}
-LOADER_HELP = {
-    "checkpoint": "DIR[:sample]: a trained seed directory, or every seed of a training run "
-                  "directory (agents.policy_loader)",
-    "onnx": "a policy exported with `splitwise export --format onnx` (FILE)",
-    "torch": "a policy exported with `splitwise export --format torch` (FILE)",
+# The known loader prefixes: (the module that registers it, for the error of an unregistered
+# one; its help, which the CLI lists whether or not that module has been imported).
+KNOWN_LOADERS = {
+    "checkpoint": ("agents.policy_loader",
+                   "DIR[:sample]: a trained seed directory, or every seed of a training run "
+                   "directory (agents.policy_loader)"),
+    "onnx": ("bridge.exported_policy",
+             "a policy exported with `splitwise export --format onnx` (FILE)"),
+    "torch": ("bridge.exported_policy",
+              "a policy exported with `splitwise export --format torch` (FILE)"),
 }
 
 
@@ -103,7 +104,7 @@ def register_loader(prefix: str, loader: Callable[..., list], help: str | None =
         raise ValueError(f"loader prefix must be a word without ':', got {prefix!r}")
     if prefix in _LOADERS:
         raise ValueError(f"a loader for {prefix!r}: is already registered")
-    _LOADERS[prefix] = _Loader(prefix, loader, help or LOADER_HELP.get(prefix, ""))
+    _LOADERS[prefix] = _Loader(prefix, loader, help or KNOWN_LOADERS.get(prefix, ("", ""))[1])
 
 
 def _specs() -> dict[str, PolicySpec]:
@@ -146,7 +147,7 @@ def resolve(text: str, **kw) -> list:
     if ":" in text:
         prefix, arg = text.split(":", 1)
         if prefix not in _LOADERS:
-            where = LOADER_MODULES.get(prefix)
+            where = KNOWN_LOADERS.get(prefix, (None,))[0]
             hint = (f"; it is registered by importing {where}" if where else
                     f"; registered prefixes: {', '.join(_LOADERS) or 'none'}")
             raise ValueError(f"no loader for policy prefix {prefix!r}{hint}")
@@ -173,7 +174,8 @@ def help_text() -> str:
     specs = _specs()
     parts = [f"{n} ({s.role}{', learned: use checkpoint:DIR' if s.learned else ''})"
              for n, s in specs.items()]
-    helps = {**LOADER_HELP, **{p: ld.help for p, ld in _LOADERS.items()}}
+    helps = {**{p: h for p, (_, h) in KNOWN_LOADERS.items()},
+             **{p: ld.help for p, ld in _LOADERS.items()}}
     parts += [f"{p}:ARG ({h})" for p, h in helps.items()]
     return "; ".join(parts)
 
