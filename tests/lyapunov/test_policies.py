@@ -285,9 +285,11 @@ def test_outage_aware_choice_weighs_the_risk():
     cloud = P.cloud_only().act(None, obs, params)
     edge = P.edge_only().act(None, obs, params)
 
+    # one compiled choice for every outage probability (op by op it took a minute)
+    choose = jax.jit(lambda p: P.outage_aware_choice(cloud, obs, link, params, p).ffn[0])
+
     def chosen(p_out):
-        got = P.outage_aware_choice(cloud, obs, link, params, jnp.float32(p_out))
-        return "edge" if int(got.ffn[0]) == int(edge.ffn[0]) else "cloud"
+        return "edge" if int(choose(jnp.float32(p_out))) == int(edge.ffn[0]) else "cloud"
 
     assert chosen(0.0) == "cloud" and chosen(1.0) == "edge"
     ps = np.linspace(0.0, 1.0, 21)
