@@ -320,15 +320,16 @@ def test_short_ppo_run_in_the_tp_space_learns_tp_layers():
     model = model_from_runner(train.setup, runner.nets)
     params = sc.build()
     pol = learned_policy(model, "tp", shapes=train.setup.shapes)
-    obs, state = E.reset(jax.random.key(1), params)
+    act, step = jax.jit(pol.act), jax.jit(E.step)  # compiled once (op by op: many seconds)
+    obs, state = jax.jit(E.reset)(jax.random.key(1), params)
     n_tp = []
     for t in range(4):
-        part = pol.act(jax.random.key(t), obs, params)
+        part = act(jax.random.key(t), obs, params)
         n_tp.append(int((np.asarray(part.ffn) == TP).sum()))
-        obs, state, *_ = E.step(jax.random.key(10 + t), state, part, params)
+        obs, state, *_ = step(jax.random.key(10 + t), state, part, params)
     assert min(n_tp) > 0, n_tp
     with pytest.raises(ValueError, match="tensor-parallel"):
-        pol.act(jax.random.key(0), obs, dataclasses.replace(sc, tp=False).build())
+        act(jax.random.key(0), obs, dataclasses.replace(sc, tp=False).build())
 
 
 def test_the_numpy_geometry_names_the_cost_models_sides():
