@@ -174,7 +174,7 @@ def _iid_process(p) -> bool:
     if isinstance(p, proc.AR1Params):
         return float(p.rho) == 0.0 or float(p.std) == 0.0
     if isinstance(p, proc.ReplayParams):
-        return len(np.unique(np.asarray(p.values))) == 1
+        return len(np.unique(p.series())) == 1
     return False
 
 

@@ -302,7 +302,7 @@ def _process_mean(p) -> float:
         pi = proc.markov_stationary(np.asarray(p.transition))
         return float(pi @ np.asarray(p.levels))
     if isinstance(p, proc.ReplayParams):
-        return float(np.mean(np.asarray(p.values)))
+        return float(np.mean(p.series()))
     if isinstance(p, proc.AR1Params):
         m, s, floor = float(p.mean), float(p.std), float(p.floor)
         x, w = np.polynomial.hermite_e.hermegauss(41)
@@ -329,7 +329,7 @@ def outage_remaining_s(link: proc.LinkParams, tau_s: float) -> float:
     if isinstance(link.outage, proc.OutageParams):
         runs.append(1.0 / max(float(link.outage.p_recover), 1e-9))
     if isinstance(link.bandwidth, proc.ReplayParams):
-        zero = np.asarray(link.bandwidth.values) <= 0
+        zero = link.bandwidth.series() <= 0
         if zero.any() and not zero.all():
             zero = np.roll(zero, -int(np.argmin(zero)))  # start at an up slot (it wraps)
         lengths, n = [], 0

@@ -465,13 +465,17 @@ def _replay_nodes(p, value, key, n: int):
     """The successors of the ``n`` slots of a replayed series whose values are nearest to
     ``value`` (in log1p), equal weights: the series' own empirical one-step conditional law
     (ties broken at random by ``key``)."""
-    v = p.values
-    nxt = jnp.roll(v, -1)
+    v = p.values  # padded to its bucket: slots i >= N are never candidates
+    i = jnp.arange(v.shape[0])
+    nxt = v[(i + 1) % p.n()]
     d = jnp.abs(jnp.log1p(v) - jnp.log1p(value))
-    d = d + 1e-6 * jax.random.uniform(key, d.shape)
+    d = jnp.where(i < p.n(), d + 1e-6 * jax.random.uniform(key, d.shape), jnp.inf)
     m = min(n, int(v.shape[0]))
-    _, idx = jax.lax.top_k(-d, m)
-    return nxt[idx], jnp.full((m,), 1.0 / m, jnp.float32)
+    _, idx = jax.lax.top_k(-d, m)  # nearest first
+    k = jnp.minimum(m, p.n())  # a series shorter than m: its k slots, the rest weightless
+    used = jnp.arange(m) < k
+    nodes = jnp.where(used, nxt[idx], nxt[idx[0]])
+    return nodes, jnp.where(used, 1.0 / k, 0.0).astype(jnp.float32)
 
 
 def _component_nodes(p, value, lag, known, key, n: int):

@@ -205,12 +205,43 @@ class MarkovParams:
 class ReplayParams:
     """Replay of a per-slot series, wrapping around at its end; value ``values[(o + t) % N]``.
 
-    values: float32 [N], per-slot values (Mbit/s, or a share).
+    values: float32 [M], the N per-slot values (Mbit/s, or a share) then zeros up to the
+      replay bucket M >= N (:func:`replay_bucket`), never read.
     offset: int32 [], start index ``o`` in [0, N), or -1 for a uniform random start.
+    length: int32 [], N; None: the whole of ``values``.
+
+    The series is padded to a bucket so that traces of different lengths give arrays of one
+    shape: a program compiled for one replayed trace (a rollout, a policy) serves every trace
+    of its bucket (docs/design.md §4.5).
     """
 
     values: jax.Array
     offset: jax.Array
+    length: jax.Array | None = None
+
+    def n(self):
+        """N, the number of slots of the series (traced where ``length`` is)."""
+        return self.values.shape[0] if self.length is None else self.length
+
+    def series(self) -> np.ndarray:
+        """The N values (NumPy, concrete parameters only)."""
+        return np.asarray(self.values)[:int(self.n())]
+
+
+REPLAY_MIN_BUCKET = 1024  # every shipped trace at a 1 s slot or longer fits one bucket
+
+
+def replay_bucket(n: int) -> int:
+    """The padded length of a replayed series of ``n`` slots: ``REPLAY_MIN_BUCKET``, or the
+    next power of two above it."""
+    return max(REPLAY_MIN_BUCKET, 1 << max(int(n) - 1, 0).bit_length())
+
+
+def _replay(v: np.ndarray, offset) -> ReplayParams:
+    padded = np.zeros(replay_bucket(v.size), np.float32)
+    padded[:v.size] = v
+    return ReplayParams(jnp.asarray(padded), jnp.asarray(_offset("offset", offset, v.size),
+                                                         jnp.int32), jnp.int32(v.size))
 
 
 @struct.dataclass
@@ -429,8 +460,7 @@ def make_replay_bandwidth(
         if slot_s is None:
             raise ProcessConfigError("slot_s", "is required to replay a Trace")
         values_mbps = resample(values_mbps, _positive("slot_s", slot_s))
-    v = _vector("values_mbps", values_mbps, 0.0, math.inf)
-    return ReplayParams(_f32(v), jnp.asarray(_offset("offset", offset, v.size), jnp.int32))
+    return _replay(_vector("values_mbps", values_mbps, 0.0, math.inf), offset)
 
 
 def make_replay_share(
@@ -440,8 +470,7 @@ def make_replay_share(
     ``max(1 - utilization, min_share)`` with ``min_share`` in (0, 1]; wraps at the end."""
     u = _vector("utilization", utilization, 0.0, 1.0)
     floor = _in_range("min_share", min_share, 0.0, 1.0, lo_open=True)
-    share = np.maximum(1.0 - u, floor)
-    return ReplayParams(_f32(share), jnp.asarray(_offset("offset", offset, u.size), jnp.int32))
+    return _replay(np.maximum(1.0 - u, floor), offset)
 
 
 def make_rtt(base_ms: float, jitter_ms: float = 0.0) -> RTTParams:
@@ -556,15 +585,14 @@ def markov_step(key, s_t, params: MarkovParams):
 
 def replay_init(key, params: ReplayParams) -> jax.Array:
     """int32 [] start index: ``offset``, or uniform in [0, N) when ``offset`` is -1."""
-    n = params.values.shape[0]
-    random_start = jax.random.randint(key, (), 0, n, dtype=jnp.int32)
+    random_start = jax.random.randint(key, (), 0, params.n(), dtype=jnp.int32)
     return jnp.where(params.offset < 0, random_start, params.offset).astype(jnp.int32)
 
 
 def replay_step(key, i_t, params: ReplayParams):
     """Emit ``values[i_t]``; the index advances and wraps."""
     del key
-    return (i_t + 1) % params.values.shape[0], params.values[i_t]
+    return (i_t + 1) % params.n(), params.values[i_t]
 
 
 def rtt_init(key, params: RTTParams):

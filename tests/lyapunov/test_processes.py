@@ -188,10 +188,22 @@ def test_replay_fixed_and_random_offset():
     assert len(set(starts)) == 5  # 64 keys reach all 5 start offsets
 
 
+def test_replay_pads_to_a_bucket_and_replays_the_same_path():
+    """Series of different lengths share one padded shape (one compiled program); the path is
+    that of the unpadded series (wrapping at N, never reading the padding)."""
+    a, b = P.make_replay_bandwidth(np.arange(1.0, 6.0)), P.make_replay_bandwidth(np.ones(700))
+    assert a.values.shape == b.values.shape == (P.REPLAY_MIN_BUCKET,)
+    assert P.make_replay_bandwidth(np.ones(1025)).values.shape == (2048,)
+    assert (int(a.length), int(b.length)) == (5, 700)
+    unpadded = P.ReplayParams(jnp.asarray(np.arange(1.0, 6.0), jnp.float32), a.offset)
+    np.testing.assert_array_equal(_paths(a, n_keys=16, n_slots=23),
+                                  _paths(unpadded, n_keys=16, n_slots=23))
+
+
 def test_replay_of_a_trace_and_of_utilization():
     tr = Trace("t", np.array([0.0, 1.0]), np.array([2.0, 6.0]), "test", duration_s=2.0)
     params = P.make_replay_bandwidth(tr, slot_s=0.5, offset=0)
-    np.testing.assert_array_equal(np.asarray(params.values), [2.0, 2.0, 6.0, 6.0])
+    np.testing.assert_array_equal(params.series(), [2.0, 2.0, 6.0, 6.0])
     params = P.make_replay_share([0.0, 0.25, 1.0], min_share=0.1, offset=0)
     np.testing.assert_allclose(_paths(params, n_keys=1, n_slots=3)[0], [1.0, 0.75, 0.1])
 
