@@ -55,12 +55,19 @@ def solve_precision_resource(q, link: LinkState, spec: CostSpec, w: Weights, uni
                                  spec.edge.mem_budget / 1e9, units, up, shifts)
 
 
-def resource_unit(tb: SlotTables, budget_gb, units: int, shifts: int):
-    """The memory unit (GB): ``budget / units``, or coarser if one option would otherwise span
-    more than ``shifts - 2`` units (then every option's rounded memory is below ``shifts``)."""
+def resource_unit(tb: SlotTables, budget_gb, units: int, shifts: int, up=True):
+    """The memory unit (GB): about ``budget / units``, or coarser if one option would otherwise
+    span more than ``shifts - 2`` units (then every option's rounded memory is below
+    ``shifts``); then stretched by less than one part in ``n`` (``n >= 2``) so that the largest
+    option (an all-edge layer) spans exactly ``n`` units, rounded ``up`` or down (its units
+    carry no rounding loss: on memory-bound cards the optimum is mostly all-edge and all-cloud
+    layers, so the rounded sets are tight there; proofs/oracle.md, Proposition 5)."""
     mem = tb.base[4, 0, 0]  # [O] GB: the same for every layer, side and precision
-    return jnp.maximum(jnp.maximum(budget_gb / units, mem.max() * (1.0 + 1e-4) / (shifts - 2)),
-                       1e-30)
+    top = mem.max()
+    base = jnp.maximum(jnp.maximum(budget_gb / units, top * (1.0 + 1e-4) / (shifts - 2)), 1e-30)
+    n = jnp.floor(top / base)
+    # top / unit = n (1 -+ 1e-4): to_units' own margin (1e-5) then rounds it to n either way.
+    return jnp.where(n >= 2, top / (n * jnp.where(up, 1.0 - 1e-4, 1.0 + 1e-4)), base)
 
 
 def solve_tables_resource(tb: SlotTables, w: Weights, budget_gb, units: int = 128, up=True,
@@ -77,7 +84,7 @@ def solve_tables_resource(tb: SlotTables, w: Weights, budget_gb, units: int = 12
     n_f = n_ffn_options(tb.tp)
     n_h = n_o // n_f - 1
     k_sh = int(shifts)
-    unit = resource_unit(tb, budget_gb, units, k_sh)
+    unit = resource_unit(tb, budget_gb, units, k_sh, up)
     cap = jnp.floor(budget_gb / unit * jnp.where(up, 1.0 - 1e-5, 1.0 + 1e-5))
     opt_units = jnp.minimum(to_units(tb.base[4, 0, 0], unit, up), k_sh - 1)  # [O]
     _, out = _out_index(tb.tp, n_h)

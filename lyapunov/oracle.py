@@ -36,12 +36,15 @@ search ends when a sweep attains that value, the dual's maximum (proofs/oracle.m
 6; a few sweeps where bisection took about 20), keeping the best memory-feasible vertex seen; and if
 the dual bound leaves a gap (it usually does: memory is lumpy), two more sweeps run with an
 exact resource DP over (side, memory units) in which every option's and endpoint's memory is
-rounded to ``budget / units``: rounded *down*, the set contains every feasible partition, so
-its minimum of ``J`` is a lower bound, attained (and certified) whenever its minimizer fits;
+rounded to a unit of about ``budget / units`` (stretched so that an all-edge layer is a whole
+number of units, no rounding loss there): rounded *down*, the set contains every feasible
+partition, so its minimum of ``J`` is a lower bound, attained (and certified) whenever its
+minimizer fits;
 rounded *up* (only if the gap is still open), every partition in it fits, which supplies good
 feasible points. ``exact`` says whether the best feasible vertex meets the best lower bound
 within tolerance; ``lower_bound`` reports the bound. (LLaMA-13B on a Pi 5 with memory binding:
-~0.3 s a slot, a certified gap of a few percent.)
+tens of ms a slot, exact; the 70B-shaped card on an Orin NX: a few hundred ms, a certified gap
+under 1.5 %; docs/design.md §4.3.)
 
 Exactness holds over the lambda range ``[eps, 1/eps] * c_s / l_s`` (normalized by the latency
 ``l_s`` of the fastest partition and the ``c`` scale ``c_s``), with ``eps = 1e-4``, and up to
@@ -579,7 +582,7 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
         FFNs and the residual on both sides (``costmodel.dp``).
       shifts: the resource DP's distinct rounded option memories (static; the unit coarsens
         if one option would span more, ``costmodel.dp_memory.resource_unit``); 0: automatic,
-        ``min(units + 1, max(64, 4 * units / layers))`` (every shift on small cards, where a
+        ``min(units + 1, max(24, 2 * units / layers))`` (every shift on small cards, where a
         layer can be a large part of the budget; the cost is layers x shifts x units).
 
     Returns:
@@ -595,7 +598,7 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
 
     # The option terms do not depend on the weights: computed once per slot, outside the loop.
     tables = dp.slot_tables(link, spec, pb.precisions, pb.tp)
-    n_shift = int(shifts) or min(pb.units + 1, max(64, -(-4 * pb.units // spec.n_layers)))
+    n_shift = int(shifts) or min(pb.units + 1, max(24, -(-2 * pb.units // spec.n_layers)))
 
     def solve(w):
         return dp.solve_tables(tables, w).partition

@@ -3,15 +3,16 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from costmodel.cards import ModelCard
-from costmodel.costs import request_costs
-from costmodel.dp import Weights, scalarize
-from costmodel.dp_memory import solve_memory_exact
+from costmodel.costs import request_costs, total_terms
+from costmodel.dp import Weights, scalarize, slot_tables
+from costmodel.dp_memory import resource_unit, solve_memory_exact, solve_resource, to_units
 from costmodel.link import Workload, make_link
 from costmodel.partition import make_partition
 from costmodel.profiles import get_profile
@@ -48,8 +49,6 @@ def test_resource_dp_fits_and_brackets_brute_force(fraction, bw, rtt, share, w_e
     w = Weights(latency=1.0, energy=w_energy)
     res = solve(link, spec, w, units=1024)
     costs = batched(BATCH, link, spec)
-    from costmodel.costs import total_terms
-
     terms = jax.vmap(total_terms, in_axes=(0, None, None))(BATCH, link, spec)
     obj = np.asarray(scalarize(terms, BATCH.act_prec, spec, w))
     fits = np.asarray(costs.memory_ok & costs.link_ok)
@@ -100,3 +99,49 @@ def test_resource_dp_with_tp_fits_and_brackets_brute_force(fraction, bw, rtt):
     assert bool(got.feasible)
     assert float(res.value) >= best * (1 - 1e-5)
     assert float(res.lower_bound) <= best * (1 + 1e-5)
+
+
+resource = jax.jit(solve_resource, static_argnames=("precisions", "units", "tp", "shifts"))
+
+
+@jax.jit
+def _brute(batch, link, spec, w):
+    """(weighted objective, fits the edge with a working link) of every partition of batch."""
+    tt = jax.vmap(total_terms, in_axes=(0, None, None))(batch, link, spec)
+    costs = jax.vmap(request_costs, in_axes=(0, None, None))(batch, link, spec)
+    return scalarize(tt, batch.act_prec, spec, w), costs.memory_ok & costs.link_ok
+
+
+@pytest.mark.parametrize("tp", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_aligned_unit_brackets_brute_force(tp):
+    """The unit is aligned to the largest option (an all-edge layer spans a whole number of
+    units, rounded up or down: proofs/oracle.md, Proposition 5): rounded down the DP's value
+    is at most the brute-force constrained optimum (a lower bound), rounded up its partition
+    fits and is no better than that optimum; paper space and tp, memory binding."""
+    card, batch = (CARD_TP, BATCH_TP) if tp else (CARD, BATCH)
+    edge = get_profile("rpi5")
+    cloud = "pi5-peer" if tp else "datacenter"
+    full = make_spec(card, edge, cloud, Workload(64, 4))
+    link = make_link(1000.0 if tp else 20.0, 0.2 if tp else 20.0)
+    all_edge = make_partition([card.n_heads] * card.n_layers, [0] * card.n_layers)
+    need = float(request_costs(all_edge, link, full).edge_memory_gb)
+    w = Weights(latency=1.0, energy=0.05)
+    for fraction in (0.35, 0.6, 0.85):
+        edge_b = dataclasses.replace(edge, name="rpi5-b", mem_budget_gb=fraction * need)
+        spec = make_spec(card, edge_b, cloud, Workload(64, 4))
+        obj, fits = (np.asarray(x) for x in _brute(batch, link, spec, w))
+        assert fits.any() and not fits.all()
+        best = obj[fits].min()
+        tb = jax.jit(slot_tables, static_argnames=("precisions", "tp"))(link, spec, (0, 1, 2),
+                                                                          tp)
+        budget = spec.edge.mem_budget / 1e9
+        top = float(tb.base[4, 0, 0].max())
+        for up in (False, True):
+            unit = float(resource_unit(tb, budget, 64, 24, jnp.bool_(up)))
+            assert int(to_units(top, unit, up)) == round(top / unit)  # exact, not one more/less
+        down = resource(link, spec, w, units=64, up=jnp.bool_(False), tp=tp, shifts=24)
+        upr = resource(link, spec, w, units=64, up=jnp.bool_(True), tp=tp, shifts=24)
+        assert float(down.value) <= best * (1 + 1e-5) + 1e-9
+        got = request_costs(upr.partition, link, spec)
+        assert bool(got.memory_ok)
+        assert float(upr.value) >= best * (1 - 1e-5) - 1e-9
