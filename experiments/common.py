@@ -118,8 +118,15 @@ _evaluate_chunk = jax.jit(jax.vmap(_evaluate_one, in_axes=(0, 0, None)))
 
 
 def stack(trees: Sequence):
-    """Stack a list of pytrees of one structure along a new leading axis."""
-    return jax.tree.map(lambda *x: jnp.stack([jnp.asarray(v) for v in x]), *trees)
+    """Stack a list of pytrees of one structure along a new leading axis: NumPy leaves where
+    every leaf is concrete (an eager ``jnp.stack`` of N arrays compiles one XLA program per N,
+    seconds each for a grid's thousands), ``jnp`` inside traced code."""
+    def one(*x):
+        if any(isinstance(v, jax.core.Tracer) for v in x):
+            return jnp.stack([jnp.asarray(v) for v in x])
+        return np.stack([np.asarray(v) for v in x])
+
+    return jax.tree.map(one, *trees)
 
 
 def evaluate_links(spec: CostSpec, link: LinkState, w: Weights | None = None):

@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from experiments.common import stack  # noqa: F401  (re-exported: the figures import it here)
 from experiments.conditions import Condition
 from lyapunov import registry
 from lyapunov.simulate import batched_rollout
@@ -84,11 +85,6 @@ def arrivals(rate: float, kind: str = "poisson"):
         return proc.ArrivalConfig(kind="mmpp", rate_lo=lo, rate_hi=lo * ratio, p_lo_to_hi=p_lh,
                                   p_hi_to_lo=p_hl)
     raise ValueError(f"arrival kind must be 'poisson' or 'bursty', got {kind!r}")
-
-
-def stack(trees):
-    """Stack pytrees of one structure along a new leading axis (NumPy leaves)."""
-    return jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *trees)
 
 
 def policy(name: str):
