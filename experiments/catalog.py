@@ -291,7 +291,7 @@ def run_figures(mode: str = "quick", only: Sequence[str] | None = None, out: str
 # them: the training runs that figures 3, 10 and 14 read are made first (one job per agent
 # kind), so that no two workers train into the same folder and every figure sees the same
 # runs whatever the schedule; then the experiments, longest first by the last recorded wall
-# time in <out>/summary.json (catalog order where there is none). Workers are spawned, not
+# time in <out>/summary.json (QUICK_SECONDS where there is none). Workers are spawned, not
 # forked (JAX is not fork-safe), and register the user's cards and profiles again.
 
 
@@ -309,6 +309,19 @@ def _worker_init(registrations, out: str, cache: bool) -> None:
 # with the same solver calls): run one after the other in one worker, the second reads the
 # first's compiled programs from the cache (about 30 s instead of 3 minutes, measured).
 SHARED_PROGRAMS = (("latency_vs_bandwidth", "energy"),)
+
+# Where <out>/summary.json has no time for an experiment (a fresh clone), the parallel run
+# orders by these: quick-mode seconds of each experiment, run alone one after the other in one
+# process with a cold compilation cache on the 2-core machine, sharing it with another job
+# (2026-12-04; figure 3's includes training the two agents, which a parallel run does first;
+# certificate and runtime: `figures --quick --only certificate runtime --jobs 1`, alone).
+# Only the order depends on them, not a result: the longest first, so that no long experiment
+# starts last while the other workers idle.
+QUICK_SECONDS = {"latency_vs_bandwidth": 118, "energy": 10, "trace_latency": 356,
+                 "backlog": 185, "v_tradeoff": 97, "memory": 4, "speedup": 4,
+                 "operational_cost": 2, "robustness": 33, "training_curves": 179,
+                 "accuracy": 30, "regime_map": 349, "learning": 374, "certificate": 98,
+                 "runtime": 94}
 
 
 def _worker_run(names: tuple[str, ...], mode: str, out: str, cfgs: tuple) -> list[dict]:
@@ -347,7 +360,8 @@ def _run_parallel(names, configs, mode, out: Path, jobs: int, cache: bool, regis
         job = tuple(x for x in group if x in names)
         if job not in jobs_of:
             jobs_of.append(job)
-    order = sorted(jobs_of, key=lambda j: -sum(previous.get(n, 0.0) for n in j))
+    order = sorted(jobs_of, key=lambda j: -sum(previous.get(n, QUICK_SECONDS.get(n, 0.0))
+                                               for n in j))
     records = {}
     with ProcessPoolExecutor(jobs, mp.get_context("spawn"), initializer=_worker_init,
                              initargs=(tuple(registrations), str(out), cache)) as pool:
