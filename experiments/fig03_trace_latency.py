@@ -113,18 +113,16 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     trace = norway_trace(out_dir)
     outage = shipped_trace_path(cfg.outage_trace)
     rows, lat_arrays = [], {}
-    # Two batches (the traces differ in length, so their params do not stack): per batch
-    # (trace file, [(device, condition, the condition's name in the tables)]).
-    groups = [(trace, [(d, c, c) for d in cfg.devices for c in cfg.conditions])]
-    if cfg.outage_conditions:
-        groups.append((outage, [(d, c, f"{c}/5g-drive") for d in cfg.devices
-                                for c in cfg.outage_conditions]))
+    # (trace file, device, condition, the condition's name in the tables)
+    combos = [(trace, d, c, c) for d in cfg.devices for c in cfg.conditions]
+    combos += [(outage, d, c, f"{c}/5g-drive") for d in cfg.devices
+               for c in cfg.outage_conditions]
     keys = seed_keys(cfg.seeds)
     ensure_runs(Path(out_dir).parent, cfg.train, progress)
     ckpts = find_checkpoints(cfg, Path(out_dir).parent)
     jobs = [(m, p) for m in cfg.models for p in cfg.policies]
     jobs += [(c[0], label) for label, c in ckpts.items() if c[0] in cfg.models]
-    params = {}
+    batches = {}
     for model, pname in progress(jobs, desc="policies", total=len(jobs)):
         if pname in ckpts:
             import agents.policy_loader  # noqa: F401  (registers the checkpoint: loader)
@@ -132,19 +130,16 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
             (pol,) = registry.resolve(f"checkpoint:{ckpts[pname][2]}")
         else:
             pol = policy(pname)
-        for g, (tr, combos) in enumerate(groups):
-            if (model, g) not in params:
-                built = [slot_scenario(model, d, CONDITIONS[c], tr, rate=cfg.rate, V=cfg.V,
-                                       tau_s=cfg.tau_s).build() for d, c, _ in combos]
-                params[model, g] = built, stack([b for b in built for _ in range(cfg.seeds)])
-            built, batch = params[model, g]
+        if model not in batches:
+            batches[model] = _batches(model, combos, cfg)
+        for group, built, batch in batches[model]:
             if pname in ckpts and not any(d == ckpts[pname][1] and ckpts[pname][3] in (None, c)
-                                          for d, c, _ in combos):
+                                          for _, d, c, _ in group):
                 continue  # a trained policy is evaluated where it was trained
             info, actions = rollouts(pol, batch, cfg.n_slots,
-                                     jax.numpy.tile(keys, (len(combos), 1)))
+                                     jax.numpy.tile(keys, (len(group), 1)))
             mem = np.asarray(_edge_memory(actions, batch.spec))
-            for i, (device, base_cond, cond) in enumerate(combos):
+            for i, (_, device, base_cond, cond) in enumerate(group):
                 if pname in ckpts and (device != ckpts[pname][1]
                                        or ckpts[pname][3] not in (None, base_cond)):
                     continue
@@ -172,6 +167,22 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
                  checkpoints={k: {"model": v[0], "device": v[1], "path": str(v[2]),
                                   "condition": v[3]} for k, v in ckpts.items()},
                  ours=ours_of([*cfg.policies, *ckpts]))
+
+
+def _batches(model: str, combos, cfg: Config):
+    """[(combos, built params, batch)]: the combos' scenarios in as few batches as stack (one
+    per tree structure and leaf shapes: the shipped traces pad to one length, so the Norway
+    and the 5G rows are one batch, one compiled rollout per policy), each combo x seed."""
+    groups: dict = {}
+    for combo in combos:
+        tr, d, c, _ = combo
+        b = slot_scenario(model, d, CONDITIONS[c], tr, rate=cfg.rate, V=cfg.V,
+                          tau_s=cfg.tau_s).build()
+        sig = (jax.tree.structure(b), tuple(np.shape(x) for x in jax.tree.leaves(b)))
+        groups.setdefault(sig, []).append((combo, b))
+    return [([c for c, _ in g], [b for _, b in g], stack([b for _, b in g
+                                                         for _ in range(cfg.seeds)]))
+            for g in groups.values()]
 
 
 def find_checkpoints(cfg: Config, out: Path) -> dict[str, tuple]:
