@@ -143,7 +143,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=50, help="concurrent edge clients (count)")
     ap.add_argument("--requests", type=int, default=4, help="requests per client (count)")
-    ap.add_argument("--seed", type=int, default=0, help="random seed of the partitions and prompts (integer)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="random seed of the partitions and prompts (integer)")
     a = ap.parse_args()
     for k, v in load_test(a.clients, a.requests, a.seed).items():
         print(f"{k:24s} {v}")
