@@ -102,6 +102,7 @@ def test_resource_dp_with_tp_fits_and_brackets_brute_force(fraction, bw, rtt):
 
 
 resource = jax.jit(solve_resource, static_argnames=("precisions", "units", "tp", "shifts"))
+tables = jax.jit(slot_tables, static_argnames=("precisions", "tp"))
 
 
 @jax.jit
@@ -132,8 +133,7 @@ def test_aligned_unit_brackets_brute_force(tp):
         obj, fits = (np.asarray(x) for x in _brute(batch, link, spec, w))
         assert fits.any() and not fits.all()
         best = obj[fits].min()
-        tb = jax.jit(slot_tables, static_argnames=("precisions", "tp"))(link, spec, (0, 1, 2),
-                                                                          tp)
+        tb = tables(link, spec, (0, 1, 2), tp)
         budget = spec.edge.mem_budget / 1e9
         top = float(tb.base[4, 0, 0].max())
         for up in (False, True):
