@@ -32,7 +32,7 @@ def test_costs_json_rows_and_orderings(capsys):
     assert rows["cloud-only"]["edge_memory_gb"] == 0.0
 
 
-@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
+@pytest.mark.extended
 def test_privacy_floor_makes_cloud_only_infeasible(capsys):
     rows = run_json(capsys, "--privacy-layers", "2", "--bandwidth-mbps", "20")
     assert rows["cloud-only"]["feasible"] is False

@@ -83,6 +83,7 @@ def test_bad_input_is_one_line(argv, needle, tmp_path, capsys):
     assert needle in lines[0], err
 
 
+@pytest.mark.slow
 def test_costs_at_zero_bandwidth_prints_no_inf_or_nan(capsys):
     assert main(["costs", "--model", "smollm2-135m", "--bandwidth-mbps", "0", "--json"]) == 0
     out = capsys.readouterr().out

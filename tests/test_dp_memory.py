@@ -39,7 +39,7 @@ solve = jax.jit(solve_memory_exact, static_argnames=("precisions", "units"))
 batched = jax.jit(jax.vmap(request_costs, in_axes=(0, None, None)))
 
 
-@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
+@pytest.mark.extended
 @settings(max_examples=6, deadline=None)
 @given(fraction=st.floats(0.3, 0.9), bw=st.floats(0.5, 200), rtt=st.floats(1, 80),
        share=st.floats(0.02, 1.0), w_energy=st.floats(0, 0.2))
@@ -78,7 +78,7 @@ CARD_TP = ModelCard("tiny-mem-tp", n_layers=2, n_heads=2, n_kv_heads=2, d_model=
 BATCH_TP = all_partitions(CARD_TP.n_layers, CARD_TP.n_heads, tp_shares=tuple(range(1, 16)))
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 @settings(max_examples=3, deadline=None)
 @given(fraction=st.floats(0.3, 0.9), bw=st.floats(1000.0, 10000.0), rtt=st.floats(0.01, 0.5))
 def test_resource_dp_with_tp_fits_and_brackets_brute_force(fraction, bw, rtt):

@@ -81,7 +81,8 @@ def test_sampled_actions_fit_memory_and_privacy(kind, privacy):
     assert mem.max() > 0.5 * float(spec.edge.mem_budget)
 
 
-@pytest.mark.parametrize("model", ["llama-7b", pytest.param("gpt2-xl", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("model", [pytest.param("llama-7b", marks=pytest.mark.slow),
+                                   pytest.param("gpt2-xl", marks=pytest.mark.extended)])
 def test_real_card_tight_budget(model):
     # a real card (gpt2-xl: tied embeddings) with a budget at 30% of its edge-only memory,
     # the default grid and groups of the hierarchical action

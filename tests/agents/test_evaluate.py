@@ -11,7 +11,7 @@ from lyapunov.policies import get_policy
 from tests.agents.small import SCENARIO
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_seed_rows_do_not_depend_on_the_batch():
     params = SCENARIO.build()
     keys = ("dpp_mean", "backlog_mean", "latency_mean_s", "arrivals_mean")

@@ -42,7 +42,7 @@ def run_dir(tmp_path_factory):
     return run
 
 
-@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
+@pytest.mark.extended
 def test_run_directory_resolves_to_every_seed(run_dir):
     pols = registry.resolve(f"checkpoint:{run_dir}")
     assert [p.name for p in pols] == ["hier/seed0", "hier/seed1"]
@@ -105,7 +105,7 @@ def test_loaded_parameters_are_the_saved_ones(run_dir):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_memoryless_checkpoint_and_legacy_features(tmp_path):
     """The memory flag is recorded and rebuilt (no conv layers without it); a checkpoint
     written before the thermal-state scalar and the latency channel (16 scalars, 3 channels,

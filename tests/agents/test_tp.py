@@ -197,7 +197,8 @@ def _model(space, scale=300.0):
     return model, net
 
 
-@pytest.mark.parametrize("kind", [pytest.param("hier", marks=pytest.mark.slow), "flat_head"])
+@pytest.mark.parametrize("kind", [pytest.param("hier", marks=pytest.mark.extended),
+                                  pytest.param("flat_head", marks=pytest.mark.slow)])
 def test_tp_networks_sample_fit_and_rescore(kind):
     """Sampled tp-space actions fit the budget, include tp layers, and their recomputed
     log-probabilities equal the sampled ones; greedy is among them."""
@@ -251,7 +252,7 @@ def test_checkpoint_records_the_version_and_round_trips_tp(tmp_path):
     assert model.space == space and model.space.tp
 
 
-@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
+@pytest.mark.extended
 def test_legacy_checkpoint_without_version_is_version_1_and_acts(tmp_path):
     """A config written before the version and tp existed (no key, no tp fields) loads as the
     paper's space and acts."""
@@ -287,7 +288,7 @@ def test_uninterpretable_action_space_version_is_refused(tmp_path, version, tp):
 # --- training in the tp space ---------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_short_ppo_run_in_the_tp_space_learns_tp_layers():
     """Two Pi 5s on a 10 Gbit/s, 0.05 ms LAN with LLaMA-7B-wide layers, where the cost model
     makes tensor-parallel layers pay (tests/lyapunov/test_policies.py): a short PPO run of the

@@ -53,7 +53,7 @@ def trained():
     return train.setup, runner, metrics, time.perf_counter() - t0
 
 
-@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
+@pytest.mark.extended
 def test_training_beats_random_and_approaches_oracle(trained):
     """3 seeds of a small card, trained once by the fixture."""
     ts, runner, metrics, wall = trained
@@ -95,6 +95,7 @@ def test_training_beats_random_and_approaches_oracle(trained):
     assert (dpp_curve[:, -10:].mean(1) < dpp_curve[:, :5].mean(1)).all()
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip(trained, tmp_path):
     ts, runner, _, _ = trained
     nets = jax.tree.map(lambda x: x[0], runner.nets)
@@ -130,7 +131,7 @@ def test_checkpoint_round_trip(trained, tmp_path):
         checkpoint.load_model(tmp_path)
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_run_resume_and_evaluate(tmp_path):
     import csv
     import dataclasses

@@ -59,6 +59,7 @@ def _check(results, n):
         assert p.max_logit_diff <= 1e-5, p
 
 
+@pytest.mark.slow
 def test_parity_hier_1000(hier_ck):
     _check(export.parity(hier_ck, n=1000, seed=0), 1000)
 

@@ -110,7 +110,7 @@ def legacy_files(tmp_path_factory):
     return ck, export.export_onnx(ck, d / "p.onnx"), export.export_torch(ck, d / "p.pt")
 
 
-@pytest.mark.parametrize("which", ["current", pytest.param("legacy", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("which", ["current", pytest.param("legacy", marks=pytest.mark.extended)])
 def test_exported_decisions_equal_the_checkpoints(request, which):
     """The runtime's three routes (checkpoint through the registry and JAX, ONNX and torch
     through NumPy) give the same partitions over a history with outages and bursts; a policy

@@ -183,7 +183,7 @@ def test_solve_tp_equals_brute_force(seed):
     assert float(solve_tp(link, spec, w, tp=False).value) >= value - RTOL * (abs(value) + 1.0)
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 @settings(max_examples=6, deadline=None)
 @given(SEEDS, st.floats(0.0, 1.0))
 def test_solve_memory_tp_with_binding_cloud_budget(seed, frac):
@@ -219,6 +219,7 @@ def test_solve_memory_tp_with_binding_cloud_budget(seed, frac):
         assert lower - RTOL * scale <= best <= value + RTOL * scale, (lower, best, value)
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None)
 @given(SEEDS)
 def test_path_totals_are_the_request_costs_of_every_partition(seed):

@@ -52,7 +52,7 @@ def test_family_members(privacy):
     assert len(_rows(layer_wise_candidates(spec, (1,)))) == len(want) - 2 * (n_l - max(1, privacy))
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 @settings(max_examples=25, deadline=None)
 @given(card=st.sampled_from([TINY_GQA, TINY_MHA]), privacy=st.integers(0, 1), lk=links(),
        objective=st.sampled_from(["latency", "energy"]),
@@ -81,6 +81,7 @@ def test_best_layer_cut_is_the_brute_force_minimum_over_the_family(card, privacy
         assert bool(got.embed_edge) and int(got.ffn[0]) == EDGE
 
 
+@pytest.mark.slow
 def test_best_layer_cut_vmaps_and_picks_the_trivial_cuts():
     """Outage: edge-only. Fast link, idle cloud: cloud-only (in the family). Batched over links
     with vmap."""

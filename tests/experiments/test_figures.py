@@ -35,7 +35,7 @@ def test_catalog_configs_are_frozen_and_named():
                 setattr(cfg, dataclasses.fields(cfg)[0].name, None)
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_latency_vs_bandwidth_end_to_end(tmp_path):
     cfg = fig01.Config(models=("gpt2-xl",), devices=("orin-nx",),
                        conditions=("dc-contended",), n_bw=3)
@@ -85,6 +85,7 @@ def test_robustness_without_outages_is_nominal(tmp_path):
             assert r["completion"] >= restart["completion"]
 
 
+@pytest.mark.slow
 def test_segment_times_add_up():
     """Prefill + T decode steps is the latency of the best layer cut (found here with the
     cost model's own strategy), and a step is the latency added per token."""
@@ -164,7 +165,7 @@ def test_figures_cli_lists_experiments(capsys):
     assert "latency_vs_bandwidth" in out and "regime_map" in out
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_conditions_keep_their_regimes():
     """One set of condition numbers serves every figure: at the median share, cloud-only is the
     fastest strategy on the idle datacenter for every model and device, and on the contended
@@ -196,7 +197,7 @@ def test_tables_derive_from_the_policy_registry():
     assert ours_of(["oracle", "dp-estimate", "dp-joint"]) == "dp-joint"
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_batched_rollout_vectorized_equals_one_by_one():
     """The batcher's two modes run the same rollouts (cheap policy, tiny scenario)."""
     import jax
@@ -247,7 +248,7 @@ def test_learning_summary_gaps_and_verdicts():
     assert "learning" in catalog() and catalog()["learning"].number == 13
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_learning_planners_end_to_end(tmp_path):
     """Figure 13 at tiny size without learners (none trained): one row per planner, condition,
     trace and seed; the summary (gaps to the oracle) and the PNG written. Two planners, one
@@ -297,7 +298,7 @@ def test_lan_regime_map_tp_wins_for_peers_within_the_two_device_bound(tmp_path):
     assert all("pi5-peer" in x or "orin-peer" in x for x in ctx["two_device_bound"])
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_a_user_card_reaches_a_figure_through_its_config(tmp_path, capsys):
     """`figures --card-file my.json --set memory.models=my-card` runs figure 6 on the user's
     card (a config field like any other); the rows name it and its numbers differ from the
@@ -321,7 +322,7 @@ def test_a_user_card_reaches_a_figure_through_its_config(tmp_path, capsys):
     assert list((out / "memory").glob("*.png"))
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_parallel_figures_equal_sequential_ones(tmp_path):
     """`figures --jobs 2` runs experiments in spawned workers: the same rows as one after
     another in this process, every experiment's record, and the summary in catalog order."""

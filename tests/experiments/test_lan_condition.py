@@ -71,7 +71,7 @@ def test_partition_kinds_of_known_partitions():
     assert k["interior"].shape == (2, 1) and k["interior"].tolist() == [[False], [True]]
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_lan_oracle_is_interior_on_most_slots():
     """A short rollout of the clairvoyant oracle in figure 13's LAN row: a majority of its slots
     get an interior partition, every one of them tensor parallel, and none is all-cloud."""

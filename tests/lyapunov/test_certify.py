@@ -67,6 +67,7 @@ def test_iid_reasons():
     assert any("AR(1)" in r for r in reasons) and any("outage" in r for r in reasons)
 
 
+@pytest.mark.slow
 def test_oracle_has_zero_gap_and_its_bounds_hold():
     cert = certify.certify("oracle", SCENARIO, n_slots=200, examples=10, n_states=16)
     assert cert.iid and cert.verdict == "theorem"
@@ -84,6 +85,7 @@ def test_oracle_has_zero_gap_and_its_bounds_hold():
     assert "theorem" in certify.report(cert).lower() or "i.i.d." in certify.report(cert)
 
 
+@pytest.mark.slow
 def test_bayes_gap_equals_clairvoyant_gap_on_a_known_link():
     """With a constant link the predictive law is the slot's link itself: the expected DPP is
     the DPP, dp-bayes's candidates hold the exact oracle's minimizer, so the two gaps agree

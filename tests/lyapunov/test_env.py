@@ -272,7 +272,7 @@ def test_common_random_numbers():
         _tree_close(o[1].link_state, outs[0][1].link_state, rtol=0)
 
 
-@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
+@pytest.mark.extended
 def test_jit_equals_nojit():
     obs, state = reset(jax.random.PRNGKey(9), PARAMS)
     with jax.disable_jit():
@@ -282,6 +282,7 @@ def test_jit_equals_nojit():
     _tree_close(step(jax.random.PRNGKey(10), state, ACTIONS[2], PARAMS), out_e)
 
 
+@pytest.mark.slow
 def test_vmap_over_keys_and_done():
     keys = jax.random.split(jax.random.PRNGKey(11), 3)
     obs, state = jax.jit(jax.vmap(E.reset, in_axes=(0, None)))(keys, PARAMS)

@@ -73,6 +73,7 @@ def test_oracle_dpp_is_the_per_slot_minimum():
     assert n_strict > 0  # the comparison is not vacuous
 
 
+@pytest.mark.slow
 def test_dp_estimate_equals_oracle_on_a_constant_link():
     const = dataclasses.replace(SC, link=pr.LinkConfig(
         bandwidth=pr.BandwidthConfig(kind="constant", mean_mbps=15.0), rtt_ms=10.0,
@@ -87,7 +88,7 @@ def test_dp_estimate_equals_oracle_on_a_constant_link():
         obs, state, _, _, _ = step(jax.random.PRNGKey(t), state, a_o, const)
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_vmap_over_seeds_equals_a_loop():
     """vmap(rollout) of the oracle over seeds equals step-by-step runs of the same seeds
     (jit vs the eager policy around the jitted step)."""
@@ -109,7 +110,7 @@ def test_vmap_over_seeds_equals_a_loop():
     assert np.all(np.asarray(info.backlog) >= 0)
 
 
-@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
+@pytest.mark.extended
 def test_simulate_metrics_crn_and_stability():
     low = dataclasses.replace(SC, arrival=pr.ArrivalConfig(rate=0.5), e_bar_j=math.inf)
     a = simulate("cloud-only", low, 64, seed=3)
@@ -227,7 +228,7 @@ def test_dp_joint_solves_the_joint_penalty():
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
+@pytest.mark.extended
 def test_neurosurgeon_cut_from_fitted_regressions():
     """The Neurosurgeon-style baseline picks a member of the layer-wise family, never faster
     (under the exact model) than best-cut on the same link, predicts the latency of its pick
@@ -376,7 +377,7 @@ def test_dp_bayes_is_registered_as_ours_and_causal():
     assert registry.resolve("dp-bayes", n_bw=3, n_share=2)[0].name == "dp-bayes"
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_dp_bayes_no_worse_than_dp_estimate_on_held_out_traces():
     """A held-out trace (the 5G drive with outages, the harder of the held-out set), 5 seeds
     x 120 slots,
@@ -409,7 +410,7 @@ TP_LINK = pr.LinkConfig(bandwidth=pr.BandwidthConfig(kind="constant", mean_mbps=
                         share=pr.ShareConfig(kind="constant", share=1.0))
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_planners_solve_in_the_scenarios_tp_space():
     """Two Pi 5s on a 10 Gbit/s, 0.05 ms LAN (LLaMA-7B-wide layers): with EnvParams.tp the
     planners choose tensor-parallel layers and the oracle's slot DPP is below the paper

@@ -110,6 +110,7 @@ def test_off_by_default_nothing_is_stored(tmp_path):
     assert not (tmp_path / "programs").exists() and len(traces) == 1
 
 
+@pytest.mark.slow
 def test_simulate_stores_registered_policies_only(store):
     assert _stored_key("edge-only") == ("policy", "edge-only")
     assert _stored_key("checkpoint:/some/run") is None  # weights are constants of its program
