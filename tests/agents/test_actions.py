@@ -66,7 +66,7 @@ def _mem_and_priv(parts, spec):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("privacy", [0, 1])
+@pytest.mark.parametrize("privacy", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_sampled_actions_fit_memory_and_privacy(kind, privacy):
     # budget 45% of edge-only memory on a 3-layer card: the masks bind at every level
     spec = tight_spec(frac=0.45, privacy_layers=privacy)

@@ -64,6 +64,7 @@ def _flat_tp_space(spec, phi_bins=0):
                       precisions=(0,), tp=True)
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_every_tp_option_maps_to_the_solvers_option_and_its_costs():
     """to_partition of each joint option equals the DP's own option partition, and the request
     costs of the partition equal the sum of the solver's option terms along its side path."""

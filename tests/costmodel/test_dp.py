@@ -164,6 +164,7 @@ solve_tp = jax.jit(dp.solve, static_argnames=("precisions", "tp"))
 solve_memory_tp = jax.jit(dp.solve_memory, static_argnames=("precisions", "iters", "tp"))
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 @settings(max_examples=8, deadline=None)
 @given(SEEDS)
 def test_solve_tp_equals_brute_force(seed):
