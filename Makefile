@@ -35,9 +35,9 @@ test-slow: install-dev
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m 'slow and not extended' --durations=15
 
 # Tests marked extended: learning quality, multi-seed claims, second variants of what the default
-# and slow runs check, at model scale. Together with the others they exceed CI's 25 minutes on
-# 2 cores (about 55 minutes in all, measured 2026-12-04), so CI does not run them; run them
-# before a release or after a change to what they cover.
+# and slow runs check, at model scale. With them the whole suite took 44 minutes on a fresh
+# clone on 2 cores (2026-12-04), over CI's 25, so CI does not run them; run them before a
+# release or after a change to what they cover.
 test-extended: install-dev
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m extended --durations=15
 

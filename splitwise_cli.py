@@ -21,6 +21,8 @@ from pathlib import Path
 VERSION = "0.2.0"
 COMMANDS = ("costs", "simulate", "certify", "train", "evaluate", "figures", "calibrate",
             "export", "serve-cloud", "run-edge")
+# Commands whose flags are parsed in bridge/, by the module main() imports lazily (cmd_bridge).
+BRIDGE_COMMANDS = ("calibrate", "export", "run-edge")
 
 
 def _add_scenario_args(ap: argparse.ArgumentParser) -> None:
@@ -380,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
     try:
-        if command in ("calibrate", "export", "run-edge"):
+        if command in BRIDGE_COMMANDS:
             # These live in bridge/; their flags are parsed there, imported lazily.
             return cmd_bridge(argparse.Namespace(command=command, rest=argv[1:]))
         args = build_parser(command if command in COMMANDS else None).parse_args(argv)

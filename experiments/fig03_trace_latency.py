@@ -34,6 +34,7 @@ from costmodel.costs import request_costs
 from costmodel.link import LinkState
 from experiments.catalog import Experiment
 from experiments.claims import ours_of
+from experiments.common import stack
 from experiments.conditions import CONDITIONS, NAMES
 from experiments.plotting import (
     DEVICE_LABEL,
@@ -51,7 +52,6 @@ from experiments.sim import (
     seed_keys,
     slot_policies,
     slot_scenario,
-    stack,
 )
 from experiments.stats import finite_mean_ci
 from experiments.tables import read_rows, write_config, write_rows

@@ -14,6 +14,7 @@ import numpy as np
 
 from experiments import sim
 from experiments.catalog import Experiment
+from experiments.common import stack
 from experiments.conditions import Condition, condition
 from experiments.plotting import DEVICE_LABEL, MODEL_LABEL, finish, log_axis, policy_line, pyplot
 from experiments.tables import read_config, read_rows, write_config, write_rows
@@ -57,7 +58,7 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     combos = [(k, r) for k in KINDS for r in cfg.rates]
     built = [sim.slot_scenario(cfg.model, cfg.device, cond, trace, rate=r, arrival_kind=k,
                            V=cfg.V, tau_s=cfg.tau_s).build() for k, r in combos]
-    batch = sim.stack([b for b in built for _ in range(cfg.seeds)])
+    batch = stack([b for b in built for _ in range(cfg.seeds)])
     keys = jax.numpy.tile(sim.seed_keys(cfg.seeds), (len(combos), 1))
     rows, traj = [], {}
     for pname in progress(cfg.policies, desc="policies", total=len(cfg.policies)):

@@ -32,8 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.catalog import Experiment
+from experiments.common import stack
 from experiments.plotting import finish, log_axis, policy_line, pyplot
-from experiments.sim import SOLVER_KW, arrivals, policy, rollouts, seed_keys, stack
+from experiments.sim import SOLVER_KW, arrivals, policy, rollouts, seed_keys
 from experiments.tables import read_config, read_rows, write_config, write_rows
 from proofs import bounds
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from experiments.catalog import Experiment, Unavailable
+from experiments.common import stack
 from experiments.plotting import finish, policy_line, pyplot
-from experiments.sim import policy, rollouts, seed_keys, stack
+from experiments.sim import policy, rollouts, seed_keys
 from experiments.tables import read_rows, write_config, write_rows
 from experiments.training import FULL_TRAIN, QUICK_TRAIN, TrainSpec, ensure_runs
 

@@ -39,9 +39,10 @@ import jax
 import numpy as np
 
 from experiments.catalog import Experiment
+from experiments.common import stack
 from experiments.conditions import condition
 from experiments.plotting import finish, policy_line, pyplot
-from experiments.sim import partition_kinds, seed_keys, slot_scenario, stack
+from experiments.sim import partition_kinds, seed_keys, slot_scenario
 from experiments.stats import mean_ci
 from experiments.tables import read_rows, write_config, write_rows
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.common import stack  # noqa: F401  (re-exported: the figures import it here)
 from experiments.conditions import Condition
 from lyapunov import registry
 from lyapunov.simulate import batched_rollout

@@ -202,7 +202,8 @@ def test_batched_rollout_vectorized_equals_one_by_one():
     """The batcher's two modes run the same rollouts (cheap policy, tiny scenario)."""
     import jax
 
-    from experiments.sim import policy, seed_keys, slot_scenario, stack
+    from experiments.common import stack
+    from experiments.sim import policy, seed_keys, slot_scenario
     from lyapunov.simulate import batched_rollout
 
     built = [slot_scenario("gpt2-xl", "orin-nx", CONDITIONS[c], None, bw=_constant_bw())
