@@ -347,6 +347,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     c.add_argument("rest", nargs=argparse.REMAINDER,
                    help="the command's own flags (see its --help)")
     c.set_defaults(func=cmd_bridge)
+    # No abbreviated flags: `simulate --out x` must not be read as `--outage-prob x`.
+    for parser in (ap, *sub.choices.values()):
+        parser.allow_abbrev = False
     return ap
 
 

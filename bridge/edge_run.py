@@ -647,7 +647,7 @@ def cli(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="splitwise run-edge",
+    ap = argparse.ArgumentParser(allow_abbrev=False, prog="splitwise run-edge",
                                  description="run requests split between this edge and a cloud")
     add_args(ap)
     return cli(ap.parse_args(argv))

@@ -331,7 +331,8 @@ def cli(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="splitwise export", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="splitwise export", description=__doc__.split("\n")[0],
+                                 allow_abbrev=False)
     add_args(ap)
     return cli(ap.parse_args(argv))
 

@@ -76,7 +76,8 @@ def main_figures(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="splitwise figures", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="splitwise figures", description=__doc__.split("\n")[0],
+                                 allow_abbrev=False)
     add_arguments(ap)
     return main_figures(ap.parse_args(argv))
 

@@ -62,6 +62,11 @@ CASES = [
     (["figures", "--only", "memory", "--config", "{tmp}/words.txt"], "words.txt"),
     (["figures", "--only", "memory", "--config", "{tmp}/nothere.json"], "nothere.json"),
     (["figures", "--only", "memory", "--jobs", "0"], "--jobs"),
+    # No abbreviations: a prefix of a flag is not that flag (--out is not --outage-prob).
+    ([*SIM, "--out", "x.json"], "--out"),
+    (["train", "--out", "{tmp}/run", "--step", "3"], "--step"),
+    (["figures", "--only", "memory", "--quic"], "--quic"),
+    (["run-edge", "--cloud", "127.0.0.1:7070", "--request", "1"], "--request"),
 ]
 
 
