@@ -4,8 +4,10 @@ Common random numbers: the seed fixes the reset key, the per-slot environment ke
 and link) and, separately, the per-slot policy keys, and the environment's draws do not depend
 on the action, so every policy sees the same arrival and link paths for a given seed.
 
-Jittable policies run as one ``lax.scan`` under ``jit`` (:func:`rollout`, vmappable over
-keys); the cvx policy runs in a Python loop around the jitted ``step`` with a progress log.
+:func:`rollout` is the whole run as one pure ``lax.scan`` (jit- and vmappable, for callers that
+compose it); :func:`batched_rollout`, which ``simulate`` and the experiments run, steps the
+same body from the host so that the environment's programs are compiled once for every
+policy. The cvx policy runs in a Python loop around the jitted ``step`` with a progress log.
 """
 
 from __future__ import annotations
@@ -50,37 +52,104 @@ def rollout(policy: Policy, params: E.EnvParams, n_slots: int, key: jax.Array):
     return info, actions, state
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 4, 5))
-def _batched(pol, params, n_slots: int, keys, batch_size: int | None, shared: bool):
-    def one(x):
-        p, k = (params, x) if shared else x
-        return rollout(pol, p, n_slots, k)
+def _program_fn(name: str, pol: Policy | None, mode: str):
+    """Program ``name`` of a stepped rollout: "reset", "step" (the environment's, the same for
+    every policy) or "act" (``pol``'s), for one member (``mode`` "one") or vmapped over a batch
+    with stacked ("batch") or shared ("shared") params."""
+    fn = {"reset": E.reset, "step": E.step}.get(name) or pol.act
+    if mode == "one":
+        return fn
+    ax = None if mode == "shared" else 0
+    return jax.vmap(fn, in_axes={"reset": (0, ax), "step": (0, 0, 0, ax)}.get(name, (0, 0, ax)))
 
-    return jax.lax.map(one, keys if shared else (params, keys), batch_size=batch_size)
+
+@functools.lru_cache(maxsize=256)
+def _jit_program(name: str, pol: Policy | None, mode: str):
+    return jax.jit(_program_fn(name, pol, mode))
+
+
+def _program(name: str, pol: Policy, mode: str, stored, *args):
+    """The compiled program ``name`` (``_program_fn``): one per (name, policy, mode) in this
+    process, the environment's shared by every policy; through ``stored_jit`` (for arguments
+    shaped like ``args``) when ``stored`` is the policy's static key."""
+    own = pol if name == "act" else None
+    if stored is None:
+        return _jit_program(name, own, mode)
+    static = (stored if name == "act" else "env", mode)
+    return stored_jit(name, _program_fn(name, own, mode), static, *args)
+
+
+_split_keys = jax.jit(jax.vmap(_keys, in_axes=(0, None)), static_argnums=1)
+_at_slot = jax.jit(lambda k, t, one: k[t] if one else k[:, t], static_argnums=2)
+_member = jax.jit(lambda tree, i: jax.tree.map(
+    lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), tree))
+
+
+def _stepped(pol: Policy, params, n_slots: int, keys, mode: str, stored=None):
+    """``rollout`` stepped from the host: per slot one call of the policy's act and one of the
+    environment's step (the body of ``rollout``'s scan, so the same numbers; tested), for one
+    key (``mode`` "one") or a batch [B] of keys. Returns (info, actions) as NumPy with the
+    slots on axis 0 ("one") or 1, and the final state."""
+    one = mode == "one"
+    k_reset, env_keys, pol_keys = _split_keys(keys[None] if one else keys, n_slots)
+    if one:
+        k_reset, env_keys, pol_keys = k_reset[0], env_keys[0], pol_keys[0]
+    obs, state = _program("reset", pol, mode, stored, k_reset, params)(k_reset, params)
+    act = step = None
+    infos, actions = [], []
+    for t in range(n_slots):
+        k_pol, k_env = _at_slot(pol_keys, t, one), _at_slot(env_keys, t, one)
+        x = state if pol.clairvoyant else obs
+        act = act or _program("act", pol, mode, stored, k_pol, x, params)
+        action = act(k_pol, x, params)
+        step = step or _program("step", pol, mode, stored, k_env, state, action, params)
+        obs, state, _, _, info = step(k_env, state, action, params)
+        infos.append(info)
+        actions.append(action)
+
+    def host_stack(*xs):
+        return np.stack([np.asarray(x) for x in xs], axis=0 if one else 1)
+
+    return jax.tree.map(host_stack, *infos), jax.tree.map(host_stack, *actions), state
 
 
 def batched_rollout(pol, params, n_slots: int, keys, vectorize: bool = True,
-                    shared_params: bool = False):
-    """(info [B, T], actions [B, T], final state [B]) of `lyapunov.simulate.rollout` of `pol`
-    on B (params, key) pairs (`params` stacked [B]), or on B keys and one `params`
-    (`shared_params`). One `jax.lax.map` over the pairs, compiled once per policy and shape.
+                    shared_params: bool = False, stored=None):
+    """(info [B, T], actions [B, T] as NumPy, final state [B]) of :func:`rollout` of `pol` on B
+    (params, key) pairs (`params` stacked [B]), or on B keys and one `params`
+    (`shared_params`).
 
-    vectorize: run all B rollouts as one vmapped batch (`batch_size=B`), or one after another
-    (`batch_size=None`). The choice depends on the policy. In a batch, `lax.cond` and
-    `lax.switch` become selects that run every branch, and a `while_loop` runs until its slowest
-    member ends. For the cheap policies (fixed partitions, best cut) that costs nothing (best-cut:
-    0.028 ms per rollout-slot either way), and for the slot oracle without its memory-resource
-    sweep (`units=0`, as SOLVER_KW) the batch wins because the solver's per-iteration overhead is
-    shared: 1.8 ms per rollout-slot batched against 3.9 ms one after another (0.31 against 7.7 ms
-    in an earlier run on a quieter machine). With the sweep (the default `units`) the resource
-    DP runs on every bisection step of every slot of every member: one after another took
-    6.1 ms per rollout-slot, the batch had not finished after 10 minutes. So a caller that keeps
-    the sweep (`agents.evaluate`) sets `vectorize=False`; the experiments batch. (Measured on
-    this repository's 2 shared CPU cores: LLaMA-7B / Orin NX, 8 rollouts x 200 slots on the
-    Norway traces, second call after compilation.)
+    Stepped from the host, not one ``lax.scan``: per slot, one call of the policy's batched
+    ``act`` and one of the environment's batched ``step``, each compiled once per shape. The
+    environment's programs (reset, step) are then compiled once for every policy run on the
+    same shapes, and a policy's own program is its decision alone: on LLaMA-7B / Orin NX a
+    figure's five policies compiled in 25 s instead of 57 s, for 30% more run time per slot
+    (the host's dispatch), which compile time dwarfs in every run the experiments make.
+    `stored`: the policy's static key of ``lyapunov.stored_programs`` (None: trace).
+
+    vectorize: run all B rollouts as one vmapped batch, or one after another (unbatched
+    programs, the same as ``simulate``'s). The choice depends on the policy. In a batch,
+    `lax.cond` and `lax.switch` become selects that run every branch, and a `while_loop` runs
+    until its slowest member ends. For the cheap policies (fixed partitions, best cut) that
+    costs nothing (best-cut: 0.028 ms per rollout-slot either way), and for the slot oracle
+    without its memory-resource sweep (`units=0`, as SOLVER_KW) the batch wins because the
+    solver's per-iteration overhead is shared: 1.8 ms per rollout-slot batched against 3.9 ms
+    one after another (0.31 against 7.7 ms in an earlier run on a quieter machine). With the
+    sweep (the default `units`) the resource DP runs on every bisection step of every slot of
+    every member: one after another took 6.1 ms per rollout-slot, the batch had not finished
+    after 10 minutes. So a caller that keeps the sweep (`agents.evaluate`) sets
+    `vectorize=False`; the experiments batch. (Measured on this repository's 2 shared CPU cores:
+    LLaMA-7B / Orin NX, 8 rollouts x 200 slots on the Norway traces, second call after
+    compilation.)
     """
-    n = int(keys.shape[0])
-    return _batched(pol, params, n_slots, keys, n if vectorize else None, shared_params)
+    if vectorize:
+        return _stepped(pol, params, n_slots, keys, "shared" if shared_params else "batch",
+                        stored)
+    runs = [_stepped(pol, params if shared_params else _member(params, i), n_slots,
+                     keys[i], "one", stored) for i in range(int(keys.shape[0]))]
+    info, actions = (jax.tree.map(lambda *x: np.stack(x), *(r[j] for r in runs))
+                     for j in (0, 1))
+    return info, actions, jax.tree.map(lambda *x: jnp.stack(x), *(r[2] for r in runs))
 
 
 def summarize(info, lam_mean: float, decision_time_s: float) -> dict:
@@ -130,13 +199,13 @@ def _ratio(a: float, b: float) -> float:
 
 
 def decision_time(policy: Policy, params, x, repeats: int = 10, stored=None) -> float:
-    """Mean wall time (s) of one jitted decision at batch 1, after a warm-up call.
+    """Mean wall time (s) of one jitted decision at batch 1, after a warm-up call (the program
+    of the one-by-one rollout's act: ``simulate`` compiles it once for both).
 
     stored: the static key of the policy's stored program (``lyapunov.stored_programs``;
     None: trace it)."""
     key = jax.random.PRNGKey(0)
-    act = (jax.jit(policy.act) if stored is None else
-           stored_jit("act", policy.act, stored, key, x, params))
+    act = _program("act", policy, "one", stored, key, x, params)
     jax.block_until_ready(act(key, x, params))
     t0 = time.perf_counter()
     for _ in range(repeats):
@@ -177,14 +246,7 @@ def simulate(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: 
     params = _as_params(scenario)
     key = jax.random.PRNGKey(seed)
     if policy.jittable:
-        if stored is None:
-            info, _, state = jax.jit(rollout, static_argnums=(0, 2))(policy, params, n_slots,
-                                                                    key)
-        else:
-            run = stored_jit("rollout", lambda p, k: rollout(policy, p, n_slots, k),
-                             (stored, n_slots), params, key)
-            info, _, state = run(params, key)
-        jax.block_until_ready(info)
+        info, _, state = _stepped(policy, params, n_slots, key, "one", stored)
         x = state if policy.clairvoyant else E.observe(state)
         decision = decision_time(policy, params, x, stored=stored)
     else:

@@ -22,7 +22,7 @@ from lyapunov import policies as P
 from lyapunov import processes as pr
 from lyapunov import registry
 from lyapunov.queues import Queues
-from lyapunov.simulate import rollout, simulate
+from lyapunov.simulate import batched_rollout, decision_time, rollout, simulate
 
 CARD = ModelCard("tiny-2x3", 2, 3, 3, 192, 768, 500, "swiglu", False)
 LINK = pr.LinkConfig(bandwidth=pr.BandwidthConfig(kind="ar1", mean_mbps=20.0, std_mbps=15.0,
@@ -108,6 +108,36 @@ def test_vmap_over_seeds_equals_a_loop():
             assert math.isclose(float(inf.dpp), float(info.dpp[b, t]), rel_tol=1e-5,
                                 abs_tol=1e-5)
     assert np.all(np.asarray(info.backlog) >= 0)
+
+
+@pytest.mark.parametrize("name", [pytest.param("oracle", marks=pytest.mark.slow), "edge-only"])
+def test_batched_rollout_equals_the_scan(name):
+    """The host-stepped batch (batched_rollout: the environment's and the policy's programs
+    called per slot) runs the same rollouts as the one-scan `rollout` vmapped over the same
+    keys: the same actions and the same slot metrics, one by one and in a batch; and its
+    final state is the scan's."""
+    pol = P.get_policy(name)
+    n = 6
+    keys = jax.random.split(jax.random.PRNGKey(5), 3)
+    ref_info, ref_act, ref_state = jax.jit(jax.vmap(rollout, in_axes=(None, None, None, 0)),
+                                           static_argnums=(0, 2))(pol, PARAMS, n, keys)
+    for vectorize in (True, False):
+        info, act, state = batched_rollout(pol, PARAMS, n, keys, vectorize=vectorize,
+                                           shared_params=True)
+        assert isinstance(info.dpp, np.ndarray) and info.dpp.shape == (3, n)
+        for a, b in zip(jax.tree.leaves(act), jax.tree.leaves(ref_act), strict=True):
+            np.testing.assert_array_equal(a, np.asarray(b))
+        for a, b in zip(jax.tree.leaves(info), jax.tree.leaves(ref_info), strict=True):
+            np.testing.assert_allclose(a, np.asarray(b), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(state.queues.q), np.asarray(ref_state.queues.q),
+                                   rtol=1e-5, atol=1e-6)
+    # Not a copy of its input: a different seed gives different arrivals.
+    other, _, _ = batched_rollout(pol, PARAMS, n, jax.random.split(jax.random.PRNGKey(6), 3),
+                                  shared_params=True)
+    assert not np.array_equal(other.arrivals, np.asarray(ref_info.arrivals))
+    assert decision_time(pol, PARAMS, jax.tree.map(lambda v: v[0], ref_state)
+                         if pol.clairvoyant else E.observe(jax.tree.map(lambda v: v[0],
+                                                                        ref_state)), 2) > 0
 
 
 @pytest.mark.extended

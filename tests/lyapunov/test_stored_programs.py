@@ -122,7 +122,7 @@ def test_simulate_stores_registered_policies_only(store):
     finally:
         registry._SPECS.pop("outside-test")
     a = simulate("edge-only", SCENARIO, 6, seed=3)
-    assert len(_files(store)) == 2  # the rollout and the timed decision
+    assert len(_files(store)) == 3  # reset, step and the policy's act (the timed decision's)
     b = simulate("edge-only", SCENARIO, 6, seed=3)
     stored_programs.enable(None)
     c = simulate("edge-only", SCENARIO, 6, seed=3)
