@@ -181,7 +181,7 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     from agents import checkpoint
     from agents.policy_loader import learned_policy
     from lyapunov import registry
-    from lyapunov.simulate import batched_rollout, rollout
+    from lyapunov.simulate import batched_rollout
 
     for field in ("planners", "lan_planners"):
         bad = [p for p in getattr(cfg, field) if p not in PLANNERS]
@@ -237,10 +237,9 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
             trained[(label, c)] = str(d)
             model, conf = checkpoint.load_model(d / "seed0")
             pol = learned_policy(model, f"{label}", shapes=tuple(conf["shapes"]))
-            run_b = jax.jit(jax.vmap(lambda k, p, pol=pol: rollout(pol, p, cfg.n_slots, k)[:2],
-                                     in_axes=(0, None)))
             for t in ((cfg.lan,) if c == LAN else cfg.eval_traces):
-                info, actions = jax.tree.map(np.asarray, run_b(keys, params[(c, t)]))
+                info, actions, _ = batched_rollout(pol, params[(c, t)], cfg.n_slots, keys,
+                                                   shared_params=True)
                 rows += _rows(info, actions, n_heads, label, [(t, s) for s in range(n_s)], c)
             timing[f"{label}/{c}"] = time.perf_counter() - t0
     write_rows(out_dir / "learning.csv", rows)
