@@ -118,6 +118,7 @@ def check_schedule(client: EdgeClient, cfg: ClientConfig):
 BACKOFF = BackoffConfig(base_s=0.01, factor=2.0, cap_s=0.16, max_retries=6)
 
 
+@pytest.mark.slow  # the default run's 10-minute budget; CI runs it
 def test_mixed_faults_through_proxy(caplog):
     """160 requests from 4 concurrent clients through a proxy that drops connections, delays
     frames past the client's timeout, corrupts and truncates frames, in both directions."""

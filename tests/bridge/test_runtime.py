@@ -438,7 +438,8 @@ def test_runtime_policies_decide_the_registry_policies_values():
         make_policy("random", params)
 
 
-@pytest.mark.parametrize("policy", ["cloud-only", "edge-only", "best-cut", "oracle"])
+@pytest.mark.parametrize("policy", ["cloud-only", "edge-only", "best-cut",
+                                    pytest.param("oracle", marks=pytest.mark.slow)])
 def test_run_edge_summary(server, policy):
     from bridge.edge_run import EdgeConfig
     from lyapunov.processes import ArrivalConfig
