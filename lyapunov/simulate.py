@@ -7,7 +7,7 @@ on the action, so every policy sees the same arrival and link paths for a given 
 :func:`rollout` is the whole run as one pure ``lax.scan`` (jit- and vmappable, for callers that
 compose it); :func:`batched_rollout`, which ``simulate`` and the experiments run, steps the
 same body from the host so that the environment's programs are compiled once for every
-policy. The cvx policy runs in a Python loop around the jitted ``step`` with a progress log.
+policy (the cvx policy, not jittable, is called from the same loop, with a progress log).
 """
 
 from __future__ import annotations
@@ -85,32 +85,48 @@ _member = jax.jit(lambda tree, i: jax.tree.map(
     lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), tree))
 
 
-def _stepped(pol: Policy, params, n_slots: int, keys, mode: str, stored=None):
+def _stepped(pol: Policy, params, n_slots: int, keys, mode: str, stored=None,
+             progress: Callable[[int, int], None] | None = None):
     """``rollout`` stepped from the host: per slot one call of the policy's act and one of the
     environment's step (the body of ``rollout``'s scan, so the same numbers; tested), for one
-    key (``mode`` "one") or a batch [B] of keys. Returns (info, actions) as NumPy with the
-    slots on axis 0 ("one") or 1, and the final state."""
+    key (``mode`` "one") or a batch [B] of keys. A policy that is not jittable (cvx) is called
+    as it is, one member at a time, with a log line every tenth of the run (and ``progress``).
+    Returns (info, actions) as NumPy with the slots on axis 0 ("one") or 1, the final state,
+    and the mean host seconds per call of act (a decision's time where act is not jitted)."""
     one = mode == "one"
+    if not (one or pol.jittable):
+        raise ValueError(f"policy {pol.name!r} is not jittable: it runs one member at a time "
+                         f"(vectorize=False)")
     k_reset, env_keys, pol_keys = _split_keys(keys[None] if one else keys, n_slots)
     if one:
         k_reset, env_keys, pol_keys = k_reset[0], env_keys[0], pol_keys[0]
     obs, state = _program("reset", pol, mode, stored, k_reset, params)(k_reset, params)
-    act = step = None
-    infos, actions = [], []
+    act = None if pol.jittable else pol.act
+    step = None
+    infos, actions, spent = [], [], 0.0
+    every = max(1, n_slots // 10)
     for t in range(n_slots):
         k_pol, k_env = _at_slot(pol_keys, t, one), _at_slot(env_keys, t, one)
         x = state if pol.clairvoyant else obs
         act = act or _program("act", pol, mode, stored, k_pol, x, params)
+        t0 = time.perf_counter()
         action = act(k_pol, x, params)
+        spent += time.perf_counter() - t0
         step = step or _program("step", pol, mode, stored, k_env, state, action, params)
         obs, state, _, _, info = step(k_env, state, action, params)
         infos.append(info)
         actions.append(action)
+        if not pol.jittable and ((t + 1) % every == 0 or t + 1 == n_slots):
+            log.info("%s: slot %d/%d, %.3f s per decision", pol.name, t + 1, n_slots,
+                     spent / (t + 1))
+            if progress is not None:
+                progress(t + 1, n_slots)
 
     def host_stack(*xs):
         return np.stack([np.asarray(x) for x in xs], axis=0 if one else 1)
 
-    return jax.tree.map(host_stack, *infos), jax.tree.map(host_stack, *actions), state
+    return (jax.tree.map(host_stack, *infos), jax.tree.map(host_stack, *actions), state,
+            spent / n_slots)
 
 
 def batched_rollout(pol, params, n_slots: int, keys, vectorize: bool = True,
@@ -144,7 +160,7 @@ def batched_rollout(pol, params, n_slots: int, keys, vectorize: bool = True,
     """
     if vectorize:
         return _stepped(pol, params, n_slots, keys, "shared" if shared_params else "batch",
-                        stored)
+                        stored)[:3]
     runs = [_stepped(pol, params if shared_params else _member(params, i), n_slots,
                      keys[i], "one", stored) for i in range(int(keys.shape[0]))]
     info, actions = (jax.tree.map(lambda *x: np.stack(x), *(r[j] for r in runs))
@@ -245,12 +261,10 @@ def simulate(policy: Policy | str, scenario: E.Scenario | E.EnvParams, n_slots: 
         policy = found[0]
     params = _as_params(scenario)
     key = jax.random.PRNGKey(seed)
-    if policy.jittable:
-        info, _, state = _stepped(policy, params, n_slots, key, "one", stored)
+    info, _, state, decision = _stepped(policy, params, n_slots, key, "one", stored, progress)
+    if policy.jittable:  # (the host's seconds per call above are its dispatch, not its work)
         x = state if policy.clairvoyant else E.observe(state)
         decision = decision_time(policy, params, x, stored=stored)
-    else:
-        info, decision = _loop(policy, params, n_slots, key, progress)
     out = summarize(info, float(params.lam_mean), decision)
     out.update(policy=policy.name, n_slots=int(n_slots), seed=int(seed))
     if return_trajectory:
@@ -270,25 +284,3 @@ def _stored_key(text: str):
     if spec.factory is None or spec.factory.__module__.split(".")[0] not in PACKAGES:
         return None
     return ("policy", text)
-
-
-def _loop(policy: Policy, params, n_slots, key, progress):
-    """Python loop for non-jittable policies; logs progress every tenth of the run."""
-    k_reset, env_keys, pol_keys = _keys(key, n_slots)
-    obs, state = jax.jit(E.reset)(k_reset, params)
-    step = jax.jit(E.step)
-    infos, spent = [], 0.0
-    every = max(1, n_slots // 10)
-    for t in range(n_slots):
-        t0 = time.perf_counter()
-        action = policy.act(pol_keys[t], state if policy.clairvoyant else obs, params)
-        spent += time.perf_counter() - t0
-        obs, state, _, _, info = step(env_keys[t], state, action, params)
-        infos.append(info)
-        if (t + 1) % every == 0 or t + 1 == n_slots:
-            log.info("%s: slot %d/%d, %.3f s per decision", policy.name, t + 1, n_slots,
-                     spent / (t + 1))
-            if progress is not None:
-                progress(t + 1, n_slots)
-    info = jax.tree.map(lambda *x: jnp.stack(x), *infos)
-    return info, spent / n_slots

@@ -166,6 +166,9 @@ def test_cvx_policy_runs_in_simulate():
     out = simulate("cvx", SC, 5, seed=4)
     assert out["policy"] == "cvx" and out["decision_time_s"] > 0
     assert out["unrunnable_frac"] == 0.0 and math.isfinite(out["dpp_mean"])
+    with pytest.raises(ValueError, match="not jittable"):  # a batch needs a jittable act
+        batched_rollout(P.get_policy("cvx"), PARAMS, 4, jax.random.split(jax.random.PRNGKey(0),
+                                                                          2), shared_params=True)
 
 
 @pytest.mark.slow  # the default run's 10-minute budget; CI runs it
