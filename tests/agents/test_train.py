@@ -3,6 +3,7 @@ a random policy and approaches the clairvoyant oracle; checkpoints round-trip.""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -53,6 +54,19 @@ def trained():
     return train.setup, runner, metrics, time.perf_counter() - t0
 
 
+@pytest.fixture(scope="module")
+def briefly_trained():
+    """One seed, three updates: weights that training moved, for what does not need a good
+    policy (the checkpoint round trip)."""
+    cfg = dataclasses.replace(CFG, num_seeds=1, log_every=3,
+                              ppo=dataclasses.replace(CFG.ppo, num_updates=3))
+    train = make_train(cfg)
+    runner, _ = jax.jit(jax.vmap(train))(jnp.stack([jax.random.key(0)]))
+    init = jax.tree.map(lambda x: x[0], jax.vmap(lambda k: train.init(k).nets)(
+        jnp.stack([jax.random.key(0)])))
+    return train.setup, runner, init
+
+
 @pytest.mark.extended
 def test_training_beats_random_and_approaches_oracle(trained):
     """3 seeds of a small card, trained once by the fixture."""
@@ -96,9 +110,12 @@ def test_training_beats_random_and_approaches_oracle(trained):
 
 
 @pytest.mark.slow
-def test_checkpoint_round_trip(trained, tmp_path):
-    ts, runner, _, _ = trained
+def test_checkpoint_round_trip(briefly_trained, tmp_path):
+    ts, runner, init = briefly_trained
     nets = jax.tree.map(lambda x: x[0], runner.nets)
+    # what is saved is trained weights, not the initial ones
+    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(nets),
+                                                         jax.tree.leaves(init), strict=True))
     model = model_from_runner(ts, nets)
     checkpoint.save(tmp_path / "ck", model, CFG.net, ts.shapes, {"note": "test"},
                     meta={"update": 60}, train_state=nets)
@@ -134,7 +151,6 @@ def test_checkpoint_round_trip(trained, tmp_path):
 @pytest.mark.extended
 def test_run_resume_and_evaluate(tmp_path):
     import csv
-    import dataclasses
 
     from agents.evaluate import CheckpointGroup, evaluate, resolve_policy, scenario_grid
     from agents.train import config_from_json, config_to_json, run
