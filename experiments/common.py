@@ -76,8 +76,9 @@ def _evaluate_one(spec: CostSpec, link: LinkState, w: Weights):
     n_edge = (cands.ffn == P.EDGE).sum(1)  # NumPy: layers on the edge per candidate
     # Edge-only, cloud-only and the layer-wise candidates through one traced cost model.
     ends = stack([P.edge_only(n_l, n_h), P.cloud_only(n_l)])
-    every = jax.tree.map(lambda a, b: jnp.concatenate([jnp.asarray(a), jnp.asarray(b)]), ends,
-                         cands)
+    # behind a barrier, not folded as constants (costmodel.strategies.layer_wise_batch)
+    every = jax.lax.optimization_barrier(jax.tree.map(
+        lambda a, b: jnp.concatenate([jnp.asarray(a), jnp.asarray(b)]), ends, cands))
     allc = jax.vmap(request_costs, in_axes=(0, None, None))(every, link, spec)
     edge, cloud, cc = (jax.tree.map(lambda x, sl=sl: x[sl], allc)
                        for sl in (0, 1, slice(2, None)))

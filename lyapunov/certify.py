@@ -66,7 +66,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costmodel.strategies import layer_wise_candidates
+from costmodel.strategies import layer_wise_batch
 from lyapunov import env as E
 from lyapunov import processes as proc
 from lyapunov import registry
@@ -202,7 +202,7 @@ def not_iid_reasons(params: E.EnvParams) -> list[str]:
 
 def family(params: E.EnvParams):
     """The layer-wise family of the scenario (a batch of partitions, jnp leaves)."""
-    return jax.tree.map(jnp.asarray, layer_wise_candidates(params.spec, params.precisions))
+    return layer_wise_batch(params.spec, params.precisions)
 
 
 def _stack(*parts):

@@ -54,7 +54,7 @@ from costmodel import partition as P
 from costmodel.costs import TOKEN_BYTES, pass_terms, request_costs, xfer_time
 from costmodel.link import LinkState
 from costmodel.partition import Partition
-from costmodel.strategies import best_layer_cut, layer_wise_candidates
+from costmodel.strategies import best_layer_cut, layer_wise_batch
 from lyapunov import registry
 from lyapunov.env import EnvParams, EnvState, Obs, cost_link, mean_link
 from lyapunov.oracle import PenaltyWeights, solve_slot
@@ -382,7 +382,7 @@ def neurosurgeon_cut(link: LinkState, params: EnvParams) -> Partition:
     """The layer-wise candidate of least *predicted* latency (``neurosurgeon_latency``) among
     the memory-feasible ones; edge-only if none is."""
     spec = params.spec
-    cands = jax.tree.map(jnp.asarray, layer_wise_candidates(spec, params.precisions))
+    cands = layer_wise_batch(spec, params.precisions)
     pred = neurosurgeon_latency(fit_layer_latency(spec), cands, link, spec)
     mem_ok = jax.vmap(request_costs, in_axes=(0, None, None))(cands, link, spec).memory_ok
     score = jnp.where(mem_ok & jnp.isfinite(pred), pred, jnp.inf)
