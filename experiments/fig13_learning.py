@@ -210,9 +210,9 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
             batch = stack([params[(c, t)] for c in cfg.conditions for _ in range(n_s)])
             # dp-bayes solves K slot problems per slot: its rollouts run one after another
             # (a vmapped batch waits for its slowest member at every solver iteration)
-            info, actions = jax.tree.map(np.asarray, batched_rollout(
-                pol, batch, cfg.n_slots, np.concatenate([keys] * n_c),
-                vectorize=name != "dp-bayes")[:2])
+            info, actions = batched_rollout(pol, batch, cfg.n_slots,
+                                            np.concatenate([keys] * n_c),
+                                            vectorize=name != "dp-bayes")[:2]
             for ci, c in enumerate(cfg.conditions):
                 part = jax.tree.map(lambda x, ci=ci: x[ci * n_s:(ci + 1) * n_s],
                                     (info, actions))
@@ -220,9 +220,9 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
         timing[name] = time.perf_counter() - t0
         if cfg.lan and name in cfg.lan_planners:  # (a LAN planner not in planners: not run)
             t0 = time.perf_counter()
-            info, actions = jax.tree.map(np.asarray, batched_rollout(
-                pol, params[(LAN, cfg.lan)], cfg.n_slots, keys,
-                vectorize=name != "dp-bayes", shared_params=True)[:2])
+            info, actions = batched_rollout(pol, params[(LAN, cfg.lan)], cfg.n_slots, keys,
+                                            vectorize=name != "dp-bayes",
+                                            shared_params=True)[:2]
             rows += _rows(info, actions, n_heads, name, [(cfg.lan, s) for s in range(n_s)],
                           LAN)
             timing[f"{name}/{LAN}"] = time.perf_counter() - t0

@@ -103,8 +103,7 @@ def slot_policies() -> tuple[str, ...]:
 def rollouts(pol, params_batch, n_slots: int, keys):
     """(StepInfo [B, T] as NumPy, actions [B, T]) of `pol` on B (params, key) pairs, batched
     (the experiments' policies run without the memory sweep: SOLVER_KW)."""
-    info, actions, _ = batched_rollout(pol, params_batch, n_slots, keys)
-    return jax.tree.map(np.asarray, info), actions
+    return batched_rollout(pol, params_batch, n_slots, keys)[:2]
 
 
 def seed_keys(n_seeds: int, base: int = 0):
