@@ -33,7 +33,7 @@ import numpy as np
 from bridge.blocks import Executor, RunPartition
 from bridge.edge_client import ClientConfig, EdgeClient, RequestResult
 from bridge.exported_policy import is_exported, read_profile
-from bridge.runtime_policy import UNLIMITED_MBPS, Observation
+from bridge.runtime_policy import UNLIMITED_MBPS, Observation, PolicyError
 from bridge.transport import LinkConfig, LinkEmulator
 
 LOCAL_DEFAULT = {
@@ -120,6 +120,14 @@ class EdgeConfig:
       mismatch, protocol) and the policy needed it, keep running every request
       on the edge; False: stop after the first such request and report why
       (``cloud_unusable`` in the summary).
+    privacy_layers: the policy's privacy floor (the embedding and the first k layers stay on
+      the edge; 0: none), as ``lyapunov.env.Scenario``'s. Registry and checkpoint policies
+      only: an exported policy's masks hold the edge memory, not a floor.
+    edge_memory_gb: the memory the edge may hold (weights and K/V cache, GB) instead of its
+      profile's ``mem_budget_gb``: the policy plans within it and a request that falls back
+      to the edge fails when the whole model does not fit it. The edge process still loads
+      every weight: this emulates a device that could not hold the model. None: the
+      profile's.
     """
 
     prompt_tokens: int = 16
@@ -132,6 +140,18 @@ class EdgeConfig:
     profile_path: str = "profiles/local.json"
     seed: int = 0
     allow_edge_fallback: bool = True
+    privacy_layers: int = 0
+    edge_memory_gb: float | None = None
+
+    def __post_init__(self):
+        if isinstance(self.privacy_layers, bool) or not (isinstance(self.privacy_layers, int)
+                                                         and self.privacy_layers >= 0):
+            raise ValueError(f"privacy_layers must be an integer >= 0, got "
+                             f"{self.privacy_layers!r}")
+        if self.edge_memory_gb is not None and not (math.isfinite(self.edge_memory_gb)
+                                                    and self.edge_memory_gb > 0):
+            raise ValueError(f"edge_memory_gb must be a number > 0 (GB), got "
+                             f"{self.edge_memory_gb!r}")
 
 
 def _percentile(xs, q) -> float | None:
@@ -222,9 +242,16 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
     if exported:  # NumPy + onnxruntime / torch only: no JAX in this process
         from bridge.exported_policy import runtime_policy
 
+        if config.privacy_layers:
+            raise PolicyError(f"--policy {policy}: an exported policy's masks hold the edge "
+                              "memory, not a privacy floor; use its checkpoint:DIR for "
+                              "--privacy-layers")
         profile = read_profile(config.profile_path, "local")
         prof_source = config.profile_path if profile else "LOCAL_DEFAULT"
-        pol = runtime_policy(policy, card, profile or dict(LOCAL_DEFAULT),
+        profile = dict(profile or LOCAL_DEFAULT)
+        if config.edge_memory_gb is not None:
+            profile["mem_budget_gb"] = float(config.edge_memory_gb)
+        pol = runtime_policy(policy, card, profile,
                              config.prompt_tokens, config.new_tokens, config.arrival,
                              config.link.rtt_ms, trace, config.slot_s, config.link.up_ratio,
                              config.precision)
@@ -233,6 +260,9 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
         pol, predictor, prof_source = _jax_policy(policy, card, config, trace)
     cloud = read_profile(config.profile_path, "local-cloud") or LOCAL_DEFAULT
     client_cfg = config.client
+    if config.edge_memory_gb is not None and client_cfg.edge_mem_budget_bytes is None:
+        client_cfg = dataclasses.replace(client_cfg,
+                                         edge_mem_budget_bytes=config.edge_memory_gb * 1e9)
     if client_cfg.cloud_flops is None:  # each step's wait follows its predicted compute
         client_cfg = dataclasses.replace(
             client_cfg, cloud_flops=cloud["peak_tflops"] * 1e12 * cloud["eff_compute"],
@@ -421,9 +451,12 @@ def _jax_policy(policy, card, config: EdgeConfig, trace):
     from costmodel.spec import edge_head_order
 
     edge_prof, cloud_prof, source = local_profiles(config.profile_path)
+    if config.edge_memory_gb is not None:
+        edge_prof = dataclasses.replace(edge_prof, mem_budget_gb=float(config.edge_memory_gb))
     params = runtime_params(card, edge_prof, cloud_prof,
                             Workload(config.prompt_tokens, config.new_tokens), config.slot_s,
-                            config.arrival, config.link.rtt_ms, config.link.up_ratio, trace)
+                            config.arrival, config.link.rtt_ms, config.link.up_ratio, trace,
+                            config.privacy_layers)
     order = edge_head_order(accuracy_profile(card).head_w, card.group_size)
     pol = make_policy(policy, params, card, config.link.up_ratio, config.seed)
     inner = pol.decide
@@ -589,6 +622,13 @@ def add_args(ap) -> None:
                     help=f"wait for the cloud's next frame before retrying, s ({runtime} "
                          "timeout_s; each step waits at least a multiple of its predicted "
                          "compute)")
+    ap.add_argument("--privacy-layers", type=nonneg_int, default=0,
+                    help="privacy floor, layers: the embedding and the first K layers stay on "
+                         "the edge (0: none; registry and checkpoint policies)")
+    ap.add_argument("--edge-memory-gb", type=positive(float), default=None,
+                    help="memory the edge may hold, GB (weights + K/V cache; default: the "
+                         "profile's mem_budget_gb): the policy plans within it and an edge "
+                         "fallback that does not fit fails")
     ap.add_argument("--allow-edge-fallback", action="store_true",
                     help="when the cloud can never be used (wrong key, unreachable, model "
                          "mismatch), run every request on the edge and exit 0 instead of "
@@ -622,7 +662,8 @@ def cli(args) -> int:
                      slot_s=args.slot_s, link=LinkConfig(rtt_ms=args.rtt_ms), client=client,
                      seed=args.seed, precision=args.precision,
                      profile_path=args.profile_file,
-                     allow_edge_fallback=args.allow_edge_fallback)
+                     allow_edge_fallback=args.allow_edge_fallback,
+                     privacy_layers=args.privacy_layers, edge_memory_gb=args.edge_memory_gb)
     ex = make_executor(args.model)
     result = run_edge(cloud, args.requests, args.trace, args.policy, cfg, executor=ex)
     if args.predict and result["predictions"] == "deferred":

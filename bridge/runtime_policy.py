@@ -67,12 +67,13 @@ class Observation:
 
 
 def runtime_params(card, edge, cloud, workload, slot_s: float, arrival, rtt_ms: float,
-                   up_ratio: float = 1.0, trace=None):
+                   up_ratio: float = 1.0, trace=None, privacy_layers: int = 0):
     """``lyapunov.env.EnvParams`` of the runtime scenario (see the module docstring).
 
     card: ``costmodel.cards.ModelCard``; edge, cloud: ``DeviceProfile``; workload:
     ``costmodel.link.Workload``; arrival: ``lyapunov.processes.ArrivalConfig`` (per slot);
-    trace: ``lyapunov.traces.Trace`` or None (unlimited bandwidth).
+    trace: ``lyapunov.traces.Trace`` or None (unlimited bandwidth); privacy_layers: the
+    scenario's privacy floor.
     """
     import jax.numpy as jnp
 
@@ -83,7 +84,8 @@ def runtime_params(card, edge, cloud, workload, slot_s: float, arrival, rtt_ms: 
         arrival = proc.ArrivalConfig(**dataclasses.asdict(arrival))
     sc = Scenario(model=card, device=edge, cloud=cloud, prompt_tokens=workload.prompt_tokens,
                   new_tokens=workload.new_tokens, tau_s=float(slot_s), arrival=arrival,
-                  link=proc.LinkConfig(rtt_ms=float(rtt_ms), up_ratio=float(up_ratio)))
+                  link=proc.LinkConfig(rtt_ms=float(rtt_ms), up_ratio=float(up_ratio)),
+                  privacy_layers=int(privacy_layers))
     params = sc.build()
     if trace is None:
         bw_mean = UNLIMITED_MBPS

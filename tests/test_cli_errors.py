@@ -53,6 +53,8 @@ CASES = [
     (["run-edge", "--cloud", "127.0.0.1:7070", "--key-file", "{tmp}/dir"], "dir"),
     (["run-edge", "--cloud", "127.0.0.1:7070", "--retries", "-1"], "--retries"),
     (["run-edge", "--cloud", "127.0.0.1:7070", "--timeout", "0"], "--timeout"),
+    (["run-edge", "--cloud", "127.0.0.1:7070", "--privacy-layers", "-1"], "--privacy-layers"),
+    (["run-edge", "--cloud", "127.0.0.1:7070", "--edge-memory-gb", "nan"], "--edge-memory-gb"),
     (["serve-cloud", "--model", "{tmp}/nothere.gguf"], "nothere.gguf"),
     (["serve-cloud", "--key-file", "{tmp}/words.txt"], "words.txt"),
     (["figures", "--only", "memory", "--set", "memory.modles=x"], "modles"),

@@ -5,6 +5,7 @@ Everything here runs on the NumPy toy model (no torch); the tests that compare w
 bridge (`bridge.model`, `bridge.quant`, `bridge.split`, SmolLM2) skip without torch.
 """
 
+import dataclasses
 import math
 import threading
 import time
@@ -461,6 +462,49 @@ def test_run_edge_summary(server, policy):
     import json
 
     json.dumps(out)  # JSON-safe
+
+
+def test_privacy_floor_and_edge_memory_force_a_split(server, tmp_path):
+    """With a privacy floor (the cloud alone is not allowed) and an edge memory budget below
+    the whole model (the edge alone does not fit), the cost model's policy must split: every
+    request keeps the embedding and the first layer on the edge, sends the rest to the cloud,
+    and is answered; the planned partitions fit the budget."""
+    from bridge.edge_run import EdgeConfig, executor_card, local_profiles
+    from costmodel import partition as P
+    from costmodel.costs import request_costs
+    from costmodel.link import Workload, make_link
+    from lyapunov.processes import ArrivalConfig
+
+    edge, cloud, _ = local_profiles(tmp_path / "none.json")
+    params = runtime_params(executor_card(EX), edge, cloud, Workload(6, 3), 1.0,
+                            ArrivalConfig(rate=4.0), 10.0)
+
+    def mem(p):
+        return float(request_costs(p, make_link(10.0, 10.0), params.spec).edge_memory_gb)
+
+    budget = 0.5 * (mem(P.layer_cut(L, H, 1)) + mem(P.edge_only(L, H)))
+    cfg = EdgeConfig(prompt_tokens=6, new_tokens=3, arrival=ArrivalConfig(rate=4.0),
+                     link=LinkConfig(rtt_ms=10.0, time_scale=0.05),
+                     profile_path=str(tmp_path / "none.json"), privacy_layers=1,
+                     edge_memory_gb=budget)
+    out = run_edge(("127.0.0.1", server.port), 6, None, "best-cut", cfg)
+    assert (out["answered"], out["failed"], out["lost"], out["duplicated"]) == (6, 0, 0, 0)
+    assert out["bytes_sent"] > 0
+    for r in out["requests"]:
+        assert r["uses_cloud"] and r["embed_edge"] and r["fallback_at"] is None
+        assert r["edge_heads"][0] == H and r["ffn"][0] == P.EDGE
+        part = P.Partition(np.asarray(r["edge_heads"], np.int32),
+                           np.asarray(r["ffn"], np.int32), np.int32(0), True,
+                           np.zeros(L, np.int32))
+        assert mem(part) <= budget
+    # without the two constraints the same policy keeps this tiny model on the edge
+    free = run_edge(("127.0.0.1", server.port), 2, None, "best-cut",
+                    dataclasses.replace(cfg, privacy_layers=0, edge_memory_gb=None))
+    assert not any(r["uses_cloud"] for r in free["requests"])
+    with pytest.raises(PolicyError, match="privacy floor"):
+        run_edge(("127.0.0.1", server.port), 1, None, "onnx:/nonexistent.onnx", cfg)
+    with pytest.raises(ValueError, match="privacy_layers"):
+        EdgeConfig(privacy_layers=-1)
 
 
 # --------------------------------------------------------------------------------------------
