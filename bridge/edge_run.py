@@ -33,7 +33,7 @@ import numpy as np
 from bridge.blocks import Executor, RunPartition
 from bridge.edge_client import ClientConfig, EdgeClient, RequestResult
 from bridge.exported_policy import is_exported, read_profile
-from bridge.runtime_policy import UNLIMITED_MBPS, Observation, PolicyError
+from bridge.runtime_policy import UNLIMITED_MBPS, Observation
 from bridge.transport import LinkConfig, LinkEmulator
 
 LOCAL_DEFAULT = {
@@ -121,8 +121,8 @@ class EdgeConfig:
       on the edge; False: stop after the first such request and report why
       (``cloud_unusable`` in the summary).
     privacy_layers: the policy's privacy floor (the embedding and the first k layers stay on
-      the edge; 0: none), as ``lyapunov.env.Scenario``'s. Registry and checkpoint policies
-      only: an exported policy's masks hold the edge memory, not a floor.
+      the edge; 0: none), as ``lyapunov.env.Scenario``'s. A learned policy (checkpoint or
+      export) holds the floor it was trained with and refuses another.
     edge_memory_gb: the memory the edge may hold (weights and K/V cache, GB) instead of its
       profile's ``mem_budget_gb``: the policy plans within it and a request that falls back
       to the edge fails when the whole model does not fit it. The edge process still loads
@@ -242,10 +242,6 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
     if exported:  # NumPy + onnxruntime / torch only: no JAX in this process
         from bridge.exported_policy import runtime_policy
 
-        if config.privacy_layers:
-            raise PolicyError(f"--policy {policy}: an exported policy's masks hold the edge "
-                              "memory, not a privacy floor; use its checkpoint:DIR for "
-                              "--privacy-layers")
         profile = read_profile(config.profile_path, "local")
         prof_source = config.profile_path if profile else "LOCAL_DEFAULT"
         profile = dict(profile or LOCAL_DEFAULT)
@@ -254,7 +250,7 @@ def run_edge(cloud_addr: tuple[str, int] | str, requests: int | list[list[int]],
         pol = runtime_policy(policy, card, profile,
                              config.prompt_tokens, config.new_tokens, config.arrival,
                              config.link.rtt_ms, trace, config.slot_s, config.link.up_ratio,
-                             config.precision)
+                             config.precision, config.privacy_layers)
         predictor = None
     else:
         pol, predictor, prof_source = _jax_policy(policy, card, config, trace)
@@ -624,7 +620,7 @@ def add_args(ap) -> None:
                          "compute)")
     ap.add_argument("--privacy-layers", type=nonneg_int, default=0,
                     help="privacy floor, layers: the embedding and the first K layers stay on "
-                         "the edge (0: none; registry and checkpoint policies)")
+                         "the edge (0: none; a learned policy must have been trained with it)")
     ap.add_argument("--edge-memory-gb", type=positive(float), default=None,
                     help="memory the edge may hold, GB (weights + K/V cache; default: the "
                          "profile's mem_budget_gb): the policy plans within it and an edge "

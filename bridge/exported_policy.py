@@ -404,14 +404,21 @@ def check_model(exported: Exported, card, text: str) -> None:
 
 def runtime_policy(text: str, card, profile: dict, prompt_tokens: int, new_tokens: int,
                    arrival, rtt_ms: float, trace=None, slot_s: float = 1.0,
-                   up_ratio: float = 1.0, precision: str | None = None):
+                   up_ratio: float = 1.0, precision: str | None = None,
+                   privacy_layers: int = 0):
     """The ``bridge.runtime_policy.RuntimePolicy`` of ``onnx:FILE`` / ``torch:FILE``; its
-    ``decide`` returns a ``bridge.blocks.RunPartition`` (heads in the card's order)."""
+    ``decide`` returns a ``bridge.blocks.RunPartition`` (heads in the card's order).
+    ``privacy_layers``: the runtime's privacy floor, which must be the one the policy was
+    trained with (its masks hold that floor)."""
     from bridge.blocks import RunPartition
     from bridge.runtime_policy import Observation, RuntimePolicy
 
     exp = load_exported(text)
     check_model(exp, card, text)
+    trained = int(exp.space.get("privacy_layers", 0))
+    if trained != int(privacy_layers):
+        raise ExportedPolicyError(f"{text}: trained with a privacy floor of {trained} layers, "
+                                  f"the runtime asks for {privacy_layers} (--privacy-layers)")
     c = constants(exp, card, profile, prompt_tokens, new_tokens, arrival, rtt_ms, trace,
                   slot_s)
     obs = NumpyObserver(c, up_ratio)

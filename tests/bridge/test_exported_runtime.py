@@ -164,6 +164,11 @@ def test_wrong_model_and_old_files_are_refused(files, tmp_path):
                           dict(LOCAL_DEFAULT), S, T, Arrivals(), 20.0)
     with pytest.raises(xp.ExportedPolicyError, match="no such file"):
         xp.load_exported(f"onnx:{tmp_path / 'missing.onnx'}")
+    from costmodel.cards import get_card
+
+    with pytest.raises(xp.ExportedPolicyError, match="privacy floor of 0 layers"):
+        xp.runtime_policy(f"onnx:{onnx_file}", get_card("smollm2-135m"), dict(LOCAL_DEFAULT),
+                          S, T, Arrivals(), 20.0, privacy_layers=2)
     scalars, hist = np.zeros(17, np.float32), np.zeros((8, 4), np.float32)
     assert [a.shape for a in xp.legacy_inputs(scalars, hist, (16, 8, 3))] == [(16,), (8, 3)]
     for shapes in ((12, 8, 3), (17, 6, 4), (18, 8, 4)):
