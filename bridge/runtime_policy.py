@@ -66,27 +66,37 @@ class Observation:
     arrivals: int
 
 
-def runtime_params(card, edge, cloud, workload, slot_s: float, arrival, rtt_ms: float,
-                   up_ratio: float = 1.0, trace=None, privacy_layers: int = 0):
-    """``lyapunov.env.EnvParams`` of the runtime scenario (see the module docstring).
+def runtime_scenario(card, edge, cloud, workload, slot_s: float, arrival, rtt_ms: float,
+                     up_ratio: float = 1.0, privacy_layers: int = 0, bandwidth=None):
+    """The ``lyapunov.env.Scenario`` of the runtime (see the module docstring): what
+    ``runtime_params`` builds, and what an agent for the runtime trains on (with
+    ``bandwidth``, a ``lyapunov.processes.BandwidthConfig``, e.g. the trace's).
 
     card: ``costmodel.cards.ModelCard``; edge, cloud: ``DeviceProfile``; workload:
-    ``costmodel.link.Workload``; arrival: ``lyapunov.processes.ArrivalConfig`` (per slot);
-    trace: ``lyapunov.traces.Trace`` or None (unlimited bandwidth); privacy_layers: the
-    scenario's privacy floor.
+    ``costmodel.link.Workload``; arrival: ``lyapunov.processes.ArrivalConfig`` (per slot) or
+    ``bridge.edge_run.Arrivals``; privacy_layers: the scenario's privacy floor.
     """
-    import jax.numpy as jnp
-
     from lyapunov import processes as proc
     from lyapunov.env import Scenario
 
     if not isinstance(arrival, proc.ArrivalConfig):  # bridge.edge_run.Arrivals: same fields
         arrival = proc.ArrivalConfig(**dataclasses.asdict(arrival))
-    sc = Scenario(model=card, device=edge, cloud=cloud, prompt_tokens=workload.prompt_tokens,
-                  new_tokens=workload.new_tokens, tau_s=float(slot_s), arrival=arrival,
-                  link=proc.LinkConfig(rtt_ms=float(rtt_ms), up_ratio=float(up_ratio)),
-                  privacy_layers=int(privacy_layers))
-    params = sc.build()
+    link = proc.LinkConfig(rtt_ms=float(rtt_ms), up_ratio=float(up_ratio))
+    if bandwidth is not None:
+        link = dataclasses.replace(link, bandwidth=bandwidth)
+    return Scenario(model=card, device=edge, cloud=cloud, prompt_tokens=workload.prompt_tokens,
+                    new_tokens=workload.new_tokens, tau_s=float(slot_s), arrival=arrival,
+                    link=link, privacy_layers=int(privacy_layers))
+
+
+def runtime_params(card, edge, cloud, workload, slot_s: float, arrival, rtt_ms: float,
+                   up_ratio: float = 1.0, trace=None, privacy_layers: int = 0):
+    """``lyapunov.env.EnvParams`` of the runtime scenario (``runtime_scenario``), its mean
+    bandwidth the trace's (``lyapunov.traces.Trace``; None: unlimited bandwidth)."""
+    import jax.numpy as jnp
+
+    params = runtime_scenario(card, edge, cloud, workload, slot_s, arrival, rtt_ms, up_ratio,
+                              privacy_layers).build()
     if trace is None:
         bw_mean = UNLIMITED_MBPS
     else:

@@ -5,9 +5,14 @@ SmolLM2-135M runs split across a cloud server (an in-process ``serve-cloud`` thr
 Norway trace (each seed replays it from its own offset) with the configured RTT. Each policy
 serves the same requests (same prompts and arrival times per seed): cloud-only, edge-only,
 best-cut, dp-estimate, the oracle on the current link, and the trained hierarchical policy
-through its checkpoint and through its ONNX export when a run trained for ``smollm2-135m``
-exists under ``<out>/train/runtime-hier`` (``Config.checkpoint`` overrides the path; none is
-trained here: the output says so).
+through its checkpoint and through its ONNX export. The policy is the run under
+``<out>/train/runtime-hier`` (``Config.checkpoint`` overrides the path); when there is none,
+one is trained there for ``Config.train_steps`` environment steps on the runtime's own
+scenario (``bridge.runtime_policy.runtime_scenario``: SmolLM2 on this machine's profiles, the
+same request size, slot, arrivals, RTT, privacy floor and edge memory, the trace's bandwidth).
+``hier (onnx)``'s row gives the share of requests on which its partition equals the
+checkpoint's (same seed and request; the runs are separate, so a slot can differ in its
+measured queue).
 
 Reported per policy (``summary.csv``): measured mean and p95 latency with 95% CIs (t-interval
 of the mean; bootstrap of the p95), the cost model's predicted mean latency for the same
@@ -56,7 +61,10 @@ class Config:
     trace: a shipped trace name; trace_offset_s: seed k replays it from k x this offset;
     rtt_ms: link RTT; rate: Poisson arrivals per slot; slot_s: slot length (s); V: DPP weight;
     checkpoint: a hierarchical run for smollm2-135m (None: <out>/train/runtime-hier);
-    profile_path: the calibrated profiles (predictions); threads: torch threads."""
+    train_steps: environment steps to train that run for when it is missing (0: do not);
+    profile_path: the calibrated profiles (predictions); threads: torch threads;
+    privacy_layers: privacy floor (layers; embedding and the first k on the edge);
+    edge_memory_gb: the edge's memory budget, GB (None: the profile's), as run-edge's."""
 
     executor: str = "smollm2"
     policies: tuple[str, ...] = BASE_POLICIES
@@ -71,12 +79,16 @@ class Config:
     slot_s: float = 1.0
     V: float = 1.0
     checkpoint: str | None = None
+    train_steps: int = 4096
     profile_path: str = "profiles/local.json"
     threads: int = 1
+    privacy_layers: int = 0
+    edge_memory_gb: float | None = None
 
 
 QUICK = Config()
-FULL = Config(requests=70, seeds=3, prompt_tokens=16, new_tokens=8, rate=0.5)
+FULL = Config(requests=70, seeds=3, prompt_tokens=16, new_tokens=8, rate=0.5,
+              train_steps=65536)
 
 
 def _check_available(cfg: Config) -> None:
@@ -102,6 +114,10 @@ def _trained(cfg: Config, out_dir: Path) -> tuple[list[str], str]:
     run = Path(cfg.checkpoint) if cfg.checkpoint else Path(out_dir).parent / "train" / \
         "runtime-hier"
     seed0 = run / "seed0" if (run / "seed0" / "config.json").exists() else run
+    if (not (seed0 / "config.json").exists() and cfg.checkpoint is None and cfg.train_steps > 0
+            and cfg.executor == "smollm2"):
+        _train_runtime_policy(cfg, run)
+        seed0 = run / "seed0"
     if not (seed0 / "config.json").exists():
         return [], (f"no trained hierarchical policy for smollm2-135m at {run} (train one: "
                     "splitwise train --model smollm2-135m --device local --cloud local-cloud "
@@ -119,6 +135,26 @@ def _trained(cfg: Config, out_dir: Path) -> tuple[list[str], str]:
     except Exception as err:  # onnx / torch export missing: the checkpoint alone
         note = f"trained policy: {seed0} (checkpoint only; ONNX export failed: {err})"
     return specs, note
+
+
+def _train_runtime_policy(cfg: Config, run: Path) -> None:
+    """Train the hierarchical agent for the runtime's scenario into ``run``."""
+    from bridge.edge_run import local_profiles
+    from bridge.runtime_policy import runtime_scenario
+    from costmodel.cards import get_card
+    from costmodel.link import Workload
+    from experiments.training import TrainSpec, trace_bandwidth, train_agent
+    from lyapunov.processes import ArrivalConfig
+
+    edge, cloud, _ = local_profiles(cfg.profile_path)
+    if cfg.edge_memory_gb is not None:
+        edge = dataclasses.replace(edge, mem_budget_gb=float(cfg.edge_memory_gb))
+    sc = runtime_scenario(get_card("smollm2-135m"), edge, cloud,
+                          Workload(cfg.prompt_tokens, cfg.new_tokens), cfg.slot_s,
+                          ArrivalConfig(rate=cfg.rate), cfg.rtt_ms, 1.0, cfg.privacy_layers,
+                          bandwidth=trace_bandwidth(cfg.trace))
+    spec = TrainSpec(steps=cfg.train_steps, num_envs=8, num_steps=32, log_every=4)
+    train_agent(run, sc, "hier", spec, (cfg.trace,))
 
 
 def _seed_trace(name: str, offset_s: float):
@@ -195,7 +231,9 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
                               arrival=Arrivals(rate=cfg.rate), slot_s=cfg.slot_s,
                               link=LinkConfig(rtt_ms=cfg.rtt_ms),
                               client=ClientConfig(timeout_s=30.0),
-                              profile_path=cfg.profile_path, seed=seed)
+                              profile_path=cfg.profile_path, seed=seed,
+                              privacy_layers=cfg.privacy_layers,
+                              edge_memory_gb=cfg.edge_memory_gb)
             summ = run_edge((srv.host, srv.port), cfg.requests, trace, pol, ecfg, ex)
             if summ["predictions"] == "deferred":
                 add_predictions(summ, ecfg, ex, trace)
@@ -273,8 +311,21 @@ def summarize(per_req: list[dict], runs: list[dict], cfg: Config) -> list[dict]:
             "dpp_simulated": float(np.mean(dpp_sim)) if dpp_sim else math.nan,
             "decision_mean_ms": 1e3 * float(np.mean(dec)) if dec else math.nan,
             "decision_p95_ms": 1e3 * float(np.max(dec95)) if dec95 else math.nan,
+            "agrees_with_checkpoint": _agreement(per_req, pol),
         })
     return out
+
+
+def _agreement(per_req: list[dict], pol: str) -> float:
+    """For the ONNX export: the share of (seed, request) whose partition equals the
+    checkpoint's; NaN for the other policies."""
+    if pol != "hier (onnx)":
+        return math.nan
+    ref = {(r["seed"], r["index"]): r["partition"] for r in per_req
+           if r["policy"] == "hier (checkpoint)"}
+    both = [(r["partition"], ref[(r["seed"], r["index"])]) for r in per_req
+            if r["policy"] == pol and (r["seed"], r["index"]) in ref]
+    return float(np.mean([a == b for a, b in both])) if both else math.nan
 
 
 def plot(run_dir: Path) -> list[Path]:

@@ -58,30 +58,38 @@ def ensure_runs(out: Path, spec: TrainSpec | None, progress,
     runs = {k: out / "train" / k for k in KINDS}
     missing = [k for k, d in runs.items() if not has_run(d) and k in kinds]
     if missing and spec is not None:
-        from agents.actions import ActionConfig
-        from agents.ppo import PPOConfig
-        from agents.train import TrainConfig
-        from agents.train import run as train_run
         from lyapunov.traces import NORWAY_TRACES
 
         sc = slot_scenario(spec.model, spec.device, condition(spec.condition), None,
                            rate=spec.rate, V=spec.V, tau_s=spec.tau_s,
-                           bw=_trace_bandwidth(NORWAY_TRACES[0]))
-        per_update = spec.num_envs * spec.num_steps
-        n = max(1, round(spec.steps / per_update / spec.log_every)) * spec.log_every
+                           bw=trace_bandwidth(NORWAY_TRACES[0]))
         for kind in progress(missing, desc="training agents", total=len(missing)):
-            cfg = TrainConfig(scenario=sc, train_traces=tuple(NORWAY_TRACES),
-                              ppo=PPOConfig(num_envs=spec.num_envs, num_steps=spec.num_steps,
-                                            num_updates=n),
-                              action=ActionConfig(kind=kind), num_seeds=spec.seeds,
-                              log_every=spec.log_every)
-            runs[kind].mkdir(parents=True, exist_ok=True)
-            with (runs[kind] / "train.log").open("w") as fh:
-                train_run(cfg, runs[kind], log=lambda s, fh=fh: print(s, file=fh, flush=True))
+            train_agent(runs[kind], sc, kind, spec, tuple(NORWAY_TRACES))
     return {k: d for k, d in runs.items() if has_run(d)}
 
 
-def _trace_bandwidth(name: str):
+def train_agent(run_dir: Path, scenario, kind: str, spec: TrainSpec,
+                traces: tuple[str, ...]) -> None:
+    """Train one agent of ``kind`` ("hier", "layerwise") on ``scenario`` (the traces'
+    bandwidth) with ``spec``'s sizes into ``run_dir`` (its log in ``train.log``)."""
+    from agents.actions import ActionConfig
+    from agents.ppo import PPOConfig
+    from agents.train import TrainConfig
+    from agents.train import run as train_run
+
+    per_update = spec.num_envs * spec.num_steps
+    n = max(1, round(spec.steps / per_update / spec.log_every)) * spec.log_every
+    cfg = TrainConfig(scenario=scenario, train_traces=traces,
+                      ppo=PPOConfig(num_envs=spec.num_envs, num_steps=spec.num_steps,
+                                    num_updates=n),
+                      action=ActionConfig(kind=kind), num_seeds=spec.seeds,
+                      log_every=spec.log_every)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / "train.log").open("w") as fh:
+        train_run(cfg, run_dir, log=lambda s: print(s, file=fh, flush=True))
+
+
+def trace_bandwidth(name: str):
     from lyapunov import processes as proc
     from lyapunov.traces import shipped_trace_path
 
