@@ -54,3 +54,18 @@ def test_runtime_experiment_is_catalogued_and_skips_without_the_model(monkeypatc
     monkeypatch.setattr(gguf_loader, "smollm2_gguf_path", missing)
     with pytest.raises(Unavailable, match="SmolLM2"):
         fig15.run(fig15.QUICK, "unused", identity_progress)
+
+
+def test_onnx_agreement_with_the_checkpoint_hand_worked():
+    """The ONNX row's agreement: the share of (seed, request) pairs whose partition equals
+    the checkpoint's; requests the checkpoint did not serve are left out; NaN elsewhere."""
+    def row(pol, seed, i, part):
+        return {"policy": pol, "seed": seed, "index": i, "partition": part}
+
+    reqs = [row("hier (checkpoint)", 0, 0, "a"), row("hier (checkpoint)", 0, 1, "b"),
+            row("hier (checkpoint)", 1, 0, "a"),
+            row("hier (onnx)", 0, 0, "a"), row("hier (onnx)", 0, 1, "a"),
+            row("hier (onnx)", 1, 0, "a"), row("hier (onnx)", 1, 5, "z")]
+    assert fig15._agreement(reqs, "hier (onnx)") == pytest.approx(2 / 3)
+    assert np.isnan(fig15._agreement(reqs, "hier (checkpoint)"))
+    assert np.isnan(fig15._agreement(reqs[3:], "hier (onnx)"))
