@@ -19,6 +19,7 @@ import json
 import platform
 import subprocess
 import time
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,18 @@ _MODULES = (
 )
 
 
-def _coerce(value, current, where: str):
+def _coerce(value, current, where: str, hint=None):
     """``value`` (a string from --set, or a JSON value) as the type of the field's
-    ``current`` value; ValueError naming ``where``."""
+    ``current`` value (or, where it is None, of its annotation ``hint``, e.g. ``float |
+    None``; "none" sets None); ValueError naming ``where``."""
+    optional = hint is not None and type(None) in typing.get_args(hint)
+    if optional and (value is None or (isinstance(value, str)
+                                       and value.lower() in ("none", "null"))):
+        return None
+    if current is None and hint is not None:  # an optional field now None: its declared type
+        kinds = [t for t in typing.get_args(hint) if t in (int, float, str)]
+        if kinds:
+            return _coerce(value, kinds[0](), where)
     if isinstance(current, tuple):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
@@ -117,6 +127,15 @@ def _coerce(value, current, where: str):
                      f"command line or a config file")
 
 
+def _hint(cls, name: str):
+    """The annotation of field ``name`` of the dataclass ``cls`` (None where it cannot be
+    resolved)."""
+    try:
+        return typing.get_type_hints(cls).get(name)
+    except (NameError, TypeError):
+        return None
+
+
 def with_overrides(cfg, changes: dict, origin: str):
     """``cfg`` (a frozen config dataclass) with fields replaced: ``{"field": value}`` or
     ``{"sub.field": value}`` into a nested config (e.g. figure 14's ``train.model``). Values are
@@ -135,7 +154,7 @@ def with_overrides(cfg, changes: dict, origin: str):
                 raise ValueError(f"{where}: {head!r} is not a nested config")
             new = with_overrides(current, {rest: value}, f"{origin} ({head})")
         else:
-            new = _coerce(value, current, where)
+            new = _coerce(value, current, where, _hint(type(cfg), head))
         try:
             cfg = dataclasses.replace(cfg, **{head: new})
         except (TypeError, ValueError) as err:

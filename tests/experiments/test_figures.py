@@ -35,6 +35,25 @@ def test_catalog_configs_are_frozen_and_named():
                 setattr(cfg, dataclasses.fields(cfg)[0].name, None)
 
 
+def test_overrides_of_optional_fields_take_their_declared_type():
+    """An optional field (``float | None``) that is None is set from a string as its declared
+    type, "none" sets it back, and a bad value names the field; every experiment's fields have
+    resolvable annotations."""
+    from experiments import fig15_runtime as fig15
+    from experiments.catalog import _hint, with_overrides
+
+    cfg = with_overrides(fig15.QUICK, {"edge_memory_gb": "0.3", "privacy_layers": "2"}, "--set")
+    assert cfg.edge_memory_gb == 0.3 and isinstance(cfg.edge_memory_gb, float)
+    assert cfg.privacy_layers == 2
+    assert with_overrides(cfg, {"edge_memory_gb": "none"}, "--set").edge_memory_gb is None
+    assert with_overrides(cfg, {"checkpoint": "runs/x"}, "--set").checkpoint == "runs/x"
+    with pytest.raises(ValueError, match="'edge_memory_gb': expected float, got 'abc'"):
+        with_overrides(fig15.QUICK, {"edge_memory_gb": "abc"}, "--set")
+    for exp in catalog().values():
+        cfg = exp.config("quick")
+        assert all(_hint(type(cfg), f.name) is not None for f in dataclasses.fields(cfg))
+
+
 @pytest.mark.extended
 def test_latency_vs_bandwidth_end_to_end(tmp_path):
     cfg = fig01.Config(models=("gpt2-xl",), devices=("orin-nx",),
