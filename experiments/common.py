@@ -76,21 +76,22 @@ def _evaluate_one(spec: CostSpec, link: LinkState, w: Weights):
     n_edge = (cands.ffn == P.EDGE).sum(1)  # NumPy: layers on the edge per candidate
     # Edge-only, cloud-only and the layer-wise candidates through one traced cost model.
     ends = stack([P.edge_only(n_l, n_h), P.cloud_only(n_l)])
-    # behind a barrier, not folded as constants (costmodel.strategies.layer_wise_batch)
-    every = jax.lax.optimization_barrier(jax.tree.map(
+    res = solve_memory(link, spec, w)
+    res_tp = solve_memory(link, spec, w, tp=True)
+    # One traced cost model for every partition priced here: the two DP results, edge-only,
+    # cloud-only and the layer-wise candidates (those behind a barrier, not folded as
+    # constants: costmodel.strategies.layer_wise_batch).
+    fixed = jax.lax.optimization_barrier(jax.tree.map(
         lambda a, b: jnp.concatenate([jnp.asarray(a), jnp.asarray(b)]), ends, cands))
+    every = jax.tree.map(lambda a, b: jnp.concatenate([a, b]),
+                         stack([res.partition, res_tp.partition]), fixed)
     allc = jax.vmap(request_costs, in_axes=(0, None, None))(every, link, spec)
-    edge, cloud, cc = (jax.tree.map(lambda x, sl=sl: x[sl], allc)
-                       for sl in (0, 1, slice(2, None)))
+    dp_costs, tp_costs, edge, cloud, cc = (jax.tree.map(lambda x, sl=sl: x[sl], allc)
+                                           for sl in (0, 1, 2, 3, slice(4, None)))
     score = _score(cc, w)
     i_cut = score.argmin()
     cut = jax.tree.map(lambda x: x[i_cut], cc)
     cut_layer, cut_prec = jnp.asarray(n_edge)[i_cut], jnp.asarray(cands.act_prec)[i_cut]
-    res = solve_memory(link, spec, w)
-    res_tp = solve_memory(link, spec, w, tp=True)
-    both = jax.vmap(request_costs, in_axes=(0, None, None))(
-        stack([res.partition, res_tp.partition]), link, spec)
-    dp_costs, tp_costs = (jax.tree.map(lambda x, i=i: x[i], both) for i in range(2))
     use_dp = _score(dp_costs, w) <= score[i_cut]
     head = _pick(use_dp, dp_costs, cut)
     use_tp = _score(tp_costs, w) <= _score(head, w)
