@@ -48,11 +48,12 @@ LOCAL_DEFAULT = {
 }
 
 
-def local_profiles(path: str | Path = "profiles/local.json"):
+def local_profiles(path: str | Path = "profiles/local.json",
+                   edge_memory_gb: float | None = None):
     """(edge, cloud, source) ``DeviceProfile`` of this machine: from the ``splitwise
     calibrate`` file when it exists (its edge profile ``local`` and loopback cloud profile
     ``local-cloud``; a file with one profile serves both sides, as both run here), else
-    ``LOCAL_DEFAULT``."""
+    ``LOCAL_DEFAULT``; ``edge_memory_gb`` replaces the edge's ``mem_budget_gb``."""
     from costmodel.profiles import load_profiles, profile_from_dict
 
     p = Path(path)
@@ -66,7 +67,10 @@ def local_profiles(path: str | Path = "profiles/local.json"):
     cloud = next((q for q in profs if q.role == "cloud"), None)
     if cloud is None:
         cloud = dataclasses.replace(edge, role="cloud", name=f"{edge.name}-cloud")
-    return dataclasses.replace(edge, role="edge"), cloud, source
+    edge = dataclasses.replace(edge, role="edge")
+    if edge_memory_gb is not None:
+        edge = dataclasses.replace(edge, mem_budget_gb=float(edge_memory_gb))
+    return edge, cloud, source
 
 
 def executor_card(executor: Executor):
@@ -446,9 +450,7 @@ def _jax_policy(policy, card, config: EdgeConfig, trace):
     from costmodel.link import Workload
     from costmodel.spec import edge_head_order
 
-    edge_prof, cloud_prof, source = local_profiles(config.profile_path)
-    if config.edge_memory_gb is not None:
-        edge_prof = dataclasses.replace(edge_prof, mem_budget_gb=float(config.edge_memory_gb))
+    edge_prof, cloud_prof, source = local_profiles(config.profile_path, config.edge_memory_gb)
     params = runtime_params(card, edge_prof, cloud_prof,
                             Workload(config.prompt_tokens, config.new_tokens), config.slot_s,
                             config.arrival, config.link.rtt_ms, config.link.up_ratio, trace,

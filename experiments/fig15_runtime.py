@@ -6,7 +6,8 @@ Norway trace (each seed replays it from its own offset) with the configured RTT.
 serves the same requests (same prompts and arrival times per seed): cloud-only, edge-only,
 best-cut, dp-estimate, the oracle on the current link, and the trained hierarchical policy
 through its checkpoint and through its ONNX export. The policy is the run under
-``<out>/train/runtime-hier`` (``Config.checkpoint`` overrides the path); when there is none,
+``<out>/train/runtime-hier`` (``runtime_run_name``: with the privacy floor and edge memory in
+the name when set; ``Config.checkpoint`` overrides the path); when there is none,
 one is trained there for ``Config.train_steps`` environment steps on the runtime's own
 scenario (``bridge.runtime_policy.runtime_scenario``: SmolLM2 on this machine's profiles, the
 same request size, slot, arrivals, RTT, privacy floor and edge memory, the trace's bandwidth).
@@ -60,7 +61,7 @@ class Config:
     requests: per seed and policy; seeds; prompt_tokens, new_tokens: each request (S, T);
     trace: a shipped trace name; trace_offset_s: seed k replays it from k x this offset;
     rtt_ms: link RTT; rate: Poisson arrivals per slot; slot_s: slot length (s); V: DPP weight;
-    checkpoint: a hierarchical run for smollm2-135m (None: <out>/train/runtime-hier);
+    checkpoint: a hierarchical run for smollm2-135m (None: <out>/train/runtime-hier...);
     train_steps: environment steps to train that run for when it is missing (0: do not);
     profile_path: the calibrated profiles (predictions); threads: torch threads;
     privacy_layers: privacy floor (layers; embedding and the first k on the edge);
@@ -112,7 +113,7 @@ def _trained(cfg: Config, out_dir: Path) -> tuple[list[str], str]:
     from bridge.runtime_policy import _checkpoint_model
 
     run = Path(cfg.checkpoint) if cfg.checkpoint else Path(out_dir).parent / "train" / \
-        "runtime-hier"
+        runtime_run_name(cfg)
     seed0 = run / "seed0" if (run / "seed0" / "config.json").exists() else run
     if (not (seed0 / "config.json").exists() and cfg.checkpoint is None and cfg.train_steps > 0
             and cfg.executor == "smollm2"):
@@ -137,6 +138,17 @@ def _trained(cfg: Config, out_dir: Path) -> tuple[list[str], str]:
     return specs, note
 
 
+def runtime_run_name(cfg: Config) -> str:
+    """The trained run's folder under ``<out>/train``: ``runtime-hier``, with the privacy
+    floor and edge memory in the name when set (a run is trained for its constraints)."""
+    name = "runtime-hier"
+    if cfg.privacy_layers:
+        name += f"-priv{cfg.privacy_layers}"
+    if cfg.edge_memory_gb is not None:
+        name += f"-mem{cfg.edge_memory_gb:g}gb"
+    return name
+
+
 def _train_runtime_policy(cfg: Config, run: Path) -> None:
     """Train the hierarchical agent for the runtime's scenario into ``run``."""
     from bridge.edge_run import local_profiles
@@ -146,9 +158,7 @@ def _train_runtime_policy(cfg: Config, run: Path) -> None:
     from experiments.training import TrainSpec, trace_bandwidth, train_agent
     from lyapunov.processes import ArrivalConfig
 
-    edge, cloud, _ = local_profiles(cfg.profile_path)
-    if cfg.edge_memory_gb is not None:
-        edge = dataclasses.replace(edge, mem_budget_gb=float(cfg.edge_memory_gb))
+    edge, cloud, _ = local_profiles(cfg.profile_path, cfg.edge_memory_gb)
     sc = runtime_scenario(get_card("smollm2-135m"), edge, cloud,
                           Workload(cfg.prompt_tokens, cfg.new_tokens), cfg.slot_s,
                           ArrivalConfig(rate=cfg.rate), cfg.rtt_ms, 1.0, cfg.privacy_layers,

@@ -69,3 +69,9 @@ def test_onnx_agreement_with_the_checkpoint_hand_worked():
     assert fig15._agreement(reqs, "hier (onnx)") == pytest.approx(2 / 3)
     assert np.isnan(fig15._agreement(reqs, "hier (checkpoint)"))
     assert np.isnan(fig15._agreement(reqs[3:], "hier (onnx)"))
+
+
+def test_trained_run_is_named_for_its_constraints():
+    assert fig15.runtime_run_name(fig15.QUICK) == "runtime-hier"
+    cfg = dataclasses.replace(fig15.QUICK, privacy_layers=2, edge_memory_gb=0.3)
+    assert fig15.runtime_run_name(cfg) == "runtime-hier-priv2-mem0.3gb"
