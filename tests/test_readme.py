@@ -3,7 +3,8 @@
 The commands are read from README.md itself (indented code lines that start with
 `splitwise `), optional `[...]` parts and trailing comments dropped, and run in order in one
 scratch directory (so `train` leaves the run that `evaluate` and `export` read). Only the flags
-that set a size are replaced (slots, steps, seeds, requests, which figures); a command the README
+that set a size are replaced (slots, steps, seeds, requests, which figures, the runtime's
+model); a command the README
 adds without an entry in `SIZE` fails `test_every_readme_command_is_covered`.
 """
 
@@ -38,8 +39,10 @@ SIZE = {
                      "memory.devices=rpi5", "--set", "memory.conditions=dc-idle"]),
     "calibrate": ({}, ["--quick", "--clock", "cpu", "--threads", "1"]),  # CI may be busy
     "export": ({"--parity": "20"}, []),
-    "serve-cloud": ({}, []),
-    "run-edge": ({"--requests": "2"}, []),
+    # the runtime's model: the NumPy toy instead of SmolLM2 (the slow run's bridge tests run
+    # SmolLM2 itself, tests/bridge/test_runtime.py and test_exported_runtime.py)
+    "serve-cloud": ({"--model": "toy"}, []),
+    "run-edge": ({"--requests": "2", "--model": "toy"}, []),
 }
 FAST = ("costs",)
 
