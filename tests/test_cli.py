@@ -55,6 +55,7 @@ def test_bad_input_names_the_field(capsys, argv, field):
     assert field in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a second card's compile (20 s); the default run's 10-minute budget
 def test_outage_leaves_only_edge_side(capsys):
     rows = run_json(capsys, "--model", "smollm2-135m", "--bandwidth-mbps", "0")
     assert rows["cloud-only"]["feasible"] is False

@@ -115,6 +115,7 @@ def test_every_readme_command_parses(argv):
         assert args.command == line[0]
 
 
+@pytest.mark.slow  # a CLI subprocess compiling `costs` (26 s); the default run parses it
 @pytest.mark.parametrize("argv", [c for c in readme_commands() if c[0] in FAST],
                          ids=lambda a: a[0])
 def test_fast_readme_commands(argv, tmp_path):

@@ -111,7 +111,7 @@ def test_vmap_over_seeds_equals_a_loop():
 
 
 @pytest.mark.parametrize("name", [pytest.param("oracle", marks=pytest.mark.extended),
-                                  "edge-only"])
+                                  pytest.param("edge-only", marks=pytest.mark.slow)])
 def test_batched_rollout_equals_the_scan(name):
     """The host-stepped batch (batched_rollout: the environment's and the policy's programs
     called per slot) runs the same rollouts as the one-scan `rollout` vmapped over the same
