@@ -74,7 +74,6 @@ def _evaluate_one(spec: CostSpec, link: LinkState, w: Weights):
     n_l, n_h = spec.n_layers, spec.n_heads
     cands = layer_wise_candidates(spec)
     n_edge = (cands.ffn == P.EDGE).sum(1)  # NumPy: layers on the edge per candidate
-    # Edge-only, cloud-only and the layer-wise candidates through one traced cost model.
     ends = stack([P.edge_only(n_l, n_h), P.cloud_only(n_l)])
     res = solve_memory(link, spec, w)
     res_tp = solve_memory(link, spec, w, tp=True)
