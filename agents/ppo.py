@@ -311,8 +311,10 @@ def make_init(cfg: PPOConfig, env: EnvAdapter, env_params, space: ActionSpace, n
     def init(key):
         k_net, k_env, k_run = jax.random.split(key, 3)
         _, nets = build(k_net)
-        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(
-            jax.random.split(k_env, cfg.num_envs), env_params)
+        # lax.map, not vmap: init runs once, and the batched reset compiled 3x slower (4.2 s
+        # against 1.3 s for the test card, measured on 2 cores)
+        obs, env_state = jax.lax.map(lambda k: env.reset(k, env_params),
+                                     jax.random.split(k_env, cfg.num_envs))
         return Runner(nets, env_state, obs, k_run, jnp.int32(0))
 
     return init, graphdef
@@ -360,7 +362,7 @@ def make_segments(cfg: PPOConfig, env: EnvAdapter, env_params, action: ActionCon
     TrainSetup): the same updates, jitted in segments of n = log_every and vmapped over S
     seeds."""
     ts, init, update = setup(cfg, env, env_params, action, net)
-    init_v = jax.jit(jax.vmap(init))
+    init_v = jax.jit(lambda keys: jax.lax.map(init, keys))  # one seed at a time: see init
 
     @jax.jit
     @jax.vmap
