@@ -177,7 +177,7 @@ def make_space(spec: CostSpec, cfg: ActionConfig, precisions=(0, 1, 2),
     groups = tuple(int(l * g // n_l) for l in range(n_l))
     use_tp = bool(tp if cfg.tp is None else cfg.tp) and cfg.kind != "layerwise"
     return ActionSpace(cfg.kind, n_l, n_h, g, tuple(int(c) for c in counts), groups,
-                       spec.privacy_layers, spec.tied, cfg.mask_outage,
+                       int(spec.privacy_layers), spec.tied, cfg.mask_outage,
                        tuple(sorted(int(q) for q in precisions)), float(cfg.stay_bonus),
                        float(cfg.split_bias), use_tp, phi_grid(cfg.phi_bins) if use_tp else ())
 

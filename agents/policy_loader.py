@@ -45,7 +45,7 @@ def check_compatible(space: ActionSpace, shapes, params, x, origin: str) -> None
     want = {"layers": space.n_layers, "heads": space.n_heads, "tied embedding": space.tied,
             "privacy layers": space.privacy_layers}
     have = {"layers": spec.n_layers, "heads": spec.n_heads, "tied embedding": spec.tied,
-            "privacy layers": spec.privacy_layers}
+            "privacy layers": params.privacy_layers}
     if shapes is not None:
         want.update({"feature scalars": shapes[0], "history window": shapes[1],
                      "history channels": shapes[2]})

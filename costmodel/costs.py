@@ -312,11 +312,9 @@ def sides(p: Partition):
 
 def privacy_ok(p: Partition, spec: CostSpec):
     """Embedding and the first `privacy_layers` layers entirely on the edge."""
-    # Static slice (not a mask): with a batch under vmap, an all-true constant mask made XLA
-    # constant-fold a [batch, L] reduction at compile time.
-    first = slice(0, spec.privacy_layers)
-    layers_ok = jnp.all(p.edge_heads[first] == spec.n_heads) & jnp.all(p.ffn[first] == EDGE)
-    return layers_ok & (p.embed_edge if spec.privacy_layers else True)
+    floor = jnp.arange(spec.n_layers) < spec.privacy_layers
+    on_edge = (p.edge_heads == spec.n_heads) & (p.ffn == EDGE)
+    return jnp.all(on_edge | ~floor) & (p.embed_edge | (spec.privacy_layers == 0))
 
 
 def total_terms(p: Partition, link: LinkState, spec: CostSpec) -> Terms:

@@ -118,9 +118,7 @@ def option_table(q, link, spec: CostSpec, w: Weights, tp: bool = False):
     option), BIG where the privacy floor forbids the option. The one option table of the
     solvers (this DP, the memory-resource DP, the slot oracle, the cvx program)."""
     table = scalarize(option_terms(q, link, spec, tp), q, spec, w)
-    if spec.privacy_layers:
-        table = jnp.where(option_allowed(spec, tp), table, BIG)
-    return table
+    return jnp.where(option_allowed(spec, tp), table, BIG)
 
 
 def option_partition(heads, opts, q, embed_edge, tp: bool) -> Partition:
@@ -149,14 +147,16 @@ class SlotTables:
       memory (GB), cloud memory (GB) of each (precision, input side, option = k * F + f).
     acc_layer: float [L, O]: the accuracy drop (%) of the option's edge-precision weights.
     ends: float [6, 2, S]: the same six of the endpoints (embedding side s0, final side).
-    allowed: bool [L, S, O] (the privacy floor) or None.
+    allowed: bool [L, S, O]: the options the privacy floor allows (all where there is none).
+    pinned: bool []: the floor pins the embedding to the edge (privacy_layers > 0).
     precisions: int [P].
     """
 
     base: jnp.ndarray
     acc_layer: jnp.ndarray
     ends: jnp.ndarray
-    allowed: jnp.ndarray | None
+    allowed: jnp.ndarray
+    pinned: jnp.ndarray
     precisions: jnp.ndarray
     tp: bool = struct.field(pytree_node=False, default=False)
 
@@ -194,8 +194,8 @@ def slot_tables(link: LinkState, spec: CostSpec, precisions=(0, 1, 2),
     acc_layer = (100.0 * spec.weight_rel * acc_w).reshape(n_l, -1)
     ends = _six(endpoint_terms(jnp.arange(2)[:, None], jnp.arange(n_s)[None, :], link, spec),
                 0, spec)
-    allowed = option_allowed(spec, tp).reshape(n_l, n_s, -1) if spec.privacy_layers else None
-    return SlotTables(base, acc_layer, ends, allowed, qs, bool(tp))
+    allowed = option_allowed(spec, tp).reshape(n_l, n_s, -1)
+    return SlotTables(base, acc_layer, ends, allowed, spec.privacy_layers > 0, qs, bool(tp))
 
 
 def _wvec(w: Weights):
@@ -215,8 +215,7 @@ def tables_weighted(tb: SlotTables, w: Weights):
     base = jnp.where(fin.all(0), jnp.tensordot(wv, jnp.where(fin, tb.base, 0.0), 1), jnp.inf)
     acc = jnp.where(w.accuracy != 0, w.accuracy * tb.acc_layer, 0.0)
     table = _finite(base[:, None] + acc[None, :, None, :])
-    if tb.allowed is not None:
-        table = jnp.where(tb.allowed[None], table, BIG)
+    table = jnp.where(tb.allowed[None], table, BIG)
     fin = jnp.isfinite(tb.ends)
     ends = _finite(jnp.where(fin.all(0), jnp.tensordot(wv, jnp.where(fin, tb.ends, 0.0), 1),
                              jnp.inf))
@@ -255,8 +254,8 @@ def solve_tables(tb: SlotTables, w: Weights) -> DPResult:
     v0 = jnp.broadcast_to(v0, (2, n_p, n_s))
     v_last, back = jax.lax.scan(forward, v0, jnp.moveaxis(trans, 1, 0))  # back [L, 2, P, S]
     total = jnp.minimum(v_last + ends[:, None, :], BIG)  # [2, P, S]
-    if tb.allowed is not None:  # the privacy floor: the embedding on the edge
-        total = jnp.where((jnp.arange(2) == CLOUD)[:, None, None], BIG, total)
+    # the privacy floor: the embedding on the edge
+    total = jnp.where((jnp.arange(2) == CLOUD)[:, None, None] & tb.pinned, BIG, total)
     flat = jnp.moveaxis(total, 1, 0).reshape(-1)  # order: precision, s0, final side
     best = flat.argmin()
     qi, s0, s_last = best // (2 * n_s), (best // n_s) % 2, best % n_s

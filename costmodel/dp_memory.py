@@ -107,8 +107,7 @@ def solve_tables_resource(tb: SlotTables, w: Weights, budget_gb, units: int = 12
     end_units = to_units(tb.ends[4], unit, up)  # [2, S]
     fits = m[None, None, :] + end_units[..., None] <= cap
     total = jnp.where(fits[:, None], v_last + ends[:, None, :, None], BIG)  # [2, P, S, M+1]
-    if tb.allowed is not None:
-        total = jnp.where((jnp.arange(2) == CLOUD)[:, None, None, None], BIG, total)
+    total = jnp.where((jnp.arange(2) == CLOUD)[:, None, None, None] & tb.pinned, BIG, total)
     flat = jnp.minimum(jnp.moveaxis(total, 1, 0), BIG).reshape(-1)  # precision, s0, side, m
     best_i = flat.argmin()
     qi = best_i // (2 * n_s * (units + 1))

@@ -45,7 +45,9 @@ class CostSpec:
     n_ffn_mats: int = struct.field(pytree_node=False)
     vocab: int = struct.field(pytree_node=False)
     tied: bool = struct.field(pytree_node=False)
-    privacy_layers: int = struct.field(pytree_node=False, default=0)
+    # int32 scalar, data rather than static: specs of one card with different floors share
+    # every compiled program and stack into one batch
+    privacy_layers: jnp.ndarray = 0
 
     @property
     def group(self) -> int:
@@ -98,4 +100,4 @@ def make_spec(model: str | ModelCard, device: str | DeviceProfile,
         n_layers=card.n_layers, n_heads=card.n_heads, n_kv=card.n_kv_heads,
         d_model=card.d_model, head_dim=card.head_dim, d_ff=card.d_ff,
         n_ffn_mats=card.n_ffn_mats, vocab=card.vocab, tied=card.tied_embeddings,
-        privacy_layers=privacy_layers)
+        privacy_layers=np.int32(privacy_layers))

@@ -4,11 +4,14 @@ DP, memory-feasible), and the best partition with tensor-parallel FFNs (the same
 sides {edge, cloud, both}).
 
 The *layer-wise family* is defined once, here (:func:`layer_wise_candidates`): edge-only,
-cloud-only (only without a privacy floor) and every single cut ``c`` in
-``[max(1, privacy_layers), L - 1]`` (layers ``< c`` and the embedding on the edge) at every
-allowed activation precision. :func:`best_layer_cut` picks its feasible member of least
-objective, optionally under an accuracy-drop cap; the layer-cut policies of
-``lyapunov.policies``, the experiments and the runtime call it.
+cloud-only and every single cut ``c`` in ``[1, L - 1]`` (layers ``< c`` and the embedding on
+the edge) at every allowed activation precision; under a privacy floor of ``k`` layers its
+members are those that keep the floor (no cloud-only, cuts ``c >= k``). The floor is data in
+the spec, so traced code takes the whole family and the floor through feasibility
+(``RequestCosts.privacy_ok``); code with a concrete floor may leave the others out.
+:func:`best_layer_cut` picks its feasible member of least objective, optionally under an
+accuracy-drop cap; the layer-cut policies of ``lyapunov.policies``, the experiments and the
+runtime call it.
 """
 
 from __future__ import annotations
@@ -48,15 +51,18 @@ OBJECTIVES = {"latency": "latency_s", "energy": "energy_j", "cloud_cost": "cloud
 _batched_costs = jax.jit(jax.vmap(request_costs, in_axes=(0, None, None)))
 
 
-def layer_wise_candidates(spec: CostSpec, precisions=(0, 1, 2)) -> P.Partition:
+def layer_wise_candidates(spec: CostSpec, precisions=(0, 1, 2),
+                          privacy_layers: int = 0) -> P.Partition:
     """The layer-wise family as a batch (built in NumPy from the spec's static sizes):
-    edge-only, cloud-only when ``spec.privacy_layers == 0``, then every single cut ``c`` in
-    ``[max(1, privacy_layers), L - 1]`` at each precision (precision-major)."""
+    edge-only, cloud-only when ``privacy_layers == 0``, then every single cut ``c`` in
+    ``[max(1, privacy_layers), L - 1]`` at each precision (precision-major). ``privacy_layers``
+    (a Python int) leaves out the members that break that floor; by default none are, and
+    the spec's own floor acts through feasibility."""
     n_l, n_h = spec.n_layers, spec.n_heads
     cuts = [(n_l, 0, True)]  # (layers on the edge, precision, embedding on the edge)
-    if not spec.privacy_layers:
+    if not privacy_layers:
         cuts.append((0, 0, False))
-    cuts += [(c, q, True) for q in precisions for c in range(max(1, spec.privacy_layers), n_l)]
+    cuts += [(c, q, True) for q in precisions for c in range(max(1, privacy_layers), n_l)]
     n_edge, q, emb = (np.asarray(x) for x in zip(*cuts, strict=True))
     on_edge = np.arange(n_l)[None, :] < n_edge[:, None]
     return P.Partition(np.where(on_edge, n_h, 0).astype(np.int32),
@@ -64,13 +70,15 @@ def layer_wise_candidates(spec: CostSpec, precisions=(0, 1, 2)) -> P.Partition:
                        q.astype(np.int32), emb.astype(bool), np.zeros(on_edge.shape, np.int32))
 
 
-def layer_wise_batch(spec: CostSpec, precisions=(0, 1, 2)) -> P.Partition:
+def layer_wise_batch(spec: CostSpec, precisions=(0, 1, 2),
+                     privacy_layers: int = 0) -> P.Partition:
     """:func:`layer_wise_candidates` as jnp leaves for traced code, behind an
     ``optimization_barrier``: as plain constants XLA folds the cost model through the whole
     batch at compile time (LLaMA-13B, a chunk of 128 links: 6.1 s of compile against 1.9 s
     behind the barrier; the same executable otherwise)."""
     return jax.lax.optimization_barrier(
-        jax.tree.map(jnp.asarray, layer_wise_candidates(spec, tuple(precisions))))
+        jax.tree.map(jnp.asarray, layer_wise_candidates(spec, tuple(precisions),
+                                                        privacy_layers)))
 
 
 def best_layer_cut(link: LinkState, spec: CostSpec, precisions=(0, 1, 2),

@@ -16,8 +16,9 @@ batch of link states, the per-request costs of the five strategies of `costmodel
   space, docs/design.md §2), then the better of it and best-headwise (the tp space contains
   the paper's).
 
-Everything is one `jax.jit` per static spec shape (model and privacy floor): links are padded
-to a fixed chunk so that changing devices, clouds or sweep sizes never recompiles.
+Everything is one `jax.jit` per static spec shape (the model; the privacy floor is data): links
+are padded to a fixed chunk so that changing devices, clouds, floors or sweep sizes never
+recompiles.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def evaluate_links(spec: CostSpec, link: LinkState, w: Weights | None = None):
     """({strategy: RequestCosts of float [N]}, extras {name: [N]}) as NumPy, for N links.
 
     `spec` is one CostSpec (broadcast to every link) or a stacked batch of N specs of one
-    static shape (one model and privacy floor; devices and clouds differ in the leaves)."""
+    static shape (one model; devices, clouds and privacy floors differ in the leaves)."""
     w = w or Weights()
     n = int(np.shape(link.bw_up_mbps)[0])
     if np.ndim(spec.prompt_tokens) == 0:

@@ -8,8 +8,8 @@ Classes: cloud-only, edge-only, best layer cut (Neurosurgeon-style single cut c 
 on the edge, any activation precision), and head-level split: the exact head/FFN DP
 (memory-constrained, costmodel.dp) counts as its own class only where it beats all three by
 more than `tol` (it contains them, so elsewhere it ties). Margin: latency of the best *other*
-class over the winner's. The whole grid is one vmapped batch per static shape (privacy
-floor); where the DP's memory multiplier leaves a duality gap, up to `exact_checks` grid
+class over the winner's. The whole grid is one vmapped batch per (model, privacy
+floor), one compiled program per model; where the DP's memory multiplier leaves a duality gap, up to `exact_checks` grid
 points are re-solved with the exact resource DP (`costmodel.strategies.strategy_partition`)
 and compared.
 

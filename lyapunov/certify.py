@@ -201,8 +201,9 @@ def not_iid_reasons(params: E.EnvParams) -> list[str]:
 
 
 def family(params: E.EnvParams):
-    """The layer-wise family of the scenario (a batch of partitions, jnp leaves)."""
-    return layer_wise_batch(params.spec, params.precisions)
+    """The layer-wise family of the scenario (a batch of partitions, jnp leaves): the
+    members its privacy floor allows (``params`` concrete)."""
+    return layer_wise_batch(params.spec, params.precisions, int(params.spec.privacy_layers))
 
 
 def _stack(*parts):

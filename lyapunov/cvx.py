@@ -143,7 +143,7 @@ class SlotProgram:
                              f"{dvfs_form!r}")
         self.precisions = tuple(int(q) for q in precisions)
         self.n_l, self.n_h = spec.n_layers, spec.n_heads
-        self.privacy_layers = spec.privacy_layers
+        self.privacy_layers = int(spec.privacy_layers)
         self.dvfs, self.boolean, self.time_limit_s = dvfs, boolean, time_limit_s
         self.tp = bool(tp)
         self.n_s, self.n_f = dp.n_sides(tp), dp.n_ffn_options(tp)

@@ -264,6 +264,9 @@ class EnvParams:
     tp: (static) the option space of the slot: True adds the tensor-parallel FFN and the
       residual side ``both`` (``Scenario.tp``, docs/design.md §2.8); the planners of
       ``lyapunov.policies`` solve in it and the learned agents' action space follows it.
+    privacy_layers: (static) the privacy floor, as in ``spec`` (where it is data, so that the
+      cost model's programs serve every floor): a learned policy's action space is fixed by
+      the floor it was trained for, and it checks this one against it.
     """
 
     spec: CostSpec
@@ -290,6 +293,7 @@ class EnvParams:
     episode_slots: int = struct.field(pytree_node=False, default=1000)
     precisions: tuple = struct.field(pytree_node=False, default=(0, 1, 2))
     tp: bool = struct.field(pytree_node=False, default=False)
+    privacy_layers: int = struct.field(pytree_node=False, default=0)
 
     def __post_init__(self):
         if not isinstance(self.tp, bool | np.bool_):
@@ -385,7 +389,7 @@ def make_params(sc: Scenario) -> EnvParams:
         diurnal_log_depth=f(math.log(mm.diurnal_depth) if "diurnal" in mm.kinds else 0.0),
         diurnal_period=f(mm.diurnal_period_slots),
         history=sc.history, episode_slots=sc.episode_slots, precisions=tuple(sc.precisions),
-        tp=bool(sc.tp))
+        tp=bool(sc.tp), privacy_layers=int(sc.privacy_layers))
 
 
 def true_spec(spec: CostSpec, mm: Mismatch) -> CostSpec:

@@ -215,10 +215,11 @@ def greedy(estimator: str = "last", **solver_kw) -> Policy:
 def cloud_only() -> Policy:
     def act(key, x, params: EnvParams):
         del key, x
-        spec = params.spec
-        if spec.privacy_layers:
-            return P.layer_cut(spec.n_layers, spec.n_heads, spec.privacy_layers)
-        return P.cloud_only(spec.n_layers)
+        spec = params.spec  # under a privacy floor: the floor on the edge, the rest on the cloud
+        on_edge = jnp.arange(spec.n_layers) < spec.privacy_layers
+        return P.Partition(jnp.where(on_edge, spec.n_heads, 0).astype(jnp.int32),
+                           jnp.where(on_edge, P.EDGE, P.CLOUD).astype(jnp.int32), jnp.int32(0),
+                           spec.privacy_layers > 0, jnp.zeros(spec.n_layers, jnp.int32))
 
     return Policy("cloud-only", act)
 
@@ -271,7 +272,7 @@ def cvx(clairvoyant: bool = True, estimator: str = "last", iters: int = 3,
         # The program holds per-option memory and edge time: key it by the spec's content.
         leaves = b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(spec))
         shape = (hashlib.sha1(leaves).hexdigest(), spec.n_layers, spec.n_heads, spec.n_kv,
-                 spec.d_model, spec.d_ff, spec.vocab, spec.privacy_layers, params.precisions,
+                 spec.d_model, spec.d_ff, spec.vocab, int(spec.privacy_layers), params.precisions,
                  params.tp)
         if shape not in programs:
             programs[shape] = cvx_mod.SlotProgram(spec, params.precisions,
@@ -380,12 +381,12 @@ def neurosurgeon_latency(coef, cands: Partition, link: LinkState, spec) -> jnp.n
 
 def neurosurgeon_cut(link: LinkState, params: EnvParams) -> Partition:
     """The layer-wise candidate of least *predicted* latency (``neurosurgeon_latency``) among
-    the memory-feasible ones; edge-only if none is."""
+    the memory-feasible ones that keep the privacy floor; edge-only if none is."""
     spec = params.spec
     cands = layer_wise_batch(spec, params.precisions)
     pred = neurosurgeon_latency(fit_layer_latency(spec), cands, link, spec)
-    mem_ok = jax.vmap(request_costs, in_axes=(0, None, None))(cands, link, spec).memory_ok
-    score = jnp.where(mem_ok & jnp.isfinite(pred), pred, jnp.inf)
+    costs = jax.vmap(request_costs, in_axes=(0, None, None))(cands, link, spec)
+    score = jnp.where(costs.memory_ok & costs.privacy_ok & jnp.isfinite(pred), pred, jnp.inf)
     i = jnp.argmin(score)
     i = jnp.where(jnp.isfinite(score[i]), i, 0)  # candidate 0 is edge-only
     return jax.tree.map(lambda x: x[i], cands)

@@ -36,10 +36,12 @@ def _row(p):
 @pytest.mark.parametrize("privacy", [0, 1, 2])
 def test_family_members(privacy):
     """Edge-only, cloud-only (only without a privacy floor) and every single cut c in
-    [max(1, floor), L - 1] at every precision, nothing else (TINY_MHA: L = 3)."""
+    [max(1, floor), L - 1] at every precision, nothing else (TINY_MHA: L = 3). The whole
+    family (no floor given) is the same under every floor, and the spec's floor makes
+    exactly the members outside the floor's family privacy-infeasible."""
     spec, _ = case(TINY_MHA, privacy=privacy)
     n_l, n_h = TINY_MHA.n_layers, TINY_MHA.n_heads
-    fam = layer_wise_candidates(spec)
+    fam = layer_wise_candidates(spec, privacy_layers=privacy)
     want = {_row(edge_only(n_l, n_h))}
     if not privacy:
         want.add(_row(cloud_only(n_l)))
@@ -49,7 +51,14 @@ def test_family_members(privacy):
     assert _row(jax.tree.map(lambda x: x[0], fam)) == _row(edge_only(n_l, n_h))
     costs = costs_many(jax.tree.map(jnp.asarray, fam), make_link(10.0, 20.0), spec)
     assert np.all(np.asarray(costs.privacy_ok))
-    assert len(_rows(layer_wise_candidates(spec, (1,)))) == len(want) - 2 * (n_l - max(1, privacy))
+    assert len(_rows(layer_wise_candidates(spec, (1,), privacy))) == (
+        len(want) - 2 * (n_l - max(1, privacy)))
+    whole = layer_wise_candidates(spec)
+    assert _rows(whole) == _rows(layer_wise_candidates(case(TINY_MHA, privacy=0)[0]))
+    ok = np.asarray(costs_many(jax.tree.map(jnp.asarray, whole), make_link(10.0, 20.0),
+                               spec).privacy_ok)
+    rows = [_row(jax.tree.map(lambda x, i=i: x[i], whole)) for i in range(len(ok))]
+    assert [r in want for r in rows] == ok.tolist()
 
 
 @pytest.mark.extended
