@@ -66,6 +66,10 @@ def test_seed_policies_name_a_model_mismatch(run_dir):
     other = dataclasses.replace(SCENARIO, model="gpt2-xl").build()
     with pytest.raises(ValueError, match=r"hier/seed0: .*layers 4 vs 48"):
         jax.jit(lambda k: rollout(pol, other, 2, k)[1])(jax.random.PRNGKey(0))
+    # the floor is data in the spec (traced here); the scenario's static copy is checked
+    floor = dataclasses.replace(SCENARIO, privacy_layers=1).build()
+    with pytest.raises(ValueError, match=r"hier/seed0: .*privacy layers 0 vs 1"):
+        jax.jit(lambda k: rollout(pol, floor, 2, k)[1])(jax.random.PRNGKey(0))
 
 
 def test_broken_directories_are_named(run_dir, tmp_path):
