@@ -29,6 +29,8 @@ from lyapunov.stored_programs import PACKAGES, stored_jit
 
 log = logging.getLogger(__name__)
 
+CHUNK = 8  # members per compiled program of a batched rollout (batched_rollout)
+
 
 def _keys(key: jax.Array, n_slots: int):
     k_reset, k_env, k_pol = jax.random.split(key, 3)
@@ -165,10 +167,26 @@ def batched_rollout(pol, params, n_slots: int, keys, vectorize: bool = True,
     `vectorize=False`; the experiments batch. (Measured on this repository's 2 shared CPU cores:
     LLaMA-7B / Orin NX, 8 rollouts x 200 slots on the Norway traces, second call after
     compilation.)
+
+    A batch runs in chunks of ``CHUNK`` members (fewer: the next power of two), the last one
+    padded with copies of the last member: the compiled programs then depend on the chunk,
+    not on B, so experiments with different batch sizes share them (through the persistent
+    compilation cache, across processes).
     """
     if vectorize:
-        return _stepped(pol, params, n_slots, keys, "shared" if shared_params else "batch",
-                        stored)[:3]
+        mode = "shared" if shared_params else "batch"
+        b = int(keys.shape[0])
+        size = CHUNK if b > CHUNK else 1 << (b - 1).bit_length()
+        runs = []
+        for start in range(0, b, size):
+            idx = np.minimum(np.arange(start, start + size), b - 1)
+            part = params if shared_params else jax.tree.map(lambda x, i=idx: np.asarray(x)[i],
+                                                             params)
+            runs.append(_stepped(pol, part, n_slots, keys[idx], mode, stored))
+        info, actions = (jax.tree.map(lambda *x: np.concatenate(x)[:b], *(r[j] for r in runs))
+                         for j in (0, 1))
+        return info, actions, jax.tree.map(lambda *x: jnp.concatenate(x)[:b],
+                                           *(r[2] for r in runs))
     runs = [_stepped(pol, params if shared_params else _member(params, i), n_slots,
                      keys[i], "one", stored) for i in range(int(keys.shape[0]))]
     info, actions = (jax.tree.map(lambda *x: np.stack(x), *(r[j] for r in runs))

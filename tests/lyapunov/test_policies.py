@@ -112,17 +112,20 @@ def test_vmap_over_seeds_equals_a_loop():
 
 @pytest.mark.parametrize("name", [pytest.param("oracle", marks=pytest.mark.extended),
                                   pytest.param("edge-only", marks=pytest.mark.slow)])
-def test_batched_rollout_equals_the_scan(name):
+def test_batched_rollout_equals_the_scan(name, monkeypatch):
     """The host-stepped batch (batched_rollout: the environment's and the policy's programs
     called per slot) runs the same rollouts as the one-scan `rollout` vmapped over the same
-    keys: the same actions and the same slot metrics, one by one and in a batch; and its
-    final state is the scan's."""
+    keys: the same actions and the same slot metrics, one by one, in one batch (3 members in
+    a chunk of 4) and in chunks of 2 (the second padded); and its final state is the scan's."""
+    from lyapunov import simulate
+
     pol = P.get_policy(name)
     n = 6
     keys = jax.random.split(jax.random.PRNGKey(5), 3)
     ref_info, ref_act, ref_state = jax.jit(jax.vmap(rollout, in_axes=(None, None, None, 0)),
                                            static_argnums=(0, 2))(pol, PARAMS, n, keys)
-    for vectorize in (True, False):
+    for vectorize, chunk in ((True, 8), (True, 2), (False, 8)):
+        monkeypatch.setattr(simulate, "CHUNK", chunk)
         info, act, state = batched_rollout(pol, PARAMS, n, keys, vectorize=vectorize,
                                            shared_params=True)
         assert isinstance(info.dpp, np.ndarray) and info.dpp.shape == (3, n)
