@@ -121,7 +121,8 @@ def constants(cfg: Config, params) -> dict:
                               arrival_second_moment=bounds.poisson_second_moment(lam))
 
     def dual(nu):
-        obj, exact, _, _ = slot_min(nu, 1.0)
+        # a Python float, as every call's: a NumPy float64 would compile a second program
+        obj, exact, _, _ = slot_min(float(nu), 1.0)
         return nu * lam + float(pi @ np.asarray(obj)), bool(np.all(np.asarray(exact)))
 
     lo, hi, n = cfg.nu_grid
