@@ -38,6 +38,7 @@ import dataclasses
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from costmodel import partition as P
@@ -89,26 +90,36 @@ QUICK = Config(n_requests=150, seeds=5, outage_fracs=(0.0, 0.02, 0.05, 0.1, 0.2,
 FULL = Config()
 
 
+@jax.jit
+def _segment_costs(link, spec):
+    """The best layer cut, its latency with all and with half the new tokens, and the edge's
+    prefill and per-token times: one program (run eagerly, its ops compiled one by one took
+    6 s)."""
+    cut = best_layer_cut(link, spec)
+    half = spec.replace(new_tokens=jnp.floor(spec.new_tokens / 2))
+    return (cut, request_costs(cut, link, spec).latency_s,
+            request_costs(cut, link, half).latency_s, prefill_time(spec),
+            decode_token_time(spec))
+
+
 def segment_times(cfg: Config):
     """(prefill_s, step_s, T, edge_prefill_s, edge_step_s, partition name) of the best layer
     cut (`costmodel.strategies.best_layer_cut`, least latency) at the configured link."""
     spec = get_spec(cfg.model, cfg.device, cfg.cloud, cfg.privacy_layers)
     link = make_link(cfg.bw_mbps, cfg.rtt_ms, cloud_share=cfg.cloud_share)
-    cut = best_layer_cut(link, spec)
+    cut, lat, lat_half, e_prefill, e_step = _segment_costs(link, spec)
     on_edge = int(np.sum(np.asarray(cut.ffn) == P.EDGE))
     if not bool(cut.embed_edge) or on_edge == spec.n_layers:
         raise ValueError(f"the best layer cut at {cfg.bw_mbps} Mbit/s is "
                          f"{'cloud-only' if not bool(cut.embed_edge) else 'edge-only'}: no "
                          f"request crosses the link, nothing for an outage to hit")
     t = int(spec.new_tokens)
-    lat = float(request_costs(cut, link, spec).latency_s)
-    half = spec.replace(new_tokens=spec.new_tokens * 0 + t // 2)
-    lat_half = float(request_costs(cut, link, half).latency_s)
+    lat, lat_half = float(lat), float(lat_half)
     step = (lat - lat_half) / (t - t // 2)
     prefill = lat - t * step
     name = (f"layer cut after layer {on_edge}, {P.ACT_PRECISIONS[int(cut.act_prec)]} "
             "activations")
-    return (prefill, step, t, float(prefill_time(spec)), float(decode_token_time(spec)), name)
+    return (prefill, step, t, float(e_prefill), float(e_step), name)
 
 
 def _next_true(x: np.ndarray) -> np.ndarray:
