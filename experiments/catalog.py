@@ -330,16 +330,15 @@ def _worker_init(registrations, out: str, cache: bool) -> None:
 SHARED_PROGRAMS = (("latency_vs_bandwidth", "energy"),)
 
 # Where <out>/summary.json has no time for an experiment (a fresh clone), the parallel run
-# orders by these: quick-mode seconds of each experiment, run alone one after the other in one
-# process with a cold compilation cache on the 2-core machine, sharing it with another job
-# (2026-12-04; figure 3's includes training the two agents, which a parallel run does first;
-# certificate and runtime: `figures --quick --only certificate runtime --jobs 1`, alone).
-# Only the order depends on them, not a result: the longest first, so that no long experiment
-# starts last while the other workers idle.
-QUICK_SECONDS = {"latency_vs_bandwidth": 118, "energy": 10, "trace_latency": 356,
-                 "backlog": 185, "v_tradeoff": 97, "memory": 4, "speedup": 4,
-                 "operational_cost": 2, "robustness": 33, "training_curves": 179,
-                 "accuracy": 30, "regime_map": 349, "learning": 374, "certificate": 98,
+# orders by these: quick-mode seconds of each experiment in a fresh-clone `make demo` (2 jobs,
+# cold compilation cache, the 2-core machine, commit aab49f8; figure 3's without the training
+# runs, which a parallel run does first; runtime: `figures --quick --only runtime --jobs 1`,
+# 2026-12-04). Only the order depends on them, not a result: the longest first, so that no long
+# experiment starts last while the other workers idle.
+QUICK_SECONDS = {"latency_vs_bandwidth": 60, "energy": 11, "trace_latency": 57,
+                 "backlog": 52, "v_tradeoff": 52, "memory": 2, "speedup": 2,
+                 "operational_cost": 3, "robustness": 10, "training_curves": 10,
+                 "accuracy": 9, "regime_map": 164, "learning": 97, "certificate": 101,
                  "runtime": 94}
 
 
