@@ -9,13 +9,16 @@ fits the real budget, and the result is optimal among partitions whose rounded m
 *down* the set contains every memory-feasible partition, so its minimum is a lower bound on the
 constrained optimum (the slot oracle, `lyapunov.oracle`, uses both). Combined with the Lagrangian
 dual bound of `costmodel.dp.solve_memory` it gives a certified gap (`solve_memory_exact`).
+`solve_tables_resource_fit` also traces back the best partitions of the best memory levels and
+returns the best one that truly fits: a rounded-down pass then yields a bound and a feasible
+point (the slot oracle's last sweep).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from flax import struct
 
 from costmodel.costs import total_terms
 from costmodel.dp import (
@@ -27,6 +30,7 @@ from costmodel.dp import (
     _out_index,
     n_ffn_options,
     option_partition,
+    path_totals,
     scalarize,
     slot_tables,
     solve_memory,
@@ -79,6 +83,26 @@ def solve_tables_resource(tb: SlotTables, w: Weights, budget_gb, units: int = 12
     of the value row with ``shifts`` entries, vectorized over sides, precisions and the
     embedding side. Rounded up (``up``), every partition it admits fits ``budget_gb``; rounded
     down, it admits every partition that fits (proofs/oracle.md, Proposition 3)."""
+    return solve_tables_resource_fit(tb, w, budget_gb, units, up, shifts, n_fit=0).best
+
+
+@struct.dataclass
+class ResourceResult:
+    best: DPResult  # the resource DP's minimizer over its rounded set
+    fit: DPResult  # the best of the candidates whose true memory fits (value BIG if none)
+
+
+def solve_tables_resource_fit(tb: SlotTables, w: Weights, budget_gb, units: int = 128, up=True,
+                              shifts: int = 64, n_fit: int = 16,
+                              budget_c_gb=jnp.inf) -> ResourceResult:
+    """``solve_tables_resource`` and, from the same forward pass, a point that truly fits: the
+    minimizers of the ``n_fit`` best memory levels (each the best partition whose rounded
+    memory is exactly that level, over precisions and sides) are traced back and priced with
+    their true edge and cloud memory, and the best that fits both budgets is returned
+    (``fit``; value BIG when none does). Rounded down, the minimizer itself may overrun the
+    budget by the rounding of its mixed layers while a level a few units lower holds a
+    partition of nearly the same value that fits: the relaxation then also supplies the
+    feasible point (docs/design.md §4.3)."""
     table, ends = tables_weighted(tb, w)  # [P, L, S, O], [2, S]
     n_p, n_l, n_s, n_o = table.shape
     n_f = n_ffn_options(tb.tp)
@@ -92,13 +116,22 @@ def solve_tables_resource(tb: SlotTables, w: Weights, budget_gb, units: int = 12
     best = jax.ops.segment_min(jnp.moveaxis(table, -1, 0), seg, num_segments=n_s * k_sh)
     best = jnp.minimum(jnp.moveaxis(best, 0, -1), BIG).reshape(n_p, n_l, n_s, n_s, k_sh)
     m = jnp.arange(units + 1)
-    shift_idx = np.arange(units + 1)[None, :] + k_sh - np.arange(k_sh)[:, None]  # [K, M+1]
+    n_m = units + 1
 
     def forward(v, b):  # v [2, P, S, M+1]; b [P, S_in, S_out, K]
+        # new[s_out, m] = min over (s_in, u) of v[s_in, m - u] + b[s_in, s_out, u]: a running
+        # minimum over static slices, one fused loop (a gather of the shifted rows and one
+        # reduction over them was 2.5-4x slower on the 70B-shaped card)
         pad = jnp.concatenate([jnp.full(v.shape[:-1] + (k_sh,), BIG), v], -1)
-        vs = pad[..., shift_idx]  # [2, P, S_in, K, M+1]: v[m - u]
-        cand = vs[:, :, :, None] + b[None, :, :, :, :, None]  # [2, P, S_in, S_out, K, M+1]
-        return jnp.minimum(cand.min((2, 4)), BIG), v
+        rows = []
+        for so in range(n_s):
+            acc = None
+            for si in range(n_s):
+                for u in range(k_sh):
+                    c = pad[:, :, si, k_sh - u:k_sh - u + n_m] + b[None, :, si, so, u, None]
+                    acc = c if acc is None else jnp.minimum(acc, c)
+            rows.append(acc)
+        return jnp.minimum(jnp.stack(rows, 2), BIG), v
 
     v0 = jnp.where((jnp.arange(n_s)[None, :, None] == jnp.arange(2)[:, None, None])
                    & (m == 0)[None, None, :], 0.0, BIG)
@@ -109,26 +142,51 @@ def solve_tables_resource(tb: SlotTables, w: Weights, budget_gb, units: int = 12
     total = jnp.where(fits[:, None], v_last + ends[:, None, :, None], BIG)  # [2, P, S, M+1]
     total = jnp.where((jnp.arange(2) == CLOUD)[:, None, None, None] & tb.pinned, BIG, total)
     flat = jnp.minimum(jnp.moveaxis(total, 1, 0), BIG).reshape(-1)  # precision, s0, side, m
-    best_i = flat.argmin()
-    qi = best_i // (2 * n_s * (units + 1))
-    s0 = (best_i // (n_s * (units + 1))) % 2
-    s_last = (best_i // (units + 1)) % n_s
-    used = best_i % (units + 1)
-    out_j = jnp.asarray(out)
+    # Per (precision, layer, s_in, s_out, u): the first option attaining the segment's minimum,
+    # so that tracing a path back looks at (s_in, u) only, not at every option.
+    seg_best = jnp.moveaxis(best.reshape(n_p, n_l, n_s, n_s * k_sh), -1, 0)[seg]  # [O, P, L, S]
+    first = jnp.where(jnp.moveaxis(table, -1, 0) <= seg_best,
+                      jnp.arange(n_o)[:, None, None, None], n_o)
+    arg = jax.ops.segment_min(first, seg, num_segments=n_s * k_sh)  # [S_out * K, P, L, S_in]
+    arg = jnp.moveaxis(arg, 0, -1).reshape(n_p, n_l, n_s, n_s, k_sh)
+    u_idx = jnp.arange(k_sh)
 
-    def backward(carry, layer):  # recompute the argmin of the one state on the path
-        s_out, mm = carry
-        v, tab = layer  # [S, M+1], [S, O]
-        before = mm - opt_units  # [O]
-        cand = jnp.where(before[None, :] >= 0, v[:, jnp.clip(before, 0, units)], BIG) + tab
-        cand = jnp.where((out_j == s_out)[None, :], cand, BIG)  # [s_in, opt]
-        a = cand.reshape(-1).argmin()
-        s_in, opt = a // n_o, a % n_o
-        return (s_in, jnp.clip(mm - opt_units[opt], 0, units)), opt
+    def trace(best_i):  # the partition of one flat index of ``total``
+        qi = best_i // (2 * n_s * (units + 1))
+        s0 = (best_i // (n_s * (units + 1))) % 2
+        s_last = (best_i // (units + 1)) % n_s
+        used = best_i % (units + 1)
 
-    _, opts = jax.lax.scan(backward, (s_last, used), (v_in[:, s0, qi], table[qi]), reverse=True)
-    part = option_partition(opts // n_f, opts % n_f, tb.precisions[qi], s0 == EDGE, tb.tp)
-    return DPResult(flat[best_i], part)
+        def backward(carry, layer):  # recompute the argmin of the one state on the path
+            s_out, mm = carry
+            v, b, a = layer  # [S, M+1], [S_in, S_out, K], [S_in, S_out, K]
+            before = mm - u_idx  # [K]
+            cand = jnp.where(before[None, :] >= 0, v[:, jnp.clip(before, 0, units)], BIG)
+            cand = cand + b[:, s_out]  # [s_in, u]
+            i = cand.reshape(-1).argmin()
+            s_in, u = i // k_sh, i % k_sh
+            return (s_in, mm - u), a[s_in, s_out, u]
+
+        _, opts = jax.lax.scan(backward, (s_last, used), (v_in[:, s0, qi], best[qi], arg[qi]),
+                               reverse=True)
+        part = option_partition(opts // n_f, opts % n_f, tb.precisions[qi], s0 == EDGE, tb.tp)
+        return DPResult(flat[best_i], part)
+
+    main = trace(flat.argmin())
+    if not n_fit:
+        return ResourceResult(main, main)
+    # Per memory level, the best index over (precision, s0, final side); the n_fit best levels.
+    per_m = jnp.moveaxis(flat.reshape(-1, units + 1), -1, 0)  # [M+1, P * 2 * S]
+    lvl_val, lvl_k = per_m.min(-1), per_m.argmin(-1)
+    _, lvls = jax.lax.top_k(-lvl_val, min(int(n_fit), units + 1))
+    idx = lvl_k[lvls] * (units + 1) + lvls
+    cands = jax.vmap(trace)(idx)
+    six = jax.vmap(lambda p: path_totals(tb, p))(cands.partition)  # [n_fit, 6]
+    ok = (six[:, 4] <= budget_gb) & (six[:, 5] <= budget_c_gb) & (cands.value < BIG)
+    val = jnp.where(ok, cands.value, BIG)
+    pick = val.argmin()
+    fit = jax.tree.map(lambda a: a[pick], cands)
+    return ResourceResult(main, fit.replace(value=val[pick]))
 
 
 def solve_resource(link: LinkState, spec: CostSpec, w: Weights, precisions=(0, 1, 2),

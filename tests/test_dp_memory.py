@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from costmodel.cards import ModelCard
 from costmodel.costs import request_costs, total_terms
 from costmodel.dp import Weights, scalarize, slot_tables
-from costmodel.dp_memory import resource_unit, solve_memory_exact, solve_resource, to_units
+from costmodel.dp_memory import (
+    resource_unit,
+    solve_memory_exact,
+    solve_resource,
+    solve_tables_resource_fit,
+    to_units,
+)
 from costmodel.link import Workload, make_link
 from costmodel.partition import make_partition
 from costmodel.profiles import get_profile
@@ -145,3 +151,39 @@ def test_aligned_unit_brackets_brute_force(tp):
         got = request_costs(upr.partition, link, spec)
         assert bool(got.memory_ok)
         assert float(upr.value) >= best * (1 - 1e-5) - 1e-9
+
+
+resource_fit = jax.jit(solve_tables_resource_fit, static_argnames=("units", "shifts", "n_fit"))
+
+
+def test_fitting_candidates_fit_and_trace_back_their_values():
+    """The rounded-down DP's traced-back partitions (its minimizer and the best of its best
+    memory levels that truly fits: proofs/oracle.md, Proposition 5) carry the DP's values;
+    the fitting one fits the real budget and is no better than the brute-force optimum, and
+    where the minimizer overruns the budget (the rounding) the fitting one still exists."""
+    card, batch = CARD, BATCH
+    edge = get_profile("rpi5")
+    full = make_spec(card, edge, "datacenter", Workload(64, 4))
+    link = make_link(20.0, 20.0)
+    all_edge = make_partition([card.n_heads] * card.n_layers, [0] * card.n_layers)
+    need = float(request_costs(all_edge, link, full).edge_memory_gb)
+    w = Weights(latency=1.0, energy=0.05)
+    overran = 0
+    for fraction in (0.3, 0.5, 0.7, 0.9):
+        edge_b = dataclasses.replace(edge, name="rpi5-b", mem_budget_gb=fraction * need)
+        spec = make_spec(card, edge_b, "datacenter", Workload(64, 4))
+        obj, fits = (np.asarray(x) for x in _brute(batch, link, spec, w))
+        best = obj[fits].min()
+        tb = tables(link, spec, (0, 1, 2), False)
+        budget = spec.edge.mem_budget / 1e9
+        res = resource_fit(tb, w, budget, units=4, up=jnp.bool_(False), shifts=8, n_fit=4)
+        for r in (res.best, res.fit):
+            tt = total_terms(r.partition, link, spec)
+            assert float(scalarize(tt, r.partition.act_prec, spec, w)) == pytest.approx(
+                float(r.value), rel=1e-5)
+        assert float(res.best.value) <= best * (1 + 1e-5)
+        got = request_costs(res.fit.partition, link, spec)
+        assert bool(got.memory_ok)
+        assert float(res.fit.value) >= best * (1 - 1e-5)
+        overran += not bool(request_costs(res.best.partition, link, spec).memory_ok)
+    assert overran >= 1  # the coarse unit (4 per budget) makes the minimizer overrun somewhere
