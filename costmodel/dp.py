@@ -207,19 +207,63 @@ def _finite(val):
     return jnp.where(jnp.isfinite(val), jnp.minimum(val, BIG), BIG)
 
 
+def _base_weighted(tb: SlotTables, w: Weights):
+    """float [P, S, O]: the layer-free part of the weighted option table (inf where a term is
+    not finite, as ``scalarize``)."""
+    wv = _wvec(w)
+    fin = jnp.isfinite(tb.base)  # scalarize: a non-finite term makes the option BIG
+    return jnp.where(fin.all(0), jnp.tensordot(wv, jnp.where(fin, tb.base, 0.0), 1), jnp.inf)
+
+
+def _ends_weighted(tb: SlotTables, w: Weights):
+    fin = jnp.isfinite(tb.ends)
+    return _finite(jnp.where(fin.all(0), jnp.tensordot(_wvec(w), jnp.where(fin, tb.ends, 0.0),
+                                                       1), jnp.inf))
+
+
 def tables_weighted(tb: SlotTables, w: Weights):
     """(table [P, L, S, O], ends [2, S]) of the weighted objective, BIG where not finite or
     not allowed; ``option_table`` of every precision at once."""
-    wv = _wvec(w)
-    fin = jnp.isfinite(tb.base)  # scalarize: a non-finite term makes the option BIG
-    base = jnp.where(fin.all(0), jnp.tensordot(wv, jnp.where(fin, tb.base, 0.0), 1), jnp.inf)
+    base = _base_weighted(tb, w)
     acc = jnp.where(w.accuracy != 0, w.accuracy * tb.acc_layer, 0.0)
     table = _finite(base[:, None] + acc[None, :, None, :])
-    table = jnp.where(tb.allowed[None], table, BIG)
-    fin = jnp.isfinite(tb.ends)
-    ends = _finite(jnp.where(fin.all(0), jnp.tensordot(wv, jnp.where(fin, tb.ends, 0.0), 1),
-                             jnp.inf))
-    return table, ends
+    return jnp.where(tb.allowed[None], table, BIG), _ends_weighted(tb, w)
+
+
+def layer_rows(tb: SlotTables, w: Weights, qi, s_in):
+    """float [L, O]: row ``s_in[l]`` of layer l's weighted option table at precision index
+    ``qi`` (the rows along one path), without building the whole table."""
+    n_l = tb.acc_layer.shape[0]
+    acc = jnp.where(w.accuracy != 0, w.accuracy * tb.acc_layer, 0.0)
+    rows = _finite(_base_weighted(tb, w)[qi][s_in] + acc)
+    return jnp.where(tb.allowed[jnp.arange(n_l), s_in], rows, BIG)
+
+
+def per_layer(tb: SlotTables, w: Weights, reduce):
+    """``reduce`` (a function of a table [P, L', S, O] to arrays [P, L', ...]) applied to the
+    weighted option table, [P, L, ...]. Where the accuracy weight is 0 a layer's table does
+    not depend on the layer but through the privacy floor (``SlotTables``: only the accuracy
+    weights are per layer), so only two tables are reduced, the floor's and the free layers',
+    instead of L (a conditional: both branches compile, one runs; under ``vmap`` with a
+    batched weight both run)."""
+    n_l = tb.acc_layer.shape[0]
+
+    def every(_):
+        return reduce(tables_weighted(tb, w)[0])
+
+    def two(_):
+        free = _finite(_base_weighted(tb, w))[:, None]  # [P, 1, S, O]
+        floor = jnp.where(tb.allowed[0][None, None], free, BIG)  # layer 0 is a floor layer
+        r_free, r_floor = reduce(free), reduce(floor)  # if the floor holds any
+        is_floor = ~tb.allowed.reshape(n_l, -1).all(-1)  # [L]
+
+        def pick(a, b):
+            sel = is_floor.reshape((1, n_l) + (1,) * (a.ndim - 2))
+            return jnp.where(sel, b, a)
+
+        return jax.tree.map(pick, r_free, r_floor)
+
+    return jax.lax.cond(w.accuracy == 0, two, every, None)
 
 
 def _out_index(tp: bool, n_h: int):
@@ -238,13 +282,17 @@ def _out_slices(tp: bool):
 def solve_tables(tb: SlotTables, w: Weights) -> DPResult:
     """Exact minimizer of the weighted objective over every precision of ``tb`` (the DP of
     ``solve``; ties as there: first precision, then embedding side, final side, option)."""
-    table, ends = tables_weighted(tb, w)  # [P, L, S, O], [2, S]
-    n_p, n_l, n_s, n_o = table.shape
+    ends = _ends_weighted(tb, w)  # [2, S]
+    n_p, n_s, n_o = tb.base.shape[1:]
     n_f = n_ffn_options(tb.tp)
     n_h = n_o // n_f - 1
     _, out = _out_index(tb.tp, n_h)
-    t5 = table.reshape(n_p, n_l, n_s, n_h + 1, n_f)  # the options ending on each side are a
-    trans = jnp.stack([t5[..., sl].min((-2, -1)) for sl in _out_slices(tb.tp)], -1)  # slice
+
+    def transitions(table):  # [P, L', S, O] -> [P, L', S, S_out]: the options ending on each
+        t5 = table.reshape(table.shape[:3] + (n_h + 1, n_f))  # side are a slice
+        return jnp.stack([t5[..., sl].min((-2, -1)) for sl in _out_slices(tb.tp)], -1)
+
+    trans = per_layer(tb, w, transitions)
 
     def forward(v, tr):  # v [2, P, S]; tr [P, S, S]
         cand = v[..., :, None] + tr[None]
@@ -266,7 +314,7 @@ def solve_tables(tb: SlotTables, w: Weights) -> DPResult:
         return s_in, (s_in, s_out)
 
     _, (s_in, s_out) = jax.lax.scan(backward, s_last, bk, reverse=True)
-    rows = table[qi, jnp.arange(n_l), s_in]  # [L, O]
+    rows = layer_rows(tb, w, qi, s_in)  # [L, O]
     rows = jnp.where(jnp.asarray(out)[None, :] == s_out[:, None], rows, BIG)
     opt = rows.argmin(-1)
     part = option_partition(opt // n_f, opt % n_f, tb.precisions[qi], s0 == EDGE, tb.tp)

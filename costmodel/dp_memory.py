@@ -27,14 +27,15 @@ from costmodel.dp import (
     DPResult,
     SlotTables,
     Weights,
+    _ends_weighted,
     _out_index,
     n_ffn_options,
     option_partition,
     path_totals,
+    per_layer,
     scalarize,
     slot_tables,
     solve_memory,
-    tables_weighted,
 )
 from costmodel.link import LinkState
 from costmodel.partition import CLOUD, EDGE
@@ -103,8 +104,8 @@ def solve_tables_resource_fit(tb: SlotTables, w: Weights, budget_gb, units: int 
     budget by the rounding of its mixed layers while a level a few units lower holds a
     partition of nearly the same value that fits: the relaxation then also supplies the
     feasible point (docs/design.md §4.3)."""
-    table, ends = tables_weighted(tb, w)  # [P, L, S, O], [2, S]
-    n_p, n_l, n_s, n_o = table.shape
+    ends = _ends_weighted(tb, w)  # [2, S]
+    n_p, n_s, n_o = tb.base.shape[1:]
     n_f = n_ffn_options(tb.tp)
     n_h = n_o // n_f - 1
     k_sh = int(shifts)
@@ -113,8 +114,17 @@ def solve_tables_resource_fit(tb: SlotTables, w: Weights, budget_gb, units: int 
     opt_units = jnp.minimum(to_units(tb.base[4, 0, 0], unit, up), k_sh - 1)  # [O]
     _, out = _out_index(tb.tp, n_h)
     seg = jnp.asarray(out) * k_sh + opt_units
-    best = jax.ops.segment_min(jnp.moveaxis(table, -1, 0), seg, num_segments=n_s * k_sh)
-    best = jnp.minimum(jnp.moveaxis(best, 0, -1), BIG).reshape(n_p, n_l, n_s, n_s, k_sh)
+
+    def segments(table):  # [P, L', S, O] -> the best value and its first option, per
+        n = table.shape[1]  # (precision, layer, s_in, s_out, u): the path's trace back then
+        tab = jnp.moveaxis(table, -1, 0)  # looks at (s_in, u) only, not at every option
+        best = jnp.minimum(jax.ops.segment_min(tab, seg, num_segments=n_s * k_sh), BIG)
+        first = jnp.where(tab <= best[seg], jnp.arange(n_o)[:, None, None, None], n_o)
+        arg = jax.ops.segment_min(first, seg, num_segments=n_s * k_sh)
+        shape = (n_p, n, n_s, n_s, k_sh)
+        return (jnp.moveaxis(best, 0, -1).reshape(shape), jnp.moveaxis(arg, 0, -1).reshape(shape))
+
+    best, arg = per_layer(tb, w, segments)  # [P, L, S_in, S_out, K] each
     m = jnp.arange(units + 1)
     n_m = units + 1
 
@@ -142,13 +152,6 @@ def solve_tables_resource_fit(tb: SlotTables, w: Weights, budget_gb, units: int 
     total = jnp.where(fits[:, None], v_last + ends[:, None, :, None], BIG)  # [2, P, S, M+1]
     total = jnp.where((jnp.arange(2) == CLOUD)[:, None, None, None] & tb.pinned, BIG, total)
     flat = jnp.minimum(jnp.moveaxis(total, 1, 0), BIG).reshape(-1)  # precision, s0, side, m
-    # Per (precision, layer, s_in, s_out, u): the first option attaining the segment's minimum,
-    # so that tracing a path back looks at (s_in, u) only, not at every option.
-    seg_best = jnp.moveaxis(best.reshape(n_p, n_l, n_s, n_s * k_sh), -1, 0)[seg]  # [O, P, L, S]
-    first = jnp.where(jnp.moveaxis(table, -1, 0) <= seg_best,
-                      jnp.arange(n_o)[:, None, None, None], n_o)
-    arg = jax.ops.segment_min(first, seg, num_segments=n_s * k_sh)  # [S_out * K, P, L, S_in]
-    arg = jnp.moveaxis(arg, 0, -1).reshape(n_p, n_l, n_s, n_s, k_sh)
     u_idx = jnp.arange(k_sh)
 
     def trace(best_i):  # the partition of one flat index of ``total``

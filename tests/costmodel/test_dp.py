@@ -240,3 +240,27 @@ def test_path_totals_are_the_request_costs_of_every_partition(seed):
     np.testing.assert_array_equal(np.isfinite(six[:, 0]), fin)
     np.testing.assert_allclose(six[fin], want[fin], rtol=2e-5, atol=1e-9)
     assert fin.sum() > 0
+
+
+@pytest.mark.parametrize("tp", [False, True])
+def test_per_layer_two_tables_equal_every_layer(tp):
+    """With the accuracy weight 0 the DPs reduce two option tables (the privacy floor's layers'
+    and the free layers') instead of one per layer (``dp.per_layer``): the same values and
+    argmins as reducing every layer's weighted table, with a floor; with a weight, every layer
+    (its own importances) as before."""
+    x = instance(7, [(TINY_GQA, 1)])
+    spec = _case(x)
+    link = one_link(x["link"])
+    tb = dp.slot_tables(link, spec, (0, 1, 2), tp)
+
+    def reduce(t):
+        return t.min(-1), t.argmin(-1)
+
+    for acc in (0.0, 0.3):
+        w = dp.Weights(latency=1.0, energy=0.1, accuracy=acc)
+        got = jax.jit(lambda tb, w: dp.per_layer(tb, w, reduce))(tb, w)
+        want = reduce(dp.tables_weighted(tb, w)[0])
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        # not vacuous: the floor layer's table differs from a free layer's
+        assert not np.array_equal(np.asarray(got[0][:, 0]), np.asarray(got[0][:, 1]))
