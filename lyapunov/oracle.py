@@ -45,8 +45,10 @@ an overrunning minimizer usually holds a fitting partition of nearly the same va
 replaced a second sweep over the rounded-*up* budget, at the same objectives within the
 reported gaps and 40 % fewer resource DP calls). ``exact`` says whether the best feasible
 vertex meets the best lower bound within tolerance; ``lower_bound`` reports the bound.
-(LLaMA-13B on a Pi 5 with memory binding: about 10 ms a slot, exact; the 70B-shaped card on an
-Orin NX: about 40 ms, a certified gap under 1.3 %; docs/design.md §4.3.)
+The sweep's lambda range is narrowed to the slopes ``g`` can have at the optimum,
+``[a, a + b / l_fast^2]`` (proofs/oracle.md, Proposition 7). (LLaMA-13B on a Pi 5 with memory
+binding: 7-11 ms a slot, exact; the 70B-shaped card on an Orin NX: 13-33 ms, a certified gap
+under 1.3 %; docs/design.md §4.3.)
 
 Exactness holds over the lambda range ``[eps, 1/eps] * c_s / l_s`` (normalized by the latency
 ``l_s`` of the fastest partition and the ``c`` scale ``c_s``), with ``eps = 1e-4``, and up to
@@ -292,10 +294,19 @@ def _price(pt: _Pt, s):
     return jnp.where(s.which == 1, s.nu * pt.mem_c + s.nu_e * pt.mem, s.nu * pt.mem)
 
 
-def _lam_range(s: _State):
+def _lam_range(pb: _Problem, s: _State):
+    """The sweep's lambda range: ``[EPS, 1/EPS]`` in normalized units, narrowed to the slopes
+    the concave ``g`` can have where the optimum lies. The minimizer ``p*`` of ``g(l) + c``
+    also minimizes ``lambda l + c`` at ``lambda = g'(l*)`` (``g`` lies below its tangent), and
+    ``g'(l) = a + b / l^2`` falls with ``l``, which is at least the fastest latency ``l_s``:
+    so ``lambda`` in ``[a, a + b / l_s^2]`` (proofs/oracle.md, Proposition 7). With a price on
+    memory in ``c`` the same holds (``g`` is unchanged), and on any subset of partitions."""
     unit = (s.c_s + s.nu * s.m_s) / s.l_s
     unit = jnp.where(unit > 0, unit, 1.0 / s.l_s)  # c == 0 everywhere: lambda breaks ties only
-    return EPS_RANGE * unit, unit / EPS_RANGE
+    lo, hi = EPS_RANGE * unit, unit / EPS_RANGE
+    g_lo = jnp.clip(pb.a * (1.0 - 1e-4), lo, hi)
+    g_hi = jnp.clip((pb.a + pb.b / (s.l_s * s.l_s)) * (1.0 + 1e-4), lo, hi)
+    return g_lo, jnp.maximum(g_hi, g_lo)
 
 
 def _top(pb: _Problem, s: _State):
@@ -313,7 +324,7 @@ def _top(pb: _Problem, s: _State):
 
 def _query(pb: _Problem, s: _State):
     """(solve now?, DP weights, lambda) for the current phase."""
-    lam_lo, lam_hi = _lam_range(s)
+    lam_lo, lam_hi = _lam_range(pb, s)
     worth, lam_star, _ = _top(pb, s)
     lam = jnp.select([s.phase == _LO, s.phase == _HI], [lam_lo, lam_hi], lam_star)
     norm = lam * s.l_s + s.c_s + s.nu * s.m_s
@@ -447,7 +458,7 @@ def _after_lo(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
 
 def _after_hi(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
     """Start the sweep's stack with [p_lo, p_hi]."""
-    lam_lo, lam_hi = _lam_range(s)
+    lam_lo, lam_hi = _lam_range(pb, s)
     p_lo, nu = s.p_lo, s.nu
     j_lo, j_hi = pb.j_lagr(p_lo, s), pb.j_lagr(pt, s)
     t_lo, t_hi = pb.j_true(p_lo), pb.j_true(pt)

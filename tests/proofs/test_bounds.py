@@ -336,6 +336,24 @@ def test_concave_objective_minimized_at_swept_hull_vertex(pts, V, Q, tau):
     assert int(sol.n_solves) <= max(2 * n + 1, 4)
 
 
+@settings(max_examples=40, deadline=None)
+@given(grid_points, st.floats(0.0, 5.0), st.floats(0.0, 50.0))
+def test_optimum_is_supported_at_a_slope_in_the_narrow_range(pts, a, b):
+    """oracle.md Proposition 7: the minimizer of a l - b / l + c over a finite set minimizes
+    lam l + c at lam = a + b / l*^2, which lies in [a, a + b / l_min^2]; and the oracle, which
+    sweeps only that range (widened by 1e-4), still finds the minimum."""
+    lat, cost, _ = _columns(pts)
+    f = a * lat - b / lat + cost
+    v = int(np.argmin(f))
+    lam = a + b / lat[v] ** 2
+    assert a <= lam <= a + b / lat.min() ** 2
+    lin = lam * lat + cost
+    assert lin[v] <= lin.min() + 1e-9 * (1.0 + np.abs(lin).max())
+    sol = minimize_points(lat, cost, np.zeros_like(lat), a, b, 1.0)
+    tol = 1e-5 * (np.abs(f).max() + a * lat.max() + b / lat.min() + 1.0)
+    assert bool(sol.exact) and float(sol.objective) == pytest.approx(f.min(), abs=tol)
+
+
 def test_memory_relaxation_duality_gap_hand_worked():
     """oracle.md Proposition 3: the multiplier bound is valid but can leave a gap.
 
