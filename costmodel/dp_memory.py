@@ -102,7 +102,7 @@ class ResourceResult:
 
 def solve_tables_resource_fit(tb: SlotTables, w: Weights, budget_gb, units: int = 128, up=True,
                               shifts: int = 64, n_fit: int = 16,
-                              budget_c_gb=jnp.inf) -> ResourceResult:
+                              budget_c_gb=float("inf")) -> ResourceResult:
     """``solve_tables_resource`` and, from the same forward pass, a point that truly fits: the
     minimizers of the ``n_fit`` best memory levels (each the best partition whose rounded
     memory is exactly that level, over precisions and sides) are traced back and priced with

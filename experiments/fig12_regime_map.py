@@ -9,7 +9,8 @@ on the edge, any activation precision), and head-level split: the exact head/FFN
 (memory-constrained, costmodel.dp) counts as its own class only where it beats all three by
 more than `tol` (it contains them, so elsewhere it ties). Margin: latency of the best *other*
 class over the winner's. The whole grid is one vmapped batch per (model, privacy
-floor), one compiled program per model; where the DP's memory multiplier leaves a duality gap, up to `exact_checks` grid
+floor), one compiled program per model; where the DP's memory multiplier leaves a duality
+gap, up to `exact_checks` grid
 points are re-solved with the exact resource DP (`costmodel.strategies.strategy_partition`)
 and compared.
 

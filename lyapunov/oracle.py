@@ -51,10 +51,12 @@ binding: 7-11 ms a slot, exact; the 70B-shaped card on an Orin NX: 13-33 ms, a c
 under 1.3 %; docs/design.md §4.3.)
 
 Exactness holds over the lambda range ``[eps, 1/eps] * c_s / l_s`` (normalized by the latency
-``l_s`` of the fastest partition and the ``c`` scale ``c_s``), with ``eps = 1e-4``, and up to
-float32 resolution (relative ``1e-5``): hull vertices whose latencies differ from a neighbour's
-by less than ``eps`` relative, or that lie less than ``1e-5`` relative below a chord, are not
-separated. Tests compare with brute-force enumeration (``tests/lyapunov/test_oracle.py``).
+``l_s`` of the fastest partition and the ``c`` scale ``c_s``; the sweep runs on its
+intersection with Proposition 7's range, which holds the optimum's slope), with ``eps = 1e-4``,
+and up to float32 resolution (relative ``1e-5``): hull vertices whose latencies differ from a
+neighbour's by less than ``eps`` relative, or that lie less than ``1e-5`` relative below a
+chord, are not separated.
+Tests compare with brute-force enumeration (``tests/lyapunov/test_oracle.py``).
 """
 
 from __future__ import annotations
