@@ -34,6 +34,7 @@ Conventions (see also proofs/cost-model.md):
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import struct
 
@@ -238,8 +239,14 @@ def cloud_memory(k, f, spec: CostSpec, j=0):
 def _passes(s_in, k, f, q, link, spec, j):
     """Prefill + T decode passes of one layer option, time-like terms combined."""
     s, t = spec.prompt_tokens, spec.new_tokens
-    pre = pass_terms(s_in, k, f, q, link, spec, s, (s + 1.0) / 2.0, 0.0, j)
-    dec = pass_terms(s_in, k, f, q, link, spec, 1.0, s + (t + 1.0) / 2.0, 1.0, j)
+    # Both passes through one traced pass_terms, batched over (tokens, context, K/V read):
+    # half the ops to compile of two calls, the same arithmetic.
+    n = jnp.stack(jnp.broadcast_arrays(*(jnp.asarray(x, jnp.float32) for x in (s, 1.0))))
+    ctx = jnp.stack(jnp.broadcast_arrays(*(jnp.asarray(x, jnp.float32)
+                                           for x in ((s + 1.0) / 2.0, s + (t + 1.0) / 2.0))))
+    both = jax.vmap(lambda n, c, kv: pass_terms(s_in, k, f, q, link, spec, n, c, kv, j))(
+        n, ctx, jnp.array([0.0, 1.0], jnp.float32))
+    pre, dec = (jax.tree.map(lambda x, i=i: x[i], both) for i in (0, 1))
     fields = [a + t * b for a, b in zip(_fields(pre)[:7], _fields(dec)[:7], strict=True)]
     return fields + [pre.n_cross]
 
