@@ -28,6 +28,7 @@ from costmodel.dp import (
     DPResult,
     SlotTables,
     Weights,
+    _base_weighted,
     _ends_weighted,
     _out_index,
     n_ffn_options,
@@ -103,6 +104,52 @@ class ResourceResult:
 def solve_tables_resource_fit(tb: SlotTables, w: Weights, budget_gb, units: int = 128, up=True,
                               shifts: int = 64, n_fit: int = 16,
                               budget_c_gb=float("inf")) -> ResourceResult:
+    """``_resource_pass`` over the precisions of ``tb``, one at a time, skipping those that a
+    precision dominates: where one precision's weighted option table is nowhere above
+    another's (every (side, option) entry; the layers' accuracy weights and the endpoints do
+    not depend on the precision), no partition is better at the other, so only the dominant
+    one runs (with the accuracy weight 0 the fewest crossing bytes usually dominates: a third
+    of the work; docs/design.md §4.3). The precisions run in a loop of one compiled pass."""
+    n_p = tb.base.shape[1]
+    if n_p == 1:
+        return _resource_pass(tb, w, budget_gb, units, up, shifts, n_fit, budget_c_gb)
+    order, n_run = precision_order(tb, w)
+
+    def one(i):
+        qi = order[i]
+        sub = tb.replace(base=jax.lax.dynamic_slice_in_dim(tb.base, qi, 1, 1),
+                         precisions=jax.lax.dynamic_slice_in_dim(tb.precisions, qi, 1))
+        return _resource_pass(sub, w, budget_gb, units, up, shifts, n_fit, budget_c_gb)
+
+    def body(c):
+        i, acc = c
+        r = one(i)
+        acc = ResourceResult(
+            jax.tree.map(lambda a, b: jnp.where(r.best.value < acc.best.value, a, b), r.best,
+                         acc.best),
+            jax.tree.map(lambda a, b: jnp.where(r.fit.value < acc.fit.value, a, b), r.fit,
+                         acc.fit))
+        return i + 1, acc
+
+    init = jax.tree.map(lambda x: jnp.full(x.shape, BIG if x.dtype == jnp.float32 else 0,
+                                           x.dtype), jax.eval_shape(one, 0))
+    _, out = jax.lax.while_loop(lambda c: c[0] < n_run, body, (jnp.int32(0), init))
+    return out
+
+
+def precision_order(tb: SlotTables, w: Weights):
+    """(order [P], n_run): the precision indices to run, the cheapest (by its table's sum)
+    first, and how many: 1 if its weighted option table is nowhere above any other's (it
+    dominates), else all of them."""
+    base = _base_weighted(tb, w)  # [P, S, O]
+    first = jnp.argmin(jnp.where(jnp.isfinite(base), base, BIG).sum((1, 2)))
+    dominant = jnp.all(base[first][None] <= base)
+    order = jnp.argsort(jnp.arange(base.shape[0]) != first, stable=True)  # first, the rest
+    return order, jnp.where(dominant, 1, base.shape[0])
+
+
+def _resource_pass(tb: SlotTables, w: Weights, budget_gb, units: int, up, shifts: int,
+                   n_fit: int, budget_c_gb) -> ResourceResult:
     """``solve_tables_resource`` and, from the same forward pass, a point that truly fits: the
     minimizers of the ``n_fit`` best memory levels (each the best partition whose rounded
     memory is exactly that level, over precisions and sides) are traced back and priced with

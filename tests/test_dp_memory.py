@@ -187,3 +187,42 @@ def test_fitting_candidates_fit_and_trace_back_their_values():
         assert float(res.fit.value) >= best * (1 - 1e-5)
         overran += not bool(request_costs(res.best.partition, link, spec).memory_ok)
     assert overran >= 1  # the coarse unit (4 per budget) makes the minimizer overrun somewhere
+
+
+def test_dominated_precisions_are_skipped_without_changing_the_minimum():
+    """solve_tables_resource_fit runs only the dominant precision where one precision's
+    weighted option table is nowhere above the others' (with the accuracy weight 0 the fewest
+    crossing bytes), else every precision: its minimum equals the best of the one-precision
+    passes either way (the second case's tables are perturbed so that no precision dominates:
+    each of two precisions is cheaper on half the options)."""
+    from costmodel import dp_memory as dm
+
+    edge = get_profile("rpi5")
+    full = make_spec(CARD, edge, "datacenter", Workload(64, 4))
+    link = make_link(5.0, 30.0)
+    need = float(request_costs(make_partition([2] * 3, [0] * 3), link, full).edge_memory_gb)
+    edge_b = dataclasses.replace(edge, name="rpi5-b", mem_budget_gb=0.6 * need)
+    spec = make_spec(CARD, edge_b, "datacenter", Workload(64, 4))
+    tb0 = tables(link, spec, (0, 1, 2), False)
+    budget = spec.edge.mem_budget / 1e9
+    one = jax.jit(dm._resource_pass, static_argnames=("units", "shifts", "n_fit"))
+    w = Weights(latency=1.0, energy=0.05)
+    n_o = tb0.base.shape[-1]
+    bump = 0.5 * float(tb0.base[0].max())
+    half = (jnp.arange(n_o) % 2 == 0)[None, :]
+    lat = tb0.base[0].at[1].add(jnp.where(half, bump, 0.0)).at[2].add(jnp.where(half, 0.0, bump))
+    mixed = tb0.replace(base=tb0.base.at[0].set(lat))
+    dominant = []
+    for tb in (tb0, mixed):
+        got = resource_fit(tb, w, budget, units=64, up=jnp.bool_(False), shifts=24, n_fit=4)
+        each = [one(tb.replace(base=tb.base[:, q:q + 1], precisions=tb.precisions[q:q + 1]), w,
+                    budget, units=64, up=jnp.bool_(False), shifts=24, n_fit=4,
+                    budget_c_gb=float("inf")) for q in range(3)]
+        assert float(got.best.value) == pytest.approx(min(float(r.best.value) for r in each),
+                                                      rel=1e-6)
+        order, n_run = dm.precision_order(tb, w)
+        dominant.append(int(n_run) == 1)
+        # the dominant precision is the one the natural tables' minimum uses
+        if int(n_run) == 1:
+            assert int(got.best.partition.act_prec) == int(tb.precisions[int(order[0])])
+    assert dominant == [True, False]
