@@ -207,18 +207,21 @@ def _finite(val):
     return jnp.where(jnp.isfinite(val), jnp.minimum(val, BIG), BIG)
 
 
+def _weigh(six, w: Weights):
+    """The weighted sum over the leading axis of six terms (``SIX``), inf where a term is not
+    finite (as ``scalarize``: a non-finite term makes the option BIG)."""
+    fin = jnp.isfinite(six)
+    return jnp.where(fin.all(0), jnp.tensordot(_wvec(w), jnp.where(fin, six, 0.0), 1), jnp.inf)
+
+
 def _base_weighted(tb: SlotTables, w: Weights):
-    """float [P, S, O]: the layer-free part of the weighted option table (inf where a term is
-    not finite, as ``scalarize``)."""
-    wv = _wvec(w)
-    fin = jnp.isfinite(tb.base)  # scalarize: a non-finite term makes the option BIG
-    return jnp.where(fin.all(0), jnp.tensordot(wv, jnp.where(fin, tb.base, 0.0), 1), jnp.inf)
+    """float [P, S, O]: the layer-free part of the weighted option table."""
+    return _weigh(tb.base, w)
 
 
 def _ends_weighted(tb: SlotTables, w: Weights):
-    fin = jnp.isfinite(tb.ends)
-    return _finite(jnp.where(fin.all(0), jnp.tensordot(_wvec(w), jnp.where(fin, tb.ends, 0.0),
-                                                       1), jnp.inf))
+    """float [2, S]: the weighted endpoints, BIG where not finite."""
+    return _finite(_weigh(tb.ends, w))
 
 
 def tables_weighted(tb: SlotTables, w: Weights):

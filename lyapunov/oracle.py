@@ -560,17 +560,19 @@ def _sweep(pb: _Problem, solve, solve_resource, evaluate) -> _State:
         need, w, lam, worth = _query(pb, s)
         if pb.units > 0:
             part, fit = jax.lax.cond(s.mode >= 1, solve_resource, plain, w)
+            pt = evaluate(part)
             # The resource DP's point that truly fits (from its best memory levels) is a
-            # feasible candidate, kept before the sweep's own update (which may end the sweep).
-            pf = evaluate(fit)
+            # feasible candidate, kept before the sweep's own update (which may end the sweep);
+            # the plain DP's is its own point, not priced twice.
+            pf = jax.lax.cond(s.mode >= 1, evaluate, lambda _: pt, fit)
             tf = pb.j_true(pf)
             better = need & (s.mode >= 1) & (tf < s.f_j)
             s = s.replace(f_j=jnp.where(better, tf, s.f_j), f=_where(better, pf, s.f),
                           f_lam=jnp.where(better, lam, s.f_lam),
                           f_nu=jnp.where(better, s.nu, s.f_nu))
         else:
-            part = solve(w)
-        pt = _where(need, evaluate(part), no_point)
+            pt = evaluate(solve(w))
+        pt = _where(need, pt, no_point)
         return i + 1, _transition(pb, s, pt, lam, worth)
 
     _, s = jax.lax.while_loop(cond, body, (jnp.int32(0), s0))
