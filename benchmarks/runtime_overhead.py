@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,12 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from bridge.blocks import RunPartition, make_executor, run_local  # noqa: E402
 from bridge.edge_client import ClientConfig, EdgeClient  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bridge.server_process import ServerProcess  # noqa: E402
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -106,28 +99,12 @@ def main() -> None:
         n_l, n_h, k, f, args.tp_precision) for k, f in ((g, 6), (n_h - g, 8), (n_h - g, 12))}
     mono_rp = RunPartition.edge_only(n_l, n_h, "fp16")
 
-    port = _free_port()
-    code = ("import sys; from bridge.blocks import make_executor; "
-            "from bridge.cloud_server import serve_cloud; "
-            "serve_cloud('127.0.0.1', int(sys.argv[1]), None, make_executor(sys.argv[2]))")
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(port), args.executor], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, env=env)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("cloud server did not start") from None
-                time.sleep(0.2)
+    with ServerProcess(args.executor, threads=args.threads) as srv:
         # Timed once the server process has loaded its model (loading competes for the CPU).
         mono = _best_time(lambda: run_local(ex, mono_rp, prompt, n_out), args.repeats)
         print(f"{args.executor}: S={args.prompt_tokens} T={args.new_tokens}; monolithic "
               f"(edge-only, cached) {mono * 1e3:.1f} ms per request")
-        with EdgeClient(("127.0.0.1", port), ex, ClientConfig(timeout_s=120.0)) as client:
+        with EdgeClient(srv.address, ex, ClientConfig(timeout_s=120.0)) as client:
             for name, rp in parts.items():
                 local = _best_time(lambda rp=rp: run_local(ex, rp, prompt, n_out),
                                      args.repeats)
@@ -139,9 +116,6 @@ def main() -> None:
                       f"{net * 1e3:8.1f} ms ({net / mono:5.2f}x, "
                       f"{(net - local) / len(crossings) * 1e6:6.0f} us per crossing)")
             _tp_decode(args, ex, client, prompt, mono_rp, tp_parts)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _decode_time(run, n_new: int, repeats: int) -> float:

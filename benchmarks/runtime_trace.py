@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,15 +20,10 @@ sys.path.insert(0, str(ROOT))
 
 from bridge.blocks import make_executor  # noqa: E402
 from bridge.edge_run import EdgeConfig, run_edge  # noqa: E402
+from bridge.server_process import ServerProcess  # noqa: E402
 from bridge.transport import LinkConfig  # noqa: E402
 from lyapunov.processes import ArrivalConfig  # noqa: E402
 from lyapunov.traces import load_shipped  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _policy(name: str, n_layers: int):
@@ -65,36 +57,18 @@ def main() -> None:
     args = ap.parse_args()
     ex = make_executor(args.executor)
     ex_heads = ex.cfg.n_heads
-    port = _free_port()
-    code = ("import sys; from bridge.blocks import make_executor; "
-            "from bridge.cloud_server import serve_cloud; "
-            "serve_cloud('127.0.0.1', int(sys.argv[1]), None, make_executor(sys.argv[2]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(port), args.executor], cwd=ROOT,
-                            stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("cloud server did not start") from None
-                time.sleep(0.2)
+    with ServerProcess(args.executor) as srv:
         cfg = EdgeConfig(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                          arrival=ArrivalConfig(rate=args.rate),
                          link=LinkConfig(rtt_ms=args.rtt_ms))
         for name in args.policy or ["cloud-only"]:
-            out = run_edge(("127.0.0.1", port), args.requests, load_shipped(args.trace),
+            out = run_edge(srv.address, args.requests, load_shipped(args.trace),
                            _policy(name, ex.cfg.n_layers), cfg, executor=ex)
             out.pop("requests")
             keys = ("answered", "failed", "lost", "duplicated", "latency_p50_s",
                     "latency_p95_s", "predicted_p50_s", "predicted_p95_s", "bytes_sent",
                     "retries", "fallbacks", "partitions", "profile")
             print(json.dumps({"policy": name, **{k: out[k] for k in keys}}))
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,6 @@ imply for request and connection state beyond the model. Prints one figure per l
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -32,16 +29,7 @@ sys.path.insert(0, str(ROOT))
 from bridge.blocks import RunPartition, run_local, toy_executor  # noqa: E402
 from bridge.cloud_server import ServerLimits  # noqa: E402
 from bridge.edge_client import ClientConfig, EdgeClient  # noqa: E402
-
-SERVER = ("import sys; from bridge.blocks import toy_executor; "
-          "from bridge.cloud_server import serve_cloud; "
-          "serve_cloud('127.0.0.1', int(sys.argv[1]), None, toy_executor())")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bridge.server_process import ServerProcess  # noqa: E402
 
 
 def _mem_kb(pid: int) -> dict:
@@ -51,21 +39,6 @@ def _mem_kb(pid: int) -> dict:
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(val.split()[0])
     return out
-
-
-def _start_server(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("cloud server process did not start")
 
 
 def load_test(clients: int = 50, requests: int = 4, seed: int = 0) -> dict:
@@ -82,8 +55,9 @@ def load_test(clients: int = 50, requests: int = 4, seed: int = 0) -> dict:
             rp = RunPartition(heads, rng.integers(0, 3, n_l), "fp32", bool(rng.integers(0, 2)))
             mine.append((rng.integers(0, vocab, int(rng.integers(4, 13))).tolist(), rp, 4))
         jobs.append(mine)
-    port = _free_port()
-    proc = _start_server(port)
+    srv = ServerProcess("toy", start_timeout_s=60.0)
+    srv.start()
+    proc, port = srv.proc, srv.port
     try:
         with EdgeClient(("127.0.0.1", port), ex, ClientConfig(timeout_s=30.0)) as warm:
             warm.run_request([1, 2, 3], jobs[0][0][1], 2)  # imports and caches warmed up
@@ -108,8 +82,7 @@ def load_test(clients: int = 50, requests: int = 4, seed: int = 0) -> dict:
         wall = time.monotonic() - t0
         after = _mem_kb(proc.pid)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        srv.stop()
     submitted = clients * requests
     answered = failed = wrong = fallbacks = dup = executed = no_ledger = 0
     for k in range(clients):

@@ -605,6 +605,18 @@ class Calibration:
         return "\n".join(lines)
 
 
+def profile_threads(profile_path: str | Path) -> int | None:
+    """The torch thread count a ``calibrate`` profile file was measured with (from its
+    validation JSON beside it), or None when there is none. A runtime predicted with the
+    profile should run with as many threads on each side (``bridge.server_process``)."""
+    val = Path(profile_path).with_suffix(".validation.json")
+    try:
+        threads = json.loads(val.read_text()).get("threads")
+    except (OSError, ValueError):
+        return None
+    return int(threads) if isinstance(threads, int) and threads >= 1 else None
+
+
 def profile_json(profile: DeviceProfile) -> dict:
     return dataclasses.asdict(profile)
 

@@ -63,7 +63,8 @@ class Config:
     rtt_ms: link RTT; rate: Poisson arrivals per slot; slot_s: slot length (s); V: DPP weight;
     checkpoint: a hierarchical run for smollm2-135m (None: <out>/train/runtime-hier...);
     train_steps: environment steps to train that run for when it is missing (0: do not);
-    profile_path: the calibrated profiles (predictions); threads: torch threads;
+    profile_path: the calibrated profiles (predictions); threads: torch threads of each
+    process (None: the count the profile was calibrated with, else torch's default);
     privacy_layers: privacy floor (layers; embedding and the first k on the edge);
     edge_memory_gb: the edge's memory budget, GB (None: the profile's), as run-edge's."""
 
@@ -82,7 +83,7 @@ class Config:
     checkpoint: str | None = None
     train_steps: int = 4096
     profile_path: str = "profiles/local.json"
-    threads: int = 1
+    threads: int | None = None
     privacy_layers: int = 0
     edge_memory_gb: float | None = None
 
@@ -219,21 +220,25 @@ def _bootstrap_p95(x: np.ndarray, seed: int = 0, n: int = 1000) -> tuple[float, 
 def run(cfg: Config, out_dir: Path, progress) -> None:
     _check_available(cfg)
     from bridge.blocks import make_executor
-    from bridge.cloud_server import CloudServer
+    from bridge.calibrate import profile_threads
     from bridge.edge_client import ClientConfig
     from bridge.edge_run import Arrivals, EdgeConfig, add_predictions, run_edge
+    from bridge.server_process import ServerProcess
     from bridge.transport import LinkConfig
 
-    if cfg.executor != "toy":
+    threads = cfg.threads if cfg.threads is not None else profile_threads(cfg.profile_path)
+    if cfg.executor != "toy" and threads is not None:
         from bridge.blocks import set_torch_threads
 
-        set_torch_threads(cfg.threads)
+        set_torch_threads(threads)
     out_dir = Path(out_dir)
     ex = make_executor(cfg.executor)
     trained, note = _trained(cfg, out_dir)
     policies = list(cfg.policies) + trained
     rows, per_req = [], []
-    with CloudServer(ex) as srv:
+    # The cloud in its own process (bridge.server_process: sharing this one's interpreter
+    # lock and thread pool slowed both sides), with the edge's thread count.
+    with ServerProcess(cfg.executor, threads=threads) as srv:
         jobs = [(s, p) for s in range(cfg.seeds) for p in policies]
         for seed, pol in progress(jobs, desc="runtime", total=len(jobs)):
             trace = _seed_trace(cfg.trace, seed * cfg.trace_offset_s)
@@ -264,7 +269,7 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
     write_rows(out_dir / "runs.csv", rows)
     summary = summarize(per_req, rows, cfg)
     write_rows(out_dir / "summary.csv", summary)
-    write_config(out_dir, cfg, note=note, executor=ex.name, policies=policies,
+    write_config(out_dir, cfg, note=note, executor=ex.name, policies=policies, threads=threads,
                  profile=cfg.profile_path if Path(cfg.profile_path).exists()
                  else "LOCAL_DEFAULT (uncalibrated)")
     (out_dir / "NOTE.txt").write_text(note + "\n")

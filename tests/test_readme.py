@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.server_process import free_port
 from splitwise_cli import BRIDGE_COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,12 +69,6 @@ def tiny(argv: list[str]) -> list[str]:
     if argv[0] == "evaluate" and "--seeds" not in argv:
         argv += ["--seeds", "1"]
     return argv + extra
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _setup(tmp: Path) -> None:
@@ -171,7 +166,7 @@ def test_readme_commands_in_order(tmp_path):
     """The README's dependent commands, in order: train -> evaluate -> export use the same
     run; serve-cloud runs in the background while run-edge sends it requests."""
     _setup(tmp_path)
-    port = str(_free_port())
+    port = str(free_port())
     server = None
     cmds = readme_commands()
     try:

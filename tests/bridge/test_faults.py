@@ -14,11 +14,7 @@ equal to the configured schedule replayed from the client's seed. No torch neede
 """
 
 import logging
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -32,6 +28,7 @@ from bridge.blocks import RunPartition, run_local, toy_executor
 from bridge.cloud_server import CloudServer, ServerConfig
 from bridge.edge_client import ClientConfig, EdgeClient
 from bridge.fault_proxy import FaultPlan, FaultProxy
+from bridge.server_process import ServerProcess, free_port
 
 EX = toy_executor()
 L, H, V = EX.cfg.n_layers, EX.cfg.n_heads, EX.cfg.vocab_size
@@ -149,35 +146,17 @@ def test_mixed_faults_through_proxy(caplog):
     assert any("rejected frame" in r.message for r in caplog.records)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server_process(port: int) -> subprocess.Popen:
-    code = ("import sys; from bridge.blocks import toy_executor; "
-            "from bridge.cloud_server import serve_cloud; "
-            "serve_cloud('127.0.0.1', int(sys.argv[1]), None, toy_executor())")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("cloud server process did not start")
+def _start_server_process(port: int) -> ServerProcess:
+    srv = ServerProcess("toy", port=port, start_timeout_s=30.0)
+    srv.start()
+    return srv
 
 
 def test_cloud_server_restart():
     """40 requests from 2 clients while the server process is killed (SIGKILL: its request
     state is lost) and started again twice; requests in flight resume by replaying their
     log to the new process."""
-    port = _free_port()
+    port = free_port()
     proc = _start_server_process(port)
     procs = [proc]
     stop = threading.Event()
@@ -186,8 +165,7 @@ def test_cloud_server_restart():
         for _ in range(2):
             if stop.wait(0.8):
                 return
-            procs[-1].send_signal(signal.SIGKILL)
-            procs[-1].wait()
+            procs[-1].kill()
             procs.append(_start_server_process(port))
 
     slow_backoff = BackoffConfig(base_s=0.05, factor=2.0, cap_s=0.8, max_retries=10)
@@ -217,9 +195,7 @@ def test_cloud_server_restart():
         stop.set()
         t.join(60)
         for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                p.wait(10)
+            p.stop()
     assert not t.is_alive(), "the restarter hung"
     assert len(procs) == 3
     for j, r in zip(jobs, results, strict=True):
@@ -239,7 +215,7 @@ def test_cloud_server_restart_mid_tensor_parallel_request():
     without falling back to the edge."""
     from bridge.transport import LinkConfig, LinkEmulator
 
-    port = _free_port()
+    port = free_port()
     procs = [_start_server_process(port)]
     stop = threading.Event()
 
@@ -247,8 +223,7 @@ def test_cloud_server_restart_mid_tensor_parallel_request():
         for wait_s in (0.7, 2.0):
             if stop.wait(wait_s):
                 return
-            procs[-1].send_signal(signal.SIGKILL)
-            procs[-1].wait()
+            procs[-1].kill()
             procs.append(_start_server_process(port))
 
     jobs = [([5, 17, 33, 2, 9], RunPartition.tensor_parallel(L, H, 2, 5, "fp32"), 10),
@@ -267,9 +242,7 @@ def test_cloud_server_restart_mid_tensor_parallel_request():
         stop.set()
         t.join(60)
         for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                p.wait(10)
+            p.stop()
     assert len(procs) == 3, "the restarts did not happen while the requests ran"
     for (prompt, rp, n_out), res in zip(jobs, results, strict=True):
         assert res.status == "answered" and res.fallback_at is None, res.error

@@ -21,6 +21,7 @@ from bridge.backoff import BackoffConfig
 from bridge.blocks import RunPartition, encode_open, toy_executor
 from bridge.cloud_server import CloudServer, ServerConfig, ServerLimits
 from bridge.edge_client import ClientConfig, EdgeClient
+from bridge.server_process import free_port
 from bridge.wire import MsgType
 
 EX = toy_executor()
@@ -392,7 +393,7 @@ def test_run_edge_exits_non_zero_when_the_cloud_was_never_usable(case, tmp_path,
     kf.write_bytes(b"e" * 32)
     kf.chmod(0o600)
     with _server(KEY) as srv:
-        port = srv.port if case != "unreachable" else _free_port()
+        port = srv.port if case != "unreachable" else free_port()
         argv = ["run-edge", "--cloud", f"127.0.0.1:{port}", "--requests", "3", "--policy",
                 "cloud-only", "--key-file", str(kf), "--retries", "1", "--backoff-base",
                 "0.01", "--timeout", "1", "--rtt-ms", "0", "--json"]
@@ -406,12 +407,6 @@ def test_run_edge_exits_non_zero_when_the_cloud_was_never_usable(case, tmp_path,
     lines = [ln for ln in err.splitlines() if ln.startswith("splitwise run-edge: error")]
     assert len(lines) == 1
     assert ("wrong or missing key" if case == "wrong-key" else "cloud unreachable") in lines[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serve_cloud_on_a_port_in_use_is_one_line(capsys):
