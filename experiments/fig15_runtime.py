@@ -88,9 +88,12 @@ class Config:
     edge_memory_gb: float | None = None
 
 
-QUICK = Config()
-FULL = Config(requests=70, seeds=3, prompt_tokens=16, new_tokens=8, rate=0.5,
-              train_steps=65536)
+# Both modes keep the README runtime example's constraints (privacy floor 2 layers, 0.3 GB of
+# edge memory): without them every cost-based policy runs SmolLM2 on the edge alone here (the
+# loopback cloud is this machine), and the comparison would compare nothing.
+QUICK = Config(privacy_layers=2, edge_memory_gb=0.3)
+FULL = Config(requests=70, seeds=3, prompt_tokens=16, new_tokens=8, rate=1.0,
+              train_steps=65536, privacy_layers=2, edge_memory_gb=0.3)
 
 
 def _check_available(cfg: Config) -> None:

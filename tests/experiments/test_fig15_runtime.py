@@ -72,6 +72,7 @@ def test_onnx_agreement_with_the_checkpoint_hand_worked():
 
 
 def test_trained_run_is_named_for_its_constraints():
-    assert fig15.runtime_run_name(fig15.QUICK) == "runtime-hier"
-    cfg = dataclasses.replace(fig15.QUICK, privacy_layers=2, edge_memory_gb=0.3)
+    free = dataclasses.replace(fig15.QUICK, privacy_layers=0, edge_memory_gb=None)
+    assert fig15.runtime_run_name(free) == "runtime-hier"
+    cfg = dataclasses.replace(free, privacy_layers=2, edge_memory_gb=0.3)
     assert fig15.runtime_run_name(cfg) == "runtime-hier-priv2-mem0.3gb"
