@@ -21,6 +21,7 @@ vmapped over seeds; the caller loops over segments and prints between them (`age
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -67,7 +68,14 @@ class PPOConfig:
     warmup_frac: fraction of optimizer steps of linear warm-up (0: none).
     reward_mode: "dpp": the environment's reward; "relative" (needs gamma = 0): the adapter's
       `relative_reward`, a per-step transform that keeps every state's best action (for the
-      slot environment: `agents.slot_env.relative_reward`).
+      slot environment: `agents.slot_env.relative_reward`); "longrun" (gamma in [0, 1)): the
+      long-run objective itself, r = -(1 - gamma) (p + backlog_weight Q') / reward_scale with
+      the adapter's `longrun_cost` p + beta Q' (slot environment: the slot's penalty and the
+      backlog it leaves, `agents.slot_env.longrun_cost`), so that a value is the discounted
+      average of the per-slot cost (`train_reward`; docs/design.md §4.6).
+    backlog_weight: beta of reward_mode "longrun", penalty units per request of backlog and
+      slot (> 0); None: 1 / V of the scenario (the exchange rate of V p + Q in the DPP).
+      Only with reward_mode "longrun".
     reward_scale: rewards are divided by this (after the environment's own scale).
     reward_clip: rewards below -reward_clip are clipped there, keeping the environment's large
       cost of an infeasible step (an unobserved outage) from swamping the advantage
@@ -92,7 +100,8 @@ class PPOConfig:
     lr: float = 1e-3
     lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
     warmup_frac: float = 0.0
-    reward_mode: Literal["dpp", "relative"] = "relative"
+    reward_mode: Literal["dpp", "relative", "longrun"] = "relative"
+    backlog_weight: float | None = None
     reward_scale: float = 1.0
     reward_clip: float | None = None
     norm_adv: bool = True
@@ -102,8 +111,21 @@ class PPOConfig:
             raise ValueError("PPOConfig: num_envs * num_steps must be divisible by "
                              f"num_minibatches, got {self.num_envs} * {self.num_steps} and "
                              f"{self.num_minibatches}")
-        if self.reward_mode not in ("dpp", "relative"):
+        if self.reward_mode not in ("dpp", "relative", "longrun"):
             raise ValueError(f"PPOConfig.reward_mode: unknown {self.reward_mode!r}")
+        if self.backlog_weight is not None:
+            if self.reward_mode != "longrun":
+                raise ValueError("PPOConfig.backlog_weight: only reward_mode 'longrun' has a "
+                                 f"backlog cost, got reward_mode {self.reward_mode!r}")
+            if not (math.isfinite(self.backlog_weight) and self.backlog_weight > 0):
+                raise ValueError("PPOConfig.backlog_weight: must be a finite number > 0 "
+                                 f"(penalty units per request of backlog), got "
+                                 f"{self.backlog_weight!r}")
+        if self.reward_mode == "longrun" and not 0 <= self.gamma < 1:
+            raise ValueError("PPOConfig.gamma: reward_mode 'longrun' needs gamma in [0, 1) "
+                             f"(its reward carries the factor 1 - gamma), got {self.gamma!r}")
+        if not self.reward_scale > 0:
+            raise ValueError(f"PPOConfig.reward_scale: must be > 0, got {self.reward_scale!r}")
         if self.reward_mode == "relative" and self.gamma != 0:
             raise ValueError("PPOConfig: reward_mode 'relative' is a per-step (bandit) "
                              "transform and needs gamma = 0; use reward_mode 'dpp'")
@@ -140,6 +162,9 @@ class EnvAdapter:
     precisions(params) -> the allowed activation precisions (static);
     relative_reward(obs, info, params) -> float [] (PPOConfig.reward_mode "relative"; obs is
       the observation the action was taken on);
+    longrun_cost(info, params, backlog_weight) -> float [] (PPOConfig.reward_mode "longrun":
+      the step's penalty plus backlog_weight (None: the adapter's default) times the backlog
+      it leaves);
     tp(params) -> the scenario's option space (static bool; the action space follows it
       unless ActionConfig.tp forces one).
     The slot environment's adapter is `agents.slot_env.lyapunov_adapter`.
@@ -153,6 +178,7 @@ class EnvAdapter:
     metrics: Callable
     precisions: Callable = lambda params: (0, 1, 2)
     relative_reward: Callable | None = None
+    longrun_cost: Callable | None = None
     tp: Callable = lambda params: False
 
 
@@ -217,12 +243,38 @@ def policy_loss_fn(model: ActorCritic, batch: Transition, adv, target, cfg: PPOC
     return terms.total, terms
 
 
+def train_reward(cfg: PPOConfig, env: EnvAdapter, env_params, obs, reward, info):
+    """float []: the reward PPO trains on for one environment step (one sample; vmap
+    outward), by `cfg.reward_mode`:
+
+        "dpp":      r = reward                                  (the environment's own)
+        "relative": r = env.relative_reward(obs, info, params)  (gamma = 0 only)
+        "longrun":  r = -(1 - gamma) env.longrun_cost(info, params, backlog_weight)
+
+    then clipped below at -cfg.clip (when set) and divided by cfg.reward_scale. `obs` is the
+    observation the action was taken on, `reward` and `info` the step's. With the factor
+    1 - gamma a "longrun" value is the discounted average of the per-step cost (for the slot
+    environment p + beta Q', in units of reward_scale), on the scale of the time averages it
+    estimates whatever gamma.
+    """
+    r = jnp.asarray(reward, jnp.float32)
+    if cfg.reward_mode == "relative":
+        r = env.relative_reward(obs, info, env_params)
+    elif cfg.reward_mode == "longrun":
+        r = -(1.0 - cfg.gamma) * env.longrun_cost(info, env_params, cfg.backlog_weight)
+    if cfg.clip is not None:
+        r = jnp.maximum(r, -cfg.clip)
+    return r / cfg.reward_scale
+
+
 def make_update(cfg: PPOConfig, env: EnvAdapter, env_params, space: ActionSpace, graphdef):
     """update(runner) -> (runner, metrics dict of float []): one rollout and its epochs."""
     spec = env.spec(env_params)
-    if cfg.reward_mode == "relative" and env.relative_reward is None:
-        raise ValueError("PPOConfig.reward_mode 'relative': the environment adapter has no "
-                         "relative_reward; use reward_mode 'dpp'")
+    for mode, fn in (("relative", env.relative_reward), ("longrun", env.longrun_cost)):
+        if cfg.reward_mode == mode and fn is None:
+            raise ValueError(f"PPOConfig.reward_mode {mode!r}: the environment adapter has no "
+                             f"{'relative_reward' if mode == 'relative' else 'longrun_cost'}; "
+                             "use reward_mode 'dpp'")
 
     def contexts(obs):
         return jax.vmap(lambda o: mask_context(spec, space, env.outage(o)))(obs)
@@ -242,13 +294,9 @@ def make_update(cfg: PPOConfig, env: EnvAdapter, env_params, space: ActionSpace,
             keys = jax.random.split(k_env, cfg.num_envs)
             obs2, env_state2, reward, done, info = jax.vmap(
                 env.step, in_axes=(0, 0, 0, None))(keys, env_state, part, env_params)
-            r = reward.astype(jnp.float32)
-            if cfg.reward_mode == "relative":
-                r = jax.vmap(env.relative_reward, in_axes=(0, 0, None))(obs, info, env_params)
-            if cfg.clip is not None:
-                r = jnp.maximum(r, -cfg.clip)
-            tr = Transition(x, ctx, action, fac.logp, value, r / cfg.reward_scale,
-                            done.astype(jnp.float32))
+            r = jax.vmap(lambda o, rw, i: train_reward(cfg, env, env_params, o, rw, i))(
+                obs, reward, info)
+            tr = Transition(x, ctx, action, fac.logp, value, r, done.astype(jnp.float32))
             logged = {k: jnp.mean(v) for k, v in env.metrics(info).items()}
             logged["reward"] = jnp.mean(reward)
             logged["train_reward"] = jnp.mean(r)

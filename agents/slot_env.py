@@ -5,7 +5,7 @@ an observation, and the drift-plus-penalty rewards (docs/design.md §3).
 `episode_slots`, maps an `Obs` to `agents.networks.Features` (`observe_features`), reports the
 outage flag the action masks use (`observed_outage`), the per-update metrics and the option
 space (``EnvParams.tp``: the action space follows it), and supplies `relative_reward` for
-`PPOConfig.reward_mode == "relative"`.
+`PPOConfig.reward_mode == "relative"` and `longrun_cost` for "longrun".
 
 Rewards. "dpp" is the environment's own reward, -DPP / its reward_scale. "relative" (for
 gamma = 0, where PPO is a contextual bandit on the per-slot drift-plus-penalty, the objective
@@ -19,6 +19,19 @@ l_edge + sum_i Z_i x_i,edge. Per state this is -DPP up to a shift and a positive
 do not depend on the action, so every state's best action is unchanged (the bandit's optimal
 policy is the DPP minimizer), while the reward no longer grows with the backlog Q and the
 noise Q (A - E[A]) of the arrivals is removed.
+
+"longrun" (`longrun_cost`, any gamma < 1: the objective the DPP controller approximates, not
+its per-slot bound) charges the slot's penalty and the backlog it leaves,
+
+    cost_t = p_t + beta Q_{t+1},   Q_{t+1} = max(Q_t - mu_t - f_t, 0) + A_t,
+
+beta in penalty units per request of backlog and slot (default 1 / V: V p + Q is the DPP's
+exchange rate). Q_{t+1}, not Q_t: Q_t is fixed before the slot's action, Q_{t+1} is what the
+action changes; the two have the same time average up to (Q_T - Q_0) / T. A policy that
+minimizes the time average of cost_t minimizes the time-average penalty plus beta times the
+time-average backlog: beta is the multiplier of a backlog constraint, and sweeping it traces
+the lower-left convex hull of the achievable (backlog, penalty) pairs. `agents.ppo.train_reward`
+turns it into the reward -(1 - gamma) cost_t / PPOConfig.reward_scale.
 """
 
 from __future__ import annotations
@@ -103,6 +116,14 @@ def relative_reward(obs: E.Obs, info, params: E.EnvParams):
     return -(dpp_no_arrivals - ref_dpp) / jnp.maximum(scale, 1e-6)
 
 
+def longrun_cost(info, params: E.EnvParams, backlog_weight=None):
+    """float []: p_t + beta Q_{t+1} of one slot (module docstring); `info` is the step's
+    `lyapunov.env.StepInfo`, beta = `backlog_weight`, or 1 / V of `params` when None (V > 0)."""
+    beta = (1.0 / params.slot.V) if backlog_weight is None else backlog_weight
+    q_next = jnp.maximum(info.backlog - info.service - info.failed, 0.0) + info.arrivals
+    return (info.penalty + beta * q_next).astype(jnp.float32)
+
+
 def _step(key, state, action, params):
     """`lyapunov.env.step`, then a fresh reset where the episode ended."""
     k_step, k_reset = jax.random.split(key)
@@ -124,4 +145,4 @@ def lyapunov_adapter() -> EnvAdapter:
     return EnvAdapter(reset=E.reset, step=_step, features=observe_features,
                       outage=observed_outage, spec=lambda p: p.spec, metrics=_metrics,
                       precisions=lambda p: p.precisions, relative_reward=relative_reward,
-                      tp=lambda p: p.tp)
+                      longrun_cost=longrun_cost, tp=lambda p: p.tp)

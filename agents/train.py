@@ -3,7 +3,9 @@
 A `TrainConfig` is one run (scenario, training traces, PPO, action space, networks, seeds);
 `make_train` / `make_segments` bind it to `agents.ppo` on the slot environment
 (`agents.slot_env`, with `build_env_params`) unless another `agents.ppo.EnvAdapter` is given.
-The reward is minus the slot's drift-plus-penalty (docs/design.md §3, §4.5).
+The reward is minus the slot's drift-plus-penalty (docs/design.md §3, §4.5), or with
+`--reward-mode longrun` the long-run objective (penalty plus `--backlog-weight` times backlog,
+discounted by `--gamma`; docs/design.md §4.6).
 
 `run(cfg, out)` trains `cfg.num_seeds` seeds at once (vmapped) in jitted segments of
 `cfg.log_every` updates; between segments it prints one line (mean reward, DPP, backlog,
@@ -311,8 +313,14 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     ap.add_argument("--gamma", type=float, default=0.0,
                     help="discount per slot, in [0, 1] (0: the per-slot DPP reward)")
-    ap.add_argument("--reward-mode", default=None, choices=("relative", "dpp"),
-                    help="default: relative for gamma = 0, dpp otherwise")
+    ap.add_argument("--reward-mode", default=None, choices=("relative", "dpp", "longrun"),
+                    help="relative, dpp: the per-slot drift-plus-penalty; longrun: the "
+                         "long-run objective, penalty + backlog weight x backlog, discounted "
+                         "by --gamma (< 1; use e.g. 0.99). Default: relative for gamma = 0, "
+                         "dpp otherwise")
+    ap.add_argument("--backlog-weight", type=float, default=None,
+                    help="longrun reward's cost of backlog, penalty units per request waiting "
+                         "per slot (> 0; default 1 / V)")
     ap.add_argument("--episode-slots", type=int, default=256,
                     help="slots before an environment resets (training only)")
     ap.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus coefficient")
@@ -331,7 +339,8 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(
         scenario=scenario, train_traces=tuple(args.trace),
         ppo=PPOConfig(num_envs=args.num_envs, num_steps=args.num_steps, num_updates=n,
-                      lr=args.lr, gamma=args.gamma, ent_coef=args.ent_coef, reward_mode=mode),
+                      lr=args.lr, gamma=args.gamma, ent_coef=args.ent_coef, reward_mode=mode,
+                      backlog_weight=args.backlog_weight),
         action=ActionConfig(kind=kind, n_groups=args.groups, head_bins=args.head_bins),
         net=NetConfig(memory=not getattr(args, "no_memory", False)),
         num_seeds=args.seeds, seed=args.seed, log_every=args.log_every)
