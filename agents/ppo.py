@@ -404,6 +404,23 @@ def make_train(cfg: PPOConfig, env: EnvAdapter, env_params, action: ActionConfig
     return train
 
 
+def make_train_on(cfg: PPOConfig, env: EnvAdapter, env_params, action: ActionConfig,
+                  net: NetConfig):
+    """train(key, params) -> (Runner, metrics dict of float [num_updates]): `make_train` with
+    the scenario as data. `env_params` fixes the static pieces (action space, network graph,
+    shapes: `train.setup`); `params` is any EnvParams of the same structure (e.g. another V),
+    so `jax.jit(jax.vmap(train))` trains a batch of scenarios with one compilation."""
+    ts, _, _ = setup(cfg, env, env_params, action, net)
+
+    def train(key, params):
+        init, _ = make_init(cfg, env, params, ts.space, net)
+        update = make_update(cfg, env, params, ts.space, ts.graphdef)
+        return jax.lax.scan(lambda r, _: update(r), init(key), None, cfg.num_updates)
+
+    train.setup = ts
+    return train
+
+
 def make_segments(cfg: PPOConfig, env: EnvAdapter, env_params, action: ActionConfig,
                   net: NetConfig, log_every: int):
     """(init(keys [S]) -> Runner [S], segment(Runner [S]) -> (Runner [S], metrics [S, n]),

@@ -81,6 +81,7 @@ _MODULES = (
     "experiments.fig13_learning",
     "experiments.fig14_certificate",
     "experiments.fig15_runtime",
+    "experiments.fig16_frontier",
 )
 
 
