@@ -21,8 +21,10 @@ seed); a run already in `<out>/learning_train/<condition>/<learner>/` is used as
 LAN condition the bandwidth is the condition's process: the units are `seeds` rollouts of it
 (trace column: the condition's name), on seeds other than the learners' training seeds.
 
-The quick mode trains nothing (so that it stays cheap): it evaluates the planners, and the
-learners only where a run exists. Writes `learning.csv` (one row per policy, condition, trace,
+The quick mode trains the hierarchical learner only, briefly (4096 environment steps), in the
+exact and the profile-error rows (so that it stays cheap and the demo's table has learner
+rows; the LAN row has the oracle alone); a longer run put in `learning_train/` is used as it
+is. Writes `learning.csv` (one row per policy, condition, trace,
 seed, with the share of its slots whose partition is interior, all-edge, all-cloud, or uses a
 tp layer: `experiments.sim.partition_kinds`), `learning_summary.csv` (per policy and
 condition: mean DPP with its CI, the paired gap to dp-bayes and to the oracle in % with CIs,
@@ -69,7 +71,8 @@ class Config:
     evaluated (each is one compilation per trace; dp-bayes is the yardstick of the gaps, the
     oracle the bound); lan_planners: those of them evaluated there too (each is one more
     compilation in the tp space, 72-74 s each on the 2 shared cores under load: the quick
-    mode keeps the oracle, for its interior share)."""
+    mode keeps the oracle, for its interior share); learner_conditions: the condition rows
+    the learners are trained and evaluated in (None: every row, the LAN row included)."""
 
     model: str = "llama-7b"
     device: str = "orin-nx"
@@ -92,9 +95,12 @@ class Config:
     lan: str = "lan-peer-gbe"
     planners: tuple[str, ...] = PLANNERS
     lan_planners: tuple[str, ...] = PLANNERS
+    learner_conditions: tuple[str, ...] | None = None
 
 
-QUICK = Config(conditions=("exact", "profile-error"), n_slots=60, seeds=2, train_steps=0,
+QUICK = Config(conditions=("exact", "profile-error"), n_slots=60, seeds=2, train_steps=4096,
+               num_envs=8, num_steps=32, log_every=8, learners=("hier",),
+               learner_conditions=("exact", "profile-error"),
                eval_traces=("fivegophers_verizon_drive_2",),
                lan_planners=("oracle",))
 FULL = Config()
@@ -228,6 +234,8 @@ def run(cfg: Config, out_dir: Path, progress) -> None:
             timing[f"{name}/{LAN}"] = time.perf_counter() - t0
     trained = {}
     conds = tuple(cfg.conditions) + ((LAN,) if cfg.lan else ())
+    if cfg.learner_conditions is not None:
+        conds = tuple(c for c in conds if c in cfg.learner_conditions)
     for label in progress(cfg.learners, desc="learners", total=len(cfg.learners)):
         for c in conds:
             t0 = time.perf_counter()

@@ -123,7 +123,7 @@ class Config:
     train_steps: int = 131072
     num_envs: int = 16
     num_steps: int = 64
-    episode_slots: int = 512
+    episode_slots: int = 1000
     hidden: int = 64
     n_slots: int = 1000
     seeds: int = 10

@@ -104,3 +104,34 @@ def test_frontier_end_to_end(tmp_path):
     (learner,) = [r for r in summ if r["policy"] == "hier-longrun"]
     assert learner["verdict_all"] in fig16.VERDICTS and learner["n"] == 3
     assert "beyond the DPP frontier" in read_config(tmp_path)["verdict"]
+
+
+def test_frontier_claim_pending_then_measured(tmp_path):
+    from experiments.claims import frontier_claim
+    from experiments.tables import write_rows
+
+    assert frontier_claim(tmp_path)["verdict"] == "pending"
+    rows = []
+    for s in range(3):
+        for b, _, p, _ in DPP[:4]:
+            for pol in ("oracle", "dp-estimate"):
+                rows.append({"policy": pol, "param": "V", "value": 1.0 / b, "persistence": 0.9,
+                             "seed": s, "penalty_mean": p + 0.01 * s,
+                             "backlog_mean": b + 0.01 * s, "growth": 0.0,
+                             "infeasible_frac": 0.0})
+        rows.append({"policy": "hier-dpp", "param": "V", "value": 1.0, "persistence": 0.9,
+                     "seed": s, "penalty_mean": 3.0 + 0.01 * s, "backlog_mean": 3.0,
+                     "growth": 0.0, "infeasible_frac": 0.0})
+    write_rows(tmp_path / "frontier" / "frontier_summary.csv", fig16.summarize(rows))
+    c = frontier_claim(tmp_path)
+    assert c["verdict"] == "not reproduced"  # the only learner point is dominated
+    assert c["measured"]["persistence 0.9"]["beyond"] == 0
+    assert "dominated 1 of 1" in c["measured"]["persistence 0.9"]["text"]
+    # a learner well below the frontier makes it hold
+    rows += [{"policy": "hier-longrun", "param": "beta", "value": 1.0, "persistence": 0.9,
+              "seed": s, "penalty_mean": 0.3 + 0.01 * s, "backlog_mean": 3.0, "growth": 0.0,
+              "infeasible_frac": 0.0} for s in range(3)]
+    write_rows(tmp_path / "frontier" / "frontier_summary.csv", fig16.summarize(rows))
+    c = frontier_claim(tmp_path)
+    assert c["verdict"] == "reproduced" and c["measured"]["persistence 0.9"]["beyond"] == 1
+    assert c["measured"]["persistence 0.9"]["margin"] > 0
