@@ -92,3 +92,34 @@ def test_longrun_flags_round_trip():
     with pytest.raises(ValueError, match="backlog_weight"):
         train.config_from_args(ap.parse_args(["--out", "/x", "--gamma", "0.99", "--reward-mode",
                                               "longrun", "--backlog-weight", "-1"]))
+
+
+@pytest.mark.slow  # two small trainings compiled (about 30 s on 2 shared cores)
+def test_train_on_a_batch_of_scenarios_equals_one_at_a_time():
+    """`make_train_on` with the scenario as data, vmapped over two V, gives each V's metrics of
+    `make_train` with that scenario built in (the long-run reward reads V: beta = 1 / V)."""
+    import dataclasses
+
+    from agents import ppo
+    from agents.train import build_env_params
+    from tests.agents.small import CFG
+
+    pcfg = dataclasses.replace(CFG.ppo, num_updates=2, gamma=0.99, reward_mode="longrun")
+    cfg = dataclasses.replace(CFG, ppo=pcfg, num_seeds=1)
+    env, params = lyapunov_adapter(), build_env_params(cfg)
+    batched = ppo.make_train_on(pcfg, env, params, cfg.action, cfg.net)
+    Vs = jnp.asarray([1.0, 30.0], jnp.float32)
+    key = jax.random.key(5)
+
+    def fit(V):
+        return batched(key, params.replace(slot=params.slot.replace(V=V)))[1]
+
+    both = jax.jit(jax.vmap(fit))(Vs)
+    for i, V in enumerate((1.0, 30.0)):
+        p_v = params.replace(slot=params.slot.replace(V=jnp.float32(V)))
+        _, one = jax.jit(ppo.make_train(pcfg, env, p_v, cfg.action, cfg.net))(key)
+        for k in ("train_reward", "backlog", "loss_value"):
+            np.testing.assert_allclose(np.asarray(both[k][i]), np.asarray(one[k]), rtol=2e-3,
+                                       atol=1e-5, err_msg=k)
+    # the two V are two objectives: their long-run rewards differ
+    assert not np.allclose(np.asarray(both["train_reward"][0]), np.asarray(both["train_reward"][1]))
