@@ -465,9 +465,9 @@ def learning_claims(out: Path) -> list[dict]:
 def frontier_claim(out: Path) -> dict:
     """Figure 16: does a learner reach a (backlog, penalty) point beyond the frontier the DPP
     controllers trace over V? Per persistence of the link: holds when some learner point is
-    beyond (`experiments.fig16_frontier.classify`, both axes' CIs), inconclusive when none is
-    but some is inconclusive, fails otherwise (every point dominated, outside the swept
-    backlogs, or unstable)."""
+    beyond by the CI-corner test (`experiments.fig16_frontier.classify`, both axes' CIs);
+    fails when no point is beyond by it or by the paired test and every point is dominated,
+    outside the swept backlogs or unstable by one of them; inconclusive otherwise."""
     from experiments.fig16_frontier import LEARNERS, VERDICTS
 
     paper = "a learner reaches a point beyond the DPP frontier (issue 14, item 4)"
@@ -502,8 +502,21 @@ def frontier_claim(out: Path) -> dict:
         key = f"persistence {rho:g}"
         measured[key] = {"text": text, "beyond": len(beyond), "n": len(sel),
                          "margin": best["margin_all"] if best else None}
-        states[(key,)] = ("holds" if beyond else "inconclusive" if counts["inconclusive"]
-                          else "fails")
+        settled = all(r["verdict_all"] in ("dominated", "outside", "unstable")
+                      or r.get("paired_verdict_all") in ("dominated", "outside", "unstable")
+                      for r in sel)
+        paired_beyond = any(r.get("paired_verdict_all") == "beyond" for r in sel)
+        states[(key,)] = ("holds" if beyond else "fails" if settled and not paired_beyond
+                          else "inconclusive")
+        pcounts = {v: sum(r.get("paired_verdict_all") == v for r in sel) for v in VERDICTS}
+        pscored = [r for r in sel if isinstance(r.get("paired_margin_all"), float)
+                   and np.isfinite(r["paired_margin_all"])]
+        if pscored:
+            pb = max(pscored, key=lambda r: r["paired_margin_all"])
+            measured[key]["text"] += (
+                f"; paired over seeds: {', '.join(f'{k} {n}' for k, n in pcounts.items() if n)}"
+                f", largest paired margin {name(pb)} {pb['paired_margin_all']:.3g} ± "
+                f"{pb['paired_margin_ci_all'] or 0:.2g}")
         causal = [name(r) for r in sel if r.get("verdict_causal") == "beyond"]
         ctx.append(f"{key}: beyond the causal frontier (dp-bayes, dp-estimate) alone: "
                    + (", ".join(causal) if causal else "none"))

@@ -60,6 +60,16 @@ penalty and lets the queue grow). The DPP controllers are stable at every V (Nee
 ch. 4): a large V only fills their queue more slowly to a higher level.
 The same test is run against the causal DPP controllers alone (dp-bayes, dp-estimate).
 
+A sharper, paired test rides beside it (`paired_margin`): every policy runs on the same
+evaluation keys (the same arrival and link paths), so the spread over seeds that all policies
+share cancels. Per seed s, F_s is the frontier of the DPP points on that seed and m_s =
+F_s(b_s) - p_s the learner's margin at its own backlog on that seed (seeds where b_s is outside
+F_s's backlogs are left out; outside when most are); the paired verdict is beyond when the
+95% t-interval of the mean margin lies above 0, dominated when below, inconclusive otherwise.
+The corner test is the conservative one (no pairing, both axes' CIs against the learner): the
+claim (`experiments.claims.frontier_claim`) holds when a point is beyond by it, and fails
+when no point is beyond by either test and each is dominated, outside or unstable by one.
+
 Writes `frontier.csv` (one row per policy, parameter, persistence, seed), `frontier_summary.csv`
 (means with CIs per policy and parameter; for the learners the frontier values, margins and
 verdicts), `config.json` (with the verdict line) and `frontier.png`.
@@ -80,13 +90,14 @@ from experiments.catalog import Experiment
 from experiments.common import stack
 from experiments.plotting import finish, policy_line, pyplot
 from experiments.sim import SOLVER_KW, seed_keys
-from experiments.stats import mean_ci
+from experiments.stats import finite_mean_ci, mean_ci
 from experiments.tables import read_config, read_rows, write_config, write_rows
 
 NAME = "frontier"
 DPP_POLICIES = ("oracle", "dp-bayes", "dp-estimate")
 CAUSAL = ("dp-bayes", "dp-estimate")
 LEARNERS = ("hier-longrun", "hier-dpp")
+REL_TOL = 0.01
 VERDICTS = ("beyond", "inconclusive", "dominated", "outside", "unstable")
 
 
@@ -120,7 +131,7 @@ class Config:
     betas: tuple[float, ...] = (3.0, 1.0, 0.3, 0.1)
     gamma: float = 0.99
     learner_Vs: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
-    train_steps: int = 131072
+    train_steps: int = 262144
     num_envs: int = 16
     num_steps: int = 64
     episode_slots: int = 1000
@@ -173,14 +184,20 @@ def frontier(b, p) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(fb), np.asarray(fp)
 
 
-def frontier_value(fb, fp, b, floor: float = 1e-6) -> float:
+def frontier_value(fb, fp, b, floor: float = 1e-6, rel_tol: float = REL_TOL) -> float:
     """F(b) of a frontier (`frontier`): linear in (log backlog, log penalty) between adjacent
-    points, NaN outside [smallest, largest backlog]. Backlogs and penalties are floored at
-    `floor` (times the largest) before the logarithm."""
+    points, NaN outside [smallest, largest backlog] widened by `rel_tol` (relative: a backlog
+    within 1% of the smallest counts as at it; a policy that serves as fast as the smallest V
+    has the same backlog up to rounding). Backlogs and penalties are floored at `floor` (times
+    the largest) before the logarithm."""
     fb, fp = np.asarray(fb, float), np.asarray(fp, float)
-    if fb.size == 0 or not np.isfinite(b) or b < fb[0] or b > fb[-1]:
+    if fb.size == 0 or not np.isfinite(b):
         return float("nan")
-    if b == fb[-1]:
+    if b < fb[0] * (1.0 - rel_tol) or b > fb[-1] * (1.0 + rel_tol):
+        return float("nan")
+    if b <= fb[0]:
+        return float(fp[0])
+    if b >= fb[-1]:
         return float(fp[-1])
     lb = np.log(np.maximum(fb, floor * max(fb.max(), 1e-300)))
     lp = np.log(np.maximum(fp, floor * max(fp.max(), 1e-300)))
@@ -381,7 +398,33 @@ def summarize(rows: list[dict]) -> list[dict]:
             row[f"margin_{tag}"] = c["margin"]
             row[f"margin_mean_{tag}"] = c["margin_mean"]
             row[f"frontier_{tag}"] = c["frontier_mean"]
+            m, h, n = paired_margin(rows, row, refs)
+            row[f"paired_margin_{tag}"], row[f"paired_margin_ci_{tag}"] = m, h
+            row[f"paired_verdict_{tag}"] = (
+                "unstable" if unstable else "outside" if 2 * n < row["n"] else
+                "beyond" if m - _finite(h) > 0 else "dominated" if m + _finite(h) < 0
+                else "inconclusive")
     return out
+
+
+def paired_margin(rows: list[dict], point: dict, refs) -> tuple[float, float, int]:
+    """(mean, 95% half-width, n) over the evaluation seeds of F_s(b_s) - p_s: the learner's
+    penalty p_s and backlog b_s on seed s against the frontier F_s of the `refs` controllers'
+    points on the same seed (common random numbers: the same arrival and link paths), seeds
+    where b_s is outside F_s's backlogs left out. > 0: below the frontier."""
+    per_seed = []
+    for r in rows:
+        if (r["persistence"], r["policy"], r["param"], r["value"]) != (
+                point["persistence"], point["policy"], point["param"], point["value"]):
+            continue
+        d = [(x["backlog_mean"], x["penalty_mean"]) for x in rows
+             if x["persistence"] == r["persistence"] and x["seed"] == r["seed"]
+             and x["policy"] in refs]
+        if d:
+            fb, fp = frontier(*zip(*d, strict=True))
+            per_seed.append(frontier_value(fb, fp, r["backlog_mean"]) - r["penalty_mean"])
+    m, h, n = finite_mean_ci(per_seed)
+    return m, h, n
 
 
 def _finite(x) -> float:
@@ -406,13 +449,23 @@ def verdict_line(summary: list[dict]) -> str:
             f" of {len(learners)} ({', '.join(f'{k} {n}' for k, n in counts.items() if n)}); "
             f"beyond the causal frontier (dp-bayes, dp-estimate): "
             f"{', '.join(map(name, beyond_c)) if beyond_c else 'none'}")
-    if not scored:
-        return head + "; no learner point lies within the swept backlogs' CI range"
-    best = max(scored, key=lambda r: r["margin_all"])
-    return (head + f"; largest margin {name(best)}: F_lo(b + hb) - (p + hp) = "
-            f"{best['margin_all']:.3g} (means: F(b) - p = {best['margin_mean_all']:.3g}; "
-            f"penalty {best['penalty']:.3g} ± {best['penalty_ci']:.2g} at backlog "
-            f"{best['backlog']:.3g} ± {best['backlog_ci']:.2g})")
+    if scored:
+        best = max(scored, key=lambda r: r["margin_all"])
+        head += (f"; largest margin {name(best)}: F_lo(b + hb) - (p + hp) = "
+                 f"{best['margin_all']:.3g} (means: F(b) - p = {best['margin_mean_all']:.3g}; "
+                 f"penalty {best['penalty']:.3g} ± {best['penalty_ci']:.2g} at backlog "
+                 f"{best['backlog']:.3g} ± {best['backlog_ci']:.2g})")
+    else:
+        head += "; no learner point lies within the swept backlogs' CI range"
+    paired = [r for r in learners if np.isfinite(r.get("paired_margin_all", np.nan))]
+    pcounts = {v: sum(r.get("paired_verdict_all") == v for r in learners) for v in VERDICTS}
+    if paired:
+        pb = max(paired, key=lambda r: r["paired_margin_all"])
+        head += (f"; paired over seeds: "
+                 f"{', '.join(f'{k} {n}' for k, n in pcounts.items() if n)}, largest paired "
+                 f"margin {name(pb)}: F_s(b_s) - p_s = {pb['paired_margin_all']:.3g} ± "
+                 f"{_finite(pb['paired_margin_ci_all']):.2g}")
+    return head
 
 
 # --- plot -----------------------------------------------------------------------------------
@@ -450,7 +503,8 @@ def plot(run_dir: Path) -> list[Path]:
                 ax.errorbar(r["backlog"], r["penalty"], xerr=r["backlog_ci"] or 0,
                             yerr=r["penalty_ci"] or 0, fmt=marks[pol], ms=8, color=f"C{j + 3}",
                             label=f"{pol} {r['param']}={r['value']:g}: "
-                                  f"{r.get('verdict_all', '?')}")
+                                  f"{r.get('verdict_all', '?')} (paired: "
+                                  f"{r.get('paired_verdict_all', '?')})")
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=1e-2)
         ax.set_ylim(bottom=0.0)  # a penalty is >= 0 (symlog: a free policy's 0 stays visible)

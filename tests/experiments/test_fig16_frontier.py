@@ -77,6 +77,10 @@ def test_summary_verdicts_and_the_verdict_line():
     assert summ[("hier-longrun", 0.1)]["verdict_all"] == "unstable"
     assert summ[("hier-dpp", 1.0)]["verdict_all"] == "dominated"
     assert "verdict_causal" not in summ[("hier-dpp", 1.0)]  # no causal controller in these rows
+    # paired over seeds: the same answers, with the seeds' common spread cancelled
+    assert summ[("hier-longrun", 1.0)]["paired_verdict_all"] == "beyond"
+    assert summ[("hier-dpp", 1.0)]["paired_verdict_all"] == "dominated"
+    assert summ[("hier-longrun", 0.1)]["paired_verdict_all"] == "unstable"
     line = fig16.verdict_line(fig16.summarize(rows))
     assert "hier-longrun beta=1 (rho 0.9) of 3" in line and "unstable 1" in line
 
@@ -135,3 +139,30 @@ def test_frontier_claim_pending_then_measured(tmp_path):
     c = frontier_claim(tmp_path)
     assert c["verdict"] == "reproduced" and c["measured"]["persistence 0.9"]["beyond"] == 1
     assert c["measured"]["persistence 0.9"]["margin"] > 0
+
+
+def test_paired_margin_resolves_what_the_spread_over_seeds_hides():
+    """Seeds that scale every policy's backlog alike (common random numbers): the unpaired
+    CIs overlap, the per-seed margin does not. The learner serves as fast as the smallest V
+    (the same backlog on every seed) and pays 4.5 against the frontier's 4 there: margin
+    -0.5 on every seed."""
+    rows = []
+    for s in range(4):
+        for b, _, p, _ in DPP[:4]:
+            rows.append({"policy": "oracle", "param": "V", "value": 1.0 / b, "persistence": 0.0,
+                         "seed": s, "penalty_mean": p, "backlog_mean": b * (1 + s),
+                         "growth": 0.0, "infeasible_frac": 0.0})
+        rows.append({"policy": "hier-dpp", "param": "V", "value": 0.1, "persistence": 0.0,
+                     "seed": s, "penalty_mean": 4.5, "backlog_mean": 1.0 * (1 + s) * 1.001,
+                     "growth": 0.0, "infeasible_frac": 0.0})
+    (r,) = [x for x in fig16.summarize(rows) if x["policy"] == "hier-dpp"]
+    assert r["verdict_all"] == "inconclusive"  # the backlog's CI spans the whole frontier
+    assert r["paired_verdict_all"] == "dominated"
+    assert math.isclose(r["paired_margin_all"], -0.5, abs_tol=1e-2)
+    # backlog 20 is within the frontier of seeds 2 and 3 only (backlogs up to 8 (1 + s))
+    far = [{**x, "policy": "hier-longrun", "backlog_mean": 20.0} for x in rows
+           if x["policy"] == "hier-dpp"]
+    m, _, n = fig16.paired_margin(rows + far, far[0], ("oracle",))
+    assert n == 2 and m < 0
+    far = [{**x, "backlog_mean": 50.0} for x in far]  # beyond every seed's: no margin
+    assert fig16.paired_margin(rows + far, far[0], ("oracle",))[2] == 0
