@@ -518,8 +518,12 @@ def frontier_claim(out: Path) -> dict:
                 f", largest paired margin {name(pb)} {pb['paired_margin_all']:.3g} ± "
                 f"{pb['paired_margin_ci_all'] or 0:.2g}")
         causal = [name(r) for r in sel if r.get("verdict_causal") == "beyond"]
+        causal_p = [f"{name(r)} ({r['paired_margin_causal']:.3g} ± "
+                    f"{r['paired_margin_ci_causal'] or 0:.2g})" for r in sel
+                    if r.get("paired_verdict_causal") == "beyond"]
         ctx.append(f"{key}: beyond the causal frontier (dp-bayes, dp-estimate) alone: "
-                   + (", ".join(causal) if causal else "none"))
+                   + (", ".join(causal) if causal else "none") + "; paired over seeds: "
+                   + (", ".join(causal_p) if causal_p else "none"))
     verdict, regime = _verdict(states)
     return {"key": "frontier", "paper": paper, "ours": "hier",
             "measure": "time-average penalty and backlog of the learners (hierarchical PPO on "

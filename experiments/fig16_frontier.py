@@ -88,7 +88,7 @@ import numpy as np
 from experiments import fig05_v_tradeoff as fig05
 from experiments.catalog import Experiment
 from experiments.common import stack
-from experiments.plotting import finish, policy_line, pyplot
+from experiments.plotting import finish, log_axis, policy_line, pyplot
 from experiments.sim import SOLVER_KW, seed_keys
 from experiments.stats import finite_mean_ci, mean_ci
 from experiments.tables import read_config, read_rows, write_config, write_rows
@@ -97,6 +97,8 @@ NAME = "frontier"
 DPP_POLICIES = ("oracle", "dp-bayes", "dp-estimate")
 CAUSAL = ("dp-bayes", "dp-estimate")
 LEARNERS = ("hier-longrun", "hier-dpp")
+LEARNER_PARAMS = {"hier-longrun": "long-run reward, gamma 0.99, backlog weight beta",
+                  "hier-dpp": "per-slot DPP reward, gamma 0, V"}
 REL_TOL = 0.01
 VERDICTS = ("beyond", "inconclusive", "dominated", "outside", "unstable")
 
@@ -498,14 +500,20 @@ def plot(run_dir: Path) -> list[Path]:
         if d:
             fb, fp = frontier(*zip(*d, strict=True))
             ax.plot(fb, fp, "k:", lw=1, label="DPP frontier (means)")
+        short = {v: v[:3] for v in VERDICTS}
         for j, pol in enumerate(LEARNERS):
-            for r in (x for x in sel if x["policy"] == pol):
+            for k, r in enumerate(x for x in sel if x["policy"] == pol):
                 ax.errorbar(r["backlog"], r["penalty"], xerr=r["backlog_ci"] or 0,
-                            yerr=r["penalty_ci"] or 0, fmt=marks[pol], ms=8, color=f"C{j + 3}",
-                            label=f"{pol} {r['param']}={r['value']:g}: "
-                                  f"{r.get('verdict_all', '?')} (paired: "
-                                  f"{r.get('paired_verdict_all', '?')})")
+                            yerr=r["penalty_ci"] or 0, fmt=marks[pol], ms=7, color=("C3", "C2")[j],
+                            label=f"{pol} ({LEARNER_PARAMS[pol]}; verdict: CI corners / "
+                                  "paired)" if k == 0 else None)
+                ax.annotate(f"{r['param']}={r['value']:g}: "
+                            f"{short.get(r.get('verdict_all'), '?')}/"
+                            f"{short.get(r.get('paired_verdict_all'), '?')}",
+                            (r["backlog"], r["penalty"]), fontsize=5, color=("C3", "C2")[j],
+                            xytext=(4, -8), textcoords="offset points")
         ax.set_xscale("log")
+        log_axis(ax, "x")
         ax.set_yscale("symlog", linthresh=1e-2)
         ax.set_ylim(bottom=0.0)  # a penalty is >= 0 (symlog: a free policy's 0 stays visible)
         ax.set_xlabel("time-average backlog (requests)")
