@@ -147,7 +147,7 @@ class Config:
 
 QUICK = Config(persistence=(0.9,), Vs=(0.1, 1.0, 10.0, 100.0), betas=(1.0,), learner_Vs=(),
                train_steps=4096, num_envs=8, num_steps=32, episode_slots=256, hidden=32,
-               n_slots=300, seeds=4)
+               n_slots=250, seeds=3)
 FULL = Config()
 
 
