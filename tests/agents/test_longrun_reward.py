@@ -94,7 +94,7 @@ def test_longrun_flags_round_trip():
                                               "longrun", "--backlog-weight", "-1"]))
 
 
-@pytest.mark.slow  # two small trainings compiled (about 30 s on 2 shared cores)
+@pytest.mark.slow  # two small trainings compiled (30-80 s on 2 shared cores)
 def test_train_on_a_batch_of_scenarios_equals_one_at_a_time():
     """`make_train_on` with the scenario as data, vmapped over two V, gives each V's metrics of
     `make_train` with that scenario built in (the long-run reward reads V: beta = 1 / V)."""
