@@ -8,9 +8,11 @@ disturbed by other load on the machine):
 - in-process split: both sides in one thread, crossings encoded and decoded (no network);
 - networked split: the edge here, the cloud in the server process, RTT 0, no bandwidth cap.
 
-Prints one line per partition with the ratios to monolithic, then the cost of one decode-step
-exchange (``bridge.calibrate.exchange_cost``: a 576-wide activation, SmolLM2's d, as a STEP
-frame and its RESULT over loopback TCP; target at most 150 us).
+Prints the cost of one decode-step exchange (``bridge.calibrate.exchange_cost``: a 576-wide
+activation, SmolLM2's d, as a STEP frame and its RESULT over loopback TCP to a peer process),
+as the round trip and as one exchange: in a tensor-parallel layer both sides send their
+partial sums at once, so an exchange costs one message each way concurrently, half the round
+trip (target at most 150 us); then one line per partition with the ratios to monolithic.
 
 Tensor-parallel partitions (every layer tp: a K/V group's worth of heads and a share of the
 FFN columns on each side, the residual on both, two exchanges a layer) are timed per decode
@@ -68,9 +70,11 @@ def main() -> None:
 
         for prec in ("fp16", "int8", "int4"):
             ex = exchange_cost(args.exchanges, 576, prec)
+            # A tp exchange sends both partial sums at once, so it costs one message each
+            # way at the same time: half a round trip (msg_overhead_us), the target's unit.
             print(f"exchange 1x576 {prec}: round trip median {ex['round_trip_median_us']:.0f} "
-                  f"us, p90 {ex['round_trip_p90_us']:.0f} us (target <= 150 us); "
-                  f"msg_overhead_us {ex['msg_overhead_us']:.0f}", flush=True)
+                  f"us, p90 {ex['round_trip_p90_us']:.0f} us; one exchange (half the round "
+                  f"trip) {ex['msg_overhead_us']:.0f} us (target <= 150 us)", flush=True)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if args.executor != "toy":
         import torch

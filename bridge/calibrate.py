@@ -694,58 +694,69 @@ def _calibrate(model, out, cfg, card, progress, bw_gbs) -> Calibration:
 # The exchange overhead of the transport and the framework
 
 
+def _echo_peer(port: int, precision: str) -> None:
+    """The peer of ``exchange_cost`` (a process of its own): connect to the edge's socket,
+    then decode each STEP frame and send its activation back as a RESULT at ``precision``."""
+    import socket
+
+    from bridge import wire
+
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
+                f, _ = wire.read_frame(conn)
+                reply = wire.make_frame(wire.MsgType.RESULT, f.request_id, f.seq,
+                                        layer=f.layer, tag=f.tag, array=f.activation(),
+                                        precision=precision)
+                conn.sendall(wire.encode_frame(reply))
+        except (wire.PeerClosed, OSError):
+            return
+
+
 def exchange_cost(n: int = 300, width: int = 576, precision: str = "fp16",
                   warmup: int = 30) -> dict:
     """One decode-step exchange on loopback, as the runtime does it: the edge encodes a
     ``[1, 1, width]`` activation into a STEP frame (``bridge.wire``), sends it over TCP
-    (``TCP_NODELAY``), the peer reads and decodes it, encodes the reply and sends it back,
-    the edge reads and decodes it. Returns the median and p90 round trip (us) over ``n``
-    exchanges and ``msg_overhead_us``: half the median round trip, the software cost of one
-    message (sender's plus receiver's), the profile field of ``costmodel.profiles``."""
+    (``TCP_NODELAY``) to a peer *process* (as ``serve-cloud`` is one: a thread of this process
+    would share its interpreter lock, and on two cores each hand-off then waits for the other
+    core, which doubled the round trip), the peer reads and decodes it, encodes the reply and
+    sends it back, the edge reads and decodes it. Returns the median and p90 round trip (us)
+    over ``n`` exchanges and ``msg_overhead_us``: half the median round trip, the software
+    cost of one message (sender's plus receiver's), the profile field of
+    ``costmodel.profiles``."""
+    import multiprocessing
     import socket
-    import threading
 
     from bridge import wire
 
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
-
-    def echo():
-        conn, _ = srv.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with conn:
-            try:
-                while True:
-                    f, _ = wire.read_frame(conn)
-                    x = f.activation()
-                    reply = wire.make_frame(wire.MsgType.RESULT, f.request_id, f.seq,
-                                            layer=f.layer, tag=f.tag, array=x,
-                                            precision=precision)
-                    conn.sendall(wire.encode_frame(reply))
-            except (wire.PeerClosed, OSError):
-                return
-
-    th = threading.Thread(target=echo, daemon=True)
-    th.start()
-    cli = socket.create_connection(srv.getsockname())
-    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    srv.settimeout(60.0)
+    peer = multiprocessing.get_context("spawn").Process(
+        target=_echo_peer, args=(srv.getsockname()[1], precision), daemon=True)
+    peer.start()
     x = np.random.default_rng(0).standard_normal((1, 1, width)).astype(np.float32)
     times = []
     try:
-        for i in range(n + warmup):
-            t0 = time.perf_counter()
-            f = wire.make_frame(wire.MsgType.STEP, 1, i, layer=0, tag=2, array=x,
-                                precision=precision)
-            cli.sendall(wire.encode_frame(f))
-            r, _ = wire.read_frame(cli)
-            r.activation()
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
+        cli, _ = srv.accept()
+        cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with cli:
+            for i in range(n + warmup):
+                t0 = time.perf_counter()
+                f = wire.make_frame(wire.MsgType.STEP, 1, i, layer=0, tag=2, array=x,
+                                    precision=precision)
+                cli.sendall(wire.encode_frame(f))
+                r, _ = wire.read_frame(cli)
+                r.activation()
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
     finally:
-        cli.close()
         srv.close()
-        th.join(timeout=2)
+        peer.join(timeout=10)
+        if peer.is_alive():
+            peer.kill()
     t = np.asarray(times) * 1e6
     return {"round_trip_median_us": float(np.median(t)), "round_trip_p90_us":
             float(np.percentile(t, 90)), "msg_overhead_us": float(np.median(t) / 2),
