@@ -68,7 +68,10 @@ QUICK = Config(Vs=(0.1, 1.0, 10.0, 100.0), n_slots=800, seeds=5, nu_grid=(1e-3, 
 FULL = Config(n_slots=5000)
 
 
-def _scenario(cfg: Config, V: float):
+def scenario(cfg: Config, V: float):
+    """The slot environment's ``Scenario`` of this setting at weight ``V``: i.i.d. bandwidth
+    and cloud-share levels, Poisson arrivals, the cloud cost as the penalty (figure 16 builds
+    its persistent variant from it)."""
     from lyapunov import env as E
     from lyapunov import processes as proc
 
@@ -148,7 +151,7 @@ def constants(cfg: Config, params) -> dict:
 
 
 def run(cfg: Config, out_dir: Path, progress) -> None:
-    built = [_scenario(cfg, V).build() for V in cfg.Vs]
+    built = [scenario(cfg, V).build() for V in cfg.Vs]
     k = constants(cfg, built[0])
     batch = stack([b for b in built for _ in range(cfg.seeds)])
     keys = jnp.tile(seed_keys(cfg.seeds), (len(cfg.Vs), 1))

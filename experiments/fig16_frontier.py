@@ -157,7 +157,7 @@ def scenario(cfg: Config, V: float, rho: float):
                         bw_levels_mbps=cfg.bw_levels_mbps, share_levels=cfg.share_levels,
                         probs=cfg.probs, rate=cfg.rate, tau_s=cfg.tau_s,
                         cost_unit_usd=cfg.cost_unit_usd)
-    sc = fig05._scenario(base, V)
+    sc = fig05.scenario(base, V)
     pi = np.asarray(cfg.probs, float)
     trans = tuple(tuple(float(rho * (i == j) + (1.0 - rho) * pi[j]) for j in range(len(pi)))
                   for i in range(len(pi)))
