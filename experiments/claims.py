@@ -468,20 +468,21 @@ def frontier_claim(out: Path) -> dict:
     beyond by the CI-corner test (`experiments.fig16_frontier.classify`, both axes' CIs);
     fails when no point is beyond by it or by the paired test and every point is dominated,
     outside the swept backlogs or unstable by one of them; inconclusive otherwise."""
-    from experiments.fig16_frontier import LEARNERS, VERDICTS
-
     paper = "a learner reaches a point beyond the DPP frontier (issue 14, item 4)"
     rows = _load(out, "frontier", "frontier_summary.csv")
     if rows is None:
         return _pending("frontier", paper, "needs figure 16 (frontier)")
-    learners = [r for r in rows if r["policy"] in LEARNERS and r.get("verdict_all")]
+    # Only the learners' rows carry verdicts (figure 16's summary); claims imports no figure
+    # module (the catalog imports claims, and every figure module the catalog).
+    learners = [r for r in rows if r.get("verdict_all")]
     if not learners:
         return _pending("frontier", paper, "needs trained learners (figure 16 with "
                                            "train_steps > 0)")
     measured, states, ctx = {}, {}, []
     for rho in dict.fromkeys(r["persistence"] for r in learners):
         sel = [r for r in learners if r["persistence"] == rho]
-        counts = {v: sum(r["verdict_all"] == v for r in sel) for v in VERDICTS}
+        counts = {v: sum(r["verdict_all"] == v for r in sel)
+                  for v in dict.fromkeys(r["verdict_all"] for r in sel)}
         beyond = [r for r in sel if r["verdict_all"] == "beyond"]
         scored = [r for r in sel if isinstance(r.get("margin_all"), float)
                   and np.isfinite(r["margin_all"])]
@@ -508,7 +509,8 @@ def frontier_claim(out: Path) -> dict:
         paired_beyond = any(r.get("paired_verdict_all") == "beyond" for r in sel)
         states[(key,)] = ("holds" if beyond else "fails" if settled and not paired_beyond
                           else "inconclusive")
-        pcounts = {v: sum(r.get("paired_verdict_all") == v for r in sel) for v in VERDICTS}
+        pcounts = {v: sum(r.get("paired_verdict_all") == v for r in sel)
+                   for v in dict.fromkeys(r.get("paired_verdict_all") for r in sel) if v}
         pscored = [r for r in sel if isinstance(r.get("paired_margin_all"), float)
                    and np.isfinite(r["paired_margin_all"])]
         if pscored:
