@@ -23,7 +23,7 @@ noise Q (A - E[A]) of the arrivals is removed.
 "longrun" (`longrun_cost`, any gamma < 1: the objective the DPP controller approximates, not
 its per-slot bound) charges the slot's penalty and the backlog it leaves,
 
-    cost_t = p_t + beta Q_{t+1},   Q_{t+1} = max(Q_t - mu_t - f_t, 0) + A_t,
+    cost_t = p_t + beta Q_{t+1}   (Q_{t+1}: the environment's StepInfo.backlog_next),
 
 beta in penalty units per request of backlog and slot (default 1 / V: V p + Q is the DPP's
 exchange rate). Q_{t+1}, not Q_t: Q_t is fixed before the slot's action, Q_{t+1} is what the
@@ -120,8 +120,7 @@ def longrun_cost(info, params: E.EnvParams, backlog_weight=None):
     """float []: p_t + beta Q_{t+1} of one slot (module docstring); `info` is the step's
     `lyapunov.env.StepInfo`, beta = `backlog_weight`, or 1 / V of `params` when None (V > 0)."""
     beta = (1.0 / params.slot.V) if backlog_weight is None else backlog_weight
-    q_next = jnp.maximum(info.backlog - info.service - info.failed, 0.0) + info.arrivals
-    return (info.penalty + beta * q_next).astype(jnp.float32)
+    return (info.penalty + beta * info.backlog_next).astype(jnp.float32)
 
 
 def _step(key, state, action, params):

@@ -514,7 +514,7 @@ class StepInfo:
     energy_j, accuracy_drop, cloud_cost: per-request costs charged this slot (0 if the action
       cannot run).
     service: requests answered (mu); failed: requests that failed; arrivals: A(t); backlog:
-      Q(t) at the start of the slot.
+      Q(t) at the start of the slot; backlog_next: Q(t+1), the backlog the slot leaves.
     penalty: p(t). dpp: the DPP expression; dpp_penalty (V p), dpp_backlog (Q (A - mu - failed)),
       dpp_energy, dpp_accuracy, dpp_cloud (Z_i (x_i - x_bar_i)): its terms.
     runnable: the action can ever run (memory and privacy floor); memory_ok, privacy_ok: why.
@@ -532,6 +532,7 @@ class StepInfo:
     failed: jnp.ndarray
     arrivals: jnp.ndarray
     backlog: jnp.ndarray
+    backlog_next: jnp.ndarray
     penalty: jnp.ndarray
     dpp: jnp.ndarray
     dpp_penalty: jnp.ndarray
@@ -662,8 +663,9 @@ def step(key: jax.Array, state: EnvState, action: Partition, params: EnvParams):
         lat_hist=jnp.concatenate([state.lat_hist[1:], measured[None].astype(jnp.float32)]))
     info = StepInfo(
         latency_s=lat, energy_j=e, accuracy_drop=a, cloud_cost=c, service=mu, failed=failed,
-        arrivals=arr, backlog=q.q, penalty=pen, dpp=dpp, dpp_penalty=terms[0],
-        dpp_backlog=terms[1], dpp_energy=terms[2], dpp_accuracy=terms[3], dpp_cloud=terms[4],
+        arrivals=arr, backlog=q.q, backlog_next=queues.q, penalty=pen, dpp=dpp,
+        dpp_penalty=terms[0], dpp_backlog=terms[1], dpp_energy=terms[2],
+        dpp_accuracy=terms[3], dpp_cloud=terms[4],
         runnable=runnable, caught=oc.caught, feasible=answered, memory_ok=costs.memory_ok,
         link_ok=costs.link_ok, privacy_ok=costs.privacy_ok, link_up=link_carried(seen))
     reward = -dpp / params.reward_scale

@@ -25,9 +25,10 @@ def _info(**kw):
 
 
 def test_longrun_reward_equals_the_formula_on_a_hand_worked_step():
-    # Q' = max(5 - 3 - 0.5, 0) + 4 = 5.5; cost = 2 + 0.5 * 5.5 = 4.75;
-    # r = -(1 - 0.99) * 4.75 / 2 = -0.02375
-    info = _info(penalty=2.0, backlog=5.0, service=3.0, failed=0.5, arrivals=4.0)
+    # Q' = max(5 - 3 - 0.5, 0) + 4 = 5.5 (the environment reports it: backlog_next);
+    # cost = 2 + 0.5 * 5.5 = 4.75; r = -(1 - 0.99) * 4.75 / 2 = -0.02375
+    info = _info(penalty=2.0, backlog=5.0, service=3.0, failed=0.5, arrivals=4.0,
+                 backlog_next=5.5)
     params = SimpleNamespace(slot=SimpleNamespace(V=jnp.float32(4.0)))
     cfg = PPOConfig(reward_mode="longrun", gamma=0.99, backlog_weight=0.5, reward_scale=2.0)
     r = train_reward(cfg, lyapunov_adapter(), params, None, jnp.float32(-123.0), info)
@@ -37,7 +38,8 @@ def test_longrun_reward_equals_the_formula_on_a_hand_worked_step():
     assert math.isclose(float(train_reward(cfg0, lyapunov_adapter(), params, None, 0.0, info)),
                         -3.375, rel_tol=1e-6)
     # the backlog never goes below 0 before the arrivals: Q' = max(1 - 3, 0) + 4 = 4
-    drained = _info(penalty=0.0, backlog=1.0, service=3.0, failed=0.0, arrivals=4.0)
+    drained = _info(penalty=0.0, backlog=1.0, service=3.0, failed=0.0, arrivals=4.0,
+                    backlog_next=4.0)
     assert math.isclose(float(longrun_cost(drained, params, 1.0)), 4.0)
 
 
