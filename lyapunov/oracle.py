@@ -26,25 +26,28 @@ two supporting lines, which contain every hull vertex in between) cannot beat th
 so far: branch and bound, still exact. Intervals live on a fixed-size stack inside a
 ``lax.while_loop``, so the solver jits and vmaps.
 
-The edge memory budget couples layers. Its Lagrangian ``J + nu (mem - budget)`` is again
-``g(l) + (c + nu mem) - nu budget`` (additive), so the same sweep minimizes it exactly and
-gives the dual bound ``D(nu) <= min_{feasible} J``. When the unconstrained minimizer fits
-(``nu = 0``) the answer is exact. Otherwise ``nu`` is searched in a bracket (one end's
-minimizer too big, the other's fitting) by cutting planes: the next ``nu`` is where the two
-ends' Lagrangian lines meet (the geometric midpoint where that is not strictly inside), and the
-search ends when a sweep attains that value, the dual's maximum (proofs/oracle.md, Proposition
-6; a few sweeps where bisection took about 20), keeping the best memory-feasible vertex seen; and if
-the dual bound leaves a gap (it usually does: memory is lumpy), one more sweep runs with an
-exact resource DP over (side, memory units) in which every option's and endpoint's memory is
-rounded *down* to a unit of about ``budget / units`` (stretched so that an all-edge layer is a
-whole number of units, no rounding loss there): the set contains every feasible partition, so
-its minimum of ``J`` is a lower bound, attained (and certified) whenever its minimizer fits.
-Each of its DP calls also traces back the best partitions of its ``N_FIT`` best memory levels
-and offers the best one whose true memory fits as a feasible point (a level a few units below
-an overrunning minimizer usually holds a fitting partition of nearly the same value; this
-replaced a second sweep over the rounded-*up* budget, at the same objectives within the
-reported gaps and 40 % fewer resource DP calls). ``exact`` says whether the best feasible
-vertex meets the best lower bound within tolerance; ``lower_bound`` reports the bound.
+The edge memory budget couples layers. When the unconstrained minimizer fits (``nu = 0``)
+the answer is exact. Otherwise one more sweep runs with an exact resource DP over (side, memory
+units) in which every option's and endpoint's memory is rounded *down* to a unit of about
+``budget / units`` (stretched so that an all-edge layer is a whole number of units, no rounding
+loss there): the set contains every feasible partition, so its minimum of ``J`` is a lower
+bound, attained (and certified) whenever its minimizer fits. Each of its DP calls also traces
+back the best partitions of its ``N_FIT`` best memory levels and offers the best one whose true
+memory fits as a feasible point (a level a few units below an overrunning minimizer usually
+holds a fitting partition of nearly the same value).
+
+The Lagrangian ``J + nu (mem - budget)`` is again ``g(l) + (c + nu mem) - nu budget``
+(additive), so the same sweep minimizes it exactly and gives the dual bound
+``D(nu) <= min_{feasible} J``. Its multiplier is searched in a bracket (one end's minimizer too
+big, the other's fitting) by cutting planes: the next ``nu`` is where the two ends' Lagrangian
+lines meet (the geometric midpoint where that is not strictly inside), and the search ends when
+a sweep attains that value, the dual's maximum (proofs/oracle.md, Proposition 6), keeping the
+best memory-feasible vertex seen. That search runs only where the rounded-down sweep does not:
+with ``units = 0``, for the cloud's budget, and when the rounded-down sweep offered nothing that
+fits. On memory-bound cards the dual's gap was 16-290 % where the rounded-down bound certified
+0-1.3 %, so the search had cost 4-6 DP calls a decision for a bound that was never the better
+one (docs/design.md §4.3). ``exact`` says whether the best feasible vertex meets the best lower
+bound within tolerance; ``lower_bound`` reports the bound.
 The sweep's lambda range is narrowed to the slopes ``g`` can have at the optimum,
 ``[a, a + b / l_fast^2]`` (proofs/oracle.md, Proposition 7). (LLaMA-13B on a Pi 5 with memory
 binding: 4-8 ms a slot, exact; the 70B-shaped card on an Orin NX: 8-30 ms, a certified gap
@@ -262,6 +265,7 @@ class _State:
     hi_j: jnp.ndarray
     hi_m: jnp.ndarray
     sec: jnp.ndarray
+    res_done: jnp.ndarray  # the rounded-down sweep has run (a fallback search may follow)
 
 
 class _Problem(struct.PyTreeNode):
@@ -401,8 +405,6 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     # The bisection also ends once the gap is closed (a feasible point meets the bound).
     stop = (first & fits) | nothing | (nu_i > pb.nu_iters) | ((s.nu_i >= 1) & ~gap & ~grow)
     in_res = s.mode >= 1
-    to_res = (~in_res & stop & ~(first & fits) & ~nothing & gap & (pb.units > 0)
-              & (s.which == 0))
     # Cutting plane on the edge's dual D(nu) = min_p J(p) + nu (mem(p) - budget) (concave,
     # piecewise linear): each sweep's minimizer gives the line J + nu (mem - budget) >= D;
     # the next nu is where the lines of the bracket ends' minimizers (one too big, one that
@@ -418,7 +420,14 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     hi_j, hi_m = jnp.where(set_hi, j0, s.hi_j), jnp.where(set_hi, s.sb.mem, s.hi_m)
     stop = stop | (at_max & ~to_cloud & ~grow)
     to_res = (~in_res & stop & ~(first & fits) & ~nothing & gap & (pb.units > 0)
-              & (s.which == 0))
+              & (s.which == 0) & ~s.res_done)
+    # The edge's minimizer at nu = 0 does not fit: straight to the rounded-down sweep, whose
+    # bound is the tighter one (memory is lumpy: on memory-bound cards the Lagrangian's dual
+    # gap was 16-290 % where the rounded-down bound certified 0-1.3 %), and whose fitting
+    # candidates are the feasible points; the multiplier search runs only if that sweep finds
+    # nothing that fits (below).
+    direct = (first & ~fits & ~to_cloud & (s.which == 0) & (pb.units > 0) & ~s.res_done)
+    to_res = to_res | direct
     dm = lo_m - hi_m
     nu_c = (hi_j - lo_j) / jnp.where(dm > 0, dm, 1.0)
     use_c = edge_lagr & (nu_i >= 1) & (dm > 0) & (nu_c > lo) & (nu_c < hi) & jnp.isfinite(nu_c)
@@ -432,8 +441,12 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
                      complete=complete, fits0=fits0, nu_max=nu_max, lo_j=lo_j, lo_m=lo_m,
                      hi_j=hi_j, hi_m=hi_m, sec=use_c & ~to_res)
     # After the rounded-down sweep (a lower bound; its feasible points were offered as it ran):
-    # stop.
-    res = s.replace(phase=jnp.int32(_DONE), lower=lower, complete=complete)
+    # stop, unless none of them fits while the relaxation holds partitions; then the edge's
+    # multiplier search runs from nu_max (the memory-first minimizer) as it would have.
+    again = (s.f_j >= BIG) & (lower < BIG)
+    res = s.replace(phase=jnp.where(again, _LO, _DONE), lower=lower, complete=complete,
+                    res_done=jnp.bool_(True), mode=jnp.where(again, 0, s.mode),
+                    nu_i=jnp.where(again, 0, s.nu_i), nu=jnp.where(again, s.nu_max, s.nu))
     return _where(in_res, res, lagr)
 
 
@@ -544,7 +557,7 @@ def _sweep(pb: _Problem, solve, solve_resource, evaluate) -> _State:
         sb_j=big, sb=no_point, sb_lam=zero, f_j=big, f=no_point, f_lam=zero, f_nu=zero,
         lower=f32(-BIG), complete=jnp.bool_(True), fits0=jnp.bool_(False),
         n_solves=jnp.int32(0), lo_j=zero, lo_m=zero, hi_j=zero, hi_m=zero,
-        sec=jnp.bool_(False))
+        sec=jnp.bool_(False), res_done=jnp.bool_(False))
     max_iter = (pb.nu_iters + 3 + 2 * _GROWS) * (3 * pb.cap + 3) + 2
 
     def cond(c):
