@@ -221,8 +221,9 @@ def _evaluate(part: Partition, tables: dp.SlotTables, spec: CostSpec, cw: dp.Wei
 
 # Phases of the solver's state machine (one DP call per loop iteration, so the DP is compiled
 # once): the two scale solves, then sweeps (low end, high end, stack), first at nu = 0, then
-# along the bisection on nu while memory binds.
-_FAST, _CHEAP, _LO, _HI, _STACK, _DONE = range(6)
+# over the rounded-down budget or along the search on nu while memory binds; _SUM: the least
+# edge + cloud memory of any partition, the infeasibility certificate tried before a search.
+_FAST, _CHEAP, _LO, _HI, _SUM, _STACK, _DONE = range(7)
 _GROWS = 4  # at most this many x1e6 growths of nu_max per multiplier (1e24)
 
 
@@ -338,6 +339,7 @@ def _query(pb: _Problem, s: _State):
     cw = pb.cw
     has_c = (cw.energy + cw.accuracy + cw.cloud_cost) > 0
     fast, cheap = s.phase == _FAST, s.phase == _CHEAP
+    total = s.phase == _SUM
     w = dp.Weights(
         latency=jnp.select([fast, cheap], [1.0, 1e-6 * has_c], lam / norm),
         energy=jnp.select([fast, cheap], [0.0, cw.energy], cw.energy / norm),
@@ -346,6 +348,7 @@ def _query(pb: _Problem, s: _State):
         memory=jnp.where(fast | cheap | (s.mode >= 1), 0.0,
                          jnp.where(s.which == 1, s.nu_e, s.nu) / norm),
         cloud_memory=jnp.where(fast | cheap | (s.which == 0), 0.0, s.nu / norm))
+    w = _where(total, dp.Weights(0.0, 0.0, 0.0, 0.0, 1.0, 1.0), w)
     need = (s.phase < _STACK) | ((s.phase == _STACK) & worth)
     return need, w, lam, worth
 
@@ -443,8 +446,10 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     # After the rounded-down sweep (a lower bound; its feasible points were offered as it ran):
     # stop, unless none of them fits while the relaxation holds partitions; then the edge's
     # multiplier search runs from nu_max (the memory-first minimizer) as it would have.
+    # (With a cloud budget, first the certificate that nothing fits both: _after_sum.)
     again = (s.f_j >= BIG) & (lower < BIG)
-    res = s.replace(phase=jnp.where(again, _LO, _DONE), lower=lower, complete=complete,
+    nxt = jnp.where(pb.budget_c < jnp.inf, _SUM, _LO)
+    res = s.replace(phase=jnp.where(again, nxt, _DONE), lower=lower, complete=complete,
                     res_done=jnp.bool_(True), mode=jnp.where(again, 0, s.mode),
                     nu_i=jnp.where(again, 0, s.nu_i), nu=jnp.where(again, s.nu_max, s.nu))
     return _where(in_res, res, lagr)
@@ -492,6 +497,18 @@ def _after_hi(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
         f_nu=jnp.where(better_f, nu, s.f_nu))
 
 
+def _after_sum(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
+    """``pt`` minimizes edge + cloud memory over the allowed partitions: when even that sum
+    exceeds the two budgets' sum, no partition fits both (the minimum over the empty set: the
+    bound is BIG, infeasible and certified so, no search); else the edge's multiplier search
+    runs from nu_max."""
+    need = pt.mem + pt.mem_c
+    room = pb.budget + pb.budget_c
+    none = (pt.lat < BIG) & (need > room + RTOL * (jnp.abs(room) + 1e-30))
+    return s.replace(phase=jnp.where(none, _DONE, _LO),
+                     lower=jnp.where(none, jnp.float32(BIG), s.lower))
+
+
 def _after_stack(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
     """Pop; a point strictly below the chord is a new vertex that splits the interval."""
     _, _, (l1, c1, lam1, l2, c2, lam2) = _top(pb, s)
@@ -529,7 +546,7 @@ def _transition(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
     """The state after one iteration's solve ``pt``, by phase (a ``lax.switch``: each phase's
     update is its own computation)."""
     s = s.replace(n_solves=s.n_solves + (s.phase < _STACK) + worth)
-    phases = [_after_fast, _after_cheap, _after_lo, _after_hi, _after_stack]
+    phases = [_after_fast, _after_cheap, _after_lo, _after_hi, _after_sum, _after_stack]
     return jax.lax.switch(jnp.clip(s.phase, 0, _STACK),
                           [functools.partial(f, pb) for f in phases], s, pt, lam, worth)
 

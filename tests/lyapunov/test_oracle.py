@@ -376,6 +376,33 @@ def test_oracle_tp_matches_brute_force():
     assert n_tp >= 2 and n_exact >= 5
 
 
+def test_no_partition_fits_both_budgets_certified_cheaply():
+    """Both budgets so small that even the partition of least edge + cloud memory needs more
+    than their sum: brute force finds nothing feasible, and the oracle says so (not feasible,
+    bound BIG) after the rounded-down sweep and one certificate solve, not a multiplier search;
+    the same budgets with room for the least-memory partition leave the answer feasible where
+    brute force is."""
+    link = LinkState(*(jnp.float32(x) for x in (1000.0, 1000.0, 0.5, 1.0)))
+    queues = Queues(*(jnp.float32(x) for x in (20.0, 0.0, 0.0, 0.0)))
+    sp = slot_params(1.0, 1.0)
+    costs = jax.jit(jax.vmap(request_costs, in_axes=(0, None, None)))(ALL_TP, link, SPEC_PEER)
+    total = np.asarray(costs.edge_memory_gb) + np.asarray(costs.cloud_memory_gb)
+    least = float(total.min())
+    for share, fits in ((0.45, False), (0.6, True)):
+        spec = with_budget(with_cloud_budget(SPEC_PEER, share * least), share * least)
+        jb, _, _ = brute_force(queues, link, spec, sp, ALL_TP)
+        sol = solve_slot(queues, link, spec, sp, tp=True)
+        assert bool(sol.feasible) == bool(np.isfinite(float(jb)))
+        if not fits:
+            assert not np.isfinite(float(jb))
+            assert float(sol.lower_bound) >= 1e29 and not bool(sol.exact)
+            assert int(sol.n_solves) <= 12  # fast, cheap, two sweeps' ends, the certificate
+        elif bool(sol.feasible):
+            own = _costs(sol.partition, link, spec)
+            assert bool(own.memory_ok) and bool(own.cloud_memory_ok)
+            assert float(sol.objective) >= float(jb) - 1e-4 * (abs(float(jb)) + 1.0)
+
+
 @pytest.mark.slow
 def test_oracle_tp_both_budgets_binding_is_sound():
     """Both budgets binding at once (the edge cannot hold the model, the cloud can hold only a
