@@ -438,7 +438,10 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     # The rounded-down sweep is not priced (nu = 0): its minimizer, when it fits, is then
     # certified optimal (pricing it with the best dual multiplier also gives a valid bound,
     # but loses that; proofs/oracle.md, Proposition 5).
-    lagr = s.replace(phase=jnp.where(to_res, _LO, jnp.where(stop, _DONE, _LO)),
+    # With a cloud budget, the certificate that nothing fits both comes first (one plain DP
+    # call, _after_sum; the rounded-down sweep's two calls cost more).
+    res_phase = jnp.where(direct & (pb.budget_c < jnp.inf), _SUM, _LO)
+    lagr = s.replace(phase=jnp.where(to_res, res_phase, jnp.where(stop, _DONE, _LO)),
                      mode=jnp.where(to_res, 1, 0), nu_i=nu_i,
                      nu=jnp.where(to_res, 0.0, nu), lo=lo, hi=hi, lower=lower,
                      complete=complete, fits0=fits0, nu_max=nu_max, lo_j=lo_j, lo_m=lo_m,
@@ -446,10 +449,8 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     # After the rounded-down sweep (a lower bound; its feasible points were offered as it ran):
     # stop, unless none of them fits while the relaxation holds partitions; then the edge's
     # multiplier search runs from nu_max (the memory-first minimizer) as it would have.
-    # (With a cloud budget, first the certificate that nothing fits both: _after_sum.)
     again = (s.f_j >= BIG) & (lower < BIG)
-    nxt = jnp.where(pb.budget_c < jnp.inf, _SUM, _LO)
-    res = s.replace(phase=jnp.where(again, nxt, _DONE), lower=lower, complete=complete,
+    res = s.replace(phase=jnp.where(again, _LO, _DONE), lower=lower, complete=complete,
                     res_done=jnp.bool_(True), mode=jnp.where(again, 0, s.mode),
                     nu_i=jnp.where(again, 0, s.nu_i), nu=jnp.where(again, s.nu_max, s.nu))
     return _where(in_res, res, lagr)
@@ -500,8 +501,8 @@ def _after_hi(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
 def _after_sum(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
     """``pt`` minimizes edge + cloud memory over the allowed partitions: when even that sum
     exceeds the two budgets' sum, no partition fits both (the minimum over the empty set: the
-    bound is BIG, infeasible and certified so, no search); else the edge's multiplier search
-    runs from nu_max."""
+    bound is BIG, infeasible and certified so); else the sweep over the rounded-down budget
+    runs (``mode`` 1, set with this phase)."""
     need = pt.mem + pt.mem_c
     room = pb.budget + pb.budget_c
     none = (pt.lat < BIG) & (need > room + RTOL * (jnp.abs(room) + 1e-30))
@@ -589,14 +590,15 @@ def _sweep(pb: _Problem, solve, solve_resource, evaluate) -> _State:
         i, s = c
         need, w, lam, worth = _query(pb, s)
         if pb.units > 0:
-            part, fit = jax.lax.cond(s.mode >= 1, solve_resource, plain, w)
+            use_res = (s.mode >= 1) & (s.phase != _SUM)  # the certificate is a plain call
+            part, fit = jax.lax.cond(use_res, solve_resource, plain, w)
             pt = evaluate(part)
             # The resource DP's point that truly fits (from its best memory levels) is a
             # feasible candidate, kept before the sweep's own update (which may end the sweep);
             # the plain DP's is its own point, not priced twice.
-            pf = jax.lax.cond(s.mode >= 1, evaluate, lambda _: pt, fit)
+            pf = jax.lax.cond(use_res, evaluate, lambda _: pt, fit)
             tf = pb.j_true(pf)
-            better = need & (s.mode >= 1) & (tf < s.f_j)
+            better = need & use_res & (tf < s.f_j)
             s = s.replace(f_j=jnp.where(better, tf, s.f_j), f=_where(better, pf, s.f),
                           f_lam=jnp.where(better, lam, s.f_lam),
                           f_nu=jnp.where(better, s.nu, s.f_nu))
