@@ -149,7 +149,7 @@ def run_case(name, tp, n_states, extra_kw):
         sols.append(decide(q, link))
         times.append(time.perf_counter() - t0)
     recs = []
-    for (q, link), sol in zip(sts, sols):
+    for (_, link), sol in zip(sts, sols, strict=True):
         obj, lb = float(sol.objective), float(sol.lower_bound)
         gap = getattr(sol, "gap", None)
         gap = float(gap) if gap is not None else (

@@ -225,7 +225,7 @@ def test_fallback_search_when_the_rounded_sweep_offers_nothing_that_fits(monkeyp
     solve_slot.clear_cache()
     n_search = 0
     try:
-        for (q, link), r in zip(states, ref):
+        for (q, link), r in zip(states, ref, strict=True):
             sol = solve_slot(q, link, spec, sp)
             assert bool(sol.feasible) and bool(r.feasible)
             own = _costs(sol.partition, link, spec)
