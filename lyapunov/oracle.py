@@ -266,7 +266,6 @@ class _State:
     hi_j: jnp.ndarray
     hi_m: jnp.ndarray
     sec: jnp.ndarray
-    res_done: jnp.ndarray  # the rounded-down sweep has run (a fallback search may follow)
 
 
 class _Problem(struct.PyTreeNode):
@@ -422,15 +421,13 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     lo_j, lo_m = jnp.where(set_lo, j0, s.lo_j), jnp.where(set_lo, s.sb.mem, s.lo_m)
     hi_j, hi_m = jnp.where(set_hi, j0, s.hi_j), jnp.where(set_hi, s.sb.mem, s.hi_m)
     stop = stop | (at_max & ~to_cloud & ~grow)
-    to_res = (~in_res & stop & ~(first & fits) & ~nothing & gap & (pb.units > 0)
-              & (s.which == 0) & ~s.res_done)
     # The edge's minimizer at nu = 0 does not fit: straight to the rounded-down sweep, whose
     # bound is the tighter one (memory is lumpy: on memory-bound cards the Lagrangian's dual
     # gap was 16-290 % where the rounded-down bound certified 0-1.3 %), and whose fitting
-    # candidates are the feasible points; the multiplier search runs only if that sweep finds
-    # nothing that fits (below).
-    direct = (first & ~fits & ~to_cloud & (s.which == 0) & (pb.units > 0) & ~s.res_done)
-    to_res = to_res | direct
+    # candidates are the feasible points. The multiplier search runs only if that sweep finds
+    # nothing that fits (below; it starts at nu_i = 0, so it never comes back here), with
+    # units = 0, or for the cloud's budget (which == 1).
+    to_res = first & ~fits & ~to_cloud & (s.which == 0) & (pb.units > 0)
     dm = lo_m - hi_m
     nu_c = (hi_j - lo_j) / jnp.where(dm > 0, dm, 1.0)
     use_c = edge_lagr & (nu_i >= 1) & (dm > 0) & (nu_c > lo) & (nu_c < hi) & jnp.isfinite(nu_c)
@@ -440,7 +437,7 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     # but loses that; proofs/oracle.md, Proposition 5).
     # With a cloud budget, the certificate that nothing fits both comes first (one plain DP
     # call, _after_sum; the rounded-down sweep's two calls cost more).
-    res_phase = jnp.where(direct & (pb.budget_c < jnp.inf), _SUM, _LO)
+    res_phase = jnp.where(pb.budget_c < jnp.inf, _SUM, _LO)
     lagr = s.replace(phase=jnp.where(to_res, res_phase, jnp.where(stop, _DONE, _LO)),
                      mode=jnp.where(to_res, 1, 0), nu_i=nu_i,
                      nu=jnp.where(to_res, 0.0, nu), lo=lo, hi=hi, lower=lower,
@@ -451,7 +448,7 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     # multiplier search runs from nu_max (the memory-first minimizer) as it would have.
     again = (s.f_j >= BIG) & (lower < BIG)
     res = s.replace(phase=jnp.where(again, _LO, _DONE), lower=lower, complete=complete,
-                    res_done=jnp.bool_(True), mode=jnp.where(again, 0, s.mode),
+                    mode=jnp.where(again, 0, s.mode),
                     nu_i=jnp.where(again, 0, s.nu_i), nu=jnp.where(again, s.nu_max, s.nu))
     return _where(in_res, res, lagr)
 
@@ -575,7 +572,7 @@ def _sweep(pb: _Problem, solve, solve_resource, evaluate) -> _State:
         sb_j=big, sb=no_point, sb_lam=zero, f_j=big, f=no_point, f_lam=zero, f_nu=zero,
         lower=f32(-BIG), complete=jnp.bool_(True), fits0=jnp.bool_(False),
         n_solves=jnp.int32(0), lo_j=zero, lo_m=zero, hi_j=zero, hi_m=zero,
-        sec=jnp.bool_(False), res_done=jnp.bool_(False))
+        sec=jnp.bool_(False))
     max_iter = (pb.nu_iters + 3 + 2 * _GROWS) * (3 * pb.cap + 3) + 2
 
     def cond(c):

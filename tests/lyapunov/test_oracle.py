@@ -22,7 +22,7 @@ from costmodel.accuracy import accuracy_profile
 from costmodel.cards import ModelCard
 from costmodel.costs import request_costs
 from costmodel.link import LinkState, Workload
-from costmodel.partition import EDGE, make_partition
+from costmodel.partition import EDGE, edge_only
 from costmodel.profiles import get_profile
 from costmodel.spec import edge_head_order, make_spec
 from lyapunov.oracle import PenaltyWeights, SlotParams, slot_dpp, solve_slot
@@ -76,10 +76,6 @@ def slot_params(V=1.0, tau=1.0, e_bar=INF, a_bar=INF, c_bar=INF, pen=(1.0, 0.0, 
     f = jnp.float32
     return SlotParams(f(V), f(tau), Budgets(f(e_bar), f(a_bar), f(c_bar)),
                       PenaltyWeights(*(f(w) for w in pen)))
-
-
-def all_edge(card):
-    return make_partition([card.n_heads] * card.n_layers, [EDGE] * card.n_layers)
 
 
 def with_budget(spec, budget_gb):
@@ -205,7 +201,7 @@ def test_fallback_search_when_the_rounded_sweep_offers_nothing_that_fits(monkeyp
     card = get_card("gpt2-xl")
     full = make_spec(card, "orin-nx", "mec", Workload(128, 32))
     link0 = LinkState(*(jnp.float32(x) for x in (10.0, 10.0, 20.0, 0.2)))
-    need = float(_costs(all_edge(card), link0, full).edge_memory_gb)
+    need = float(_costs(edge_only(card.n_layers, card.n_heads), link0, full).edge_memory_gb)
     spec = with_budget(full, 0.5 * need)
     sp = SlotParams(jnp.float32(10.0), jnp.float32(2.0),
                     Budgets(jnp.float32(INF), jnp.float32(INF), jnp.float32(1e-4)),
