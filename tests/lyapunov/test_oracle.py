@@ -105,13 +105,13 @@ def slot_instances(draw):
     return queues, link, sp, frac
 
 
-def _check(queues, link, sp, spec, frac, parts=ALL, tp=False, units=512):
+def _check(queues, link, sp, spec, frac, parts=ALL, tp=False):
     mem = np.asarray(_mem(parts, link, spec))
     lo, hi = float(mem.min()), float(mem.max())
     budget = lo + frac * (hi - lo) + 1e-9
     spec = with_budget(spec, budget)
     jb, ib, costs = brute_force(queues, link, spec, sp, parts)
-    sol = solve_slot(queues, link, spec, sp, tp=tp, units=units)
+    sol = solve_slot(queues, link, spec, sp, tp=tp)
     any_ok = bool(np.asarray(costs.feasible).any())
     assert bool(sol.feasible) == any_ok
     if not any_ok:
@@ -375,7 +375,8 @@ def test_oracle_tp_matches_brute_force():
 def test_no_partition_fits_both_budgets_certified_cheaply():
     """Both budgets so small that even the partition of least edge + cloud memory needs more
     than their sum: brute force finds nothing feasible, and the oracle says so (not feasible,
-    bound BIG) after the rounded-down sweep and one certificate solve, not a multiplier search;
+    bound BIG) after the nu = 0 sweep and one certificate solve, before any rounded-down sweep
+    or multiplier search;
     the same budgets with room for the least-memory partition leave the answer feasible where
     brute force is."""
     link = LinkState(*(jnp.float32(x) for x in (1000.0, 1000.0, 0.5, 1.0)))
@@ -392,7 +393,7 @@ def test_no_partition_fits_both_budgets_certified_cheaply():
         if not fits:
             assert not np.isfinite(float(jb))
             assert float(sol.lower_bound) >= 1e29 and not bool(sol.exact)
-            assert int(sol.n_solves) <= 12  # fast, cheap, two sweeps' ends, the certificate
+            assert int(sol.n_solves) <= 12  # fast, cheap, the sweep's ends, the certificate
         elif bool(sol.feasible):
             own = _costs(sol.partition, link, spec)
             assert bool(own.memory_ok) and bool(own.cloud_memory_ok)
