@@ -1,8 +1,8 @@
 """Memory-resource DP: the edge memory budget as a resource dimension (docs/design.md §4).
 
 The budget is cut into `units` equal parts (coarser if one option would span more than
-`shifts` units); each layer option's memory and each endpoint's
-(embedding and LM head, by the embedding side and the final side) is rounded to whole units. State:
+`shifts` units); each layer option's memory is rounded to whole units, and the endpoints'
+(embedding and LM head, by the embedding side and the final side) count exactly. State:
 (residual side, units used); the sides and options are those of `costmodel.dp` (the paper's space,
 or with ``tp`` the tensor-parallel one). Rounded *up* (`up=True`) every partition the DP can return
 fits the real budget, and the result is optimal among partitions whose rounded memory fits; rounded
@@ -50,18 +50,30 @@ from costmodel.spec import CostSpec
 UNROLL_MAX = 256
 
 
+# Relative float32 margins: a rounding's (a few float32 steps: an option's memory in units is
+# never rounded the wrong way), the unit's stretch (above it: an all-edge layer is exactly n
+# units, rounded either way), and the budget check's (the float32 sum of up to ~100 layers'
+# memories, ``costmodel.dp.path_totals``, against which a partition is called feasible).
+# Each all-edge layer's rounded memory is thus within 2e-6 of its own (about 1 KB of a 70B
+# layer), where 1e-4 had left 48 KB a layer: 1.3 MB over 27 layers, enough to reach over the
+# budget's cliff (docs/design.md §4.3).
+ROUND_MARGIN = 4e-7
+STRETCH = 2e-6
+BUDGET_RTOL = 1e-5
+
+
 def to_units(mem_bytes, unit, up):
     """Memory in whole units, rounded up (a restriction of the budget) or down (a
     relaxation); ``up`` may be traced."""
     x = mem_bytes / unit
-    return jnp.where(up, jnp.ceil(x * (1.0 + 1e-5)), jnp.floor(x * (1.0 - 1e-5))).astype(
-        jnp.int32)
+    return jnp.where(up, jnp.ceil(x * (1.0 + ROUND_MARGIN)),
+                     jnp.floor(x * (1.0 - ROUND_MARGIN))).astype(jnp.int32)
 
 
 def solve_precision_resource(q, link: LinkState, spec: CostSpec, w: Weights, units: int = 128,
                              up=True, tp: bool = False, shifts: int = 64) -> DPResult:
     """Exact minimizer of the weighted objective at activation precision q over the partitions
-    whose edge memory, rounded (up or down) per option and endpoint to the unit of
+    whose edge memory, rounded (up or down) per option to the unit of
     ``solve_tables_resource``, fits; value BIG when none does. ``tp``: the option space
     (``costmodel.dp``)."""
     return solve_tables_resource(slot_tables(link, spec, (q,), tp), w,
@@ -77,10 +89,12 @@ def resource_unit(tb: SlotTables, budget_gb, units: int, shifts: int, up=True):
     layers, so the rounded sets are tight there; proofs/oracle.md, Proposition 5)."""
     mem = tb.base[4, 0, 0]  # [O] GB: the same for every layer, side and precision
     top = mem.max()
-    base = jnp.maximum(jnp.maximum(budget_gb / units, top * (1.0 + 1e-4) / (shifts - 2)), 1e-30)
+    base = jnp.maximum(jnp.maximum(budget_gb / units, top * (1.0 + STRETCH) / (shifts - 2)),
+                       1e-30)
     n = jnp.floor(top / base)
-    # top / unit = n (1 -+ 1e-4): to_units' own margin (1e-5) then rounds it to n either way.
-    return jnp.where(n >= 2, top / (n * jnp.where(up, 1.0 - 1e-4, 1.0 + 1e-4)), base)
+    # top / unit = n (1 -+ STRETCH): to_units' own margin (ROUND_MARGIN) then rounds it to n
+    # either way.
+    return jnp.where(n >= 2, top / (n * jnp.where(up, 1.0 - STRETCH, 1.0 + STRETCH)), base)
 
 
 def solve_tables_resource(tb: SlotTables, w: Weights, budget_gb, units: int = 128, up=True,
@@ -164,7 +178,6 @@ def _resource_pass(tb: SlotTables, w: Weights, budget_gb, units: int, up, shifts
     n_h = n_o // n_f - 1
     k_sh = int(shifts)
     unit = resource_unit(tb, budget_gb, units, k_sh, up)
-    cap = jnp.floor(budget_gb / unit * jnp.where(up, 1.0 - 1e-5, 1.0 + 1e-5))
     opt_units = jnp.minimum(to_units(tb.base[4, 0, 0], unit, up), k_sh - 1)  # [O]
     _, out = _out_index(tb.tp, n_h)
     seg = jnp.asarray(out) * k_sh + opt_units
@@ -206,8 +219,10 @@ def _resource_pass(tb: SlotTables, w: Weights, budget_gb, units: int, up, shifts
                    & (m == 0)[None, None, :], 0.0, BIG)
     v0 = jnp.broadcast_to(v0[:, None], (2, n_p, n_s, units + 1))
     v_last, v_in = jax.lax.scan(forward, v0, jnp.moveaxis(best, 1, 0))  # v_in [L, 2, P, S, M+1]
-    end_units = to_units(tb.ends[4], unit, up)  # [2, S]
-    fits = m[None, None, :] + end_units[..., None] <= cap
+    # The endpoints' memory (embedding, LM head) counts exactly, not in units: only the mixed
+    # layers' options carry a rounding (an all-edge layer is a whole number of units).
+    fits = (m[None, None, :] * unit + tb.ends[4][..., None]
+            <= budget_gb * jnp.where(up, 1.0 - BUDGET_RTOL, 1.0 + BUDGET_RTOL))  # [2, S, M+1]
     total = jnp.where(fits[:, None], v_last + ends[:, None, :, None], BIG)  # [2, P, S, M+1]
     total = jnp.where((jnp.arange(2) == CLOUD)[:, None, None, None] & tb.pinned, BIG, total)
     flat = jnp.minimum(jnp.moveaxis(total, 1, 0), BIG).reshape(-1)  # precision, s0, side, m

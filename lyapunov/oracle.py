@@ -28,9 +28,10 @@ so far: branch and bound, still exact. Intervals live on a fixed-size stack insi
 
 The edge memory budget couples layers. When the unconstrained minimizer fits (``nu = 0``)
 the answer is exact. Otherwise one more sweep runs with an exact resource DP over (side, memory
-units) in which every option's and endpoint's memory is rounded *down* to a unit of about
-``budget / units`` (stretched so that an all-edge layer is a whole number of units, no rounding
-loss there): the set contains every feasible partition, so its minimum of ``J`` is a lower
+units) in which every option's memory is rounded *down* to a unit of about ``budget /
+units`` (stretched so that an all-edge layer is a whole number of units, no rounding loss
+there; the endpoints count exactly): the set contains every feasible partition, so its
+minimum of ``J`` is a lower
 bound, attained (and certified) whenever its minimizer fits. Each of its DP calls also traces
 back the best partitions of its ``N_FIT`` best memory levels and offers the best one whose true
 memory fits as a feasible point (a level a few units below an overrunning minimizer usually

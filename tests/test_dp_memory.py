@@ -153,6 +153,31 @@ def test_aligned_unit_brackets_brute_force(tp):
         assert float(upr.value) >= best * (1 - 1e-5) - 1e-9
 
 
+def test_a_budget_just_below_the_all_edge_partition_excludes_it():
+    """All-edge layers and the endpoints count exactly in the rounded-down DP; only the mixed
+    layers' options round (docs/design.md §4.3). With the budget 5e-5 below the all-edge
+    partition's memory, where that partition is the unconstrained minimizer, the relaxation
+    excludes it: its value lies above the all-edge value and at most at the brute-force
+    constrained optimum. (With the endpoints rounded down, or an all-edge layer counted a
+    part in 1e-4 short, it was admitted, and the bound could not close the gap.)"""
+    edge = get_profile("rpi5")
+    full = make_spec(CARD, edge, "datacenter", Workload(64, 4))
+    link = make_link(0.05, 80.0)  # a slow link: the all-edge partition is the fastest
+    all_edge = make_partition([CARD.n_heads] * CARD.n_layers, [0] * CARD.n_layers)
+    need = float(request_costs(all_edge, link, full).edge_memory_gb)
+    w = Weights(latency=1.0)
+    obj, _ = (np.asarray(x) for x in _brute(BATCH, link, full, w))
+    mem = np.asarray(batched(BATCH, link, full).edge_memory_gb)
+    assert mem[obj.argmin()] == pytest.approx(need, rel=1e-6)  # all-edge is the minimizer
+    edge_b = dataclasses.replace(edge, name="rpi5-b", mem_budget_gb=need * (1 - 5e-5))
+    spec = make_spec(CARD, edge_b, "datacenter", Workload(64, 4))
+    obj, fits = (np.asarray(x) for x in _brute(BATCH, link, spec, w))
+    best = obj[fits].min()
+    for units, shifts in ((64, 24), (512, 24)):
+        down = resource(link, spec, w, units=units, up=jnp.bool_(False), shifts=shifts)
+        assert obj.min() * (1 + 1e-6) < float(down.value) <= best * (1 + 1e-5)
+
+
 resource_fit = jax.jit(solve_tables_resource_fit, static_argnames=("units", "shifts", "n_fit"))
 
 
