@@ -222,8 +222,10 @@ def _evaluate(part: Partition, tables: dp.SlotTables, spec: CostSpec, cw: dp.Wei
 
 # Phases of the solver's state machine (one DP call per loop iteration, so the DP is compiled
 # once): the two scale solves, then sweeps (low end, high end, stack), first at nu = 0, then
-# over the rounded-down budget or along the search on nu while memory binds; _SUM: the least
-# edge + cloud memory of any partition, the infeasibility certificate tried before a search.
+# over the rounded-down budget or along the search on nu while memory binds; _SUM: a
+# certificate that nothing fits both budgets (mode 1: the least edge + cloud memory, before the
+# rounded-down sweep; mode 2: the least cloud memory over the rounded-down edge budget, after
+# that sweep found nothing that fits), tried before a multiplier search.
 _FAST, _CHEAP, _LO, _HI, _SUM, _STACK, _DONE = range(7)
 _GROWS = 4  # at most this many x1e6 growths of nu_max per multiplier (1e24)
 
@@ -231,7 +233,8 @@ _GROWS = 4  # at most this many x1e6 growths of nu_max per multiplier (1e24)
 @struct.dataclass
 class _State:
     phase: jnp.ndarray
-    mode: jnp.ndarray  # 0: Lagrangian sweeps (nu); 1: the sweep over the rounded-down budget
+    mode: jnp.ndarray  # 0: Lagrangian sweeps (nu); 1: the sweep over the rounded-down budget;
+    # 2: (phase _SUM only) the certificate over the rounded-down edge budget
     which: jnp.ndarray  # the memory nu prices: 0 the edge's, 1 the cloud's
     nu_e: jnp.ndarray  # with which == 1: the edge's multiplier, held fixed
     nu_i: jnp.ndarray  # -1: the nu = 0 sweep; 0: nu = nu_max; >= 1: bisection steps
@@ -348,7 +351,7 @@ def _query(pb: _Problem, s: _State):
         memory=jnp.where(fast | cheap | (s.mode >= 1), 0.0,
                          jnp.where(s.which == 1, s.nu_e, s.nu) / norm),
         cloud_memory=jnp.where(fast | cheap | (s.which == 0), 0.0, s.nu / norm))
-    w = _where(total, dp.Weights(0.0, 0.0, 0.0, 0.0, 1.0, 1.0), w)
+    w = _where(total, dp.Weights(0.0, 0.0, 0.0, 0.0, 1.0 * (s.mode == 1), 1.0), w)
     need = (s.phase < _STACK) | ((s.phase == _STACK) & worth)
     return need, w, lam, worth
 
@@ -439,17 +442,23 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     # With a cloud budget, the certificate that nothing fits both comes first (one plain DP
     # call, _after_sum; the rounded-down sweep's two calls cost more).
     res_phase = jnp.where(pb.budget_c < jnp.inf, _SUM, _LO)
-    lagr = s.replace(phase=jnp.where(to_res, res_phase, jnp.where(stop, _DONE, _LO)),
-                     mode=jnp.where(to_res, 1, 0), nu_i=nu_i,
+    # Before the cloud's multiplier search, the certificate over the rounded-down edge budget
+    # (_after_sum, mode 2; then the search runs as set up here).
+    cert = to_cloud & (pb.units > 0)
+    lagr = s.replace(phase=jnp.where(to_res, res_phase,
+                                     jnp.where(cert, _SUM, jnp.where(stop, _DONE, _LO))),
+                     mode=jnp.where(to_res, 1, jnp.where(cert, 2, 0)), nu_i=nu_i,
                      nu=jnp.where(to_res, 0.0, nu), lo=lo, hi=hi, lower=lower,
                      complete=complete, fits0=fits0, nu_max=nu_max, lo_j=lo_j, lo_m=lo_m,
                      hi_j=hi_j, hi_m=hi_m, sec=use_c & ~to_res)
     # After the rounded-down sweep (a lower bound; its feasible points were offered as it ran):
-    # stop, unless none of them fits while the relaxation holds partitions; then the edge's
-    # multiplier search runs from nu_max (the memory-first minimizer) as it would have.
+    # stop, unless none of them fits while the relaxation holds partitions; then, with a cloud
+    # budget, the certificate over the rounded-down edge budget (_after_sum, mode 2), and the
+    # edge's multiplier search from nu_max (the memory-first minimizer) as it would have run.
     again = (s.f_j >= BIG) & (lower < BIG)
-    res = s.replace(phase=jnp.where(again, _LO, _DONE), lower=lower, complete=complete,
-                    mode=jnp.where(again, 0, s.mode),
+    cert = again & (pb.budget_c < jnp.inf)
+    res = s.replace(phase=jnp.where(cert, _SUM, jnp.where(again, _LO, _DONE)), lower=lower,
+                    complete=complete, mode=jnp.where(cert, 2, jnp.where(again, 0, s.mode)),
                     nu_i=jnp.where(again, 0, s.nu_i), nu=jnp.where(again, s.nu_max, s.nu))
     return _where(in_res, res, lagr)
 
@@ -497,14 +506,20 @@ def _after_hi(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
 
 
 def _after_sum(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
-    """``pt`` minimizes edge + cloud memory over the allowed partitions: when even that sum
-    exceeds the two budgets' sum, no partition fits both (the minimum over the empty set: the
-    bound is BIG, infeasible and certified so); else the sweep over the rounded-down budget
-    runs (``mode`` 1, set with this phase)."""
-    need = pt.mem + pt.mem_c
-    room = pb.budget + pb.budget_c
+    """A certificate that no partition fits both budgets (proofs/oracle.md, Remark 3a). Mode 1
+    (before the rounded-down sweep): ``pt`` minimizes edge + cloud memory over the allowed
+    partitions, and even that sum exceeds the two budgets' sum. Mode 2 (after that sweep found
+    nothing that fits): ``pt`` minimizes the cloud's memory over the rounded-down edge budget's
+    set, which holds every partition that fits the edge, and even that exceeds the cloud's
+    budget; mode 2 also runs before the cloud's multiplier search. Then the feasible set is
+    empty (its minimum is BIG: infeasible and certified so); else the rounded-down sweep runs
+    (mode 1) or the multiplier search (mode 2)."""
+    first = s.mode == 1
+    need = jnp.where(first, pt.mem + pt.mem_c, pt.mem_c)
+    room = jnp.where(first, pb.budget + pb.budget_c, pb.budget_c)
     none = (pt.lat < BIG) & (need > room + RTOL * (jnp.abs(room) + 1e-30))
     return s.replace(phase=jnp.where(none, _DONE, _LO),
+                     mode=jnp.where(first | none, s.mode, 0),
                      lower=jnp.where(none, jnp.float32(BIG), s.lower))
 
 
@@ -588,7 +603,8 @@ def _sweep(pb: _Problem, solve, solve_resource, evaluate) -> _State:
         i, s = c
         need, w, lam, worth = _query(pb, s)
         if pb.units > 0:
-            use_res = (s.mode >= 1) & (s.phase != _SUM)  # the certificate is a plain call
+            # the rounded-down sweep and the certificate after it (the one before is plain)
+            use_res = (s.mode >= 1) & ((s.phase != _SUM) | (s.mode == 2))
             part, fit = jax.lax.cond(use_res, solve_resource, plain, w)
             pt = evaluate(part)
             # The resource DP's point that truly fits (from its best memory levels) is a

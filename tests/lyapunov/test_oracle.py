@@ -400,6 +400,37 @@ def test_no_partition_fits_both_budgets_certified_cheaply():
             assert float(sol.objective) >= float(jb) - 1e-4 * (abs(float(jb)) + 1.0)
 
 
+def test_no_edge_feasible_partition_fits_the_cloud_certified_cheaply():
+    """The edge (4.5-bit weights) and the cloud (16-bit) hold a layer in different sizes, so the
+    least edge + cloud memory (all on the edge) fits the two budgets' sum while no partition
+    that fits the edge fits the cloud: the least cloud memory over the rounded-down edge set is
+    above the cloud's budget. Brute force finds nothing feasible, and the oracle says so (not
+    feasible, bound BIG) after that one resource-DP certificate, without the multiplier search;
+    with the cloud's budget at that least cloud memory the answer is feasible where brute force
+    is (proofs/oracle.md, Remark 3a)."""
+    link = LinkState(*(jnp.float32(x) for x in (50.0, 50.0, 20.0, 0.5)))
+    queues = Queues(*(jnp.float32(x) for x in (20.0, 0.0, 0.0, 0.0)))
+    sp = slot_params(1.0, 1.0)
+    costs = jax.jit(jax.vmap(request_costs, in_axes=(0, None, None)))(ALL, link, SPEC)
+    e, c = np.asarray(costs.edge_memory_gb), np.asarray(costs.cloud_memory_gb)
+    budget = 0.5 * float(e.max())
+    least_c = float(c[e <= budget].min())  # the least cloud memory of an edge-feasible partition
+    assert float((e + c).min()) <= budget + 0.99 * least_c  # the sum certificate cannot tell
+    for share, fits in ((0.99, False), (1.0, True)):
+        spec = with_budget(with_cloud_budget(SPEC, share * least_c), budget)
+        jb, _, _ = brute_force(queues, link, spec, sp, ALL)
+        assert bool(np.isfinite(float(jb))) == fits
+        sol = solve_slot(queues, link, spec, sp)
+        assert bool(sol.feasible) == fits
+        if not fits:
+            assert float(sol.lower_bound) >= 1e29 and not bool(sol.exact)
+            assert int(sol.n_solves) <= 12  # fast, cheap, the sweep's ends, the certificate
+        else:
+            own = _costs(sol.partition, link, spec)
+            assert bool(own.memory_ok) and bool(own.cloud_memory_ok)
+            assert float(sol.objective) >= float(jb) - 1e-4 * (abs(float(jb)) + 1.0)
+
+
 @pytest.mark.slow
 def test_oracle_tp_both_budgets_binding_is_sound():
     """Both budgets binding at once (the edge cannot hold the model, the cloud can hold only a
