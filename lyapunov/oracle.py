@@ -52,7 +52,7 @@ bound within tolerance; ``lower_bound`` reports the bound.
 The sweep's lambda range is narrowed to the slopes ``g`` can have at the optimum,
 ``[a, a + b / l_fast^2]`` (proofs/oracle.md, Proposition 7). (LLaMA-13B on a Pi 5 with memory
 binding: 4-7 ms a slot, exact; the 70B-shaped card on an Orin NX: 9-25 ms, a certified gap
-under 1.3 %; docs/design.md §4.3.)
+of at most 1.2 %; docs/design.md §4.3.)
 
 Exactness holds over the lambda range ``[eps, 1/eps] * c_s / l_s`` (normalized by the latency
 ``l_s`` of the fastest partition and the ``c`` scale ``c_s``; the sweep runs on its
