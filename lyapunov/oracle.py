@@ -225,7 +225,7 @@ def _evaluate(part: Partition, tables: dp.SlotTables, spec: CostSpec, cw: dp.Wei
 # over the rounded-down budget or along the search on nu while memory binds; _SUM: a
 # certificate that nothing fits both budgets (mode 1: the least edge + cloud memory, before the
 # rounded-down sweep; mode 2: the least cloud memory over the rounded-down edge budget, after
-# that sweep found nothing that fits), tried before a multiplier search.
+# that sweep found nothing that fits or before the cloud's multiplier search).
 _FAST, _CHEAP, _LO, _HI, _SUM, _STACK, _DONE = range(7)
 _GROWS = 4  # at most this many x1e6 growths of nu_max per multiplier (1e24)
 
