@@ -444,10 +444,10 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     res_phase = jnp.where(pb.budget_c < jnp.inf, _SUM, _LO)
     # Before the cloud's multiplier search, the certificate over the rounded-down edge budget
     # (_after_sum, mode 2; then the search runs as set up here).
-    cert = to_cloud & (pb.units > 0)
+    cloud_cert = to_cloud & (pb.units > 0)
     lagr = s.replace(phase=jnp.where(to_res, res_phase,
-                                     jnp.where(cert, _SUM, jnp.where(stop, _DONE, _LO))),
-                     mode=jnp.where(to_res, 1, jnp.where(cert, 2, 0)), nu_i=nu_i,
+                                     jnp.where(cloud_cert, _SUM, jnp.where(stop, _DONE, _LO))),
+                     mode=jnp.where(to_res, 1, jnp.where(cloud_cert, 2, 0)), nu_i=nu_i,
                      nu=jnp.where(to_res, 0.0, nu), lo=lo, hi=hi, lower=lower,
                      complete=complete, fits0=fits0, nu_max=nu_max, lo_j=lo_j, lo_m=lo_m,
                      hi_j=hi_j, hi_m=hi_m, sec=use_c & ~to_res)
@@ -456,9 +456,10 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
     # budget, the certificate over the rounded-down edge budget (_after_sum, mode 2), and the
     # edge's multiplier search from nu_max (the memory-first minimizer) as it would have run.
     again = (s.f_j >= BIG) & (lower < BIG)
-    cert = again & (pb.budget_c < jnp.inf)
-    res = s.replace(phase=jnp.where(cert, _SUM, jnp.where(again, _LO, _DONE)), lower=lower,
-                    complete=complete, mode=jnp.where(cert, 2, jnp.where(again, 0, s.mode)),
+    res_cert = again & (pb.budget_c < jnp.inf)
+    res = s.replace(phase=jnp.where(res_cert, _SUM, jnp.where(again, _LO, _DONE)), lower=lower,
+                    complete=complete,
+                    mode=jnp.where(res_cert, 2, jnp.where(again, 0, s.mode)),
                     nu_i=jnp.where(again, 0, s.nu_i), nu=jnp.where(again, s.nu_max, s.nu))
     return _where(in_res, res, lagr)
 

@@ -372,6 +372,19 @@ def test_oracle_tp_matches_brute_force():
     assert n_tp >= 2 and n_exact >= 5
 
 
+def _check_certified(sol, jb, link, spec):
+    """An infeasible answer is certified cheaply (bound BIG, a few DP calls: fast, cheap, the
+    nu = 0 sweep's ends, the certificate); a feasible one fits both budgets and is no better
+    than brute force's optimum ``jb``."""
+    if not bool(sol.feasible):
+        assert float(sol.lower_bound) >= 1e29 and not bool(sol.exact)
+        assert int(sol.n_solves) <= 12
+    else:
+        own = _costs(sol.partition, link, spec)
+        assert bool(own.memory_ok) and bool(own.cloud_memory_ok)
+        assert float(sol.objective) >= float(jb) - 1e-4 * (abs(float(jb)) + 1.0)
+
+
 def test_no_partition_fits_both_budgets_certified_cheaply():
     """Both budgets so small that even the partition of least edge + cloud memory needs more
     than their sum: brute force finds nothing feasible, and the oracle says so (not feasible,
@@ -392,12 +405,7 @@ def test_no_partition_fits_both_budgets_certified_cheaply():
         assert bool(sol.feasible) == bool(np.isfinite(float(jb)))
         if not fits:
             assert not np.isfinite(float(jb))
-            assert float(sol.lower_bound) >= 1e29 and not bool(sol.exact)
-            assert int(sol.n_solves) <= 12  # fast, cheap, the sweep's ends, the certificate
-        elif bool(sol.feasible):
-            own = _costs(sol.partition, link, spec)
-            assert bool(own.memory_ok) and bool(own.cloud_memory_ok)
-            assert float(sol.objective) >= float(jb) - 1e-4 * (abs(float(jb)) + 1.0)
+        _check_certified(sol, jb, link, spec)
 
 
 def test_no_edge_feasible_partition_fits_the_cloud_certified_cheaply():
@@ -422,13 +430,7 @@ def test_no_edge_feasible_partition_fits_the_cloud_certified_cheaply():
         assert bool(np.isfinite(float(jb))) == fits
         sol = solve_slot(queues, link, spec, sp)
         assert bool(sol.feasible) == fits
-        if not fits:
-            assert float(sol.lower_bound) >= 1e29 and not bool(sol.exact)
-            assert int(sol.n_solves) <= 12  # fast, cheap, the sweep's ends, the certificate
-        else:
-            own = _costs(sol.partition, link, spec)
-            assert bool(own.memory_ok) and bool(own.cloud_memory_ok)
-            assert float(sol.objective) >= float(jb) - 1e-4 * (abs(float(jb)) + 1.0)
+        _check_certified(sol, jb, link, spec)
 
 
 @pytest.mark.slow
