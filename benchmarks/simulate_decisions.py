@@ -29,26 +29,34 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.oracle_scaling import BIG70, MEC160, SYNTH  # noqa: E402
+
+# The cards' fields every checkout's ModelCard takes (later fields have defaults).
+_CARD_FIELDS = ("name", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_ff", "vocab",
+                "ffn_type", "tied_embeddings")
 
 # name: (model, edge, cloud, binding: the 14 GB Orin NX cannot hold the 70B card)
 ROWS = {
-    "8x8": ("synthetic-8x8", "orin-nx", "mec", False),
+    "8x8": (SYNTH.name, "orin-nx", "mec", False),
     "gpt2-xl": ("gpt2-xl", "orin-nx", "mec", False),
     "llama-7b": ("llama-7b", "orin-nx", "mec", False),
     "llama-13b": ("llama-13b", "orin-nx", "mec", False),
-    "70b/64gb": ("llama-70b-shaped", "orin-nx-64gb", "mec", False),
-    "70b/orin-nx": ("llama-70b-shaped", "orin-nx", "mec", True),
-    "70b/orin-nx/mec160": ("llama-70b-shaped", "orin-nx", "mec160", True),
+    "70b/64gb": (BIG70.name, "orin-nx-64gb", "mec", False),
+    "70b/orin-nx": (BIG70.name, "orin-nx", "mec", True),
+    "70b/orin-nx/mec160": (BIG70.name, "orin-nx", MEC160.name, True),
     "llama-13b/rpi5": ("llama-13b", "rpi5", "mec", False),
 }
 
-# Written by each checkout's own code (run with that checkout as the working directory).
+# Written by each checkout's own code (run with that checkout as the working directory), from
+# benchmarks/oracle_scaling.py's cards and its MEC 160 GB.
 _FILES = """
 import dataclasses, json, sys
 sys.path.insert(0, '.')
 from costmodel.cards import ModelCard
 from costmodel.profiles import get_profile
-out = sys.argv[1]
+out, cards, mec, mec_gb = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 def profile(base, name, gb, why):
     p = dataclasses.asdict(get_profile(base))
     p.update(name=name, mem_budget_gb=gb)
@@ -56,16 +64,17 @@ def profile(base, name, gb, why):
         p['sources'] = dict(p['sources'], mem_budget_gb=why)
     json.dump(p, open(f'{out}/{name}.json', 'w'))
 profile('orin-nx', 'orin-nx-64gb', 64.0, 'benchmark: the Orin NX with 64 GB (memory free)')
-profile('mec', 'mec160', 160.0, 'benchmark: a MEC with 160 GB')
-for c in (ModelCard('synthetic-8x8', 8, 8, 8, 1024, 2816, 32000, 'swiglu', False),
-          ModelCard('llama-70b-shaped', 80, 64, 8, 8192, 28672, 128256, 'swiglu', False)):
-    json.dump(dataclasses.asdict(c), open(f'{out}/{c.name}.json', 'w'))
+profile('mec', mec, mec_gb, f'benchmark: a MEC with {mec_gb:g} GB')
+for c in cards:
+    json.dump(dataclasses.asdict(ModelCard(**c)), open(f'{out}/{c["name"]}.json', 'w'))
 """
 
 
 def write_files(repo: Path, python: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    subprocess.run([python, "-c", _FILES, str(out)], cwd=repo, check=True)
+    cards = [{f: getattr(c, f) for f in _CARD_FIELDS} for c in (SYNTH, BIG70)]
+    subprocess.run([python, "-c", _FILES, str(out), json.dumps(cards),
+                    MEC160.name, str(MEC160.mem_budget_gb)], cwd=repo, check=True)
 
 
 def decision(repo: Path, python: str, files: Path, row: str, policy: str, tp: bool,
@@ -75,9 +84,9 @@ def decision(repo: Path, python: str, files: Path, row: str, policy: str, tp: bo
     cmd = [python, "splitwise_cli.py", "simulate", "--model", model, "--device", edge,
            "--cloud", cloud, "--share", "0.2", "--policy", policy, "--slots", str(slots),
            "--json"] + (["--tp"] if tp else [])
-    for name in ("synthetic-8x8", "llama-70b-shaped"):
+    for name in (SYNTH.name, BIG70.name):
         cmd[3:3] = ["--card-file", str(files / f"{name}.json")]
-    for name in ("orin-nx-64gb", "mec160"):
+    for name in ("orin-nx-64gb", MEC160.name):
         cmd[3:3] = ["--profile-file", str(files / f"{name}.json")]
     t0 = time.perf_counter()
     run = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
