@@ -77,20 +77,22 @@ def _key(name: str, static, tree, leaves) -> str:
     return hashlib.sha256(material).hexdigest()[:40]
 
 
-def stored_jit(name: str, fn: Callable, static, *args) -> Callable:
-    """``jax.jit(fn)`` for arguments shaped like ``args``, through a stored program when
-    enabled: the returned function takes the same pytrees (same structure, shapes and dtypes)
-    and returns ``fn``'s output. ``static`` (picklable) names everything ``fn`` closes over
-    that is not in ``args``."""
+def stored_jit(name: str, fn: Callable, static, *args,
+               compiler_options: dict | None = None) -> Callable:
+    """``jax.jit(fn, compiler_options=...)`` for arguments shaped like ``args``, through a
+    stored program when enabled: the returned function takes the same pytrees (same structure,
+    shapes and dtypes) and returns ``fn``'s output. ``static`` (picklable) names everything
+    ``fn`` closes over that is not in ``args``; ``compiler_options`` are XLA's, for the compile
+    (not part of the stored program)."""
     where = directory()
     if where is None:
-        return jax.jit(fn)
+        return jax.jit(fn, compiler_options=compiler_options)
     leaves, tree = jax.tree.flatten(args)
     try:
         key = _key(name, static, tree, leaves)
     except (pickle.PicklingError, TypeError, AttributeError) as e:  # an unpicklable static
         log.debug("%s: not stored (%s)", name, e)
-        return jax.jit(fn)
+        return jax.jit(fn, compiler_options=compiler_options)
     path = where / "programs" / f"{name}-{key}.jaxexport"
     loaded = _load(path)
     if loaded is None:
@@ -104,7 +106,7 @@ def stored_jit(name: str, fn: Callable, static, *args) -> Callable:
         loaded = (box["tree"], exp)
         _store(path, box["tree"], exp)
     out_tree, exp = loaded
-    call = jax.jit(exp.call)
+    call = jax.jit(exp.call, compiler_options=compiler_options)
 
     def run(*a):
         return jax.tree.unflatten(out_tree, call(*jax.tree.leaves(a)))
