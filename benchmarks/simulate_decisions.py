@@ -3,7 +3,9 @@ checkouts run alternately (docs/oracle-scaling.md, "The issue's own table").
 
 Each row runs ``splitwise simulate --json`` (Orin NX edge unless named, MEC cloud, cloud share
 0.2) in every checkout given, one after the other, and reads its ``decision_time_s``: the mean
-wall time of 10 jitted decisions, after a warm-up, at the state after the run's last slot. The
+wall time of 10 jitted decisions, after a warm-up, at the state after the run's last slot; and
+the run's whole wall time, cold (JAX's persistent compilation cache off, so every program
+compiles: the issue's "compile before the first slot" plus the slots themselves). The
 70B-shaped card is a user card (``--card-file``: 80 layers x 64 heads, 8 K/V heads), its
 64 GB edge a profile file (the Orin NX with ``mem_budget_gb`` 64), ``mec160`` a MEC with
 160 GB; each checkout writes these files with its own code (its own field names). To compare
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -89,7 +92,8 @@ def decision(repo: Path, python: str, files: Path, row: str, policy: str, tp: bo
     for name in ("orin-nx-64gb", MEC160.name):
         cmd[3:3] = ["--profile-file", str(files / f"{name}.json")]
     t0 = time.perf_counter()
-    run = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    run = subprocess.run(cmd, cwd=repo, capture_output=True, text=True,
+                         env=dict(os.environ, SPLITWISE_JAX_CACHE="off"))
     wall = time.perf_counter() - t0
     if run.returncode:
         lines = (run.stderr or run.stdout).strip().splitlines() or ["(no output)"]
@@ -132,8 +136,8 @@ def main(argv=None) -> int:
                 for policy in args.policies:
                     got = [decision(r, args.python, f, row, policy, space == "tp", slots)
                            for r, f in zip(repos, files, strict=True)]
-                    cells = [f"{g['ms']:.1f} ms" if g["ms"] is not None else f"error: {g['error']}"
-                             for g in got]
+                    cells = [f"{g['ms']:.1f} ms ({g['wall_s']:.1f} s cold)" if g["ms"] is not None
+                             else f"error: {g['error']}" for g in got]
                     print(f"{space:5s} {row:20s} {policy:12s} {slots:4d} slots  "
                           + "  ".join(cells), flush=True)
                     records.append(dict(space=space, row=row, policy=policy, slots=slots,
