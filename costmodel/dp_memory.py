@@ -145,8 +145,13 @@ def solve_tables_resource_fit(tb: SlotTables, w: Weights, budget_gb, units: int 
                          acc.fit))
         return i + 1, acc
 
-    init = jax.tree.map(lambda x: jnp.full(x.shape, BIG if x.dtype == jnp.float32 else 0,
-                                           x.dtype), jax.eval_shape(one, 0))
+    # "Nothing yet" (value BIG): built directly, not from jax.eval_shape(one), which would
+    # trace the whole pass a second time (about a fifth of the slot oracle's tracing).
+    n_l = tb.acc_layer.shape[0]
+    zeros = jnp.zeros(n_l, jnp.int32)
+    none = DPResult(jnp.float32(BIG), option_partition(zeros, zeros, tb.precisions[0],
+                                                       jnp.bool_(False), tb.tp))
+    init = ResourceResult(none, none)
     _, out = jax.lax.while_loop(lambda c: c[0] < n_run, body, (jnp.int32(0), init))
     return out
 
