@@ -35,7 +35,7 @@ CHUNK = 8  # members per compiled program of a batched rollout (batched_rollout)
 # instead of its MLIR fusion emitters, which pay a fixed cost per kernel: LLaMA-7B on a Pi 5,
 # the step's compile 1.9 -> 1.4 s and the reset's 0.58 -> 0.40 s, the step's run unchanged
 # (0.5-0.6 ms; 2 cores). A policy's program keeps XLA's default: without those emitters the
-# slot oracle's decision ran 5-15 % slower (docs/design.md §4.3).
+# slot oracle's decision ran 5-35 % slower (docs/design.md §4.3).
 ENV_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
