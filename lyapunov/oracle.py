@@ -637,13 +637,23 @@ def _sweep(pb: _Problem, solve, solve_resource, evaluate) -> _State:
         part = solve(w)
         return part, part
 
+    def skip(w):
+        return no_point.part
+
+    def skip2(w):
+        return no_point.part, no_point.part
+
     def body(c):
         i, s = c
         need, w, lam, worth = _query(pb, s)
+        # An iteration that only pops an interval not worth a solve (``need`` false) calls no
+        # DP: on memory-bound cards that had been one resource-DP call in three, run and thrown
+        # away (docs/design.md §4.3).
         if pb.units > 0:
             # the rounded-down sweep and the certificate after it (the one before is plain)
             use_res = (s.mode >= 1) & ((s.phase != _SUM) | (s.mode == 2))
-            part, fit = jax.lax.cond(use_res, solve_resource, plain, w)
+            part, fit = jax.lax.switch(jnp.where(need, 1 + use_res.astype(jnp.int32), 0),
+                                       [skip2, plain, solve_resource], w)
             pt = evaluate(part)
             # The resource DP's point that truly fits (from its best memory levels) is a
             # feasible candidate, kept before the sweep's own update (which may end the sweep);
@@ -655,7 +665,7 @@ def _sweep(pb: _Problem, solve, solve_resource, evaluate) -> _State:
                           f_lam=jnp.where(better, lam, s.f_lam),
                           f_nu=jnp.where(better, s.nu, s.f_nu))
         else:
-            pt = evaluate(solve(w))
+            pt = evaluate(jax.lax.cond(need, solve, skip, w))
         pt = _where(need, pt, no_point)
         return i + 1, _transition(pb, s, pt, lam, worth)
 
