@@ -238,6 +238,47 @@ def test_fallback_search_when_the_rounded_sweep_offers_nothing_that_fits(monkeyp
     assert n_search >= 2
 
 
+def test_every_dp_call_is_a_counted_solve(monkeypatch):
+    """The oracle runs a DP only where its state machine needs a solve: each call of the plain
+    and of the resource DP, counted where it runs (a host callback inside the compiled loop),
+    is one of ``n_solves``. (An iteration that only pops an interval not worth a solve had run
+    one anyway, a resource-DP call in three on memory-bound cards.) Memory-bound instances of
+    the test card, so that the rounded-down sweep runs."""
+    from costmodel import dp, dp_memory
+
+    calls = {"plain": 0, "resource": 0}
+
+    def counted(kind, fn):
+        def run(*a, **k):
+            jax.debug.callback(lambda: calls.__setitem__(kind, calls[kind] + 1))
+            return fn(*a, **k)
+        return run
+
+    monkeypatch.setattr(dp, "solve_tables", counted("plain", dp.solve_tables))
+    monkeypatch.setattr(dp_memory, "solve_tables_resource_fit",
+                        counted("resource", dp_memory.solve_tables_resource_fit))
+    solve_slot.clear_cache()
+    rng = np.random.default_rng(4)
+    total = {"plain": 0, "resource": 0}
+    try:
+        for _ in range(8):
+            queues = Queues(*(jnp.float32(x) for x in rng.exponential([20.0, 5.0, 5.0, 1e3])))
+            bw = float(10 ** rng.uniform(-1, 2))
+            link = LinkState(*(jnp.float32(x) for x in (bw, bw, rng.uniform(5, 80), 0.05)))
+            mem = np.asarray(_mem(ALL, link, SPEC))
+            spec = with_budget(SPEC, float(mem.min() + rng.uniform(0.1, 0.6) * np.ptp(mem)))
+            calls.update(plain=0, resource=0)
+            sol = solve_slot(queues, link, spec, slot_params(10.0, 1.0, 1.0, 0.5))
+            jax.block_until_ready(sol.n_solves)
+            jax.effects_barrier()
+            assert calls["plain"] + calls["resource"] == int(sol.n_solves)
+            for k in total:
+                total[k] += calls[k]
+    finally:
+        solve_slot.clear_cache()
+    assert total["resource"] >= 4  # the rounded-down sweep ran (where a pop could waste one)
+
+
 def test_multiplier_search_reaches_the_dual_maximum():
     """Without the rounded resource sweeps (units=0) the lower bound is the best Lagrangian dual
     bound the multiplier search found; the cutting-plane search (proofs/oracle.md, Proposition
