@@ -44,8 +44,10 @@ big, the other's fitting) by cutting planes: the next ``nu`` is where the two en
 lines meet (the geometric midpoint where that is not strictly inside), and the search ends when
 a sweep attains that value, the dual's maximum (proofs/oracle.md, Proposition 6), keeping the
 best memory-feasible vertex seen. That search runs only where the rounded-down sweep does not:
-with ``units = 0``, for the cloud's budget, and when the rounded-down sweep offered nothing that
-fits. On memory-bound cards the dual's gap was 16-290 % where the rounded-down bound certified
+with ``units = 0``, for the cloud's budget, and when neither the rounded-down sweep nor the
+rounded-up repair call after it (which runs where the sweep's best fitting point is more than
+``REPAIR_GAP`` above its bound, or where it found none) offered anything that fits. On
+memory-bound cards the dual's gap was 16-290 % where the rounded-down bound certified
 0-1.3 %, so the search had cost 4-6 DP calls a decision for a bound that was never the better
 one (docs/design.md §4.3). ``exact`` says whether the best feasible vertex meets the best lower
 bound within tolerance; ``lower_bound`` reports the bound.
@@ -83,6 +85,7 @@ BIG = dp.BIG
 EPS_RANGE = 1e-4  # lambda range [EPS, 1/EPS] in normalized units
 N_FIT = 16  # memory levels the resource DP traces back for a point that truly fits
 RTOL = 1e-5  # relative tolerance: vertex detection, pruning and the exactness certificate
+REPAIR_GAP = 0.02  # relative gap above which a rounded-up resource call repairs the point
 
 
 @struct.dataclass
@@ -263,7 +266,7 @@ def _evaluate(part: Partition, tables: dp.SlotTables, spec: CostSpec, cw: dp.Wei
 # certificate that nothing fits both budgets (mode 1: the least edge + cloud memory, before the
 # rounded-down sweep; mode 2: the least cloud memory over the rounded-down edge budget, after
 # that sweep found nothing that fits or before the cloud's multiplier search).
-_FAST, _CHEAP, _LO, _HI, _SUM, _STACK, _DONE = range(7)
+_FAST, _CHEAP, _LO, _HI, _SUM, _UP, _STACK, _DONE = range(8)
 _GROWS = 4  # at most this many x1e6 growths of nu_max per multiplier (1e24)
 
 
@@ -373,7 +376,8 @@ def _query(pb: _Problem, s: _State):
     """(solve now?, DP weights, lambda) for the current phase."""
     lam_lo, lam_hi = _lam_range(pb, s)
     worth, lam_star, _ = _top(pb, s)
-    lam = jnp.select([s.phase == _LO, s.phase == _HI], [lam_lo, lam_hi], lam_star)
+    lam = jnp.select([s.phase == _LO, s.phase == _HI, s.phase == _UP],
+                     [lam_lo, lam_hi, s.sb_lam], lam_star)
     norm = lam * s.l_s + s.c_s + s.nu * s.m_s
     norm = jnp.where(norm > 0, norm, 1.0)
     cw = pb.cw
@@ -489,15 +493,21 @@ def _end_sweep(pb: _Problem, s: _State, complete_sweep) -> _State:
                      complete=complete, fits0=fits0, nu_max=nu_max, lo_j=lo_j, lo_m=lo_m,
                      hi_j=hi_j, hi_m=hi_m, sec=use_c & ~to_res)
     # After the rounded-down sweep (a lower bound; its feasible points were offered as it ran):
-    # stop, unless none of them fits while the relaxation holds partitions; then, with a cloud
-    # budget, the certificate over the rounded-down edge budget (_after_sum, mode 2), and the
+    # stop, unless none of them fits (while the relaxation holds partitions) or the best is far
+    # above the bound; then one rounded-*up* resource call at the relaxed minimizer's lambda,
+    # whose every partition fits the edge (a repair of the feasible point; the bound stays the
+    # rounded-down sweep's), and after it (_after_up) the end, or where still nothing fits,
+    # with a cloud budget the certificate over the rounded-down edge budget (mode 2) and the
     # edge's multiplier search from nu_max (the memory-first minimizer) as it would have run.
+    # Where many mixed layers each round down by up to a unit, or a cliff sits at the budget,
+    # the rounded-down sweep's best levels can all overrun but for a poor partition, or all of
+    # them (LLaMA-13B on a Pi 5: 2 states in 48 at gaps of 13 % and 124 %; the 70B card with
+    # the MEC 160 GB: 4 in 48 at 37 %, from the multiplier search; docs/design.md §4.3).
     again = (s.f_j >= BIG) & (lower < BIG)
-    res_cert = again & (pb.budget_c < jnp.inf)
-    res = s.replace(phase=jnp.where(res_cert, _SUM, jnp.where(again, _LO, _DONE)), lower=lower,
-                    complete=complete,
-                    mode=jnp.where(res_cert, 2, jnp.where(again, 0, s.mode)),
-                    nu_i=jnp.where(again, 0, s.nu_i), nu=jnp.where(again, s.nu_max, s.nu))
+    far = (s.f_j < BIG) & (s.f_j - lower > REPAIR_GAP * jnp.maximum(jnp.abs(s.f_j),
+                                                                     jnp.abs(lower)))
+    up = (again | far) & (s.mode == 1)
+    res = s.replace(phase=jnp.where(up, _UP, _DONE), lower=lower, complete=complete)
     return _where(in_res, res, lagr)
 
 
@@ -561,6 +571,18 @@ def _after_sum(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
                      lower=jnp.where(none, jnp.float32(BIG), s.lower))
 
 
+def _after_up(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
+    """After the rounded-up repair call (``_end_sweep``; its points were offered as feasible
+    candidates as it ran): the end, or where still nothing fits, with a cloud budget the
+    certificate over the rounded-down edge budget (_after_sum, mode 2), and the edge's
+    multiplier search from nu_max (the memory-first minimizer) as it would have run."""
+    again = s.f_j >= BIG
+    cert = again & (pb.budget_c < jnp.inf)
+    return s.replace(phase=jnp.where(cert, _SUM, jnp.where(again, _LO, _DONE)),
+                     mode=jnp.where(cert, 2, jnp.where(again, 0, s.mode)),
+                     nu_i=jnp.where(again, 0, s.nu_i), nu=jnp.where(again, s.nu_max, s.nu))
+
+
 def _after_stack(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
     """Pop; a point strictly below the chord is a new vertex that splits the interval."""
     _, _, (l1, c1, lam1, l2, c2, lam2) = _top(pb, s)
@@ -598,17 +620,19 @@ def _transition(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
     """The state after one iteration's solve ``pt``, by phase (a ``lax.switch``: each phase's
     update is its own computation)."""
     s = s.replace(n_solves=s.n_solves + (s.phase < _STACK) + worth)
-    phases = [_after_fast, _after_cheap, _after_lo, _after_hi, _after_sum, _after_stack]
+    phases = [_after_fast, _after_cheap, _after_lo, _after_hi, _after_sum, _after_up,
+              _after_stack]
     return jax.lax.switch(jnp.clip(s.phase, 0, _STACK),
                           [functools.partial(f, pb) for f in phases], s, pt, lam, worth)
 
 
 def _sweep(pb: _Problem, solve, solve_resource, evaluate) -> _State:
     """Run the state machine to its end. ``solve(w)`` is the exact linear oracle (argmin of
-    the weighted objective ``w``), ``solve_resource(w)`` the resource DP over the rounded-down
-    budget (used only when ``pb.units > 0``), which returns its minimizer and a partition
-    that truly fits (``costmodel.dp_memory.solve_tables_resource_fit``); ``evaluate(part) ->
-    _Pt`` prices them (after the branch)."""
+    the weighted objective ``w``), ``solve_resource(w, up)`` the resource DP over the budget
+    rounded down (``up`` false) or up (the repair call; used only when ``pb.units > 0``),
+    which returns its minimizer and a partition that truly fits
+    (``costmodel.dp_memory.solve_tables_resource_fit``); ``evaluate(part) -> _Pt`` prices them
+    (after the branch)."""
     f32 = jnp.float32
     # The sentinel "no point yet": a point's pytree shape with latency and cost at BIG, so it
     # loses every comparison; it fills the state's point slots and stands for "no solve".
@@ -652,8 +676,9 @@ def _sweep(pb: _Problem, solve, solve_resource, evaluate) -> _State:
         if pb.units > 0:
             # the rounded-down sweep and the certificate after it (the one before is plain)
             use_res = (s.mode >= 1) & ((s.phase != _SUM) | (s.mode == 2))
+            up = s.phase == _UP
             part, fit = jax.lax.switch(jnp.where(need, 1 + use_res.astype(jnp.int32), 0),
-                                       [skip2, plain, solve_resource], w)
+                                       [skip2, plain, lambda w: solve_resource(w, up)], w)
             pt = evaluate(part)
             # The resource DP's point that truly fits (from its best memory levels) is a
             # feasible candidate, kept before the sweep's own update (which may end the sweep);
@@ -724,8 +749,8 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
     def solve(w):
         return dp.solve_tables(tables, w).partition
 
-    def solve_resource(w):
-        res = dp_memory.solve_tables_resource_fit(tables, w, pb.budget, max(pb.units, 1), False,
+    def solve_resource(w, up):
+        res = dp_memory.solve_tables_resource_fit(tables, w, pb.budget, max(pb.units, 1), up,
                                                   n_shift, N_FIT, pb.budget_c)
         return res.best.partition, res.fit.partition
 

@@ -216,8 +216,13 @@ def test_fallback_search_when_the_rounded_sweep_offers_nothing_that_fits(monkeyp
         states.append((Queues(*(jnp.float32(x) for x in (rng.uniform(0, 20), 0, 0, zc))), link))
     ref = [solve_slot(q, link, spec, sp) for q, link in states]
     real = dp_memory.solve_tables_resource_fit
-    monkeypatch.setattr(dp_memory, "solve_tables_resource_fit",
-                        lambda *a, **k: (lambda r: r.replace(fit=r.best))(real(*a, **k)))
+    # Every call (the rounded-down sweep's and the rounded-up repair's) offers the all-edge
+    # partition as its fitting point, which overruns: nothing fits.
+    overrun = edge_only(card.n_layers, card.n_heads)
+    monkeypatch.setattr(dp_memory, "solve_tables_resource_fit", lambda *a, **k: (
+        lambda r: r.replace(fit=r.fit.replace(partition=jax.tree.map(
+            lambda x, y: jnp.broadcast_to(y, x.shape).astype(x.dtype), r.fit.partition,
+            overrun))))(real(*a, **k)))
     solve_slot.clear_cache()
     n_search = 0
     try:
@@ -277,6 +282,36 @@ def test_every_dp_call_is_a_counted_solve(monkeypatch):
     finally:
         solve_slot.clear_cache()
     assert total["resource"] >= 4  # the rounded-down sweep ran (where a pop could waste one)
+
+
+def test_rounded_up_call_repairs_a_poor_fitting_point(monkeypatch):
+    """Where the rounded-down sweep's fitting candidates are poor (many mixed layers each
+    rounded down: its best memory levels all overrun but for a far worse partition), one
+    rounded-up resource call at the relaxed minimizer's slope supplies a point that fits and is
+    near the bound. LLaMA-13B on a Pi 5 (7 GB), a state where the candidates alone gave an
+    objective of 1268 against an optimum of -279.2 (the oracle at 2048 units, exact)."""
+    from costmodel.cards import get_card
+    from lyapunov import oracle
+
+    card = get_card("llama-13b")
+    spec = make_spec(card, dataclasses.replace(get_profile("rpi5"), mem_budget_gb=7.0), "mec",
+                     Workload(128, 32))
+    q = Queues(*(jnp.float32(x) for x in (3.0055892, 0.0, 0.0, 1e7)))
+    link = LinkState(*(jnp.float32(x) for x in (40.138596, 40.138596, 21.127926, 0.20125268)))
+    sp = SlotParams(jnp.float32(10.0), jnp.float32(2.0),
+                    Budgets(jnp.float32(INF), jnp.float32(INF), jnp.float32(1e-4)),
+                    PenaltyWeights(*(jnp.float32(w) for w in (1.0, 0.0, 0.0, 0.0))))
+    sol = solve_slot(q, link, spec, sp)
+    own = _costs(sol.partition, link, spec)
+    assert bool(sol.feasible) and bool(own.feasible)
+    assert float(sol.objective) <= -279.0 and float(sol.lower_bound) <= -279.19
+    monkeypatch.setattr(oracle, "REPAIR_GAP", float("inf"))  # only where nothing fits
+    solve_slot.clear_cache()
+    try:
+        worse = solve_slot(q, link, spec, sp)
+    finally:
+        solve_slot.clear_cache()
+    assert float(worse.objective) > 1000.0 and int(worse.n_solves) < int(sol.n_solves)
 
 
 def test_multiplier_search_reaches_the_dual_maximum():
