@@ -85,7 +85,8 @@ BIG = dp.BIG
 EPS_RANGE = 1e-4  # lambda range [EPS, 1/EPS] in normalized units
 N_FIT = 16  # memory levels the resource DP traces back for a point that truly fits
 RTOL = 1e-5  # relative tolerance: vertex detection, pruning and the exactness certificate
-REPAIR_GAP = 0.02  # relative gap above which a rounded-up resource call repairs the point
+REPAIR_GAP = 0.02  # gap (relative, in the sweep's g + c) above which a rounded-up resource
+# call repairs the feasible point (_end_sweep)
 
 
 @struct.dataclass
@@ -211,6 +212,8 @@ class _Pt:
 
     @property
     def part(self):
+        # Not jax.flatten_util.ravel_pytree: its unravel is a fresh closure per call, and the
+        # points that selects combine must have equal static fields (this layout tuple is).
         tree, shapes, dtypes = self.layout
         out, k = [], 0
         for shape, dt in zip(shapes, dtypes, strict=True):
