@@ -489,13 +489,14 @@ def make_outage(outage_prob: float, mean_outage_slots: float) -> OutageParams:
     length = _in_range("mean_outage_slots", mean_outage_slots, 1.0, math.inf)
     p_recover = 1.0 / length
     p_fail = p_recover * q / (1.0 - q)
-    if p_fail > 1.0:
+    # The bound itself is reachable (p_fail = 1); its float64 image may land a few ulps above.
+    if p_fail > 1.0 + 1e-12:
         raise ProcessConfigError(
             "outage_prob",
             f"{q} is unreachable with mean_outage_slots={length}: at most "
             f"{length / (length + 1):.4g} (the link must be up at least one slot between outages)",
         )
-    return OutageParams(_f32(p_fail), _f32(p_recover))
+    return OutageParams(_f32(min(p_fail, 1.0)), _f32(p_recover))
 
 
 def make_link_params(

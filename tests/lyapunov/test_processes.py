@@ -241,6 +241,17 @@ def test_ar1_bandwidth_never_negative(mean, cv, rho, log_domain, seed):
     assert np.all(np.isfinite(x)) and np.all(x >= 0)
 
 
+def test_outage_probability_bound_is_reachable():
+    """``q = L / (L + 1)`` (outages as long as the gaps between them) is the largest reachable
+    outage probability: it gives p_fail = 1 (its float64 image was a few ulps above 1 for L =
+    2.5, which hypothesis found), and anything above it is refused, naming the field."""
+    for length in (1.0, 2.5, 3.0, 7.3, 50.0):
+        o = P.make_outage(length / (length + 1), length)
+        assert float(o.p_fail) == 1.0 and float(o.p_recover) == np.float32(1.0 / length)
+        with pytest.raises(P.ProcessConfigError, match="outage_prob"):
+            P.make_outage(length / (length + 1) + 1e-6, length)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     outage_prob=st.floats(0.0, 0.8),
