@@ -28,8 +28,9 @@ is its tangent, see ``lyapunov.oracle``) the program minimizes ``lam * latency +
 DPP: the per-option cost vector ``lam * latency + c - (lam + w_E p_idle + w_E p_dyn) * busy``
 is combined in NumPy before it enters as one Parameter, and every other Parameter multiplies
 a variable at most once, so re-solves reuse the compiled problem (``problem.is_dpp()``).
-Solvers: CLARABEL for the relaxation; HiGHS (MILP, time limit) for the boolean version, which
-fixes ``f = f_max`` and must equal the exact memory-constrained minimum of ``lam * l + c``.
+Solvers: HiGHS for the LP relaxations, CLARABEL (tight tolerances) for the cone form; HiGHS
+(MILP, time limit) for the boolean version, which fixes ``f = f_max`` and must equal the exact
+memory-constrained minimum of ``lam * l + c``.
 
 Two forms of the DVFS part: ``cone`` (the power cone above) and ``eliminated``: the DVFS terms
 are 1-homogeneous in ``(B, T)``, so the optimal slow-down ``T / B`` is the same for every
@@ -63,6 +64,9 @@ from costmodel.link import LinkState
 from costmodel.partition import CLOUD, EDGE, Partition, edge_only, make_partition
 from costmodel.spec import CostSpec
 from lyapunov.queues import Queues
+
+# CLARABEL's tolerances for the cone form (``SlotProgram._solve_relaxed``).
+CONE_TOL = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +141,7 @@ class SlotProgram:
 
     def __init__(self, spec: CostSpec, precisions=(0, 1, 2), dvfs: DVFS = DVFS(),
                  boolean: bool = False, time_limit_s: float = 30.0, dvfs_form: str = "auto",
-                 solver: str = "CLARABEL", tp: bool = False):
+                 solver: str | None = None, tp: bool = False):
         if dvfs_form not in ("auto", "cone", "eliminated"):
             raise ValueError(f"dvfs_form must be 'auto', 'cone' or 'eliminated', got "
                              f"{dvfs_form!r}")
@@ -204,7 +208,11 @@ class SlotProgram:
         if dvfs_form == "auto":  # cvxpy reshapes the cone program's data to n_var x n_params
             dvfs_form = "cone" if n_var * (2 * n_var) <= 2e7 else "eliminated"
         self.use_cone = self.use_dvfs and dvfs_form == "cone"
-        self.solver = cp.HIGHS if boolean else solver
+        # HiGHS for the LP forms (a simplex vertex: on a nearly infeasible instance CLARABEL's
+        # interior point had reported "optimal" 3.8 normalized units below the LP's true value,
+        # and it was 4x slower at LLaMA sizes: 0.84 against 0.21 s), CLARABEL for the cone.
+        self.solver = cp.HIGHS if boolean else (
+            solver or (cp.CLARABEL if self.use_cone else cp.HIGHS))
         if self.use_cone:
             self.t_coef = cp.Parameter(nonneg=True, name="t_coef")
             self.dyn_coef = cp.Parameter(nonneg=True, name="dyn_coef")
@@ -252,8 +260,9 @@ class SlotProgram:
         """Minimize ``lam * latency + c`` (``cw``: the weights of c, latency weight ignored).
 
         Presolve: an option whose memory alone exceeds the budget is fixed at 0 (exact, since
-        memory is non-negative). If the solver fails or reports an inaccurate solution, the
-        LP forms are re-solved with HiGHS (``status`` then ends in ``+highs``)."""
+        memory is non-negative). If another solver than HiGHS fails or reports an inaccurate
+        solution on an LP form, it is re-solved with HiGHS (``status`` then ends in
+        ``+highs``); the cone form falls back to the eliminated one."""
         arr, ok = self._arrays(link, spec, cw)
         ok = ok & (arr["mem"] <= float(spec.edge.mem_budget) / 1e9 * (1 + 1e-9))
         ok = ok & (arr["mem_c"] <= float(spec.cloud.mem_budget) / 1e9 * (1 + 1e-9))
@@ -318,14 +327,20 @@ class SlotProgram:
                          status)
 
     def _solve_relaxed(self) -> str:
+        # The cone form subtracts (t + d) B from the option costs and adds t T + d E back, terms
+        # far larger than the normalized optimum (O(1)) that cancel where the slow-down is 1:
+        # at CLARABEL's default tolerances (1e-8) its optimum was 5e-4 below the eliminated
+        # form's (an instance hypothesis found, tests/lyapunov/test_cvx.py), at 1e-10 6e-6.
+        kw = {cp.CLARABEL: CONE_TOL if self.use_cone else {},
+              cp.HIGHS: {"output_flag": False}}.get(self.solver, {})
         try:
             with warnings.catch_warnings():  # an inaccurate solution is handled below
                 warnings.simplefilter("ignore", UserWarning)
-                self.problem.solve(solver=self.solver)
+                self.problem.solve(solver=self.solver, **kw)
             status = self.problem.status
         except cp.error.SolverError:
             status = "solver_error"
-        if status != cp.OPTIMAL and not self.use_cone:
+        if status != cp.OPTIMAL and not self.use_cone and self.solver != cp.HIGHS:
             self.problem.solve(solver=cp.HIGHS, output_flag=False)
             status = f"{self.problem.status}+highs"
         return status
@@ -334,7 +349,7 @@ class SlotProgram:
         """The cone form failed numerically: solve the equivalent eliminated form (an LP)."""
         if getattr(self, "_eliminated", None) is None:
             self._eliminated = SlotProgram(spec, self.precisions, self.dvfs,
-                                           dvfs_form="eliminated", solver=self.solver,
+                                           dvfs_form="eliminated",
                                            tp=self.tp)
         res = self._eliminated.solve(link, spec, cw, lam)
         res.status = f"{res.status}+eliminated"
