@@ -36,6 +36,7 @@ from costmodel.dp import Weights, solve_memory
 from costmodel.link import LinkState, Workload
 from costmodel.spec import CostSpec, make_spec
 from costmodel.strategies import STRATEGIES, layer_wise_candidates
+from lyapunov.env import EnvParams, batchable
 
 MODELS = ("gpt2-xl", "llama-7b", "llama-13b")
 DEVICES = ("rpi5", "orin-nx", "galaxy-s23")
@@ -128,6 +129,8 @@ def stack(trees: Sequence):
             return jnp.stack([jnp.asarray(v) for v in x])
         return np.stack([np.asarray(v) for v in x])
 
+    if trees and all(isinstance(t, EnvParams) for t in trees):
+        trees = batchable(list(trees))  # one static memory flag for the batch
     return jax.tree.map(one, *trees)
 
 

@@ -90,7 +90,7 @@ def constants(cfg: Config, params) -> dict:
     """B, p*, p_max, eps, mu_max of the scenario (see the module docstring)."""
     from costmodel.costs import request_costs
     from costmodel.link import LinkState
-    from lyapunov.oracle import solve_slot
+    from lyapunov.policies import slot_solution
     from lyapunov.queues import Queues
 
     bw, share = np.meshgrid(cfg.bw_levels_mbps, cfg.share_levels, indexing="ij")
@@ -107,8 +107,7 @@ def constants(cfg: Config, params) -> dict:
         sp = sp0.replace(V=f(V))
 
         def one(link):
-            sol = solve_slot(Queues(f(nu), f(0), f(0), f(0)), link, spec, sp,
-                             params.precisions, **SOLVER_KW)
+            sol = slot_solution(Queues(f(nu), f(0), f(0), f(0)), link, params, sp, **SOLVER_KW)
             c = request_costs(sol.partition, link, spec)
             return sol.objective, sol.exact, c.latency_s, c.cloud_cost
 

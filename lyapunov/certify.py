@@ -70,8 +70,13 @@ from costmodel.strategies import layer_wise_batch
 from lyapunov import env as E
 from lyapunov import processes as proc
 from lyapunov import registry
-from lyapunov.oracle import solve_slot
-from lyapunov.policies import Policy, bayes_candidates, concat_batches, expected_scores
+from lyapunov.policies import (
+    Policy,
+    bayes_candidates,
+    concat_batches,
+    expected_scores,
+    slot_solution,
+)
 from lyapunov.queues import Queues
 from proofs import bounds
 
@@ -252,10 +257,9 @@ class Gap:
 
     def oracle(self, queues, link_sample):
         """The exact slot minimizer on the slot's link (``solve_slot``, called eagerly: one
-        compiled program shared by every caller), in the scenario's option space."""
-        p = self.params
-        return solve_slot(queues, E.cost_link(link_sample), p.spec, p.slot, p.precisions,
-                          tp=p.tp)
+        compiled program shared by every caller), in the scenario's option space and memory
+        regime."""
+        return slot_solution(queues, E.cost_link(link_sample), self.params)
 
     def gap(self, state: E.EnvState, k_env, k_pol, bayes: bool = False):
         pol = self.policy

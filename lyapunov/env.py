@@ -41,6 +41,7 @@ from flax import struct
 
 from costmodel.accuracy import AccuracyProfile
 from costmodel.cards import ModelCard
+from costmodel.dp import memory_can_bind
 from costmodel.link import LinkState, Workload
 from costmodel.outage import RetryConfig, with_outage
 from costmodel.partition import ACT_PRECISIONS, Partition
@@ -267,6 +268,11 @@ class EnvParams:
     privacy_layers: (static) the privacy floor, as in ``spec`` (where it is data, so that the
       cost model's programs serve every floor): a learned policy's action space is fixed by
       the floor it was trained for, and it checks this one against it.
+    memory_can_bind: (static) whether some partition of ``spec`` can exceed a memory budget
+      (``costmodel.dp.memory_can_bind``; ``make_params`` decides it). False lets the planners
+      compile the slot oracle without its memory machinery (a third of its compile time,
+      docs/design.md §4.3); it is checked on every concrete construction, so a ``replace``
+      that makes memory bind fails instead of planning as if it did not.
     """
 
     spec: CostSpec
@@ -294,10 +300,37 @@ class EnvParams:
     precisions: tuple = struct.field(pytree_node=False, default=(0, 1, 2))
     tp: bool = struct.field(pytree_node=False, default=False)
     privacy_layers: int = struct.field(pytree_node=False, default=0)
+    memory_can_bind: bool = struct.field(pytree_node=False, default=True)
 
     def __post_init__(self):
         if not isinstance(self.tp, bool | np.bool_):
             raise ScenarioError(f"EnvParams.tp must be a bool (static), got {self.tp!r}")
+        if not isinstance(self.memory_can_bind, bool | np.bool_):
+            raise ScenarioError("EnvParams.memory_can_bind must be a bool (static), got "
+                                f"{self.memory_can_bind!r}")
+        # Checked where the spec is concrete (not while JAX traces or rebuilds the tree with
+        # placeholders: there it was checked when the concrete params were made).
+        if (not self.memory_can_bind and _concrete(self.spec)
+                and memory_can_bind(self.spec)):
+            raise ScenarioError("EnvParams.memory_can_bind is False, but a partition of "
+                                "EnvParams.spec can exceed its edge or cloud memory budget "
+                                "(costmodel.dp.memory_can_bind)")
+
+
+def batchable(params: list[EnvParams]) -> list[EnvParams]:
+    """The members of a batch to stack, with one ``memory_can_bind`` (static fields must agree
+    across a stacked batch): True where memory can bind in any member."""
+    binds = any(p.memory_can_bind for p in params)
+    return [p if p.memory_can_bind == binds else p.replace(memory_can_bind=binds)
+            for p in params]
+
+
+def _concrete(tree) -> bool:
+    """Whether every leaf is a concrete array (not a tracer, not a placeholder such as the
+    int axes of a ``vmap``'s ``in_axes``)."""
+    return all(isinstance(x, np.ndarray | np.generic)
+               or (isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer))
+               for x in jax.tree.leaves(tree))
 
 
 def _process_mean(p) -> float:
@@ -389,7 +422,8 @@ def make_params(sc: Scenario) -> EnvParams:
         diurnal_log_depth=f(math.log(mm.diurnal_depth) if "diurnal" in mm.kinds else 0.0),
         diurnal_period=f(mm.diurnal_period_slots),
         history=sc.history, episode_slots=sc.episode_slots, precisions=tuple(sc.precisions),
-        tp=bool(sc.tp), privacy_layers=int(sc.privacy_layers))
+        tp=bool(sc.tp), privacy_layers=int(sc.privacy_layers),
+        memory_can_bind=memory_can_bind(spec))
 
 
 def true_spec(spec: CostSpec, mm: Mismatch) -> CostSpec:

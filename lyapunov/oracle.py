@@ -329,6 +329,7 @@ class _Problem(struct.PyTreeNode):
     nu_iters: int = struct.field(pytree_node=False)
     units: int = struct.field(pytree_node=False)
     tp: bool = struct.field(pytree_node=False, default=False)
+    memory_can_bind: bool = struct.field(pytree_node=False, default=True)
 
     def g(self, lat):
         safe = jnp.where(lat > 0, lat, 1.0)
@@ -617,7 +618,16 @@ def _after_stack(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
     complete_sweep = (size == 0) & ~(new & ~push)
     # A conditional, not a select: the sweep's end is a separate computation, so XLA does not
     # copy its scalar logic into every leaf of the state (compile time).
-    return jax.lax.cond(end, lambda o: _end_sweep(pb, o, complete_sweep), lambda o: o, out)
+    finish = _end_sweep if pb.memory_can_bind else _end_free
+    return jax.lax.cond(end, lambda o: finish(pb, o, complete_sweep), lambda o: o, out)
+
+
+def _end_free(pb: _Problem, s: _State, complete_sweep) -> _State:
+    """``_end_sweep`` where no partition can exceed a memory budget (``memory_can_bind``
+    false): the nu = 0 sweep is the only one; its bound is the lower bound and its best vertex,
+    which fits, the answer."""
+    return s.replace(phase=jnp.int32(_DONE), lower=jnp.maximum(s.lower, s.sb_j),
+                     complete=s.complete & complete_sweep, fits0=s.sb.ok)
 
 
 def _transition(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
@@ -626,8 +636,14 @@ def _transition(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
     s = s.replace(n_solves=s.n_solves + (s.phase < _STACK) + worth)
     phases = [_after_fast, _after_cheap, _after_lo, _after_hi, _after_sum, _after_up,
               _after_stack]
+    if not pb.memory_can_bind:  # the phases only memory reaches: not compiled
+        phases[_SUM] = phases[_UP] = _unreached
     return jax.lax.switch(jnp.clip(s.phase, 0, _STACK),
                           [functools.partial(f, pb) for f in phases], s, pt, lam, worth)
+
+
+def _unreached(pb: _Problem, s: _State, pt: _Pt, lam, worth) -> _State:
+    return s
 
 
 def _sweep(pb: _Problem, solve, solve_resource, evaluate) -> _State:
@@ -711,10 +727,11 @@ def _certificate(s: _State):
 
 
 @functools.partial(jax.jit, static_argnames=("precisions", "max_solves", "nu_iters", "units",
-                                            "tp", "shifts"))
+                                            "tp", "shifts", "memory_can_bind"))
 def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
                precisions=(0, 1, 2), max_solves: int = 48, nu_iters: int = 20,
-               units: int = 512, tp: bool = False, shifts: int = 0) -> SlotSolution:
+               units: int = 512, tp: bool = False, shifts: int = 0,
+               memory_can_bind: bool = True) -> SlotSolution:
     """Exact minimizer of the slot's DPP expression (see the module docstring).
 
     Args:
@@ -734,6 +751,12 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
         if one option would span more, ``costmodel.dp_memory.resource_unit``); 0: automatic,
         ``min(units + 1, max(24, 2 * units / layers))`` (every shift on small cards, where a
         layer can be a large part of the budget; the cost is layers x shifts x units).
+      memory_can_bind: (static) False promises that no partition of ``spec`` exceeds either
+        memory budget (``costmodel.dp.memory_can_bind(spec)``, which ``EnvParams``
+        checks): the program then holds no memory machinery (no resource DP, no multiplier
+        search), a third of the compile time; the same answers where the promise holds. Where
+        it does not, the answer is the best vertex of the unconstrained sweep that fits (or
+        infeasible), with the unconstrained bound: valid, not the constrained optimum.
 
     Returns:
       SlotSolution. Jitted (called eagerly, every caller shares one compiled program per spec
@@ -744,7 +767,8 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
     pb = _Problem(link, spec, cw, f32(sp.V * sp.penalty.latency),
                   f32(jnp.maximum(queues.q, 0.0) * sp.tau), spec.edge.mem_budget / 1e9,
                   spec.cloud.mem_budget / 1e9, tuple(int(q) for q in precisions),
-                  int(max_solves), int(nu_iters), int(units), bool(tp))
+                  int(max_solves), int(nu_iters), int(units) if memory_can_bind else 0,
+                  bool(tp), bool(memory_can_bind))
 
     # The option terms do not depend on the weights: computed once per slot, outside the loop.
     tables = dp.slot_tables(link, spec, pb.precisions, pb.tp)

@@ -85,14 +85,23 @@ def estimate_link(obs: Obs, estimator: str = "last") -> LinkState:
     raise ValueError(f"estimator must be 'last' or 'ewma', got {estimator!r}")
 
 
+def slot_solution(queues: Queues, link: LinkState, params: EnvParams, sp=None, **solver_kw):
+    """``lyapunov.oracle.solve_slot`` on the scenario's spec, in its option space and memory
+    regime (``EnvParams.tp``, ``EnvParams.memory_can_bind``), with ``sp`` in place of its
+    ``SlotParams`` if given."""
+    return solve_slot(queues, link, params.spec, params.slot if sp is None else sp,
+                      params.precisions, tp=params.tp, memory_can_bind=params.memory_can_bind,
+                      **solver_kw)
+
+
 def oracle(**solver_kw) -> Policy:
     """``solver_kw``: max_solves, nu_iters, units of ``solve_slot`` (defaults otherwise; all
     solver-based policies then share one compiled ``solve_slot``)."""
 
     def act(key, state: EnvState, params: EnvParams):
         del key
-        return solve_slot(state.queues, cost_link(state.link_t), params.spec, params.slot,
-                          params.precisions, tp=params.tp, **solver_kw).partition
+        return slot_solution(state.queues, cost_link(state.link_t), params,
+                             **solver_kw).partition
 
     return Policy("oracle", act, clairvoyant=True)
 
@@ -103,8 +112,7 @@ def dp_estimate(estimator: str = "last", **solver_kw) -> Policy:
     def act(key, obs: Obs, params: EnvParams):
         del key
         link = estimate_link(obs, estimator)
-        return solve_slot(obs.queues, link, params.spec, params.slot, params.precisions,
-                          tp=params.tp, **solver_kw).partition
+        return slot_solution(obs.queues, link, params, **solver_kw).partition
 
     return Policy("dp-estimate", act)
 
@@ -170,8 +178,7 @@ def dp_outage(estimator: str = "last", **solver_kw) -> Policy:
                                                params.bw_mean_mbps * params.link.up_ratio),
                           bw_down_mbps=jnp.where(link.bw_down_mbps > 0, link.bw_down_mbps,
                                                  params.bw_mean_mbps))
-        part = solve_slot(obs.queues, up, params.spec, params.slot, params.precisions,
-                          tp=params.tp, **solver_kw).partition
+        part = slot_solution(obs.queues, up, params, **solver_kw).partition
         p_out = outage_probability(obs)
         return outage_aware_choice(part, obs, up, params, p_out)
 
@@ -192,8 +199,7 @@ def dp_joint(estimator: str = "last", **solver_kw) -> Policy:
         del key
         link = estimate_link(obs, estimator)
         sp = params.slot.replace(penalty=joint_penalty())
-        return solve_slot(obs.queues, link, params.spec, sp, params.precisions,
-                          tp=params.tp, **solver_kw).partition
+        return slot_solution(obs.queues, link, params, sp, **solver_kw).partition
 
     return Policy("dp-joint", act)
 
@@ -206,8 +212,7 @@ def greedy(estimator: str = "last", **solver_kw) -> Policy:
         del key
         link = estimate_link(obs, estimator)
         sp = params.slot.replace(V=jnp.float32(1.0))
-        return solve_slot(Queues.zeros(), link, params.spec, sp, params.precisions,
-                          tp=params.tp, **solver_kw).partition
+        return slot_solution(Queues.zeros(), link, params, sp, **solver_kw).partition
 
     return Policy("greedy", act)
 
@@ -582,11 +587,10 @@ def bayes_candidates(key, obs: Obs, params: EnvParams, n_bw: int = 8, n_share: i
     minimizer at the predictive mean link, the minimizer at the last measured link
     (dp-estimate's choice) and edge-only (never crosses the link)."""
     links, w, p_out = predictive_links(key, obs, params, n_bw, n_share)
-    spec, sp = params.spec, params.slot
+    spec = params.spec
 
     def solve(lk):
-        return solve_slot(obs.queues, lk, spec, sp, params.precisions, tp=params.tp,
-                          **solver_kw).partition
+        return slot_solution(obs.queues, lk, params, **solver_kw).partition
 
     mean = LinkState(jnp.sum(w * links.bw_up_mbps), jnp.sum(w * links.bw_down_mbps),
                      params.rtt_mean_ms, jnp.sum(w * links.cloud_share))

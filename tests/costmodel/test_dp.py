@@ -243,6 +243,33 @@ def test_path_totals_are_the_request_costs_of_every_partition(seed):
 
 
 @pytest.mark.parametrize("tp", [False, True])
+def test_memory_can_bind_is_the_largest_memory_of_any_partition(tp):
+    """``dp.memory_can_bind`` (where it is False the slot oracle compiles without its memory
+    machinery) against every partition of tiny cards, in both option spaces, for registry and
+    random profiles: False with both budgets a little above the largest edge and cloud memory
+    any partition has, True as soon as one budget is below it (a partition would overrun)."""
+    for seed in range(4):
+        x = instance(seed, TP_CONFIGS if tp else MEMORY_CONFIGS)
+        spec = _case(x)
+        parts = (ALL_TP if tp else ALL)[x["card"].name]
+        c = costs_many(parts, one_link(x["link"]), spec)
+        edge = float(np.max(c.edge_memory_gb)) * 1e9
+        cloud = float(np.max(c.cloud_memory_gb)) * 1e9
+
+        def can_bind(e, cl, spec=spec):
+            f = jnp.float32
+            return dp.memory_can_bind(spec.replace(edge=spec.edge.replace(mem_budget=f(e)),
+                                                   cloud=spec.cloud.replace(mem_budget=f(cl))))
+
+        assert not can_bind(edge * (1 + 3e-5), cloud * (1 + 3e-5))
+        assert can_bind(edge * (1 - 1e-6), cloud * (1 + 3e-5))
+        assert can_bind(edge * (1 + 3e-5), cloud * (1 - 1e-6))
+        assert not can_bind(edge * (1 + 3e-5), np.inf)  # a cloud without a memory budget
+    # Under an outer trace (a params rebuilt inside a jitted function) the answer is concrete.
+    assert jax.jit(lambda: jnp.int32(dp.memory_can_bind(spec)))() == dp.memory_can_bind(spec)
+
+
+@pytest.mark.parametrize("tp", [False, True])
 def test_per_layer_two_tables_equal_every_layer(tp):
     """With the accuracy weight 0 the DPs reduce two option tables (the privacy floor's layers'
     and the free layers') instead of one per layer (``dp.per_layer``): the same values and

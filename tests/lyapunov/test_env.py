@@ -64,6 +64,27 @@ def test_tp_option_space_flag_is_static_validated_and_off_by_default():
     assert jax.jit(lambda p: p)(on).tp is True
 
 
+def test_memory_can_bind_is_decided_at_build_and_checked_on_every_concrete_params():
+    """``EnvParams.memory_can_bind`` (static: the planners' slot oracle drops its memory
+    machinery where it is False): ``make_params`` sets it from the spec; a params that claims
+    memory cannot bind while its spec's budget can be overrun fails on construction (a
+    ``replace`` too), not while JAX rebuilds it with tracers or placeholders."""
+    tiny = dataclasses.replace(SC, device="orin-nx")  # a 2-layer card: memory never binds
+    free = tiny.build()
+    assert free.memory_can_bind is False
+    assert dataclasses.replace(tiny, mem_budget_gb=1e-4).build().memory_can_bind is True
+    assert len(jax.tree.leaves(free)) == len(jax.tree.leaves(PARAMS))
+    assert jax.jit(lambda p: p)(free).memory_can_bind is False
+    jax.vmap(lambda k, p: E.reset(k, p)[0].queues.q, in_axes=(0, None))(
+        jax.random.split(jax.random.PRNGKey(0), 2), free)
+    tight = free.spec.replace(edge=free.spec.edge.replace(mem_budget=jnp.float32(1e3)))
+    with pytest.raises(E.ScenarioError, match="EnvParams.memory_can_bind"):
+        free.replace(spec=tight)
+    assert free.replace(spec=tight, memory_can_bind=True).memory_can_bind is True
+    with pytest.raises(E.ScenarioError, match="EnvParams.memory_can_bind"):
+        free.replace(memory_can_bind=0)
+
+
 def test_observation_holds_only_the_past():
     """Information structure: the observation at t carries the link of t-1 (and older), never
     the link of slot t that drives the slot's costs; after the step it becomes observed."""

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from costmodel.accuracy import accuracy_profile
 from costmodel.cards import ModelCard
 from costmodel.costs import request_costs
+from costmodel.dp import memory_can_bind
 from costmodel.link import LinkState, Workload
 from costmodel.partition import EDGE, edge_only
 from costmodel.profiles import get_profile
@@ -137,6 +138,11 @@ def _check(queues, link, sp, spec, frac, parts=ALL, tp=False):
     assert float(sol.objective) - gap * abs(float(sol.objective)) <= jb + tol
     if frac > 1.0:  # memory never binds: the sweep alone is exact
         assert bool(sol.exact)
+    if not memory_can_bind(spec):  # and the program without memory machinery agrees
+        free = solve_slot(queues, link, spec, sp, tp=tp, memory_can_bind=False)
+        for field in ("objective", "lower_bound", "exact", "feasible", "n_solves", "partition"):
+            jax.tree.map(np.testing.assert_array_equal, getattr(free, field),
+                         getattr(sol, field))
     return sol, jb
 
 
@@ -148,6 +154,38 @@ def test_oracle_matches_brute_force(inst):
     outages); always: feasible, never below the optimum, a valid lower bound."""
     queues, link, sp, frac = inst
     _check(queues, link, sp, SPEC, frac)
+
+
+def test_memory_free_program():
+    """``memory_can_bind=False`` (the caller's promise that no partition overruns a budget):
+    where the budgets are above every partition's memory (``frac`` 2, the largest), the
+    memory machinery is not compiled (a smaller program) and the answers are those of the full
+    program (``_check`` compares them on every instance where the promise holds); where the
+    promise is broken (a budget that binds) the answer stays sound: feasible or reported
+    infeasible, never below the optimum, a valid lower bound."""
+    q = Queues(*(jnp.float32(x) for x in (200.0, 1.0, 0.0, 0.0)))
+    link = LinkState(jnp.float32(20.0), jnp.float32(20.0), jnp.float32(30.0), jnp.float32(0.5))
+    sp = slot_params(1.0, 1.0, 0.5)
+    mem = np.asarray(_mem(ALL, link, SPEC))
+    free_spec = with_budget(SPEC, 2.0 * float(mem.max()))
+    assert not memory_can_bind(free_spec)
+    for tp in (False, True):
+        full = solve_slot.lower(q, link, free_spec, sp, tp=tp).as_text()
+        free = solve_slot.lower(q, link, free_spec, sp, tp=tp, memory_can_bind=False).as_text()
+        assert len(free) < 0.8 * len(full), (len(free), len(full))
+    _check(q, link, sp, SPEC, 2.0)
+    _check(q, link, sp, SPEC, 2.0, ALL_TP, tp=True)
+    for frac in (0.3, 0.6, 0.9):
+        budget = float(mem.min() + frac * (mem.max() - mem.min()))
+        spec = with_budget(SPEC, budget)
+        assert memory_can_bind(spec)
+        jb, _, costs = brute_force(q, link, spec, sp, ALL)
+        sol = solve_slot(q, link, spec, sp, memory_can_bind=False)
+        if bool(sol.feasible):
+            own = _costs(sol.partition, link, spec)
+            assert bool(own.feasible)
+            assert float(sol.objective) >= float(jb) - 1e-4 * abs(float(jb))
+        assert float(sol.lower_bound) <= float(jb) + 1e-4 * abs(float(jb))
 
 
 @pytest.mark.slow  # the default run's 10-minute budget; CI runs it
