@@ -31,16 +31,28 @@ log = logging.getLogger(__name__)
 
 CHUNK = 8  # members per compiled program of a batched rollout (batched_rollout)
 
-# The environment's programs (reset, step) are compiled with XLA:CPU's elemental emitters
-# instead of its MLIR fusion emitters, which pay a fixed cost per kernel: LLaMA-7B on a Pi 5,
-# the step's compile 1.9 -> 1.4 s and the reset's 0.58 -> 0.40 s, the step's run unchanged
-# (0.5-0.6 ms; 2 cores). A policy's program keeps XLA's default: without those emitters the
-# slot oracle's decision ran 5-35 % slower (docs/design.md §4.3).
-ENV_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+# XLA:CPU's elemental emitters instead of its MLIR fusion emitters, which pay a fixed cost per
+# kernel (docs/design.md §4.3). The environment's programs (reset, step) always compile with
+# them: LLaMA-7B on a Pi 5, the step's compile 1.9 -> 1.4 s and the reset's 0.58 -> 0.40 s,
+# the step's run unchanged (0.5-0.6 ms; 2 cores). A policy's act only in the paper's option
+# space where memory cannot bind (``EnvParams.memory_can_bind``): there every jittable
+# policy's decision ran as fast as with XLA's default and compiled in half the time (the slot
+# oracle on LLaMA-7B 1.6-2.0 -> 0.8-0.9 s, dp-bayes 3.8 -> 1.8 s, the hierarchical policy 0.9
+# -> 0.55 s); elsewhere the slot oracle's decision ran 5-35 % slower without them where memory
+# binds, and 55 % slower in the tp space (LLaMA-7B 1.07 -> 1.64 ms).
+NO_FUSION_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
 
 
-def _compiler_options(name: str) -> dict | None:
-    return ENV_COMPILER_OPTIONS if name != "act" and jax.default_backend() == "cpu" else None
+def _compiler_options(name: str, cheap_act: bool) -> dict | None:
+    """The compiler options of program ``name``; ``cheap_act``: an act in the paper's space
+    where memory cannot bind (``_cheap_act``)."""
+    if jax.default_backend() != "cpu" or (name == "act" and not cheap_act):
+        return None
+    return NO_FUSION_EMITTERS
+
+
+def _cheap_act(params) -> bool:
+    return not params.tp and not params.memory_can_bind
 
 
 def _keys(key: jax.Array, n_slots: int):
@@ -83,8 +95,9 @@ def _program_fn(name: str, pol: Policy | None, mode: str):
 
 
 @functools.lru_cache(maxsize=256)
-def _jit_program(name: str, pol: Policy | None, mode: str):
-    return jax.jit(_program_fn(name, pol, mode), compiler_options=_compiler_options(name))
+def _jit_program(name: str, pol: Policy | None, mode: str, cheap_act: bool):
+    return jax.jit(_program_fn(name, pol, mode),
+                   compiler_options=_compiler_options(name, cheap_act))
 
 
 def _program(name: str, pol: Policy, mode: str, stored, *args):
@@ -92,11 +105,12 @@ def _program(name: str, pol: Policy, mode: str, stored, *args):
     process, the environment's shared by every policy; through ``stored_jit`` (for arguments
     shaped like ``args``) when ``stored`` is the policy's static key."""
     own = pol if name == "act" else None
+    cheap = name == "act" and _cheap_act(args[-1])  # args end with the params
     if stored is None:
-        return _jit_program(name, own, mode)
+        return _jit_program(name, own, mode, cheap)
     static = (stored if name == "act" else "env", mode)
     return stored_jit(name, _program_fn(name, own, mode), static, *args,
-                      compiler_options=_compiler_options(name))
+                      compiler_options=_compiler_options(name, cheap))
 
 
 _split_keys = jax.jit(jax.vmap(_keys, in_axes=(0, None)), static_argnums=1)
