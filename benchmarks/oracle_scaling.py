@@ -11,6 +11,9 @@ on a fixed set of link/queue states drawn once (seeded):
   (in the JSON), so that a later run can be checked against this one (``--reference``):
   the new objective must be at most the reference objective plus the new reported gap.
 
+The oracle runs as the planners run it: without its memory machinery where no partition can
+exceed a budget (``costmodel.dp.memory_can_bind``, recorded per case).
+
 Memory regimes: ``free`` (the edge's budget raised to 10 TB: memory never binds) and
 ``binds`` (the profile's budget where the card does not fit the edge, else half of the
 card's edge-only memory). The states price the cloud heavily (a cloud-cost budget with a
@@ -54,6 +57,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from costmodel.cards import ModelCard, get_card  # noqa: E402
 from costmodel.costs import request_costs  # noqa: E402
+from costmodel.dp import memory_can_bind  # noqa: E402
 from costmodel.link import LinkState, Workload  # noqa: E402
 from costmodel.partition import make_partition  # noqa: E402
 from costmodel.profiles import get_profile  # noqa: E402
@@ -129,9 +133,12 @@ def run_case(name, tp, n_states, extra_kw):
     card, edge, cloud, regime = CASES[name]
     card, spec, budget, need = build_spec(card, edge, cloud, regime)
     sts = states(n_states)
+    # The program the planners run (lyapunov.policies.slot_solution): without the memory
+    # machinery where no partition can exceed a budget.
+    kw = {"memory_can_bind": memory_can_bind(spec), **extra_kw}
 
     def decide(q, link):
-        sol = solve_slot(q, link, spec, SLOT, tp=tp, **extra_kw)
+        sol = solve_slot(q, link, spec, SLOT, tp=tp, **kw)
         jax.block_until_ready(sol.objective)
         return sol
 
@@ -161,6 +168,7 @@ def run_case(name, tp, n_states, extra_kw):
     feas = [r for r in recs if r["feasible"]]
     return dict(case=name, card=card.name, layers=card.n_layers, heads=card.n_heads,
                 lh=card.n_layers * card.n_heads, space="tp" if tp else "paper", regime=regime,
+                memory_can_bind=kw["memory_can_bind"],
                 budget_gb=budget, edge_only_gb=need, compile_s=compile_s,
                 decision_ms_median=1e3 * float(np.median(times)),
                 decision_ms_max=1e3 * float(np.max(times)),
