@@ -270,7 +270,7 @@ class EnvParams:
       the floor it was trained for, and it checks this one against it.
     memory_can_bind: (static) whether some partition of ``spec`` can exceed a memory budget
       (``costmodel.dp.memory_can_bind``; ``make_params`` decides it). False lets the planners
-      compile the slot oracle without its memory machinery (a third of its compile time,
+      compile the slot oracle without its memory machinery (about half its compile time,
       docs/design.md §4.3); it is checked on every concrete construction, so a ``replace``
       that makes memory bind fails instead of planning as if it did not.
     """

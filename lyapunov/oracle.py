@@ -50,7 +50,9 @@ rounded-up repair call after it (which runs where the sweep's best fitting point
 memory-bound cards the dual's gap was 16-290 % where the rounded-down bound certified
 0-1.3 %, so the search had cost 4-6 DP calls a decision for a bound that was never the better
 one (docs/design.md §4.3). ``exact`` says whether the best feasible vertex meets the best lower
-bound within tolerance; ``lower_bound`` reports the bound.
+bound within tolerance; ``lower_bound`` reports the bound. Where no partition can exceed a
+budget (``costmodel.dp.memory_can_bind``; the static ``memory_can_bind=False``), none of this
+memory machinery is compiled: the nu = 0 sweep is the whole answer.
 The sweep's lambda range is narrowed to the slopes ``g`` can have at the optimum,
 ``[a, a + b / l_fast^2]`` (proofs/oracle.md, Proposition 7). (LLaMA-13B on a Pi 5 with memory
 binding: 4-7 ms a slot, exact; the 70B-shaped card on an Orin NX: 9-25 ms, a certified gap
@@ -754,7 +756,7 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
       memory_can_bind: (static) False promises that no partition of ``spec`` exceeds either
         memory budget (``costmodel.dp.memory_can_bind(spec)``, which ``EnvParams``
         checks): the program then holds no memory machinery (no resource DP, no multiplier
-        search), a third of the compile time; the same answers where the promise holds. Where
+        search), about half the compile time; the same answers where the promise holds. Where
         it does not, the answer is the best vertex of the unconstrained sweep that fits (or
         infeasible), with the unconstrained bound: valid, not the constrained optimum.
 
