@@ -291,8 +291,11 @@ class SlotProgram:
             self.dyn_coef.value = dyn_coef / scale
         t0 = time.perf_counter()
         if self.boolean:
+            # Never warm-started (cvxpy's default): from the previous instance's solution HiGHS
+            # had returned "optimal" a MILP value 10^6 times the true one (an instance with a
+            # 4e-197 cost weight after another, that hypothesis found; cold, the right value).
             self.problem.solve(solver=cp.HIGHS, time_limit=float(self.time_limit_s),
-                               mip_rel_gap=0.0, output_flag=False)
+                               mip_rel_gap=0.0, output_flag=False, warm_start=False)
         else:
             status = self._solve_relaxed()
             if self.use_cone and status != cp.OPTIMAL:
@@ -332,7 +335,7 @@ class SlotProgram:
         # at CLARABEL's default tolerances (1e-8) its optimum was 5e-4 below the eliminated
         # form's (an instance hypothesis found, tests/lyapunov/test_cvx.py), at 1e-10 6e-6.
         kw = {cp.CLARABEL: CONE_TOL if self.use_cone else {},
-              cp.HIGHS: {"output_flag": False}}.get(self.solver, {})
+              cp.HIGHS: {"output_flag": False, "warm_start": False}}.get(self.solver, {})
         try:
             with warnings.catch_warnings():  # an inaccurate solution is handled below
                 warnings.simplefilter("ignore", UserWarning)
@@ -341,7 +344,7 @@ class SlotProgram:
         except cp.error.SolverError:
             status = "solver_error"
         if status != cp.OPTIMAL and not self.use_cone and self.solver != cp.HIGHS:
-            self.problem.solve(solver=cp.HIGHS, output_flag=False)
+            self.problem.solve(solver=cp.HIGHS, output_flag=False, warm_start=False)
             status = f"{self.problem.status}+highs"
         return status
 

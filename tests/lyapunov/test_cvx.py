@@ -121,6 +121,33 @@ def test_relaxation_bounds_and_boolean_exact(inst):
     assert elim.rounded_dvfs_value <= elim.rounded_value + tol
 
 
+def test_milp_is_not_misled_by_the_previous_solves():
+    """A fresh MILP program solves three instances in a row (drawn by hypothesis, seed 7, in
+    that order; link, weights, lambda, edge budget in bytes): each must be the brute-force
+    minimum. Warm-started from the previous solutions (cvxpy's default), HiGHS had called the
+    third "optimal" at a value 10^6 times the optimum (32099 against 0.0268); cold, exact."""
+    milp = SlotProgram(SPEC, boolean=True, time_limit_s=30.0)
+    f = jnp.float32
+    cases = [
+        ((1322.0413818359375, 1951.8092041015625, 0.0, 1.0),
+         (0.8046386542461771, 1.0, 4241.343079607719), 23.417783167479712, 1.0),
+        ((3239.169189453125, 3239.169189453125, 93.94102478027344, 1.0),
+         (1.3559273319400813, 4.561769881017984, 8.96729375563067e-37), 1.0, 1788864.875),
+        ((8.8812894821167, 1.0, 1.9222761392593384, 0.027269534766674042),
+         (0.8796762592949982, 4.312635473369453e-197, 7588.4421791916475), 3.946554560844622,
+         1788864.875),
+    ]
+    for link, (e, c, a), lam, budget in cases:
+        link = LinkState(*(f(x) for x in link))
+        cw = dp.Weights(0.0, e, c, a)
+        spec = SPEC.replace(edge=SPEC.edge.replace(mem_budget=f(budget)))
+        exact, _ = _brute(link, spec, cw, lam)
+        res = milp.solve(link, spec, cw, lam)
+        assert res.status == "optimal"
+        assert math.isclose(res.relaxed_value, exact, rel_tol=1e-5, abs_tol=1e-9), (
+            res.relaxed_value, exact)
+
+
 def test_lp_is_integral_without_memory_row():
     """Without a binding memory budget the path polytope is integral: the LP relaxation equals
     the exact (brute-force) minimum and its flow marginals are 0/1."""
