@@ -67,6 +67,10 @@ from lyapunov.queues import Queues
 
 # CLARABEL's tolerances for the cone form (``SlotProgram._solve_relaxed``).
 CONE_TOL = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
+# HiGHS's options for every solve: quiet and never warm-started (cvxpy's default is to start
+# from the previous instance's solution: from there HiGHS had called a MILP "optimal" at 10^6
+# times its value, a sequence of instances hypothesis found; cold, the right value).
+HIGHS_KW = {"output_flag": False, "warm_start": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,11 +295,8 @@ class SlotProgram:
             self.dyn_coef.value = dyn_coef / scale
         t0 = time.perf_counter()
         if self.boolean:
-            # Never warm-started (cvxpy's default): from the previous instance's solution HiGHS
-            # had returned "optimal" a MILP value 10^6 times the true one (an instance with a
-            # 4e-197 cost weight after another, that hypothesis found; cold, the right value).
             self.problem.solve(solver=cp.HIGHS, time_limit=float(self.time_limit_s),
-                               mip_rel_gap=0.0, output_flag=False, warm_start=False)
+                               mip_rel_gap=0.0, **HIGHS_KW)
         else:
             status = self._solve_relaxed()
             if self.use_cone and status != cp.OPTIMAL:
@@ -334,8 +335,8 @@ class SlotProgram:
         # far larger than the normalized optimum (O(1)) that cancel where the slow-down is 1:
         # at CLARABEL's default tolerances (1e-8) its optimum was 5e-4 below the eliminated
         # form's (an instance hypothesis found, tests/lyapunov/test_cvx.py), at 1e-10 6e-6.
-        kw = {cp.CLARABEL: CONE_TOL if self.use_cone else {},
-              cp.HIGHS: {"output_flag": False, "warm_start": False}}.get(self.solver, {})
+        kw = {cp.CLARABEL: CONE_TOL if self.use_cone else {}, cp.HIGHS: HIGHS_KW}.get(
+            self.solver, {})
         try:
             with warnings.catch_warnings():  # an inaccurate solution is handled below
                 warnings.simplefilter("ignore", UserWarning)
@@ -344,7 +345,7 @@ class SlotProgram:
         except cp.error.SolverError:
             status = "solver_error"
         if status != cp.OPTIMAL and not self.use_cone and self.solver != cp.HIGHS:
-            self.problem.solve(solver=cp.HIGHS, output_flag=False, warm_start=False)
+            self.problem.solve(solver=cp.HIGHS, **HIGHS_KW)
             status = f"{self.problem.status}+highs"
         return status
 
