@@ -308,8 +308,9 @@ class EnvParams:
         if not isinstance(self.memory_can_bind, bool | np.bool_):
             raise ScenarioError("EnvParams.memory_can_bind must be a bool (static), got "
                                 f"{self.memory_can_bind!r}")
-        # Checked where the spec is concrete (not while JAX traces or rebuilds the tree with
-        # placeholders: there it was checked when the concrete params were made).
+        # Checked where the spec's leaves are arrays with values. JAX also rebuilds this class
+        # from tracers (inside jit) and from the ints of a vmap's in_axes; those copies come
+        # from a params that was checked when it was made.
         if (not self.memory_can_bind and _concrete(self.spec)
                 and memory_can_bind(self.spec)):
             raise ScenarioError("EnvParams.memory_can_bind is False, but a partition of "
@@ -326,8 +327,8 @@ def batchable(params: list[EnvParams]) -> list[EnvParams]:
 
 
 def _concrete(tree) -> bool:
-    """Whether every leaf is a concrete array (not a tracer, not a placeholder such as the
-    int axes of a ``vmap``'s ``in_axes``)."""
+    """Whether every leaf is an array with values: a NumPy array or a JAX array that is not
+    a tracer (a vmap's ``in_axes`` tree has ints for leaves)."""
     return all(isinstance(x, np.ndarray | np.generic)
                or (isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer))
                for x in jax.tree.leaves(tree))
