@@ -167,17 +167,13 @@ def precision_order(tb: SlotTables, w: Weights):
     return order, jnp.where(dominant, 1, base.shape[0])
 
 
-def _resource_pass(tb: SlotTables, w: Weights, budget_gb, units: int, up, shifts: int,
-                   n_fit: int, budget_c_gb) -> ResourceResult:
-    """``solve_tables_resource`` and, from the same forward pass, a point that truly fits: the
-    minimizers of the ``n_fit`` best memory levels (each the best partition whose rounded
-    memory is exactly that level, over precisions and sides) are traced back and priced with
-    their true edge and cloud memory, and the best that fits both budgets is returned
-    (``fit``; value BIG when none does). Rounded down, the minimizer itself may overrun the
-    budget by the rounding of its mixed layers while a level a few units lower holds a
-    partition of nearly the same value that fits: the relaxation then also supplies the
-    feasible point (docs/design.md §4.3)."""
-    ends = _ends_weighted(tb, w)  # [2, S]
+def forward_values(tb: SlotTables, w: Weights, budget_gb, units: int, up, shifts: int):
+    """The resource DP's forward pass over every precision of ``tb``: (unit GB, best and arg
+    [P, L, S_in, S_out, K] (each (layer, input side, output side, rounded memory)'s best
+    option value and index), v_last [2, P, S, M+1], v_in [L, 2, P, S, M+1]); ``v_in[l][s0,
+    q, s, m]`` is the least weighted cost of layers ``0..l-1`` started on side ``s0`` at
+    precision ``q`` that leaves the residual on side ``s`` with rounded memory of exactly
+    ``m`` units (BIG where none), the endpoints not counted."""
     n_p, n_s, n_o = tb.base.shape[1:]
     n_f = n_ffn_options(tb.tp)
     n_h = n_o // n_f - 1
@@ -224,6 +220,25 @@ def _resource_pass(tb: SlotTables, w: Weights, budget_gb, units: int, up, shifts
                    & (m == 0)[None, None, :], 0.0, BIG)
     v0 = jnp.broadcast_to(v0[:, None], (2, n_p, n_s, units + 1))
     v_last, v_in = jax.lax.scan(forward, v0, jnp.moveaxis(best, 1, 0))  # v_in [L, 2, P, S, M+1]
+    return unit, best, arg, v_last, v_in
+
+
+def _resource_pass(tb: SlotTables, w: Weights, budget_gb, units: int, up, shifts: int,
+                   n_fit: int, budget_c_gb) -> ResourceResult:
+    """``solve_tables_resource`` and, from the same forward pass, a point that truly fits: the
+    minimizers of the ``n_fit`` best memory levels (each the best partition whose rounded
+    memory is exactly that level, over precisions and sides) are traced back and priced with
+    their true edge and cloud memory, and the best that fits both budgets is returned
+    (``fit``; value BIG when none does). Rounded down, the minimizer itself may overrun the
+    budget by the rounding of its mixed layers while a level a few units lower holds a
+    partition of nearly the same value that fits: the relaxation then also supplies the
+    feasible point (docs/design.md §4.3)."""
+    ends = _ends_weighted(tb, w)  # [2, S]
+    n_p, n_s, n_o = tb.base.shape[1:]
+    n_f = n_ffn_options(tb.tp)
+    k_sh = int(shifts)
+    unit, best, arg, v_last, v_in = forward_values(tb, w, budget_gb, units, up, k_sh)
+    m = jnp.arange(units + 1)
     # The endpoints' memory (embedding, LM head) counts exactly, not in units: only the mixed
     # layers' options carry a rounding (an all-edge layer is a whole number of units).
     fits = (m[None, None, :] * unit + tb.ends[4][..., None]
