@@ -15,7 +15,7 @@ its bound can sit a per cent or more below the optimum while the partition found
   (rounded down, ``costmodel.dp_memory.forward_values``: a lower bound for every prefix that fits
   the memory the suffix leaves) reaches the target. A dropped suffix has no completion below the
   target that fits; a dominated one is matched by its dominator; so every fitting partition
-  below the target is found (proofs/oracle.md, Proposition 3, for the rounding).
+  below the target is found (proofs/oracle.md, Proposition 8).
 - :func:`check_slot`: the slot objective ``J = g(l) + c`` is concave in latency, so over the
   feasible set it is at least its minimum over the polygon of lines ``lam l + c >= V(lam)``: the
   relaxation's lines on a grid of slopes over Proposition 7's range, and exact lines at
@@ -26,7 +26,8 @@ its bound can sit a per cent or more below the optimum while the partition found
 
 The cloud's memory budget is left out (a relaxation: every bound stays valid), so a partition an
 exact line finds below its target fits the edge but may not fit the cloud. Not jitted: the
-frontier's size is data-dependent (25 to 16,000 suffixes a layer on the 70B card, 2026-12-05).
+frontier's size is data-dependent (2 to over 20,000 suffixes a layer on the 70B card,
+docs/oracle-scaling.md).
 """
 
 from __future__ import annotations
@@ -267,7 +268,7 @@ def check_slot(queues, link, spec, sp, sol: SlotSolution, tp: bool = False, targ
             best_j = min(best_j, g(line.latency) + line.value - lam * line.latency)
         n_lines += 1
         # Below the tangent of J's level set at l_v: a partition with J under that level.
-        found += bool(value < level - g(l_v) + lam * l_v)
+        found += bool(line.complete and value < level - g(l_v) + lam * l_v)
         peak = max(peak, line.peak)
         complete &= bool(line.complete)
         if any(abs(lam - x) <= 1e-9 * lam and v >= value for x, v in lines):
