@@ -166,22 +166,35 @@ def test_polygon_minimum_of_a_concave_plus_envelope():
         assert got == pytest.approx(dense, abs=1e-3 * (1 + abs(dense)))
 
 
-def test_check_slot_bounds_are_valid_and_tighten_a_coarse_oracle():
-    """With the oracle's memory cut into 2 units (a loose relaxation: gaps of 130-1300 %), the
-    check's bound stays
-    below the brute-force optimum, is never below the oracle's, and certifies 0.1 % in states
-    the oracle does not."""
-    rng = np.random.default_rng(3)
-    n = improved = 0
-    for _ in range(10):
+ALL_TINY = all_partitions(2, 3)
+
+
+def _max_edge_gb(link):
+    mem = _costs(ALL_TINY, link, SPEC).edge_memory_gb
+    return float(np.asarray(mem).max())
+
+
+def _slots(seed, n, lo):
+    """n memory-bound slots of the tiny 2 x 3 card: (queues, link, spec, sp, brute-force
+    optimum, its costs), the edge's budget a fraction in [lo, 0.9] of the largest memory."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
         queues = Queues(*(jnp.float32(x) for x in rng.exponential([20.0, 5.0, 5.0, 1e3])))
         sp = slot_params(10.0, 1.0, 1.0, 0.5)
         bw = float(10 ** rng.uniform(-1, 2))
         link = LinkState(*(jnp.float32(x) for x in (bw, bw, rng.uniform(5, 80), 0.05)))
-        spec = with_budget(SPEC, float(rng.uniform(0.2, 0.9)) * _max_edge_gb(link))
-        jb = float(brute_force(queues, link, spec, sp, ALL_TINY)[0])
-        if not np.isfinite(jb):
-            continue
+        spec = with_budget(SPEC, float(rng.uniform(lo, 0.9)) * _max_edge_gb(link))
+        jb, _, costs = brute_force(queues, link, spec, sp, ALL_TINY)
+        if np.isfinite(float(jb)):
+            yield queues, link, spec, sp, float(jb), costs
+
+
+def test_check_slot_bounds_are_valid_and_tighten_a_coarse_oracle():
+    """With the oracle's memory cut into 2 units (a loose relaxation: gaps of 130-1300 %), the
+    check's bound stays below the brute-force optimum, is never below the oracle's, and
+    certifies 0.1 % in states the oracle does not."""
+    n = improved = 0
+    for queues, link, spec, sp, jb, _ in _slots(3, 10, 0.2):
         sol = solve_slot(queues, link, spec, sp, units=2)
         chk = check_slot(queues, link, spec, sp, sol, units=2, n_slopes=24, max_lines=40)
         tol = 1e-4 * (abs(jb) + 1.0)
@@ -197,27 +210,11 @@ def test_check_slot_bounds_are_valid_and_tighten_a_coarse_oracle():
     assert n >= 6 and improved >= 1
 
 
-ALL_TINY = all_partitions(2, 3)
-
-
-def _max_edge_gb(link):
-    mem = _costs(ALL_TINY, link, SPEC).edge_memory_gb
-    return float(np.asarray(mem).max())
-
-
 def test_check_finds_the_better_partition_of_a_poor_one():
     """A feasible partition well above the optimum is checked: the lines find partitions below
     it, never below the optimum, and reach the optimum itself."""
-    rng = np.random.default_rng(11)
     n = reached = 0
-    for _ in range(8):
-        queues = Queues(*(jnp.float32(x) for x in rng.exponential([20.0, 5.0, 5.0, 1e3])))
-        sp = slot_params(10.0, 1.0, 1.0, 0.5)
-        bw = float(10 ** rng.uniform(-1, 2))
-        link = LinkState(*(jnp.float32(x) for x in (bw, bw, rng.uniform(5, 80), 0.05)))
-        spec = with_budget(SPEC, float(rng.uniform(0.4, 0.9)) * _max_edge_gb(link))
-        jb, _, costs = brute_force(queues, link, spec, sp, ALL_TINY)
-        jb = float(jb)
+    for queues, link, spec, sp, jb, costs in _slots(11, 8, 0.4):
         dpp = np.where(np.asarray(costs.feasible), np.asarray(slot_dpp(costs, queues, 0.0, sp)),
                        np.inf)
         worse = np.flatnonzero(np.isfinite(dpp) & (dpp > jb + 1e-3 * (abs(jb) + 1)))
