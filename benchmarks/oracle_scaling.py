@@ -200,14 +200,15 @@ def check_states(recs, sts, sols, spec, tp):
     certified gap exceeds ``GAP_TARGET``: its tightened gap and what it took, into ``recs``."""
     from lyapunov.oracle_check import check_slot
 
-    for rec, (q, link), sol in zip(recs, sts, sols, strict=True):
+    for i, (rec, (q, link), sol) in enumerate(zip(recs, sts, sols, strict=True)):
         if not rec["feasible"] or rec["gap"] <= GAP_TARGET:
             continue
         chk = check_slot(q, link, spec, SLOT, sol, tp=tp, target=GAP_TARGET)
         rec.update(check_gap=chk.gap, check_certified=bool(chk.certified), check_lines=chk.lines,
                    check_found_below=chk.found_below, check_best_found=chk.best_found,
-                   check_peak=chk.peak,
-                   check_complete=bool(chk.complete), check_s=chk.seconds)
+                   check_peak=chk.peak, check_complete=bool(chk.complete), check_s=chk.seconds)
+        print(f"  check state {i}: gap {rec['gap']:.3%} -> {chk.gap:.3%}, {chk.lines} exact "
+              f"lines, {chk.seconds:.1f} s", flush=True)
 
 
 def hier_scenario(name, tp, episode_slots=64):
