@@ -68,7 +68,7 @@ class Line:
 
 
 def exact_line(tb: dp.SlotTables, w: dp.Weights, budget_gb: float, target: float,
-               units: int = 512, shifts: int = 0, max_frontier: int = 20_000) -> Line:
+               units: int = 512, shifts: int = 0, max_frontier: int = 60_000) -> Line:
     """A lower bound on the least weighted objective ``w`` over the partitions of ``tb`` whose
     exact edge memory fits ``budget_gb`` (the endpoints included), equal to it when it is below
     ``target`` (module docstring). ``units``/``shifts``: the resource DP of the prefix bound
@@ -198,7 +198,7 @@ class SlotCheck:
 
 def check_slot(queues, link, spec, sp, sol: SlotSolution, tp: bool = False, target: float = 1e-3,
                units: int = 2048, n_slopes: int = 64, max_lines: int = 6,
-               max_frontier: int = 20_000, precisions=(0, 1, 2)) -> SlotCheck:
+               max_frontier: int = 60_000, precisions=(0, 1, 2)) -> SlotCheck:
     """Tighten ``sol``'s lower bound (a ``solve_slot`` result for the same slot) with exact
     lines until its gap is within ``target`` (module docstring). ``units``: the rounded-down
     resource DP of the relaxed lines and of the prefix bounds (finer than the oracle's 512: a
@@ -271,6 +271,8 @@ def check_slot(queues, link, spec, sp, sol: SlotSolution, tp: bool = False, targ
         found += bool(line.complete and value < level - g(l_v) + lam * l_v)
         peak = max(peak, line.peak)
         complete &= bool(line.complete)
+        if not line.complete:
+            break  # no bound, and the next line would be the same one
         if any(abs(lam - x) <= 1e-9 * lam and v >= value for x, v in lines):
             break  # the same line again: the polygon cannot move
         lines.append((lam, value))
