@@ -62,6 +62,12 @@ STRETCH = 2e-6
 BUDGET_RTOL = 1e-5
 
 
+def default_shifts(units: int, n_layers) -> int:
+    """The shifts of the slot oracle's resource DP: room for an option twice a layer's share of
+    the budget (``2 units / L``), at least 24, at most ``units + 1``."""
+    return min(int(units) + 1, max(24, -(-2 * int(units) // int(n_layers))))
+
+
 def to_units(mem_bytes, unit, up):
     """Memory in whole units, rounded up (a restriction of the budget) or down (a
     relaxation); ``up`` may be traced."""

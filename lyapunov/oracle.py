@@ -774,7 +774,7 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
 
     # The option terms do not depend on the weights: computed once per slot, outside the loop.
     tables = dp.slot_tables(link, spec, pb.precisions, pb.tp)
-    n_shift = int(shifts) or min(pb.units + 1, max(24, -(-2 * pb.units // spec.n_layers)))
+    n_shift = int(shifts) or dp_memory.default_shifts(pb.units, spec.n_layers)
 
     def solve(w):
         return dp.solve_tables(tables, w).partition

@@ -40,7 +40,7 @@ import numpy as np
 from flax import struct
 
 from costmodel import dp
-from costmodel.dp_memory import forward_values, solve_tables_resource_fit
+from costmodel.dp_memory import default_shifts, forward_values, solve_tables_resource_fit
 from costmodel.partition import CLOUD
 from lyapunov.oracle import SlotSolution, c_weights
 
@@ -140,8 +140,7 @@ def prefix_bounds(tb: dp.SlotTables, w: dp.Weights, budget_gb: float, units: int
     leaving the residual on ``s``) whose exact edge memory is at most ``k`` units: the rounded-
     down resource DP's forward values, minimized over the levels up to ``k`` (Proposition 8 of
     proofs/oracle.md). ``shifts`` 0: as the oracle chooses it."""
-    n_l = int(tb.acc_layer.shape[0])
-    shifts = int(shifts) or min(units + 1, max(24, -(-2 * units // n_l)))
+    shifts = int(shifts) or default_shifts(units, tb.acc_layer.shape[0])
     unit, _, _, v_last, v_in = _forward(tb, w, budget_gb, units, shifts)
     pre = np.concatenate([np.asarray(v_in), np.asarray(v_last)[None]]).astype(np.float64)
     return float(unit), np.minimum.accumulate(pre, axis=-1)
@@ -220,8 +219,7 @@ def check_slot(queues, link, spec, sp, sol: SlotSolution, tp: bool = False, targ
     cw = c_weights(queues, sp)
     tb = dp.slot_tables(link, spec, precisions, tp)
     budget = float(spec.edge.mem_budget) / 1e9
-    n_l = int(spec.n_layers)
-    shifts = min(units + 1, max(24, -(-2 * units // n_l)))
+    shifts = default_shifts(units, spec.n_layers)
     j_f = g(float(sol.latency_s)) + float(sol.c)
     shift = obj - j_f  # the objective minus J (terms that do not depend on the partition)
 
