@@ -36,7 +36,7 @@ from costmodel.dp import (
 )
 from costmodel.partition import CLOUD, EDGE, TP, Partition
 
-N_CAND = 4  # candidate layers: their 6 pairs are tried
+N_CAND = 2  # candidate layers, every pair of them tried (docs/design.md §4.3: two suffice there)
 BUDGET_RTOL = 1e-6  # slack on the budget against float32 sums; the caller re-checks the fit
 
 

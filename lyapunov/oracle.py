@@ -49,10 +49,13 @@ rounded-up repair call after it (which runs where the sweep's best fitting point
 ``REPAIR_GAP`` above its bound, or where it found none) offered anything that fits. On
 memory-bound cards the dual's gap was 16-290 % where the rounded-down bound certified
 0-1.3 %, so the search had cost 4-6 DP calls a decision for a bound that was never the better
-one (docs/design.md §4.3). ``exact`` says whether the best feasible vertex meets the best lower
-bound within tolerance; ``lower_bound`` reports the bound. Where no partition can exceed a
-budget (``costmodel.dp.memory_can_bind``; the static ``memory_can_bind=False``), none of this
-memory machinery is compiled: the nu = 0 sweep is the whole answer.
+one (docs/design.md §4.3). Where memory binds and the point is not certified, a move of two
+layers' options with the edge memory exact may lower it (``_polish``, ``costmodel.dp_pairs``;
+proofs/oracle.md, Remark 8a); the bound is untouched. ``exact`` says whether the best feasible
+point meets the best lower bound within tolerance; ``lower_bound`` reports the bound. Where no
+partition can exceed a budget (``costmodel.dp.memory_can_bind``; the static
+``memory_can_bind=False``), none of this memory machinery is compiled: the nu = 0 sweep is the
+whole answer.
 The sweep's lambda range is narrowed to the slopes ``g`` can have at the optimum,
 ``[a, a + b / l_fast^2]`` (proofs/oracle.md, Proposition 7). (LLaMA-13B on a Pi 5 with memory
 binding: 4-7 ms a slot, exact; the 70B-shaped card on an Orin NX: 9-25 ms, a certified gap
@@ -255,7 +258,11 @@ def _where(cond, a, b):
 def _evaluate(part: Partition, tables: dp.SlotTables, spec: CostSpec, cw: dp.Weights) -> _Pt:
     """The point of a partition, read from the slot's tables (``dp.path_totals``: the sums the
     DP minimizes, so the cost model is traced once per slot, in ``dp.slot_tables``)."""
-    six = dp.path_totals(tables, part)
+    return _point(part, dp.path_totals(tables, part), spec, cw)
+
+
+def _point(part: Partition, six, spec: CostSpec, cw: dp.Weights) -> _Pt:
+    """The point of a partition with the six totals ``six`` (``dp.SIX``)."""
     lat_raw, energy, cloud_cost, accuracy, mem, mem_c = (six[i] for i in range(6))
     c = dp._finite(dp._wvec(cw) @ six)  # as dp.scalarize: latency weight 0, non-finite BIG
     link_ok = jnp.isfinite(lat_raw)
@@ -721,13 +728,14 @@ def _sweep(pb: _Problem, solve, solve_resource, evaluate) -> _State:
     return s.replace(complete=s.complete & (s.phase == _DONE))
 
 
-def _polish(pb: _Problem, s: _State, tables: dp.SlotTables, evaluate) -> _State:
+def _polish(pb: _Problem, s: _State, tables: dp.SlotTables) -> _State:
     """The feasible point after a two-layer move with the edge memory exact, where that is
     better (``costmodel.dp_pairs``; docs/design.md §4.3): the moves minimize the objective's
     tangent at the point, ``g'(l) l + c`` (``g`` lies below it, so a move that lowers the
-    tangent lowers ``J`` by at least as much), and the best of them by the exact ``J`` over both
-    budgets is priced again by ``evaluate`` and taken only if it fits and is lower. The bound is
-    not touched."""
+    tangent lowers ``J`` by at least as much); the best of them by the exact ``J`` within both
+    budgets becomes a point (its totals are sums of the tables' rows, as ``_evaluate``'s) and
+    is taken only if it passes the point's own fit tests and is lower. The bound is not
+    touched."""
     pt = s.f
     lat = jnp.where((pt.lat > 0) & (pt.lat < BIG), pt.lat, 1.0)
     lam = pb.a + pb.b / (lat * lat)
@@ -736,7 +744,8 @@ def _polish(pb: _Problem, s: _State, tables: dp.SlotTables, evaluate) -> _State:
     fits = ((mv.value < BIG) & (mv.six[:, 4] <= pb.budget * (1.0 + dp_pairs.BUDGET_RTOL))
             & (mv.six[:, 5] <= pb.budget_c * (1.0 + dp_pairs.BUDGET_RTOL)))
     k = jnp.where(fits, j, BIG).argmin()
-    new = evaluate(dp_pairs.apply_move(pt.part, mv.layers[k], mv.options[k], pb.tp))
+    new = _point(dp_pairs.apply_move(pt.part, mv.layers[k], mv.options[k], pb.tp), mv.six[k],
+                 pb.spec, pb.cw)
     j_new = pb.j_true(new)
     take = j_new < s.f_j
     return s.replace(f=_where(take, new, pt), f_j=jnp.where(take, j_new, s.f_j),
@@ -810,13 +819,10 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
                                                   n_shift, N_FIT, pb.budget_c)
         return res.best.partition, res.fit.partition
 
-    def evaluate(part):
-        return _evaluate(part, tables, spec, cw)
-
-    s = _sweep(pb, solve, solve_resource, evaluate)
+    s = _sweep(pb, solve, solve_resource, lambda part: _evaluate(part, tables, spec, cw))
     if pb.units > 0 and polish:
         s = jax.lax.cond(s.f.ok & ~_certificate(s)[1],
-                         lambda s: _polish(pb, s, tables, evaluate), lambda s: s, s)
+                         lambda s: _polish(pb, s, tables), lambda s: s, s)
     feasible, exact = _certificate(s)
     pt = s.f
     dpp = _point_dpp(pt, queues, sp)
