@@ -203,9 +203,10 @@ def check_slot(queues, link, spec, sp, sol: SlotSolution, tp: bool = False, targ
     resource DP of the relaxed lines and of the prefix bounds (finer than the oracle's 512: a
     tighter polygon and fewer suffixes, at seconds a state); ``max_frontier``: the suffixes a
     layer may hold (a line that outgrows it gives no bound; it also caps the memory, ``options``
-    times as many candidates). The paper space's worst 70B state took 58 s at the default cap;
-    with tp (six times the options) the same state ran over 16 minutes, so a lower cap suits
-    tp where the seconds matter (docs/oracle-scaling.md)."""
+    times as many candidates). With the oracle's two-layer move the 70B card's worst state
+    takes 3.5 s at the default cap in the paper space and 42 s with tp (six times the options;
+    before the move, 58 s and over 16 minutes), the median state's frontier 3 suffixes a layer
+    (docs/oracle-scaling.md)."""
     t0 = time.perf_counter()
     obj = float(sol.objective)
     if not bool(sol.feasible):
