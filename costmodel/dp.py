@@ -160,6 +160,13 @@ def option_table(q, link, spec: CostSpec, w: Weights, tp: bool = False):
     return jnp.where(option_allowed(spec, tp), table, BIG)
 
 
+def option_index(part: Partition, tp: bool):
+    """int [L]: each layer's option index ``k * F + f`` (``option_grid``'s order), the inverse
+    of ``option_partition``."""
+    f_idx = jnp.where(part.ffn == TP, part.ffn_frac + 2, part.ffn)
+    return part.edge_heads * n_ffn_options(tp) + f_idx
+
+
 def option_partition(heads, opts, q, embed_edge, tp: bool) -> Partition:
     """The Partition of per-layer (edge heads, FFN option index) choices."""
     f, j, _ = option_grid(tp)
@@ -373,10 +380,8 @@ def path_totals(tb: SlotTables, part: Partition):
     endpoints', the sums the DP minimizes (equal to ``costs.total_terms`` up to float32
     rounding, and to its ``inf`` latency where a crossing option meets a down link). The
     partition must be in the tables' option space (its precision among ``tb.precisions``)."""
-    n_f = n_ffn_options(tb.tp)
     s_in, s_last = sides(part)
-    f_idx = jnp.where(part.ffn == TP, part.ffn_frac + 2, part.ffn)  # option_grid's order
-    opt = part.edge_heads * n_f + f_idx
+    opt = option_index(part, tb.tp)
     qi = jnp.argmax(tb.precisions == part.act_prec)
     rows = tb.base[:, qi, s_in, opt]  # [6, L]
     acc = tb.acc_layer[jnp.arange(opt.shape[0]), opt].sum()

@@ -32,9 +32,10 @@ from costmodel.dp import (
     _out_index,
     _wvec,
     n_ffn_options,
-    option_grid,
+    option_index,
+    option_partition,
 )
-from costmodel.partition import CLOUD, EDGE, TP, Partition
+from costmodel.partition import CLOUD, EDGE, Partition
 
 N_CAND = 2  # candidate layers, every pair of them tried (docs/design.md §4.3: two suffice there)
 BUDGET_RTOL = 1e-6  # slack on the budget against float32 sums; the caller re-checks the fit
@@ -50,12 +51,6 @@ class PairMoves:
     options: jnp.ndarray  # int [N, 2]
     six: jnp.ndarray  # float [N, 6]
     value: jnp.ndarray  # float [N]
-
-
-def options_of(part: Partition, tp: bool):
-    """int [L]: each layer's option index ``k * F + f`` (``dp.option_grid``'s order)."""
-    f_idx = jnp.where(part.ffn == TP, part.ffn_frac + 2, part.ffn)
-    return part.edge_heads * n_ffn_options(tp) + f_idx
 
 
 def candidates(part: Partition, n_heads: int, n_cand: int = N_CAND):
@@ -92,7 +87,7 @@ def pair_moves(tb: SlotTables, w: Weights, part: Partition, budget_gb,
     _, out = _out_index(tb.tp, n_h)
     out = jnp.asarray(out)
     s_in, s_last = sides(part)
-    opt = options_of(part, tb.tp)
+    opt = option_index(part, tb.tp)
     qi = jnp.argmax(tb.precisions == part.act_prec)
     lay = jnp.arange(n_l)
     base = tb.base[:, qi]  # [6, S, O]
@@ -131,8 +126,5 @@ def pair_moves(tb: SlotTables, w: Weights, part: Partition, budget_gb,
 def apply_move(part: Partition, layers, options, tp: bool) -> Partition:
     """``part`` with the two layers' options replaced (``pair_moves``'s indices)."""
     n_f = n_ffn_options(tp)
-    f, j, _ = option_grid(tp)
-    opt = options_of(part, tp).at[layers].set(options)
-    return part.replace(edge_heads=(opt // n_f).astype(jnp.int32),
-                        ffn=jnp.asarray(f, jnp.int32)[opt % n_f],
-                        ffn_frac=jnp.asarray(j, jnp.int32)[opt % n_f])
+    opt = option_index(part, tp).at[layers].set(options)
+    return option_partition(opt // n_f, opt % n_f, part.act_prec, part.embed_edge, tp)
