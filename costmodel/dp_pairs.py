@@ -34,6 +34,7 @@ from costmodel.dp import (
     n_ffn_options,
     option_index,
     option_partition,
+    path_totals,
 )
 from costmodel.partition import CLOUD, EDGE, Partition
 
@@ -86,20 +87,16 @@ def pair_moves(tb: SlotTables, w: Weights, part: Partition, budget_gb,
     n_h = tb.base.shape[-1] // n_f - 1
     _, out = _out_index(tb.tp, n_h)
     out = jnp.asarray(out)
-    s_in, s_last = sides(part)
+    s_in, _ = sides(part)
     opt = option_index(part, tb.tp)
     qi = jnp.argmax(tb.precisions == part.act_prec)
-    lay = jnp.arange(n_l)
-    base = tb.base[:, qi]  # [6, S, O]
-    cur = base[:, s_in, opt] + jnp.zeros((6, 1)).at[3].set(1.0) * tb.acc_layer[lay, opt]
-    s0 = jnp.where(part.embed_edge, EDGE, CLOUD)
-    total = cur.sum(-1) + tb.ends[:, s0, s_last]  # as dp.path_totals, from the same rows
+    total = path_totals(tb, part)  # [6]
     slack = budget_gb * (1.0 + BUDGET_RTOL) - total[4]  # the caller checks what it takes
 
     cand = candidates(part, n_h, n_cand)
     lc = jnp.minimum(cand, n_l - 1)  # only the candidates' rows: [6, n_cand, O]
-    rows = base[:, s_in[lc]] + jnp.zeros((6, 1, 1)).at[3].set(1.0) * tb.acc_layer[lc][None]
-    delta = rows - cur[:, lc, None]
+    rows = tb.base[:, qi, s_in[lc]].at[3].add(tb.acc_layer[lc])
+    delta = rows - rows[:, jnp.arange(n_cand), opt[lc]][..., None]
     ok = tb.allowed[lc, s_in[lc]] & (out[None, :] == out[opt[lc]][:, None])
     ok = ok & jnp.isfinite(delta).all(0) & (cand < n_l)[:, None]
     value = jnp.where(ok, jnp.tensordot(_wvec(w), jnp.where(ok[None], delta, 0.0), 1), BIG)
