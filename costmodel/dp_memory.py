@@ -65,6 +65,8 @@ BUDGET_RTOL = 1e-5
 def default_shifts(units: int, n_layers) -> int:
     """The shifts of the slot oracle's resource DP: room for an option twice a layer's share of
     the budget (``2 units / L``), at least 24, at most ``units + 1``."""
+    if int(units) < 2:
+        raise ValueError(f"units must be >= 2 (a budget of one unit holds no option), got {units}")
     return min(int(units) + 1, max(24, -(-2 * int(units) // int(n_layers))))
 
 
@@ -93,6 +95,8 @@ def resource_unit(tb: SlotTables, budget_gb, units: int, shifts: int, up=True):
     option (an all-edge layer) spans exactly ``n`` units, rounded ``up`` or down (its units
     carry no rounding loss: on memory-bound cards the optimum is mostly all-edge and all-cloud
     layers, so the rounded sets are tight there; proofs/oracle.md, Proposition 5)."""
+    if int(shifts) < 3:  # an option may span shifts - 2 units: none at all below 3
+        raise ValueError(f"shifts must be >= 3, got {shifts}")
     mem = tb.base[4, 0, 0]  # [O] GB: the same for every layer, side and precision
     top = mem.max()
     base = jnp.maximum(jnp.maximum(budget_gb / units, top * (1.0 + STRETCH) / (shifts - 2)),

@@ -778,7 +778,7 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
         ``exact``).
       nu_iters: bisection steps on the memory multiplier when memory binds (static).
       units: resolution of the rounded-down budget of the final sweep when memory binds
-        (static; 0 skips that sweep).
+        (static; 0 skips that sweep, else at least 2).
       tp: the option space (static): False the paper's (no tensor-parallel FFN), True with tp
         FFNs and the residual on both sides (``costmodel.dp``).
       shifts: the resource DP's distinct rounded option memories (static; the unit coarsens
@@ -809,7 +809,8 @@ def solve_slot(queues: Queues, link: LinkState, spec: CostSpec, sp: SlotParams,
 
     # The option terms do not depend on the weights: computed once per slot, outside the loop.
     tables = dp.slot_tables(link, spec, pb.precisions, pb.tp)
-    n_shift = int(shifts) or dp_memory.default_shifts(pb.units, spec.n_layers)
+    n_shift = int(shifts) or (dp_memory.default_shifts(pb.units, spec.n_layers) if pb.units
+                              else 0)  # no resource DP without units
 
     def solve(w):
         return dp.solve_tables(tables, w).partition

@@ -13,6 +13,7 @@ from costmodel.cards import ModelCard
 from costmodel.costs import request_costs, total_terms
 from costmodel.dp import Weights, scalarize, slot_tables
 from costmodel.dp_memory import (
+    default_shifts,
     resource_unit,
     solve_memory_exact,
     solve_resource,
@@ -176,6 +177,30 @@ def test_a_budget_just_below_the_all_edge_partition_excludes_it():
     for units, shifts in ((64, 24), (512, 24)):
         down = resource(link, spec, w, units=units, up=jnp.bool_(False), shifts=shifts)
         assert obj.min() * (1 + 1e-6) < float(down.value) <= best * (1 + 1e-5)
+
+
+def test_the_coarsest_resolution_still_brackets_and_one_unit_is_refused():
+    """Two units and three shifts (the least the unit rule allows: an option may span one
+    unit) still bracket the brute-force optimum: rounded down at most it, rounded up a
+    partition that fits. One unit (or two shifts) leaves an option no room and is refused
+    with the argument named; it once made the unit infinite and the relaxed minimum BIG, and
+    the offline check took that for a bound above the optimum."""
+    spec = spec_with_budget(0.5)
+    link = make_link(1.0, 20.0)
+    w = Weights(latency=1.0, energy=0.1)
+    obj, fits = (np.asarray(x) for x in _brute(BATCH, link, spec, w))
+    best = obj[fits].min()
+    down = resource(link, spec, w, units=2, up=jnp.bool_(False), shifts=3)
+    assert float(down.value) <= best * (1 + 1e-5) + 1e-6
+    up = resource(link, spec, w, units=2, up=jnp.bool_(True), shifts=3)
+    if float(up.value) < 1e29:
+        assert float(request_costs(up.partition, link, spec).edge_memory_gb) <= (
+            float(spec.edge.mem_budget) / 1e9 * (1 + 1e-5))
+        assert float(up.value) >= best * (1 - 1e-5) - 1e-6
+    with pytest.raises(ValueError, match="shifts must be >= 3"):
+        resource(link, spec, w, units=2, up=jnp.bool_(False), shifts=2)
+    with pytest.raises(ValueError, match="units must be >= 2"):
+        default_shifts(1, CARD.n_layers)
 
 
 resource_fit = jax.jit(solve_tables_resource_fit, static_argnames=("units", "shifts", "n_fit"))
