@@ -102,32 +102,34 @@ def exact_line(tb: dp.SlotTables, w: dp.Weights, budget_gb: float, target: float
                      for s in range(n_s) if ends[s0, s] < dp.BIG / 2}
             for layer in range(n_l - 1, -1, -1):
                 grown = {s: ([], [], []) for s in range(n_s)}
+                pre_l = pre[layer][s0, q]  # [S, units + 1]
                 for s_out, (cost, used, slow) in front.items():
                     opts = by_out[s_out]
+                    # The memory (and so the prefix's level) does not depend on the input side.
+                    m = used[:, None] + mem[None, opts]
+                    level = np.floor((room - m) / unit * (1.0 + BUDGET_RTOL))
+                    ok = level >= 0
+                    idx = np.clip(level, 0, units).astype(int)
                     for s_in in range(n_s):
                         step = table[q, layer, s_in, opts]
-                        keep_o = step < dp.BIG / 2
-                        if not keep_o.any():
+                        fin = step < dp.BIG / 2
+                        if not fin.any():
                             continue
-                        c = cost[:, None] + step[None, keep_o]
-                        m = used[:, None] + mem[None, opts[keep_o]]
-                        level = np.floor((room - m) / unit * (1.0 + BUDGET_RTOL))
-                        ok = level >= 0
-                        bound = np.where(
-                            ok, c + pre[layer][s0, q, s_in][np.clip(level, 0, units).astype(int)],
-                            np.inf)
-                        keep = bound < cut
-                        t = slow[:, None] + lat[q, s_in, opts[keep_o]][None]
+                        c = cost[:, None] + step[None]
+                        keep = ok & fin[None] & (c + pre_l[s_in][idx] < cut)
+                        if not keep.any():
+                            continue
+                        t = slow[:, None] + lat[q, s_in, opts][None]
                         for acc, x in zip(grown[s_in], (c, m, t), strict=True):
                             acc.append(x[keep])
-                front = {}
-                for s, parts in grown.items():
-                    if parts[0]:
-                        front[s] = _pareto(*(np.concatenate(x) for x in parts))
+                front = {s: _pareto(*(np.concatenate(x) for x in parts))
+                         for s, parts in grown.items() if parts[0]}
                 size = sum(f[0].size for f in front.values())
                 peak = max(peak, size)
                 if size > max_frontier:
                     return Line(-np.inf, False, peak, False)
+                if not front:  # no suffix is left: nothing below the target from (q, s0)
+                    break
             if s0 in front:  # the residual starts on the embedding's side
                 cost, used, slow = front[s0]
                 cost = np.where(used <= room, cost, np.inf)
@@ -169,6 +171,9 @@ def _pareto(cost, used, slow):
 _forward = jax.jit(lambda tb, w, budget, units, shifts: forward_values(tb, w, budget, units,
                                                                         False, shifts),
                    static_argnums=(3, 4))
+_tables = jax.jit(dp.slot_tables, static_argnums=(2, 3))
+_fastest = jax.jit(lambda tb: dp.path_totals(
+    tb, dp.solve_tables(tb, dp.Weights(latency=1.0)).partition)[0])  # the least latency, s
 _relaxed = jax.jit(lambda tb, w, budget, units, shifts: solve_tables_resource_fit(
     tb, w, budget, units, False, shifts, n_fit=0).best.value, static_argnums=(3, 4))
 
@@ -227,7 +232,7 @@ def check_slot(queues, link, spec, sp, sol: SlotSolution, tp: bool = False, targ
         return a * lat - b / lat
 
     cw = c_weights(queues, sp)
-    tb = dp.slot_tables(link, spec, precisions, tp)
+    tb = _tables(link, spec, tuple(int(q) for q in precisions), bool(tp))
     budget = float(spec.edge.mem_budget) / 1e9
     shifts = default_shifts(units, spec.n_layers)
     j_f = g(float(sol.latency_s)) + float(sol.c)
@@ -237,8 +242,7 @@ def check_slot(queues, link, spec, sp, sol: SlotSolution, tp: bool = False, targ
         return dp.Weights(latency=jnp.float32(lam), energy=cw.energy, accuracy=cw.accuracy,
                           cloud_cost=cw.cloud_cost)
 
-    fastest = dp.solve_tables(tb, dp.Weights(latency=1.0)).partition
-    l_s = float(dp.path_totals(tb, fastest)[0])
+    l_s = float(_fastest(tb))
     lam_hi = a + b / l_s ** 2
     # From a (J's least slope: beyond the envelope's last breakpoint J does not fall), or from 0
     # and a geometric grid where a = 0.
