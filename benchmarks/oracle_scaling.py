@@ -189,7 +189,7 @@ def run_case(name, tp, n_states, extra_kw, check=0, slack=0.5):
                 n_solves_mean=float(np.mean([r["n_solves"] for r in recs])),
                 n_exact=sum(r["exact"] for r in recs), n_feasible=len(feas), n=len(recs),
                 n_within_target=sum(r["gap"] <= GAP_TARGET for r in feas),
-                **(dict(n_checked=len(checked),
+                **(dict(n_checked=len(checked), check_slack=slack,
                         n_within_after_check=sum(r.get("check_gap", r["gap"]) <= GAP_TARGET
                                                  for r in feas),
                         # the first check pays the check's compiles (about 15 s)
