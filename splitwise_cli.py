@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 VERSION = "0.2.0"
-COMMANDS = ("costs", "simulate", "certify", "train", "evaluate", "figures", "calibrate",
-            "export", "serve-cloud", "run-edge")
+COMMANDS = ("costs", "simulate", "oracle-gaps", "certify", "train", "evaluate", "figures",
+            "calibrate", "export", "serve-cloud", "run-edge")
 # Commands whose flags are parsed in bridge/, by the module main() imports lazily (cmd_bridge).
 BRIDGE_COMMANDS = ("calibrate", "export", "run-edge")
 
@@ -167,6 +167,36 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_oracle_gaps(args) -> int:
+    import csv
+
+    from lyapunov.oracle_gaps import FIELDS, oracle_gaps, summary
+    from lyapunov.scenario_args import scenario_from_args
+
+    scenario = scenario_from_args(args, args.trace[0] if args.trace else None)
+
+    def progress(done, total):
+        if done == 1 or done == total or done % 10 == 0:
+            print(f"checked {done}/{total} decisions", file=sys.stderr, flush=True)
+
+    rows = oracle_gaps(scenario.build(), args.slots, args.seed, args.target,
+                       check=not args.no_check, progress=progress)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+    s = summary(rows, args.target)
+    if args.json:
+        print(json.dumps(s))
+        return 0
+    for k, v in s.items():
+        print(f"{k:16s} {v}")
+    return 0
+
+
 def cmd_certify(args) -> int:
     import agents.policy_loader  # noqa: F401 - registers checkpoint:DIR
     from lyapunov.certify import certify, report
@@ -244,6 +274,22 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="random seed (arrivals, link paths)")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.set_defaults(func=cmd_simulate)
+
+    c = sub.add_parser("oracle-gaps", parents=[files],
+                       help="run the slot oracle and certify each decision's optimality gap "
+                            "(its own bound, then an exact-memory check where that exceeds "
+                            "the target; docs/design.md 4.3)")
+    add_scenario_args(c)
+    c.add_argument("--slots", type=_positive_int, default=200, help="slots to run (> 0)")
+    c.add_argument("--seed", type=int, default=0, help="random seed (arrivals, link paths)")
+    c.add_argument("--target", type=_fraction, default=1e-3,
+                   help="certified relative gap, a fraction in (0, 1) (default 0.001: 0.1 %%)")
+    c.add_argument("--no-check", action="store_true",
+                   help="report the decisions' own gaps only (no exact-memory check)")
+    c.add_argument("--out", default=None, metavar="PATH",
+                   help="CSV of one row per decision (slot, backlog, objective, bounds, gaps)")
+    c.add_argument("--json", action="store_true", help="print the summary as JSON")
+    c.set_defaults(func=cmd_oracle_gaps)
 
     c = sub.add_parser("certify", parents=[files],
                        help="estimate a policy's additive DPP gap C and the stability bounds "
@@ -360,6 +406,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer > 0, got {text!r}") from None
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be an integer > 0, got {text!r}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}")
     return v
 
 

@@ -97,3 +97,21 @@ def test_one_commands_parser_imports_only_what_it_needs():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split(maxsplit=2)
     assert out == ["4", "True", "[]\n"]
+
+
+def test_oracle_gaps_writes_a_row_per_decision(tmp_path, capsys):
+    """`splitwise oracle-gaps`: the summary as JSON and the CSV of one row per decision, each
+    with its own certified gap (SmolLM2 on a Pi 5: the oracle is exact there)."""
+    import csv
+
+    from lyapunov.oracle_gaps import FIELDS
+
+    out = tmp_path / "gaps" / "g.csv"
+    assert splitwise_cli.main(["oracle-gaps", "--model", "smollm2-135m", "--slots", "4",
+                               "--out", str(out), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["decisions"] == 4 and s["certified"] == s["feasible"] == 4
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(FIELDS) and [r["slot"] for r in rows] == ["0", "1", "2", "3"]
+    assert all(float(r["gap"]) <= 1e-3 and r["certified"] == "True" for r in rows)

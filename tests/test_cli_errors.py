@@ -29,6 +29,9 @@ SIM = ["simulate", "--model", "smollm2-135m", "--device", "rpi5", "--slots", "4"
 CASES = [
     # (argv, text that the one line must contain)
     (["simulate", "--slots", "0"], "--slots"),
+    (["oracle-gaps", "--slots", "0"], "--slots"),
+    (["oracle-gaps", "--target", "2"], "--target"),
+    (["oracle-gaps", "--target", "nan"], "--target"),
     (["run-edge", "--cloud", "127.0.0.1:7070", "--requests", "-1"], "--requests"),
     (["serve-cloud", "--port", "70000"], "--port"),
     (["serve-cloud", "--port", "abc"], "--port"),

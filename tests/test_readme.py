@@ -32,6 +32,7 @@ SIZE = {
     "costs": ({}, []),
     "simulate": ({"--slots": "4"}, []),
     "certify": ({"--slots": "8"}, ["--examples", "3", "--states", "4"]),
+    "oracle-gaps": ({"--slots": "4"}, []),
     "train": ({"--steps": "64", "--seeds": "1"},
               ["--num-envs", "2", "--num-steps", "8", "--log-every", "1"]),
     "evaluate": ({"--slots": "4", "--seeds": "1"}, []),
