@@ -19,6 +19,7 @@ TIGHT = dataclasses.replace(SC, mem_budget_gb=0.00045)
 COARSE = {"units": 2}
 
 
+@pytest.mark.slow
 def test_the_run_is_simulates_and_the_check_certifies_what_the_decision_does_not():
     params = TIGHT.build()
     assert params.memory_can_bind
@@ -47,6 +48,7 @@ def test_the_run_is_simulates_and_the_check_certifies_what_the_decision_does_not
     assert s["decisions"] == n and s["feasible"] == len(feas)
 
 
+@pytest.mark.slow
 def test_a_check_that_cannot_close_the_gap_leaves_the_decision_uncertified():
     """With the check held to its coarse relaxed lines (2 units, 2 slopes, no exact line) some
     decisions stay above the target: ``certified`` follows the checked gap, never the mere
