@@ -63,12 +63,12 @@ def oracle_gaps(params: E.EnvParams, n_slots: int, seed: int = 0, target: float 
         raise ValueError(f"target must be in (0, 1), got {target}")
     queues, link, sols = _rollout(params, int(n_slots), jax.random.PRNGKey(seed),
                                   tuple(sorted((solver_kw or {}).items())))
-    sols, queues_np = jax.tree.map(np.asarray, (sols, queues))
+    queues, link, sols = jax.tree.map(np.asarray, (queues, link, sols))  # one transfer
     rows = []
     for t in range(int(n_slots)):
         ok = bool(sols.feasible[t])
         gap = float(sols.gap[t]) if ok else float("inf")
-        rows.append(dict(slot=t, backlog=float(queues_np.q[t]), feasible=ok,
+        rows.append(dict(slot=t, backlog=float(queues.q[t]), feasible=ok,
                          objective=float(sols.objective[t]),
                          lower_bound=float(sols.lower_bound[t]), gap=gap,
                          exact=bool(sols.exact[t]), checked=False, checked_gap=float("nan"),
